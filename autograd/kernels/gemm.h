@@ -1,0 +1,60 @@
+// Matrix products for the transformer's linear layers, dispatched by the weight's storage dtype.
+//
+// A frozen weight W is [N x K] row-major (out_features x in_features, as GGUF and PyTorch store
+// it) in any storage dtype. Two products are needed with it:
+//   forward         Y[M x N]  = X[M x K] . W^T      (linear_forward)
+//   input gradient  dX[M x K] = dY[M x N] . W       (linear_backward_input)
+// The base never needs dW. Dispatch:
+//   f32 W           -> OpenBLAS sgemm (or the bf16 path if the precision says so)
+//   bf16 W          -> oneDNN bf16 matmul with f32 accumulation (AVX512_BF16), else f32 via BLAS
+//   f16 / quantized -> tiles of W rows dequantized on the fly into bf16 (or f32) scratch, then the
+//                      same GEMM per tile; never a whole dequantized copy of W.
+// Activations X, dY, Y, dX are f32. With Precision::BF16 they are rounded to bf16 for the GEMM.
+#pragma once
+
+#include <cstdint>
+
+#include "autograd/dtype.h"
+
+namespace loom {
+
+enum class Precision : uint8_t {
+  Auto,  // bf16 compute where the CPU has AVX512_BF16, else f32
+  F32,
+  BF16,
+};
+Precision resolve_precision(Precision p);  // Auto -> BF16 or F32 for this CPU
+
+// A read-only view of a frozen weight matrix stored in `dtype`: rows x cols elements, row-major,
+// `data` pointing at the first element of a flat run of rows*cols elements.
+struct WeightView {
+  DType dtype = DType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0;  // N, out_features
+  int64_t cols = 0;  // K, in_features
+};
+
+// Y (+)= X . W^T.  X: [M x K] with leading dimension ldx; Y: [M x N] with leading dimension ldy.
+void linear_forward(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
+                    int64_t ldy, bool accumulate, Precision precision = Precision::Auto);
+
+// dX (+)= dY . W.  dY: [M x N] (lddy); dX: [M x K] (lddx).
+void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                           float* dX, int64_t lddx, bool accumulate,
+                           Precision precision = Precision::Auto);
+
+// Plain f32 GEMM for trainable weights and activations (row-major, cblas conventions):
+// C = alpha * op(A) . op(B) + beta * C.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+           int64_t ldc);
+
+namespace ref {
+// Scalar references in double accumulation, for parity tests.
+void linear_forward(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
+                    int64_t ldy, bool accumulate);
+void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                           float* dX, int64_t lddx, bool accumulate);
+}  // namespace ref
+
+}  // namespace loom

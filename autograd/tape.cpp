@@ -1,0 +1,184 @@
+// Reverse-mode autograd over recorded Nodes, and activation checkpointing (see tape.h).
+#include "autograd/tape.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "autograd/check.h"
+
+namespace loom {
+namespace {
+
+thread_local bool g_grad_enabled = true;
+
+// Re-enables recording inside backward, for checkpoint's recompute.
+class GradModeScope {
+ public:
+  explicit GradModeScope(bool on) : previous_(g_grad_enabled) { g_grad_enabled = on; }
+  ~GradModeScope() { g_grad_enabled = previous_; }
+  GradModeScope(const GradModeScope&) = delete;
+  GradModeScope& operator=(const GradModeScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+Tensor copy_of(const Tensor& g) {
+  Tensor out = Tensor::zeros(g.shape());
+  std::vector<float> v = g.to_vector();
+  std::copy(v.begin(), v.end(), out.data_f32());
+  return out;
+}
+
+void add_inplace(const Tensor& dst, const Tensor& src) {
+  float* d = dst.data_f32();
+  if (src.is_contiguous()) {
+    const float* s = src.data_f32();
+    for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] += s[i];
+  } else {
+    std::vector<float> v = src.to_vector();
+    for (size_t i = 0; i < v.size(); ++i) d[i] += v[i];
+  }
+}
+
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor* t : inputs)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+Tensor record(Tensor out, std::string op, std::vector<Tensor> inputs, VjpFn vjp) {
+  if (!needs_grad(inputs)) return out;
+  LOOM_CHECK(out.dtype() == DType::F32, "record '{}': differentiable outputs must be f32, got {}", op, dtype_name(out.dtype()));
+  auto node = std::make_shared<Node>();
+  node->op = std::move(op);
+  node->inputs = std::move(inputs);
+  node->vjp = std::move(vjp);
+  out.impl()->grad_fn = std::move(node);
+  out.impl()->requires_grad = true;
+  return out;
+}
+
+void run_backward(const Tensor& root, const Tensor& grad_output) {
+  LOOM_CHECK(root.defined() && root.requires_grad(),
+             "backward: the tensor does not require grad (no trainable parameter reaches it)");
+  LOOM_CHECK(grad_output.shape() == root.shape(), "backward: output gradient has shape {}, tensor has {}",
+             shape_str(grad_output.shape()), shape_str(root.shape()));
+  GradModeScope no_record(false);
+
+  // Topological order by iterative post-order DFS over tensors that have a grad_fn.
+  std::vector<std::shared_ptr<TensorImpl>> order;
+  std::unordered_set<TensorImpl*> visited;
+  struct Frame {
+    std::shared_ptr<TensorImpl> t;
+    size_t next_input;
+  };
+  std::vector<Frame> stack;
+  if (root.grad_fn()) {
+    stack.push_back({root.impl_ptr(), 0});
+    visited.insert(root.impl());
+  }
+  while (!stack.empty()) {
+    Frame& f = stack.back();
+    Node& node = *f.t->grad_fn;
+    if (f.next_input < node.inputs.size()) {
+      const Tensor& in = node.inputs[f.next_input++];
+      if (in.defined() && in.grad_fn() && in.requires_grad() && visited.insert(in.impl()).second)
+        stack.push_back({in.impl_ptr(), 0});
+      continue;
+    }
+    order.push_back(f.t);
+    stack.pop_back();
+  }
+
+  std::unordered_map<TensorImpl*, Tensor> pending;  // gradients of non-leaf tensors
+  auto deliver = [&](const Tensor& target, const Tensor& g, const std::string& op, size_t index) {
+    LOOM_CHECK(g.dtype() == DType::F32 && g.shape() == target.shape(),
+               "backward of '{}': gradient for input {} has shape {} ({}), expected {} (f32)", op,
+               index, shape_str(g.shape()), dtype_name(g.dtype()), shape_str(target.shape()));
+    if (target.grad_fn()) {
+      auto it = pending.find(target.impl());
+      if (it == pending.end()) pending.emplace(target.impl(), copy_of(g));
+      else add_inplace(it->second, g);
+    } else if (target.requires_grad()) {
+      std::shared_ptr<TensorImpl>& slot = target.impl()->grad;
+      if (!slot) slot = copy_of(g).impl_ptr();
+      else add_inplace(Tensor(slot), g);
+    }
+  };
+
+  deliver(root, grad_output, "backward", 0);
+  for (size_t i = order.size(); i-- > 0;) {
+    const std::shared_ptr<TensorImpl>& t = order[i];
+    auto it = pending.find(t.get());
+    if (it == pending.end()) continue;  // no gradient flowed here
+    Tensor g = std::move(it->second);
+    pending.erase(it);
+    Node& node = *t->grad_fn;
+    LOOM_CHECK(node.vjp != nullptr, "backward through '{}' a second time: the graph was already released", node.op);
+    std::vector<Tensor> grads = node.vjp(g, Tensor(t));
+    LOOM_CHECK(grads.size() == node.inputs.size(), "backward of '{}': vjp returned {} gradients for {} inputs",
+               node.op, grads.size(), node.inputs.size());
+    for (size_t k = 0; k < grads.size(); ++k) {
+      const Tensor& in = node.inputs[k];
+      if (!grads[k].defined() || !in.defined() || !in.requires_grad()) continue;
+      deliver(in, grads[k], node.op, k);
+    }
+    // Release what the node saved (like PyTorch's retain_graph=False).
+    node.vjp = nullptr;
+    node.inputs.clear();
+  }
+}
+
+Tensor checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs, std::string name) {
+  Tensor out;
+  {
+    NoGradGuard no_record;
+    out = fn(inputs);
+  }
+  if (!g_grad_enabled) return out;
+  out = out.detach();  // a fresh handle: fn may have returned one of its inputs itself
+  // Always recorded when grad mode is on: parameters inside fn may need gradients even when no
+  // input does. The node keeps only the inputs, never fn's intermediate activations.
+  auto node = std::make_shared<Node>();
+  node->op = std::move(name);
+  node->inputs = inputs;
+  node->vjp = [fn, inputs](const Tensor& grad_out, const Tensor&) {
+    std::vector<Tensor> leaves;
+    leaves.reserve(inputs.size());
+    for (const Tensor& in : inputs) {
+      Tensor leaf = in.detach();
+      if (in.requires_grad()) leaf.set_requires_grad(true);
+      leaves.push_back(leaf);
+    }
+    Tensor recomputed;
+    {
+      GradModeScope record_on(true);
+      recomputed = fn(leaves);
+    }
+    if (recomputed.requires_grad()) run_backward(recomputed, grad_out);
+    std::vector<Tensor> grads;
+    for (const Tensor& leaf : leaves) grads.push_back(leaf.grad());
+    return grads;
+  };
+  out.impl()->grad_fn = std::move(node);
+  out.impl()->requires_grad = true;
+  return out;
+}
+
+}  // namespace loom

@@ -1,0 +1,53 @@
+// The `loom` command-line entry point. Each subcommand is a small function; the work lives in
+// the library. Subcommands land with the issues that build them (train, generate, eval, export).
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "autograd/check.h"
+#include "autograd/kernels/cpu.h"
+#include "autograd/kernels/gemm.h"
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+int run_info() {
+  const loom::CpuFeatures& f = loom::cpu_features();
+  fmt::print("loom {}\n", kVersion);
+  fmt::print("cpu:        {}\n", loom::cpu_summary());
+  fmt::print("features:   avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vl={} avx512_bf16={}\n",
+             f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512bf16);
+  fmt::print("threads:    {}\n", loom::num_threads());
+  fmt::print("openblas:   core {}\n", loom::blas_core_name());
+  bool bf16 = loom::resolve_precision(loom::Precision::Auto) == loom::Precision::BF16;
+  fmt::print("compute:    {} (matrix products), f32 (norms, softmax, loss, optimizer)\n",
+             bf16 ? "bf16 with f32 accumulation" : "f32");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  loom::ensure_blas_coretype(argc, argv);
+  CLI::App app{"loom: parameter-efficient fine-tuning (LoRA, QLoRA) of Llama-family models"};
+  app.set_version_flag("--version", kVersion);
+  app.require_subcommand(1);
+
+  app.add_subcommand("info", "Print the CPU features, threads and kernels loom will use");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (app.got_subcommand("info")) return run_info();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "loom: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
