@@ -5,10 +5,12 @@
 
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
 #include "autograd/kernels/gemm.h"
+#include "layers/gguf.h"
 
 namespace {
 
@@ -28,6 +30,12 @@ int run_info() {
   return 0;
 }
 
+int run_inspect(const std::string& path) {
+  loom::GgufFile file = loom::GgufFile::open(path);
+  fmt::print("{}", loom::format_gguf_summary(loom::summarize_gguf(file)));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -37,6 +45,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   app.add_subcommand("info", "Print the CPU features, threads and kernels loom will use");
+  std::string inspect_path;
+  CLI::App* inspect = app.add_subcommand("inspect", "Print a GGUF model's architecture, sizes, tensor types and tokenizer");
+  inspect->add_option("model", inspect_path, "GGUF file")->required();
 
   try {
     app.parse(argc, argv);
@@ -45,6 +56,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (app.got_subcommand("info")) return run_info();
+    if (app.got_subcommand("inspect")) return run_inspect(inspect_path);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loom: error: %s\n", e.what());
     return 1;
