@@ -1,6 +1,7 @@
 // Reverse-mode autograd over recorded Nodes, and activation checkpointing (see tape.h).
 #include "autograd/tape.h"
 
+#include <cstring>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -23,10 +24,19 @@ class GradModeScope {
   bool previous_;
 };
 
+// The gradient to store for a target: g itself when nothing else can reach its memory (a fresh,
+// dense tensor a vjp made and handed over), else a contiguous copy.
 Tensor copy_of(const Tensor& g) {
+  const bool sole_owner = g.impl_ptr().use_count() == 1 && g.storage().use_count() == 1;
+  if (sole_owner && g.is_contiguous() && g.offset() == 0 && !g.grad_fn() && !g.requires_grad())
+    return g;
   Tensor out = Tensor::zeros(g.shape());
-  std::vector<float> v = g.to_vector();
-  std::copy(v.begin(), v.end(), out.data_f32());
+  if (g.is_contiguous()) {
+    std::memcpy(out.data_f32(), g.data_f32(), static_cast<size_t>(g.numel()) * sizeof(float));
+  } else {
+    std::vector<float> v = g.to_vector();
+    std::copy(v.begin(), v.end(), out.data_f32());
+  }
   return out;
 }
 

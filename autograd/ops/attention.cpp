@@ -1,0 +1,303 @@
+// Fused scaled-dot-product attention with grouped-query heads, a causal mask and an optional
+// document mask (packed sequences), FlashAttention-style in memory: the forward keeps only the
+// per-row logsumexp; backward recomputes each block's probabilities from it.
+//
+// Work is split into tasks (batch b, kv head, block of query rows). The query rows of the
+// kv head's whole group of q heads are stacked into one [group * rows x D] matrix, so each task
+// runs a few larger GEMMs (from the calling thread; OpenBLAS threads them) and the softmax rows
+// run in parallel with OpenMP. Only the key range a block can see is touched: causal blocks stop
+// at their last row, document blocks start at their first document's first token.
+#include <cmath>
+#include <unordered_map>
+
+#include "autograd/kernels/gemm.h"
+#include "autograd/ops.h"
+#include "autograd/ops/common.h"
+#include "autograd/ops/vec_kernels.h"
+
+namespace loom {
+
+using namespace ops_detail;
+
+namespace {
+
+constexpr int64_t kBlockRows = 64;  // query rows per task (times the group size when stacked)
+
+struct Geometry {
+  int64_t B = 0, T = 0, Hq = 0, Hkv = 0, D = 0, G = 0;
+  float scale = 1.0f;
+  bool causal = true;
+  bool has_docs = false;
+};
+
+// The keys query row i (of one batch row) may see lie in [lo[i], hi[i]); within that range a key
+// also needs the same document id when documents are given.
+struct MaskInfo {
+  std::vector<int32_t> docs;  // [B*T] when has_docs
+  std::vector<int64_t> lo, hi;  // [B*T]
+};
+
+MaskInfo build_mask(const Geometry& g, std::span<const int32_t> document_ids) {
+  MaskInfo m;
+  const int64_t n = g.B * g.T;
+  m.lo.assign(static_cast<size_t>(n), 0);
+  m.hi.assign(static_cast<size_t>(n), 0);
+  if (g.has_docs) {
+    m.docs.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      m.docs[static_cast<size_t>(i)] = document_ids[static_cast<size_t>(static_cast<int64_t>(document_ids.size()) == n ? i : i % g.T)];
+  }
+  for (int64_t b = 0; b < g.B; ++b) {
+    std::unordered_map<int32_t, std::pair<int64_t, int64_t>> span_of;  // doc -> first, last
+    if (g.has_docs) {
+      for (int64_t t = 0; t < g.T; ++t) {
+        auto [it, fresh] = span_of.try_emplace(m.docs[static_cast<size_t>(b * g.T + t)], t, t);
+        if (!fresh) it->second.second = t;
+      }
+    }
+    for (int64_t t = 0; t < g.T; ++t) {
+      const size_t at = static_cast<size_t>(b * g.T + t);
+      int64_t lo = 0, hi = g.causal ? t + 1 : g.T;
+      if (g.has_docs) {
+        const auto& [first, last] = span_of.at(m.docs[at]);
+        lo = first;
+        hi = std::min(hi, last + 1);
+      }
+      m.lo[at] = lo;
+      m.hi[at] = hi;
+    }
+  }
+  return m;
+}
+
+// One task's rows and key range.
+struct Block {
+  int64_t b, hk, i0, nq, ks, nk;
+};
+
+std::vector<Block> make_blocks(const Geometry& g, const MaskInfo& m) {
+  std::vector<Block> blocks;
+  for (int64_t b = 0; b < g.B; ++b)
+    for (int64_t hk = 0; hk < g.Hkv; ++hk)
+      for (int64_t i0 = 0; i0 < g.T; i0 += kBlockRows) {
+        const int64_t nq = std::min(kBlockRows, g.T - i0);
+        int64_t ks = g.T, ke = 0;
+        for (int64_t i = i0; i < i0 + nq; ++i) {
+          ks = std::min(ks, m.lo[static_cast<size_t>(b * g.T + i)]);
+          ke = std::max(ke, m.hi[static_cast<size_t>(b * g.T + i)]);
+        }
+        blocks.push_back({b, hk, i0, nq, ks, std::max<int64_t>(ke - ks, 0)});
+      }
+  return blocks;
+}
+
+// Offset of row (b, i0 + r, head hk*G + gi) of a [B, T, H, D] tensor.
+inline int64_t row_offset(const Geometry& g, const Block& blk, int64_t H, int64_t gi, int64_t r) {
+  return ((blk.b * g.T + blk.i0 + r) * H + blk.hk * g.G + gi) * g.D;
+}
+
+// Gathers the block's rows of every q head in the group into a stacked [G*nq x D] matrix
+// (row gi*nq + r).
+void gather_rows(const Geometry& g, const Block& blk, const float* tensor, float* stacked) {
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t r = 0; r < blk.nq; ++r)
+      std::memcpy(stacked + (gi * blk.nq + r) * g.D, tensor + row_offset(g, blk, g.Hq, gi, r),
+                  static_cast<size_t>(g.D) * sizeof(float));
+}
+
+// The inverse of gather_rows.
+void scatter_rows(const Geometry& g, const Block& blk, const float* stacked, float* tensor) {
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t r = 0; r < blk.nq; ++r)
+      std::memcpy(tensor + row_offset(g, blk, g.Hq, gi, r), stacked + (gi * blk.nq + r) * g.D,
+                  static_cast<size_t>(g.D) * sizeof(float));
+}
+
+// The visible key range [lo, hi) of stacked row r (query i0 + r % nq), relative to the block's
+// first key, and the query's document id. Keys outside the range are masked; inside it, keys of
+// another document are masked too (mask_docs).
+struct RowRange {
+  int64_t lo, hi;
+  int32_t doc;
+};
+
+inline RowRange row_range(const Geometry& g, const MaskInfo& m, const Block& blk, int64_t r) {
+  const size_t qi = static_cast<size_t>(blk.b * g.T + blk.i0 + r % blk.nq);
+  const int64_t lo = std::min(blk.nk, m.lo[qi] - blk.ks);
+  const int64_t hi = std::max(lo, std::min(blk.nk, m.hi[qi] - blk.ks));
+  return {lo, hi, g.has_docs ? m.docs[qi] : 0};
+}
+
+inline const int32_t* block_docs(const Geometry& g, const MaskInfo& m, const Block& blk) {
+  return g.has_docs ? m.docs.data() + blk.b * g.T + blk.ks : nullptr;
+}
+
+const float* kv_base(const Geometry& g, const float* t, const Block& blk) {
+  return t + ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
+}
+
+void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
+                       const float* q, const float* k, const float* v, float* out, float* lse) {
+  const VecKernels& vk = vec_kernels();
+  const int64_t rows_max = g.G * kBlockRows;
+  std::vector<float> qs(static_cast<size_t>(rows_max * g.D)), os(qs.size());
+  std::vector<float> s(static_cast<size_t>(rows_max * g.T));
+  const int64_t ldkv = g.Hkv * g.D;
+  for (const Block& blk : blocks) {
+    const int64_t R = g.G * blk.nq;
+    float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;  // + gi*T + r
+    if (blk.nk == 0) {
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        for (int64_t r = 0; r < blk.nq; ++r) lse_rows[gi * g.T + r] = -std::numeric_limits<float>::infinity();
+      continue;  // output rows stay zero
+    }
+    gather_rows(g, blk, q, qs.data());
+    sgemm(false, true, R, blk.nk, g.D, g.scale, qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
+          s.data(), blk.nk);
+    const int32_t* docs = block_docs(g, m, blk);
+#pragma omp parallel for schedule(static) if (R * blk.nk >= kParallelMinElements)
+    for (int64_t r = 0; r < R; ++r) {
+      float* sr = s.data() + r * blk.nk;
+      const RowRange rr = row_range(g, m, blk, r);
+      const int64_t n = rr.hi - rr.lo;
+      float* sv = sr + rr.lo;
+      if (docs && n > 0) vk.mask_docs(sv, docs + rr.lo, rr.doc, n);
+      const float mx = n > 0 ? vk.max(sv, n) : -std::numeric_limits<float>::infinity();
+      float& row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
+      std::fill(sr, sv, 0.0f);
+      std::fill(sv + n, sr + blk.nk, 0.0f);
+      if (mx == -std::numeric_limits<float>::infinity()) {  // no visible key: output 0
+        std::fill(sv, sv + n, 0.0f);
+        row_lse = mx;
+        continue;
+      }
+      const float l = vk.exp_sum(sv, sv, n, mx);
+      vk.scale(sv, n, 1.0f / l);
+      row_lse = mx + std::log(l);
+    }
+    sgemm(false, false, R, g.D, blk.nk, 1.0f, s.data(), blk.nk, kv_base(g, v, blk), ldkv, 0.0f,
+          os.data(), g.D);
+    scatter_rows(g, blk, os.data(), out);
+  }
+}
+
+struct Grads {
+  float* dq;  // null when not needed
+  float* dk;
+  float* dv;
+};
+
+void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
+                        const float* q, const float* k, const float* v, const float* out,
+                        const float* dout, const float* lse, Grads grads) {
+  const VecKernels& vk = vec_kernels();
+  const int64_t rows_max = g.G * kBlockRows;
+  const size_t rd = static_cast<size_t>(rows_max * g.D), rt = static_cast<size_t>(rows_max * g.T);
+  std::vector<float> qs(rd), dos(rd), os(rd), dqs(rd);
+  std::vector<float> p(rt), dp(rt);
+  const int64_t ldkv = g.Hkv * g.D;
+  for (const Block& blk : blocks) {
+    if (blk.nk == 0) continue;  // no visible keys: zero gradients
+    const int64_t R = g.G * blk.nq;
+    const float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;
+    gather_rows(g, blk, q, qs.data());
+    gather_rows(g, blk, dout, dos.data());
+    gather_rows(g, blk, out, os.data());
+    // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
+    sgemm(false, true, R, blk.nk, g.D, g.scale, qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
+          p.data(), blk.nk);
+    sgemm(false, true, R, blk.nk, g.D, 1.0f, dos.data(), g.D, kv_base(g, v, blk), ldkv, 0.0f,
+          dp.data(), blk.nk);
+    const int32_t* docs = block_docs(g, m, blk);
+#pragma omp parallel for schedule(static) if (R * blk.nk >= kParallelMinElements)
+    for (int64_t r = 0; r < R; ++r) {
+      float* pr = p.data() + r * blk.nk;
+      float* dpr = dp.data() + r * blk.nk;
+      const float row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
+      const RowRange rr = row_range(g, m, blk, r);
+      int64_t n = rr.hi - rr.lo;
+      if (row_lse == -std::numeric_limits<float>::infinity()) n = 0;
+      std::fill(pr, pr + rr.lo, 0.0f);
+      std::fill(pr + rr.lo + n, pr + blk.nk, 0.0f);
+      std::fill(dpr, dpr + rr.lo, 0.0f);
+      std::fill(dpr + rr.lo + n, dpr + blk.nk, 0.0f);
+      if (n == 0) continue;
+      float* pv = pr + rr.lo;
+      if (docs) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
+      vk.exp_scale(pv, pv, n, row_lse, 1.0f);  // P = exp(S - lse)
+      // delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term.
+      const float delta = vk.dot(os.data() + r * g.D, dos.data() + r * g.D, g.D);
+      vk.softmax_grad(pv, dpr + rr.lo, n, delta);  // dS = P * (dP - delta)
+    }
+    const int64_t kv_off = ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
+    if (grads.dq) {
+      sgemm(false, false, R, g.D, blk.nk, g.scale, dp.data(), blk.nk, kv_base(g, k, blk), ldkv,
+            0.0f, dqs.data(), g.D);
+      scatter_rows(g, blk, dqs.data(), grads.dq);
+    }
+    if (grads.dk)
+      sgemm(true, false, blk.nk, g.D, R, g.scale, dp.data(), blk.nk, qs.data(), g.D, 1.0f,
+            grads.dk + kv_off, ldkv);
+    if (grads.dv)
+      sgemm(true, false, blk.nk, g.D, R, 1.0f, p.data(), blk.nk, dos.data(), g.D, 1.0f,
+            grads.dv + kv_off, ldkv);
+  }
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                 const AttentionOptions& options) {
+  check_f32("attention", "q", q_in);
+  check_f32("attention", "k", k_in);
+  check_f32("attention", "v", v_in);
+  LOOM_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4,
+             "attention: expected q [B, T, Hq, D], k and v [B, T, Hkv, D], got q {}, k {}, v {}",
+             shape_str(q_in.shape()), shape_str(k_in.shape()), shape_str(v_in.shape()));
+  Geometry g;
+  g.B = q_in.shape()[0];
+  g.T = q_in.shape()[1];
+  g.Hq = q_in.shape()[2];
+  g.D = q_in.shape()[3];
+  g.Hkv = k_in.shape()[2];
+  LOOM_CHECK(k_in.shape() == v_in.shape(), "attention: k {} and v {} must have the same shape",
+             shape_str(k_in.shape()), shape_str(v_in.shape()));
+  LOOM_CHECK(k_in.shape()[0] == g.B && k_in.shape()[1] == g.T && k_in.shape()[3] == g.D,
+             "attention: k {} does not match q {}: expected [{}, {}, Hkv, {}]", shape_str(k_in.shape()),
+             shape_str(q_in.shape()), g.B, g.T, g.D);
+  LOOM_CHECK(g.Hkv > 0 && g.Hq % g.Hkv == 0,
+             "attention: q heads ({}) must be a multiple of k/v heads ({})", g.Hq, g.Hkv);
+  g.G = g.Hq / g.Hkv;
+  g.causal = options.causal;
+  g.has_docs = !options.document_ids.empty();
+  LOOM_CHECK(!g.has_docs || static_cast<int64_t>(options.document_ids.size()) == g.T ||
+                 static_cast<int64_t>(options.document_ids.size()) == g.B * g.T,
+             "attention: document_ids has {} entries, expected T={} or B*T={}",
+             options.document_ids.size(), g.T, g.B * g.T);
+  g.scale = options.scale != 0.0f ? options.scale : 1.0f / std::sqrt(static_cast<float>(g.D));
+
+  const Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
+  auto mask = std::make_shared<MaskInfo>(build_mask(g, options.document_ids));
+  auto blocks = std::make_shared<std::vector<Block>>(make_blocks(g, *mask));
+  auto lse = std::make_shared<std::vector<float>>(static_cast<size_t>(g.B * g.Hq * g.T));
+  Tensor out = new_f32(q.shape());
+  if (g.D > 0)
+    attention_forward(g, *mask, *blocks, q.data_f32(), k.data_f32(), v.data_f32(), out.data_f32(),
+                      lse->data());
+
+  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
+  return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
+    const Tensor dout = dense(g_in);
+    Tensor dq = need_q ? new_f32(q.shape()) : Tensor();
+    Tensor dk = need_k ? new_f32(k.shape()) : Tensor();
+    Tensor dv = need_v ? new_f32(v.shape()) : Tensor();
+    if (g.D > 0)
+      attention_backward(g, *mask, *blocks, q.data_f32(), k.data_f32(), v.data_f32(), o.data_f32(),
+                         dout.data_f32(), lse->data(),
+                         {need_q ? dq.data_f32() : nullptr, need_k ? dk.data_f32() : nullptr,
+                          need_v ? dv.data_f32() : nullptr});
+    return std::vector<Tensor>{dq, dk, dv};
+  });
+}
+
+}  // namespace loom

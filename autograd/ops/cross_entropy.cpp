@@ -1,0 +1,150 @@
+// Chunked cross-entropy over a large vocabulary: mean over counted rows of
+//   logsumexp(h W^T) - (h W^T)[target]
+// without ever holding [N x V] logits. Rows whose target is ignore_index are dropped up front
+// (no GEMM work for them), and logits are made chunk_rows rows at a time.
+//
+// The gradient is computed in the same pass when it will be needed (grad mode on and an input
+// requires grad): with each chunk's logits at hand,
+//   dLogits = (softmax - onehot) / count,   dH = dLogits . W,   dW += dLogits^T . H
+// and the backward only multiplies dH (and dW) by the incoming scalar. That costs no more memory
+// than the gradients themselves and saves recomputing every chunk's logits in backward (a third
+// of the op's GEMM work, which is the vocabulary-sized product).
+#include <cmath>
+
+#include "autograd/kernels/gemm.h"
+#include "autograd/ops.h"
+#include "autograd/ops/common.h"
+#include "autograd/ops/vec_kernels.h"
+
+namespace loom {
+
+using namespace ops_detail;
+
+namespace {
+
+struct CeState {
+  int64_t N = 0, D = 0, V = 0, chunk = 0;
+  Precision precision = Precision::Auto;
+  std::vector<int64_t> rows;     // counted rows of hidden, in order
+  std::vector<int32_t> targets;  // their targets
+};
+
+// Copies counted rows [c0, c0 + n) of hidden into x (dense [n x D]).
+void gather_chunk(const CeState& st, const float* hidden, int64_t c0, int64_t n, float* x) {
+  for (int64_t r = 0; r < n; ++r)
+    std::memcpy(x + r * st.D, hidden + st.rows[static_cast<size_t>(c0 + r)] * st.D,
+                static_cast<size_t>(st.D) * sizeof(float));
+}
+
+}  // namespace
+
+CrossEntropyResult cross_entropy_chunked(const Tensor& hidden_in, const Tensor& weight_in,
+                                         std::span<const int32_t> targets,
+                                         const CrossEntropyOptions& options) {
+  check_f32("cross_entropy_chunked", "hidden", hidden_in);
+  check_defined("cross_entropy_chunked", "weight", weight_in);
+  LOOM_CHECK(weight_in.dim() == 2, "cross_entropy_chunked: weight '{}' must be 2-D [vocab, dim], got {}",
+             weight_in.name(), shape_str(weight_in.shape()));
+  auto st = std::make_unique<CeState>();
+  st->V = weight_in.shape()[0];
+  st->D = weight_in.shape()[1];
+  LOOM_CHECK(hidden_in.dim() >= 1 && hidden_in.shape().back() == st->D,
+             "cross_entropy_chunked: hidden {} does not match weight '{}' {}: expected [..., {}]",
+             shape_str(hidden_in.shape()), weight_in.name(), shape_str(weight_in.shape()), st->D);
+  st->N = st->D == 0 ? 0 : hidden_in.numel() / st->D;
+  LOOM_CHECK(static_cast<int64_t>(targets.size()) == st->N,
+             "cross_entropy_chunked: {} targets for {} rows of hidden {}", targets.size(), st->N,
+             shape_str(hidden_in.shape()));
+  LOOM_CHECK(options.chunk_rows >= 0, "cross_entropy_chunked: chunk_rows must be positive (or 0 for automatic), got {}",
+             options.chunk_rows);
+  LOOM_CHECK(weight_in.dtype() == DType::F32 || !weight_in.requires_grad(),
+             "cross_entropy_chunked: weight '{}' is {} and requires grad; only f32 weights can be trained",
+             weight_in.name(), dtype_name(weight_in.dtype()));
+  LOOM_CHECK(weight_in.dtype() == DType::F32 || weight_in.is_contiguous(),
+             "cross_entropy_chunked: {} weight '{}' must be contiguous", dtype_name(weight_in.dtype()),
+             weight_in.name());
+  constexpr int64_t kAutoChunkLogits = int64_t{16} << 20;  // floats: 64 MB
+  st->chunk = options.chunk_rows > 0
+                  ? options.chunk_rows
+                  : std::clamp<int64_t>(kAutoChunkLogits / std::max<int64_t>(st->V, 1), 16, 1024);
+  st->precision = options.precision;
+  for (int64_t i = 0; i < st->N; ++i) {
+    const int32_t t = targets[static_cast<size_t>(i)];
+    if (t == options.ignore_index) continue;
+    LOOM_CHECK(t >= 0 && t < st->V,
+               "cross_entropy_chunked: target {} at row {} is out of range for a vocabulary of {} "
+               "(ignore_index is {})",
+               t, i, st->V, options.ignore_index);
+    st->rows.push_back(i);
+    st->targets.push_back(t);
+  }
+  const int64_t count = static_cast<int64_t>(st->rows.size());
+
+  const Tensor hidden = contiguous(hidden_in);
+  const Tensor weight = weight_in.dtype() == DType::F32 ? contiguous(weight_in) : weight_in;
+  const bool need_h = hidden.requires_grad(), need_w = weight.requires_grad();
+  const bool with_grad = needs_grad({&hidden, &weight});
+  const int64_t V = st->V, D = st->D;
+  const WeightView wv{weight.dtype(), weight.data_bytes(), V, D};
+  Tensor dh = with_grad && need_h ? new_f32(hidden.shape()) : Tensor();
+  Tensor dw = with_grad && need_w ? new_f32({V, D}) : Tensor();
+  const float inv_count = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
+
+  const int64_t chunk = std::min<int64_t>(st->chunk, std::max<int64_t>(count, 1));
+  std::vector<float> x(static_cast<size_t>(chunk * D)), dx(with_grad && need_h ? x.size() : 0);
+  std::vector<float> logits(static_cast<size_t>(chunk * V));
+  std::vector<double> row_loss(static_cast<size_t>(count));
+  const VecKernels& vk = vec_kernels();
+  for (int64_t c0 = 0; c0 < count; c0 += chunk) {
+    const int64_t n = std::min(chunk, count - c0);
+    gather_chunk(*st, hidden.data_f32(), c0, n, x.data());
+    linear_forward(x.data(), n, D, wv, logits.data(), V, false, st->precision);
+#pragma omp parallel for schedule(static) if (n * V >= kParallelMinElements)
+    for (int64_t r = 0; r < n; ++r) {
+      float* lr = logits.data() + r * V;
+      const int32_t target = st->targets[static_cast<size_t>(c0 + r)];
+      const float mx = vk.max(lr, V);
+      const float lse = mx + std::log(vk.sum_exp(lr, V, mx));
+      row_loss[static_cast<size_t>(c0 + r)] = static_cast<double>(lse) - static_cast<double>(lr[target]);
+      if (with_grad) {  // logits -> dLogits in place
+        vk.exp_scale(lr, lr, V, lse, inv_count);
+        lr[target] -= inv_count;
+      }
+    }
+    if (!with_grad) continue;
+    if (need_h) {
+      linear_backward_input(logits.data(), n, V, wv, dx.data(), D, false, st->precision);
+      float* pdh = dh.data_f32();
+      for (int64_t r = 0; r < n; ++r)
+        std::memcpy(pdh + st->rows[static_cast<size_t>(c0 + r)] * D, dx.data() + r * D,
+                    static_cast<size_t>(D) * sizeof(float));
+    }
+    if (need_w)  // dW [V x D] += dLogits^T [V x n] . X [n x D]
+      sgemm(true, false, V, D, n, 1.0f, logits.data(), V, x.data(), D, 1.0f, dw.data_f32(), D);
+  }
+  double loss_sum = 0.0;
+  for (double l : row_loss) loss_sum += l;
+
+  CrossEntropyResult result;
+  result.n_tokens = count;
+  result.loss_sum = loss_sum;
+  Tensor loss = Tensor::full({}, count > 0 ? static_cast<float>(loss_sum / static_cast<double>(count)) : 0.0f);
+  // The saved gradients are those of the loss itself: scale them by the incoming gradient.
+  // With nothing counted they are zeros.
+  // The tape runs a vjp once, so the saved tensors are handed over rather than copied.
+  result.loss = record(loss, "cross_entropy_chunked", {hidden, weight}, [dh, dw](const Tensor& g, const Tensor&) mutable {
+    const float factor = g.data_f32()[0];
+    std::vector<Tensor> grads{std::move(dh), std::move(dw)};
+    for (Tensor& t : grads) {
+      if (!t.defined() || factor == 1.0f) continue;
+      float* p = t.data_f32();
+      const int64_t n = t.numel();
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMinElements)
+      for (int64_t i = 0; i < n; ++i) p[i] *= factor;
+    }
+    return grads;
+  });
+  return result;
+}
+
+}  // namespace loom
