@@ -8,7 +8,7 @@ packages=(
   libopenblas-dev libdnnl-dev libeigen3-dev libhdf5-dev zlib1g-dev
   libfmt-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev
   libgtest-dev libbenchmark-dev
-  python3 python3-venv python3-numpy
+  python3 python3-venv python3-numpy python3-torch
 )
 
 missing=()

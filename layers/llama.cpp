@@ -1,0 +1,408 @@
+// The Llama-family model: weight checks, GGUF / Hugging Face loading, forward and loss
+// (layers/llama.h).
+#include "layers/llama.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+
+#include "autograd/check.h"
+#include "autograd/tape.h"
+#include "layers/gguf.h"
+#include "layers/safetensors.h"
+
+namespace loom {
+
+namespace {
+
+struct ProjectionNames {
+  std::string_view hf_module;  // under model.layers.N.
+  std::string_view hf_short;   // PEFT target name
+  std::string_view gguf;       // under blk.N.
+};
+constexpr ProjectionNames kProjectionNames[] = {
+    {"self_attn.q_proj", "q_proj", "attn_q"},   {"self_attn.k_proj", "k_proj", "attn_k"},
+    {"self_attn.v_proj", "v_proj", "attn_v"},   {"self_attn.o_proj", "o_proj", "attn_output"},
+    {"mlp.gate_proj", "gate_proj", "ffn_gate"}, {"mlp.up_proj", "up_proj", "ffn_up"},
+    {"mlp.down_proj", "down_proj", "ffn_down"}};
+constexpr Projection kProjections[] = {Projection::Q,   Projection::K,    Projection::V,
+                                       Projection::O,   Projection::Gate, Projection::Up,
+                                       Projection::Down};
+
+const ProjectionNames& names_of(Projection p) {
+  return kProjectionNames[static_cast<size_t>(p)];
+}
+
+// Fills in what a projection is from its slot in a block: the kind, layer and names.
+void name_projections(LlamaBlock& b, int64_t layer) {
+  for (Projection kind : kProjections) {
+    Linear& p = *b.projections()[static_cast<size_t>(kind)];
+    p.kind = kind;
+    p.layer = layer;
+    p.gguf_name = fmt::format("blk.{}.{}", layer, names_of(kind).gguf);
+    p.hf_name = fmt::format("model.layers.{}.{}", layer, names_of(kind).hf_module);
+  }
+}
+
+}  // namespace
+
+std::string_view projection_hf_name(Projection p) {
+  return names_of(p).hf_short;
+}
+std::string_view projection_gguf_name(Projection p) {
+  return names_of(p).gguf;
+}
+
+Tensor Linear::forward(const Tensor& x, Precision precision) const {
+  Tensor y = linear(x, weight, bias, precision);
+  return adapter ? adapter->apply(*this, x, y, precision) : y;
+}
+
+// ---- weight checks ----------------------------------------------------------------------------
+
+namespace {
+
+void check_tensor(const Tensor& t, const std::string& name, const Shape& expected,
+                  const std::string& source, const std::string& why) {
+  if (!t.defined())
+    throw Error(fmt::format("llama: {}: missing tensor '{}' (expected {}, {})", source, name,
+                            shape_str(expected), why));
+  if (t.shape() != expected)
+    throw Error(
+        fmt::format("llama: {}: tensor '{}' has shape {}, expected {} ({}): the file "
+                    "contradicts its hyper-parameters",
+                    source, name, shape_str(t.shape()), shape_str(expected), why));
+}
+
+// The tensor's own name, or `fallback` when it has none (undefined, or built by hand).
+std::string label(const Tensor& t, const std::string& fallback) {
+  return t.defined() && !t.name().empty() ? t.name() : fallback;
+}
+
+void check_norm_dtype(const Tensor& t, const std::string& name, const std::string& source) {
+  const DType d = t.dtype();
+  if (d != DType::F32 && d != DType::BF16 && d != DType::F16)
+    throw Error(fmt::format("llama: {}: norm weight '{}' is {}; expected f32, bf16 or f16", source,
+                            name, dtype_name(d)));
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  const ModelConfig& c = config_;
+  c.validate();
+  const std::string& src = c.source;
+  const int64_t D = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
+  check_tensor(weights_.token_embd, label(weights_.token_embd, "token embedding"), {V, D}, src,
+               fmt::format("vocab {} x hidden {}", V, D));
+  check_tensor(weights_.output_norm, label(weights_.output_norm, "final norm"), {D}, src,
+               fmt::format("hidden {}", D));
+  check_norm_dtype(weights_.output_norm, label(weights_.output_norm, "final norm"), src);
+  check_tensor(weights_.output, label(weights_.output, "output"), {V, D}, src,
+               fmt::format("vocab {} x hidden {}", V, D));
+  if (static_cast<int64_t>(weights_.blocks.size()) != c.n_layers)
+    throw Error(fmt::format("llama: {}: {} blocks given, the config says {}", src,
+                            weights_.blocks.size(), c.n_layers));
+  const std::string heads = fmt::format("heads {} x head_dim {}", c.n_heads, c.head_dim);
+  const std::string kv = fmt::format("kv heads {} x head_dim {}", c.n_kv_heads, c.head_dim);
+  for (size_t l = 0; l < weights_.blocks.size(); ++l)
+    name_projections(weights_.blocks[l], static_cast<int64_t>(l));
+  for (const LlamaBlock& b : weights_.blocks) {
+    const std::string attn_norm = label(b.attn_norm, fmt::format("blk.{}.attn_norm", b.wq.layer));
+    const std::string ffn_norm = label(b.ffn_norm, fmt::format("blk.{}.ffn_norm", b.wq.layer));
+    check_tensor(b.attn_norm, attn_norm, {D}, src, fmt::format("hidden {}", D));
+    check_tensor(b.ffn_norm, ffn_norm, {D}, src, fmt::format("hidden {}", D));
+    check_norm_dtype(b.attn_norm, attn_norm, src);
+    check_norm_dtype(b.ffn_norm, ffn_norm, src);
+    for (const Linear* p : b.projections()) {
+      Shape expected;
+      std::string why;
+      switch (p->kind) {
+        case Projection::Q:
+          expected = {c.q_dim(), D};
+          why = heads + fmt::format(" by hidden {}", D);
+          break;
+        case Projection::K:
+        case Projection::V:
+          expected = {c.kv_dim(), D};
+          why = kv + fmt::format(" by hidden {}", D);
+          break;
+        case Projection::O:
+          expected = {D, c.q_dim()};
+          why = fmt::format("hidden {} by ", D) + heads;
+          break;
+        case Projection::Gate:
+        case Projection::Up:
+          expected = {I, D};
+          why = fmt::format("intermediate {} by hidden {}", I, D);
+          break;
+        case Projection::Down:
+          expected = {D, I};
+          why = fmt::format("hidden {} by intermediate {}", D, I);
+          break;
+      }
+      const std::string name = label(p->weight, p->gguf_name + ".weight");
+      check_tensor(p->weight, name, expected, src, why);
+      if (p->bias.defined()) {
+        const std::string bias = label(p->bias, p->gguf_name + ".bias");
+        check_tensor(p->bias, bias, {expected[0]}, src, "one bias per output");
+        LOOM_CHECK(p->bias.dtype() == DType::F32, "llama: bias '{}' must be f32", bias);
+      }
+    }
+  }
+  inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
+  if (!weights_.rope_freq_factors.empty() && weights_.rope_freq_factors.size() != inv_freq_.size())
+    throw Error(fmt::format("llama: {}: rope_freqs has {} factors, expected {} (rotary dims / 2)",
+                            src, weights_.rope_freq_factors.size(), inv_freq_.size()));
+  for (size_t i = 0; i < inv_freq_.size(); ++i) {
+    if (!weights_.rope_freq_factors.empty()) inv_freq_[i] /= weights_.rope_freq_factors[i];
+    inv_freq_[i] /= c.rope_linear_factor;
+  }
+}
+
+std::vector<Linear*> LlamaModel::projections() {
+  std::vector<Linear*> out;
+  for (LlamaBlock& b : weights_.blocks)
+    for (Linear* p : b.projections()) out.push_back(p);
+  return out;
+}
+
+// ---- loading ----------------------------------------------------------------------------------
+
+namespace {
+
+// Tensor names of one checkpoint format.
+struct Naming {
+  bool gguf;
+  std::string embed() const { return gguf ? "token_embd.weight" : "model.embed_tokens.weight"; }
+  std::string final_norm() const { return gguf ? "output_norm.weight" : "model.norm.weight"; }
+  std::string output() const { return gguf ? "output.weight" : "lm_head.weight"; }
+  std::string block(int64_t l, std::string_view stem) const {
+    return gguf ? fmt::format("blk.{}.{}", l, stem) : fmt::format("model.layers.{}.{}", l, stem);
+  }
+  std::string attn_norm(int64_t l) const {
+    return block(l, gguf ? "attn_norm.weight" : "input_layernorm.weight");
+  }
+  std::string ffn_norm(int64_t l) const {
+    return block(l, gguf ? "ffn_norm.weight" : "post_attention_layernorm.weight");
+  }
+};
+
+using Getter = std::function<Tensor(const std::string& name)>;  // undefined if absent
+
+Tensor as_f32(Tensor t) {
+  if (!t.defined() || t.dtype() == DType::F32) return t;
+  Tensor out = Tensor::from_vector(t.shape(), t.to_vector());
+  out.set_name(t.name());
+  return out;
+}
+
+LlamaWeights load_weights(const ModelConfig& c, const Naming& n, const Getter& get) {
+  auto required = [&](const std::string& name, const std::string& what) {
+    Tensor t = get(name);
+    if (!t.defined())
+      throw Error(fmt::format("llama: {}: missing tensor '{}' ({})", c.source, name, what));
+    return t;
+  };
+  LlamaWeights w;
+  w.token_embd = required(n.embed(), "token embedding");
+  w.output_norm = required(n.final_norm(), "final norm");
+  w.output = c.tie_word_embeddings ? w.token_embd
+                                   : required(n.output(),
+                                              "output projection; the config says "
+                                              "the embeddings are not tied");
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LlamaBlock b;
+    b.attn_norm = required(n.attn_norm(l), "attention norm");
+    b.ffn_norm = required(n.ffn_norm(l), "MLP norm");
+    name_projections(b, l);
+    for (Linear* p : b.projections()) {
+      const Projection kind = p->kind;
+      const std::string stem = n.gguf ? p->gguf_name : p->hf_name;
+      p->weight = required(stem + ".weight", "projection weight");
+      const bool qkv = kind == Projection::Q || kind == Projection::K || kind == Projection::V;
+      const bool want_bias =
+          qkv ? c.attention_qkv_bias : (kind == Projection::O && c.attention_out_bias);
+      if (want_bias) p->bias = as_f32(required(stem + ".bias", "attention bias"));
+    }
+    w.blocks.push_back(std::move(b));
+  }
+  return w;
+}
+
+}  // namespace
+
+LlamaModel LlamaModel::from_gguf(const GgufFile& file) {
+  ModelConfig config = config_from_gguf(file);
+  const Getter get = [&](const std::string& name) {
+    return file.find_tensor(name) != nullptr ? file.tensor(name) : Tensor();
+  };
+  LlamaWeights w = load_weights(config, Naming{true}, get);
+  if (file.find_tensor("rope_freqs.weight") != nullptr) {
+    const Tensor f = file.tensor("rope_freqs.weight");
+    if (f.dtype() != DType::F32)
+      throw Error(fmt::format("llama: {}: rope_freqs.weight is {}, expected f32", file.path(),
+                              dtype_name(f.dtype())));
+    w.rope_freq_factors = f.to_vector();
+  }
+  return LlamaModel(std::move(config), std::move(w));
+}
+
+LlamaModel LlamaModel::from_gguf(const std::string& path) {
+  return from_gguf(GgufFile::open(path));
+}
+
+LlamaModel LlamaModel::from_hf(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir))
+    throw Error(
+        fmt::format("llama: {} is not a directory (expected a Hugging Face model folder "
+                    "with config.json and model.safetensors)",
+                    dir));
+  ModelConfig config = config_from_hf_json((fs::path(dir) / "config.json").string());
+  const SafetensorsModel st = SafetensorsModel::open(dir);
+  config.source = dir;
+  const Getter get = [&](const std::string& name) {
+    return st.has(name) ? st.tensor(name) : Tensor();
+  };
+  return LlamaModel(config, load_weights(config, Naming{false}, get));
+}
+
+LlamaModel LlamaModel::load(const std::string& path) {
+  if (std::filesystem::is_directory(path)) return from_hf(path);
+  return from_gguf(path);
+}
+
+// ---- forward ----------------------------------------------------------------------------------
+
+std::shared_ptr<const RopeTable> LlamaModel::rope_table(std::span<const int32_t> positions) const {
+  // The same arithmetic as make_rope_table (f32 angle = f32(position) * inv_freq, cos/sin in
+  // double), over this model's frequencies, which may carry GGUF rope_freqs or linear scaling.
+  auto table = std::make_shared<RopeTable>();
+  const int64_t half = static_cast<int64_t>(inv_freq_.size());
+  table->style = config_.rope.style;
+  table->head_dim = config_.head_dim;
+  table->rotary_dim = 2 * half;
+  table->n_tokens = static_cast<int64_t>(positions.size());
+  table->cos.resize(static_cast<size_t>(table->n_tokens * half));
+  table->sin.resize(table->cos.size());
+  for (int64_t t = 0; t < table->n_tokens; ++t) {
+    const float pos = static_cast<float>(positions[static_cast<size_t>(t)]);
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = pos * inv_freq_[static_cast<size_t>(i)];
+      table->cos[static_cast<size_t>(t * half + i)] =
+          static_cast<float>(std::cos(static_cast<double>(angle)));
+      table->sin[static_cast<size_t>(t * half + i)] =
+          static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
+  return table;
+}
+
+Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
+                                 const std::shared_ptr<const RopeTable>& rope_cs,
+                                 std::span<const int32_t> document_ids, Precision precision) const {
+  const LlamaBlock& b = weights_.blocks.at(static_cast<size_t>(layer));
+  const ModelConfig& c = config_;
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor h = rms_norm(x, b.attn_norm, c.rms_norm_eps);
+  Tensor q = reshape(b.wq.forward(h, precision), {B, T, c.n_heads, c.head_dim});
+  Tensor k = reshape(b.wk.forward(h, precision), {B, T, c.n_kv_heads, c.head_dim});
+  Tensor v = reshape(b.wv.forward(h, precision), {B, T, c.n_kv_heads, c.head_dim});
+  q = rope(q, rope_cs);
+  k = rope(k, rope_cs);
+  AttentionOptions attn;
+  attn.causal = true;
+  attn.document_ids = document_ids;
+  Tensor a = reshape(attention(q, k, v, attn), {B, T, c.q_dim()});
+  Tensor x1 = add(x, b.wo.forward(a, precision));
+  h = rms_norm(x1, b.ffn_norm, c.rms_norm_eps);
+  Tensor m = swiglu(b.w_gate.forward(h, precision), b.w_up.forward(h, precision));
+  return add(x1, b.w_down.forward(m, precision));
+}
+
+void LlamaModel::check_batch(const TokenBatch& batch) const {
+  const int64_t B = batch.batch, T = batch.seq_len;
+  LOOM_CHECK(B > 0 && T > 0, "llama: batch {} x seq_len {} must be positive", B, T);
+  auto fits = [&](std::span<const int32_t> s) {
+    const int64_t n = static_cast<int64_t>(s.size());
+    return n == 0 || n == T || n == B * T;
+  };
+  LOOM_CHECK(fits(batch.positions), "llama: {} positions for a batch of {} x {}; expected {} or {}",
+             batch.positions.size(), B, T, T, B * T);
+  LOOM_CHECK(fits(batch.document_ids),
+             "llama: {} document ids for a batch of {} x {}; expected {} or {}",
+             batch.document_ids.size(), B, T, T, B * T);
+  if (config_.sliding_window > 0 && T > config_.sliding_window)
+    throw Error(
+        fmt::format("llama: {}: sequence length {} exceeds the sliding window of {} "
+                    "tokens, which loom's attention does not implement; use sequences of "
+                    "at most {} tokens",
+                    config_.source, T, config_.sliding_window, config_.sliding_window));
+}
+
+Tensor LlamaModel::embed(const TokenBatch& batch) const {
+  check_batch(batch);
+  LOOM_CHECK(static_cast<int64_t>(batch.ids.size()) == batch.batch * batch.seq_len,
+             "llama: {} token ids for a batch of {} x {}", batch.ids.size(), batch.batch,
+             batch.seq_len);
+  return embedding(weights_.token_embd, batch.ids, {batch.batch, batch.seq_len});
+}
+
+Tensor LlamaModel::forward_hidden(const TokenBatch& batch, const ForwardOptions& options) const {
+  return forward_from_embeddings(embed(batch), batch, options);
+}
+
+Tensor LlamaModel::forward_from_embeddings(const Tensor& x_in, const TokenBatch& batch,
+                                           const ForwardOptions& options) const {
+  check_batch(batch);
+  const int64_t B = batch.batch, T = batch.seq_len;
+  LOOM_CHECK(x_in.dim() == 3 && x_in.size(0) == B && x_in.size(1) == T &&
+                 x_in.size(2) == config_.hidden_size,
+             "llama: embeddings {} do not match the batch: expected [{}, {}, {}]",
+             shape_str(x_in.shape()), B, T, config_.hidden_size);
+  std::vector<int32_t> default_positions;
+  std::span<const int32_t> positions = batch.positions;
+  if (positions.empty()) {
+    default_positions.resize(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t)
+      default_positions[static_cast<size_t>(t)] = static_cast<int32_t>(t);
+    positions = default_positions;
+  }
+  const auto rope_cs = rope_table(positions);
+  // Owned by the recorded blocks: their recompute runs after the caller's spans are gone.
+  auto docs = std::make_shared<const std::vector<int32_t>>(batch.document_ids.begin(),
+                                                           batch.document_ids.end());
+  const Precision precision = options.precision;
+  Tensor x = x_in;
+  for (int64_t l = 0; l < config_.n_layers; ++l) {
+    if (options.checkpoint_blocks) {
+      auto fn = [this, l, rope_cs, docs, precision](const std::vector<Tensor>& in) {
+        return block_forward(l, in[0], rope_cs, *docs, precision);
+      };
+      x = checkpoint(fn, {x}, fmt::format("llama block {}", l));
+    } else {
+      x = block_forward(l, x, rope_cs, *docs, precision);
+    }
+  }
+  return rms_norm(x, weights_.output_norm, config_.rms_norm_eps);
+}
+
+CrossEntropyResult LlamaModel::loss(const Tensor& hidden, std::span<const int32_t> targets,
+                                    int32_t ignore_index, Precision precision,
+                                    int64_t chunk_rows) const {
+  CrossEntropyOptions o;
+  o.ignore_index = ignore_index;
+  o.precision = precision;
+  o.chunk_rows = chunk_rows;
+  return cross_entropy_chunked(hidden, weights_.output, targets, o);
+}
+
+Tensor LlamaModel::logits(const Tensor& hidden, Precision precision) const {
+  return linear(hidden, weights_.output, Tensor(), precision);
+}
+
+}  // namespace loom
