@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the repo's Python environment (.venv) for the interop tests and golden-file scripts:
 # Debian's python3 with its system packages visible (numpy, python3-torch), plus the PyPI
-# references in scripts/python-requirements.txt, then llama.cpp (llama-cpp-python, built from
+# references in scripts/python-requirements.txt (and, without their dependencies,
+# scripts/python-requirements-nodeps.txt), then llama.cpp (llama-cpp-python, built from
 # source by pip, cached as a wheel) from scripts/python-requirements-llamacpp.txt. A failure of
 # the llama.cpp build is reported and only skips the tests that need it. Idempotent.
 set -euo pipefail
@@ -14,13 +15,15 @@ fi
 # install_once REQUIREMENTS_FILE: pip-installs the file unless this exact file was installed.
 install_once() {
   local req=$1 stamp=.venv/.installed-$(basename "$1")
+  shift
   if [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then return 0; fi
   echo "setup_python: installing $req"
-  .venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r "$req"
+  .venv/bin/python3 -m pip install --quiet --disable-pip-version-check "$@" -r "$req"
   cp "$req" "$stamp"
 }
 
 install_once scripts/python-requirements.txt
+install_once scripts/python-requirements-nodeps.txt --no-deps
 if ! install_once scripts/python-requirements-llamacpp.txt; then
   echo "setup_python: WARNING: llama-cpp-python could not be built; llama.cpp interop tests will be SKIPPED" >&2
 fi
