@@ -9,6 +9,7 @@ packages=(
   libfmt-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev
   libgtest-dev libbenchmark-dev
   python3 python3-venv python3-numpy python3-torch
+  dict-foldoc dict-gcide dict-wn
 )
 
 missing=()
