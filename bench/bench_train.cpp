@@ -1,0 +1,218 @@
+// The LoRA training step of SmolLM2-135M (models/SmolLM2-135M-Instruct.Q4_1.gguf): LoRA r=16,
+// alpha 32, on all seven projections, batch 4 x 512 random tokens, all threads, with the frozen
+// base stored as f32, bf16 or NF4 (QLoRA), beside a PyTorch CPU reference of the same model
+// shape and adapters (scripts/bench_train_torch.py, f32 and bf16 autocast) when the repo's
+// .venv has torch. Each configuration runs in its own child process, so its peak RSS (VmHWM) is
+// its own. Prints tokens/s, peak RSS and a per-phase breakdown of loom's step (forward + loss,
+// backward, clip + AdamW), then the ratios. Results: bench/README.md.
+//
+//   bench_train [--model PATH] [--steps N] [--batch B] [--seq T] [--configs f32,bf16,nf4]
+//               [--no-torch]
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "autograd/kernels/cpu.h"
+#include "autograd/tape.h"
+#include "layers/llama.h"
+#include "lora/lora_model.h"
+#include "trainer/clip.h"
+#include "trainer/metrics.h"
+#include "trainer/optimizer.h"
+
+namespace {
+
+using loom::Tensor;
+
+struct Args {
+  std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  int steps = 2;
+  int64_t batch = 4, seq = 512;
+  std::vector<std::string> configs = {"f32", "bf16", "nf4"};
+  bool torch = true;
+  std::string child;  // run one loom configuration and print its JSON line
+};
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+nlohmann::json run_child(const Args& a) {
+  loom::LlamaModel model = loom::LlamaModel::load(a.model);
+  loom::LoraConfig cfg;
+  cfg.rank = 16;
+  cfg.alpha = 32;
+  cfg.targets.modules = {"all-linear"};
+  cfg.base_dtype = loom::parse_base_dtype(a.child);
+  const double t_convert = now();
+  loom::LoraModel lora(model, cfg);
+  const double convert_s = now() - t_convert;
+  loom::NamedTensors params;
+  for (const auto& p : lora.parameters()) params.push_back({p.name, p.tensor});
+  loom::AdamW opt(params, loom::AdamWConfig{});
+  std::mt19937 rng(7);
+  std::vector<int32_t> ids(a.batch * a.seq), targets(ids.size());
+  for (auto& x : ids) x = static_cast<int32_t>(rng() % model.config().vocab_size);
+  for (size_t i = 0; i < ids.size(); ++i)
+    targets[i] = (i + 1) % a.seq == 0 ? -100 : ids[i + 1];
+  loom::TokenBatch tb;
+  tb.ids = ids;
+  tb.batch = a.batch;
+  tb.seq_len = a.seq;
+  loom::ForwardOptions fwd;  // checkpointing on, precision auto: the training defaults
+  double fwd_s = 0, bwd_s = 0, opt_s = 0;
+  std::vector<double> steps;
+  for (int s = 0; s <= a.steps; ++s) {  // step 0 warms up
+    const double t0 = now();
+    lora.zero_grad();
+    const Tensor hidden = model.forward_hidden(tb, fwd);
+    const loom::CrossEntropyResult ce = model.loss(hidden, targets);
+    const double t1 = now();
+    ce.loss.backward();
+    const double t2 = now();
+    loom::clip_grad_norm(params, 1.0);
+    opt.step(1e-4);
+    const double t3 = now();
+    if (s == 0) continue;
+    fwd_s += t1 - t0;
+    bwd_s += t2 - t1;
+    opt_s += t3 - t2;
+    steps.push_back(t3 - t0);
+  }
+  double total = 0;
+  for (double x : steps) total += x;
+  const double tokens = static_cast<double>(a.batch * a.seq) * steps.size();
+  return {{"config", "loom-" + a.child},
+          {"tokens_per_second", tokens / total},
+          {"peak_rss_mb", loom::peak_rss_bytes() / 1048576.0},
+          {"step_seconds", steps},
+          {"forward_loss_s", fwd_s / steps.size()},
+          {"backward_s", bwd_s / steps.size()},
+          {"optimizer_s", opt_s / steps.size()},
+          {"convert_s", convert_s},
+          {"threads", loom::num_threads()}};
+}
+
+// Runs argv in a child process and returns the last line of its stdout parsed as JSON (null on
+// failure or exit 77).
+nlohmann::json run_json_child(const std::vector<std::string>& argv) {
+  int fds[2];
+  if (pipe(fds) != 0) return nullptr;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    std::vector<char*> cargv;
+    for (const auto& s : argv) cargv.push_back(const_cast<char*>(s.c_str()));
+    cargv.push_back(nullptr);
+    execv(cargv[0], cargv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, n);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fmt::print(stderr, "bench_train: {} exited with {}\n", argv[0],
+               WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    return nullptr;
+  }
+  std::istringstream in(out);
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty() && line[0] == '{') last = line;
+  return last.empty() ? nlohmann::json() : nlohmann::json::parse(last);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  loom::ensure_blas_coretype(argc, argv);
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(k + " needs a value");
+      return argv[++i];
+    };
+    if (k == "--model") a.model = next();
+    else if (k == "--steps") a.steps = std::stoi(next());
+    else if (k == "--batch") a.batch = std::stoll(next());
+    else if (k == "--seq") a.seq = std::stoll(next());
+    else if (k == "--no-torch") a.torch = false;
+    else if (k == "--child") a.child = next();
+    else if (k == "--configs") {
+      a.configs.clear();
+      std::stringstream ss(next());
+      for (std::string c; std::getline(ss, c, ',');) a.configs.push_back(c);
+    } else {
+      fmt::print(stderr, "bench_train: unknown argument {}\n", k);
+      return 2;
+    }
+  }
+  if (!a.child.empty()) {
+    fmt::print("{}\n", run_child(a).dump());
+    return 0;
+  }
+  // libgomp's default busy-waiting makes idle OpenMP threads spin against OpenBLAS's own threads
+  // (and anything else on a 2-core machine): measured 7 vs 146 tokens/s on a loaded machine.
+  // Children (loom and PyTorch alike) run with passive waiting unless the caller chose.
+  setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  fmt::print("bench_train: {} , LoRA r=16 on all 7 projections, B={} T={}, {} threads, {} timed "
+             "steps after 1 warm-up, OMP_WAIT_POLICY={}\n",
+             a.model, a.batch, a.seq, loom::num_threads(), a.steps, std::getenv("OMP_WAIT_POLICY"));
+  std::vector<nlohmann::json> rows;
+  for (const std::string& c : a.configs) {
+    nlohmann::json r = run_json_child({self, "--child", c, "--model", a.model, "--steps",
+                                       std::to_string(a.steps), "--batch", std::to_string(a.batch),
+                                       "--seq", std::to_string(a.seq)});
+    if (!r.is_null()) rows.push_back(r);
+  }
+  const std::string py = ".venv/bin/python3";
+  if (a.torch && std::filesystem::exists(py) && std::filesystem::exists("scripts/bench_train_torch.py")) {
+    for (const char* prec : {"f32", "bf16"}) {
+      nlohmann::json r = run_json_child({py, "scripts/bench_train_torch.py", "--precision", prec,
+                                         "--batch", std::to_string(a.batch), "--seq",
+                                         std::to_string(a.seq), "--steps", std::to_string(a.steps),
+                                         "--threads", std::to_string(loom::num_threads())});
+      if (!r.is_null()) rows.push_back(r);
+    }
+  } else if (a.torch) {
+    fmt::print("PyTorch reference: SKIPPED (no .venv/bin/python3 or scripts/bench_train_torch.py; "
+               "run from the repository root after scripts/setup_python.sh)\n");
+  }
+  double torch_bf16 = 0;
+  for (const auto& r : rows)
+    if (r["config"] == "torch-bf16") torch_bf16 = r["tokens_per_second"];
+  fmt::print("\n| config | tokens/s | peak RSS (MB) | vs torch bf16 | forward+loss s | backward s | optimizer s |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|\n");
+  for (const auto& r : rows) {
+    const double tps = r["tokens_per_second"];
+    auto phase = [&](const char* k) {
+      return r.contains(k) ? fmt::format("{:.2f}", r[k].get<double>()) : std::string("-");
+    };
+    fmt::print("| {} | {:.1f} | {:.0f} | {} | {} | {} | {} |\n", r["config"].get<std::string>(), tps,
+               r["peak_rss_mb"].get<double>(),
+               torch_bf16 > 0 ? fmt::format("{:.2f}x", tps / torch_bf16) : std::string("-"),
+               phase("forward_loss_s"), phase("backward_s"), phase("optimizer_s"));
+  }
+  fmt::print("\ntargets: loom >= 4x torch bf16 tokens/s; peak RSS <= 1024 MB with the NF4 base\n");
+  return 0;
+}

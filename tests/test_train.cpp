@@ -1,0 +1,370 @@
+// The training loop end to end (trainer/train_loop.h) on the tiny Hugging Face model
+// tests/golden/hf_llama with a small corpus written by the test: the shipped recipes parse, the
+// loss falls, a resumed run ends bit-identical to an uninterrupted one, the same recipe twice
+// gives bit-identical adapters, the saved adapter reloads with the same logits, non-finite steps
+// are skipped and then stop the run. TrainGolden replays scripts/make_train_golden.py (plain
+// PyTorch LoRA: logits, loss, adapter gradients, three AdamW steps) through loom.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "autograd/check.h"
+#include "layers/llama.h"
+#include "layers/safetensors.h"
+#include "lora/lora_model.h"
+#include "trainer/adapter_file.h"
+#include "trainer/checkpoint.h"
+#include "trainer/clip.h"
+#include "trainer/optimizer.h"
+#include "trainer/train_session.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path source_dir() { return fs::path(LOOM_SOURCE_DIR); }
+
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() /
+            ("loom_train_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  fs::path operator/(const std::string& name) const { return path_ / name; }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// Paragraphs of simple, repetitive English (blank-line separated): easy for a tiny byte-level
+// model to get better at in a few steps.
+void write_corpus(const fs::path& path, int paragraphs, uint32_t seed) {
+  const std::vector<std::string> subjects = {"the cat", "a dog", "the bird", "my friend", "the old man"};
+  const std::vector<std::string> verbs = {"sat on", "looked at", "ran to", "jumped over", "slept near"};
+  const std::vector<std::string> objects = {"the mat.", "the red door.", "a tall tree.", "the river.", "the house."};
+  std::mt19937 rng(seed);
+  std::ofstream out(path);
+  for (int p = 0; p < paragraphs; ++p) {
+    for (int s = 0; s < 3; ++s)
+      out << subjects[rng() % subjects.size()] << ' ' << verbs[rng() % verbs.size()] << ' '
+          << objects[rng() % objects.size()] << ' ';
+    out << "\n\n";
+  }
+}
+
+std::string tiny_recipe(const fs::path& corpus_a, const fs::path& corpus_b) {
+  return "# a test recipe on the tiny model\n"
+         "model:\n"
+         "  path: " + (source_dir() / "tests/golden/hf_llama").string() + "\n"
+         "  base_dtype: keep\n"
+         "lora:\n"
+         "  rank: 4\n"
+         "  alpha: 8.0\n"
+         "  dropout: 0.1\n"
+         "  targets: all-linear\n"
+         "data:\n"
+         "  sources:\n"
+         "    - name: animals\n"
+         "      path: " + corpus_a.string() + "\n"
+         "      format: text\n"
+         "      heldout_fraction: 0.05\n"
+         "    - name: more\n"
+         "      path: " + corpus_b.string() + "\n"
+         "      format: text\n"
+         "      heldout_fraction: 0.05\n"
+         "  mix: {animals: 0.7, more: 0.3}\n"
+         "  seq_len: 32\n"
+         "train:\n"
+         "  batch_size: 2\n"
+         "  grad_accum: 2\n"
+         "  steps: 8\n"
+         "  lr: 0.01\n"
+         "  warmup_steps: 1\n"
+         "eval:\n"
+         "  every: 4\n"
+         "  batches: 2\n"
+         "checkpoint:\n"
+         "  every: 4\n"
+         "  keep_last: 3\n";
+}
+
+struct TinyRun {
+  TempDir dir;
+  fs::path recipe;
+  TinyRun() {
+    write_corpus(dir / "a.txt", 200, 1);
+    write_corpus(dir / "b.txt", 100, 2);
+    recipe = dir / "tiny.yaml";
+    std::ofstream(recipe) << tiny_recipe(dir / "a.txt", dir / "b.txt");
+  }
+  TrainResult run(const std::string& out, std::vector<std::string> overrides = {},
+                  TrainOptions options = {}) const {
+    overrides.push_back("output.dir=" + (dir / out).string());
+    options.quiet = true;
+    return train_recipe_file(recipe.string(), overrides, options);
+  }
+};
+
+std::vector<AdapterTensor> adapter_of(const std::string& dir) { return read_adapter_tensors(dir); }
+
+void expect_bit_identical(const std::vector<AdapterTensor>& a, const std::vector<AdapterTensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].name, b[i].name);
+    ASSERT_EQ(a[i].values.size(), b[i].values.size());
+    EXPECT_EQ(std::memcmp(a[i].values.data(), b[i].values.data(), a[i].values.size() * sizeof(float)), 0)
+        << a[i].name << " differs";
+  }
+}
+
+TEST(TrainRecipes, EveryShippedRecipeParses) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(source_dir() / "recipes")) {
+    if (e.path().extension() != ".yaml") continue;
+    ++n;
+    std::ifstream in(e.path());
+    std::string first;
+    std::getline(in, first);
+    EXPECT_EQ(first.rfind("# ", 0), 0u) << e.path() << ": needs a header comment";
+    EXPECT_NO_THROW(resolved_recipe_yaml(e.path().string(), {}, false)) << e.path();
+    // Overrides apply to shipped recipes too.
+    const std::string y = resolved_recipe_yaml(e.path().string(), {"train.steps=30"}, false);
+    EXPECT_NE(y.find("steps: 30"), std::string::npos) << y;
+  }
+  EXPECT_GE(n, 2) << "expected recipes/quickstart_qlora.yaml and recipes/lora_hf.yaml";
+}
+
+TEST(TrainLoop, LossFallsAndRunDirectoryIsComplete) {
+  TinyRun t;
+  const TrainResult r = t.run("run");
+  EXPECT_FALSE(r.stopped) << r.stop_reason;
+  EXPECT_EQ(r.steps_done, 8);
+  ASSERT_EQ(r.eval_before.size(), 2u);
+  ASSERT_EQ(r.eval_after.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_GT(r.eval_before[i].tokens, 0);
+    EXPECT_LT(r.eval_after[i].loss, r.eval_before[i].loss) << r.eval_after[i].name;
+  }
+  EXPECT_LT(r.last_loss, r.first_loss);
+  const fs::path d = t.dir / "run";
+  for (const char* f : {"recipe.yaml", "metrics.jsonl", "summary.json",
+                        "adapter/adapter_model.safetensors", "adapter/loom_adapter.json",
+                        "checkpoints/checkpoint-8.h5", "checkpoints/checkpoint-4.h5"})
+    EXPECT_TRUE(fs::exists(d / f)) << f;
+  // metrics: 8 train lines with the mix, 3 evaluations (start, 4, end).
+  std::ifstream in(d / "metrics.jsonl");
+  int train_lines = 0, eval_lines = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "train") {
+      ++train_lines;
+      EXPECT_TRUE(j["mix"].contains("animals"));
+      EXPECT_GT(j["peak_rss_mb"].get<double>(), 0);
+    } else {
+      ++eval_lines;
+    }
+  }
+  EXPECT_EQ(train_lines, 8);
+  EXPECT_EQ(eval_lines, 3);
+  const auto cfg = read_adapter_config(r.adapter_dir);
+  EXPECT_EQ(cfg["rank"], 4);
+  EXPECT_EQ(cfg["scale_convention"], "alpha/rank");
+  EXPECT_DOUBLE_EQ(cfg["scale"].get<double>(), 2.0);
+}
+
+TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
+  TinyRun t;
+  const TrainResult a = t.run("a");
+  const TrainResult b = t.run("b");
+  expect_bit_identical(adapter_of(a.adapter_dir), adapter_of(b.adapter_dir));
+
+  // Interrupt b after its step-4 checkpoint: drop what came later, then resume.
+  fs::remove(t.dir / "b/checkpoints/checkpoint-8.h5");
+  fs::remove_all(t.dir / "b/adapter");
+  TrainOptions resume;
+  resume.resume_from = (t.dir / "b").string();
+  const TrainResult c = t.run("b", {}, resume);
+  EXPECT_EQ(c.steps_done, 8);
+  expect_bit_identical(adapter_of(a.adapter_dir), adapter_of(c.adapter_dir));
+  const Checkpoint ca = load_checkpoint((t.dir / "a/checkpoints/checkpoint-8.h5").string());
+  const Checkpoint cc = load_checkpoint((t.dir / "b/checkpoints/checkpoint-8.h5").string());
+  EXPECT_TRUE(ca.optimizer == cc.optimizer) << "AdamW state differs after resume";
+  EXPECT_EQ(ca.data_position, cc.data_position);
+  EXPECT_EQ(ca.tokens_seen, cc.tokens_seen);
+}
+
+TEST(TrainLoop, SavedAdapterReloadsWithTheSameLogits) {
+  TinyRun t;
+  const TrainResult r = t.run("run", {"train.steps=4", "eval.batches=0"});
+  std::vector<int32_t> ids(2 * 16);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(32 + (i * 7) % 90);
+  const std::vector<float> from_file = adapter_logits(r.adapter_dir, ids, 2, 16, Precision::F32);
+  // The same tensors taken from the final checkpoint (what training ended with).
+  const Checkpoint ck = load_checkpoint(r.last_checkpoint);
+  std::vector<AdapterTensor> from_ck;
+  for (const NamedTensor& n : ck.adapters) from_ck.push_back({n.name, n.tensor.shape(), n.tensor.to_vector()});
+  const std::vector<float> from_checkpoint = adapter_logits(r.adapter_dir, ids, 2, 16, Precision::F32, &from_ck);
+  ASSERT_EQ(from_file.size(), from_checkpoint.size());
+  EXPECT_EQ(std::memcmp(from_file.data(), from_checkpoint.data(), from_file.size() * 4), 0);
+  // And the adapter does something: zero B gives other logits.
+  for (AdapterTensor& a : from_ck)
+    if (a.name.find("lora_B") != std::string::npos) std::fill(a.values.begin(), a.values.end(), 0.0f);
+  const std::vector<float> base = adapter_logits(r.adapter_dir, ids, 2, 16, Precision::F32, &from_ck);
+  double diff = 0;
+  for (size_t i = 0; i < base.size(); ++i) diff = std::max(diff, std::abs(double(base[i]) - from_file[i]));
+  EXPECT_GT(diff, 1e-4);
+}
+
+TEST(TrainLoop, QloraNf4BaseTrains) {
+  TinyRun t;
+  const TrainResult r = t.run("nf4", {"model.base_dtype=nf4", "train.steps=4", "eval.every=0"});
+  EXPECT_FALSE(r.stopped);
+  ASSERT_EQ(r.eval_after.size(), 2u);
+  EXPECT_LT(r.eval_after[0].loss, r.eval_before[0].loss);
+  EXPECT_EQ(read_adapter_config(r.adapter_dir)["base_dtype"], "nf4");
+}
+
+TEST(TrainLoop, NonFiniteStepsAreSkippedThenStopTheRun) {
+  TinyRun t;
+  // lr 1e30: the first update makes the adapters ~1e30, the next forward overflows.
+  const TrainResult r = t.run("nan", {"train.lr=1e30", "train.schedule=constant",
+                                      "train.warmup_steps=0", "train.max_skipped_steps=2",
+                                      "eval.batches=0"});
+  ASSERT_TRUE(r.stopped);
+  EXPECT_EQ(r.skipped_steps, 2);
+  EXPECT_EQ(r.steps_done, 3);
+  EXPECT_NE(r.stop_reason.find("stopped at step 3"), std::string::npos) << r.stop_reason;
+  EXPECT_NE(r.stop_reason.find("lora_"), std::string::npos) << "names the tensor: " << r.stop_reason;
+  // A usable checkpoint and adapter: the values of the last finite step.
+  const Checkpoint ck = load_checkpoint(r.last_checkpoint);
+  EXPECT_EQ(ck.step, 3);
+  EXPECT_EQ(ck.skipped_steps, 2);
+  for (const AdapterTensor& a : adapter_of(r.adapter_dir))
+    for (float v : a.values) ASSERT_TRUE(std::isfinite(v)) << a.name;
+}
+
+TEST(TrainLoop, ResumeWithoutCheckpointSaysSo) {
+  TinyRun t;
+  TrainOptions o;
+  o.resume_from = (t.dir / "missing").string();
+  EXPECT_THROW(t.run("missing", {}, o), Error);
+}
+
+// ---- golden parity with plain PyTorch LoRA (scripts/make_train_golden.py) --------------------
+
+std::vector<float> golden_tensor(const SafetensorsFile& f, const std::string& name) {
+  return f.tensor(name).to_vector();
+}
+
+// max |a - b| / max |b|: the error relative to the tensor's scale.
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    worst = std::max(worst, std::abs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::abs(double(b[i])));
+  }
+  return worst / std::max(scale, 1e-30);
+}
+
+TEST(TrainGolden, MatchesPlainPyTorchLoraForwardGradientsAndThreeAdamWSteps) {
+  const fs::path json_path = source_dir() / "tests/golden/train_golden.json";
+  ASSERT_TRUE(fs::exists(json_path)) << "run scripts/make_train_golden.py";
+  const nlohmann::json g = nlohmann::json::parse(std::ifstream(json_path));
+  const SafetensorsFile st = SafetensorsFile::open((source_dir() / "tests/golden/train_golden.safetensors").string());
+
+  LlamaModel model = LlamaModel::from_hf((source_dir() / "tests/golden/hf_llama").string());
+  LoraConfig cfg;
+  cfg.rank = g["rank"];
+  cfg.alpha = g["alpha"];
+  cfg.targets.modules = g["targets"].get<std::vector<std::string>>();
+  LoraModel lora(model, cfg);
+  const auto names = g["parameters"].get<std::vector<std::string>>();
+  std::vector<LoraParameter> params = lora.parameters();
+  ASSERT_EQ(params.size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    ASSERT_EQ(params[i].name, names[i]);
+    lora.set_parameter(names[i], golden_tensor(st, "init." + names[i]));
+  }
+  const auto ids = g["ids"].get<std::vector<int32_t>>();
+  const auto targets = g["targets_flat"].get<std::vector<int32_t>>();
+  TokenBatch tb;
+  tb.ids = ids;
+  tb.batch = g["batch"];
+  tb.seq_len = g["seq_len"];
+  ForwardOptions fwd;
+  fwd.checkpoint_blocks = true;
+  fwd.precision = Precision::F32;
+
+  // f32 everywhere, but another summation order (blocked GEMMs, fused attention, chunked
+  // cross-entropy) than PyTorch's: agreement to a few ulps of each tensor's scale, 1e-5.
+  constexpr double kTol = 1e-5;
+  auto forward_loss = [&](Tensor* hidden_out) {
+    const Tensor hidden = model.forward_hidden(tb, fwd);
+    if (hidden_out) *hidden_out = hidden;
+    return model.loss(hidden, targets, -100, Precision::F32);
+  };
+  {
+    Tensor hidden;
+    const CrossEntropyResult ce = forward_loss(&hidden);
+    EXPECT_NEAR(ce.loss.item(), g["loss"].get<double>(), 1e-5 * g["loss"].get<double>());
+    const std::vector<float> logits = model.logits(hidden.detach(), Precision::F32).to_vector();
+    const double e_logits = relative_error(logits, golden_tensor(st, "logits"));
+    EXPECT_LT(e_logits, kTol);
+    ce.loss.backward();
+    double worst_grad = 0;
+    for (const LoraParameter& p : params) {
+      const double e = relative_error(p.tensor.grad().to_vector(), golden_tensor(st, "grad." + p.name));
+      worst_grad = std::max(worst_grad, e);
+      EXPECT_LT(e, kTol) << "gradient of " << p.name;
+    }
+    std::printf("golden: loss %.8f (torch %.8f), logits rel err %.3g, worst gradient rel err %.3g\n",
+                ce.loss.item(), g["loss"].get<double>(), e_logits, worst_grad);
+    lora.zero_grad();
+  }
+
+  NamedTensors named;
+  for (const LoraParameter& p : params) named.push_back({p.name, p.tensor});
+  AdamWConfig ac;
+  ac.weight_decay = g["weight_decay"];
+  AdamW opt(named, ac);
+  for (int s = 0; s < g["steps"].get<int>(); ++s) {
+    lora.zero_grad();
+    const CrossEntropyResult ce = forward_loss(nullptr);
+    EXPECT_NEAR(ce.loss.item(), g["step_losses"][s].get<double>(), 1e-5 * g["step_losses"][s].get<double>());
+    ce.loss.backward();
+    const GradNorm norm = clip_grad_norm(named, g["clip_grad_norm"].get<double>());
+    EXPECT_NEAR(norm.norm, g["grad_norms"][s].get<double>(), 1e-5 * g["grad_norms"][s].get<double>());
+    opt.step(g["lr"].get<double>());
+    double worst = 0;
+    for (const LoraParameter& p : params) {
+      const double e = relative_error(p.tensor.to_vector(),
+                                      golden_tensor(st, "step" + std::to_string(s + 1) + "." + p.name));
+      worst = std::max(worst, e);
+      EXPECT_LT(e, kTol) << p.name << " after step " << s + 1;
+    }
+    std::printf("golden: step %d loss %.8f (torch %.8f), grad norm %.8f (torch %.8f), worst adapter rel err %.3g\n",
+                s + 1, ce.loss.item(), g["step_losses"][s].get<double>(), norm.norm,
+                g["grad_norms"][s].get<double>(), worst);
+  }
+}
+
+}  // namespace
+}  // namespace loom

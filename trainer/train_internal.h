@@ -1,0 +1,58 @@
+// The pieces of a training run (internal to trainer/train_*.cpp): the model with its tokenizer,
+// the adapter config from the plan, the data streams and per-source evaluation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/heldout.h"
+#include "data/train_stream.h"
+#include "layers/llama.h"
+#include "layers/tokenizer.h"
+#include "lora/lora_model.h"
+#include "trainer/train_plan.h"
+
+namespace loom {
+
+struct TrainingModel {
+  std::unique_ptr<LlamaModel> model;  // heap: adapters and recorded blocks point into it
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::string tokenizer_description;  // for the banner
+};
+
+// A .gguf file (its tokenizer.* keys) or a Hugging Face directory (tokenizer.json; without one,
+// a model whose vocabulary is exactly 256 gets the byte tokenizer below).
+TrainingModel load_training_model(const std::string& path);
+
+// One token per byte: id b is byte b, except that 0 is <unk>, and the BOS / EOS ids (from
+// config.json) are control tokens. For tiny test models whose 256-entry vocabulary has no
+// tokenizer file.
+std::unique_ptr<Tokenizer> make_byte_tokenizer(const std::string& source, int32_t bos_id,
+                                               int32_t eos_id);
+
+LoraConfig lora_config_from_plan(const TrainPlan& plan);
+
+// Adapted modules and trainable parameters the config gives on this model, before attaching.
+struct AdapterCount {
+  int64_t modules = 0;
+  int64_t parameters = 0;
+};
+AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& config);
+
+struct TrainData {
+  std::vector<std::shared_ptr<const TokenizedSource>> sources;  // plan order
+  std::vector<std::string> cache_notes;                        // "hit <path>" / "built <path>"
+  PackingConfig packing;
+  std::unique_ptr<TrainStream> stream;
+  std::vector<std::vector<int64_t>> heldout;  // per source, the held-out documents
+};
+TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer);
+
+// Mean loss and perplexity on each source's held-out documents, at most `batches` batches per
+// source, in eval mode (no dropout) and without recording. Leaves the model in train mode.
+std::vector<SourceEval> evaluate_sources(const LlamaModel& model, LoraModel& lora,
+                                         const TrainData& data, const TrainPlan& plan);
+
+}  // namespace loom

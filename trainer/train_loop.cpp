@@ -1,0 +1,126 @@
+// train(): the recipe read into a TrainPlan (see train_plan.h for why), then the run
+// (train_session.cpp).
+#include "trainer/train_loop.h"
+
+#include <fmt/format.h>
+
+#include "autograd/check.h"
+#include "trainer/schedule.h"
+#include "trainer/train_session.h"
+
+namespace loom {
+
+TrainPlan make_train_plan(const Recipe& recipe) {
+  TrainPlan p;
+  p.recipe_source = "(recipe given as a value)";
+  p.recipe_yaml = recipe_to_yaml(recipe);
+
+  p.model_path = recipe.model.path;
+  p.base_dtype = std::string(to_string(recipe.model.base_dtype));
+  p.double_quant = recipe.model.double_quant;
+  p.precision = recipe.model.precision;
+  p.checkpoint_activations = recipe.model.checkpoint_activations;
+
+  const LoraRecipe& l = recipe.lora;
+  p.rank = l.rank;
+  p.alpha = l.alpha;
+  p.dropout = l.dropout;
+  p.targets = l.targets;
+  p.target_regex = l.target_regex;
+  p.layers = l.layers;
+  p.rslora = l.use_rslora;
+  p.dora = l.use_dora;
+  p.init = std::string(to_string(l.init));
+  p.rank_pattern = l.rank_pattern;
+  p.alpha_pattern = l.alpha_pattern;
+
+  for (const DataSourceRecipe& s : recipe.data.sources) {
+    TrainSourcePlan sp;
+    sp.name = s.name;
+    sp.path = s.path;
+    sp.format = std::string(to_string(s.format));
+    sp.text_field = s.text_field;
+    sp.prompt_field = s.prompt_field;
+    sp.completion_field = s.completion_field;
+    sp.instruct_as_chat = s.instruct_as_chat;
+    sp.messages_field = s.messages_field;
+    sp.chat_template = s.chat_template;
+    sp.weight = s.weight;
+    sp.heldout_fraction = s.heldout_fraction;
+    sp.separator = s.separator;
+    sp.skip_bad_records = s.skip_bad_records;
+    p.sources.push_back(std::move(sp));
+  }
+  p.mix_by = std::string(to_string(recipe.data.mix_by));
+  p.on_exhausted = std::string(to_string(recipe.data.on_exhausted));
+  p.seq_len = recipe.data.seq_len;
+  p.train_on_prompt = recipe.data.train_on_prompt;
+  p.packing = recipe.data.packing;
+
+  const TrainRecipe& t = recipe.train;
+  p.batch_size = t.batch_size;
+  p.grad_accum = t.grad_accum;
+  p.steps = t.steps;
+  p.lr = t.lr;
+  p.schedule = std::string(to_string(t.schedule));
+  p.warmup_steps = t.warmup_steps;
+  p.min_lr_ratio = t.min_lr_ratio;
+  const LrSchedule schedule = LrSchedule::from_recipe(t);
+  p.lr_at = [schedule](int64_t step) { return schedule.lr(step); };
+  p.weight_decay = t.weight_decay;
+  p.adam_beta1 = t.adam_beta1;
+  p.adam_beta2 = t.adam_beta2;
+  p.adam_eps = t.adam_eps;
+  p.clip_grad_norm = t.clip_grad_norm;
+  LOOM_CHECK(t.seed >= 0, "train.seed must be non-negative (the recipe checks), got {}", t.seed);
+  p.seed = static_cast<uint64_t>(t.seed);
+  p.max_skipped_steps = t.max_skipped_steps;
+
+  p.eval_every = recipe.eval.every;
+  p.eval_batches = recipe.eval.batches;
+  p.eval_at_start = recipe.eval.at_start;
+  p.checkpoint_every = recipe.checkpoint.every;
+  p.keep_last = recipe.checkpoint.keep_last;
+  p.output_dir = recipe.output.dir;
+  p.export_formats = recipe.output.export_formats;
+  p.log_every = recipe.output.log_every;
+  return p;
+}
+
+TrainResult train(const Recipe& recipe, const TrainOptions& options) {
+  if (options.print_config_only) {
+    fmt::print("{}", recipe_to_yaml(recipe, /*with_docs=*/true));
+    std::fflush(stdout);
+    return TrainResult{};
+  }
+  TrainOptions opts = options;
+  opts.resume = opts.resume || recipe.resume || !opts.resume_from.empty();
+  return run_training(make_train_plan(recipe), opts);
+}
+
+TrainResult train_recipe_file(const std::string& recipe_path,
+                              const std::vector<std::string>& overrides,
+                              const TrainOptions& options) {
+  std::string path = recipe_path;
+  if (path.empty()) {
+    if (options.resume_from.empty())
+      throw Error("loom train: no recipe given; pass recipes/<name>.yaml (or --resume DIR to "
+                  "continue a run from its own recipe.yaml)");
+    path = resume_recipe_path(options.resume_from);
+  }
+  Recipe recipe = load_recipe(path, overrides);
+  if (!options.resume_from.empty()) recipe.output.dir = resume_run_dir(options.resume_from);
+  if (options.print_config_only) return train(recipe, options);
+  TrainPlan plan = make_train_plan(recipe);
+  plan.recipe_source = path;
+  TrainOptions opts = options;
+  opts.resume = opts.resume || recipe.resume || !opts.resume_from.empty();
+  return run_training(plan, opts);
+}
+
+std::string resolved_recipe_yaml(const std::string& recipe_path,
+                                 const std::vector<std::string>& overrides, bool with_docs) {
+  return recipe_to_yaml(load_recipe(recipe_path, overrides), with_docs);
+}
+
+}  // namespace loom

@@ -1,0 +1,513 @@
+// run_training(): the training run step by step (train_loop.h describes it).
+#include "trainer/train_session.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "autograd/check.h"
+#include "autograd/kernels/cpu.h"
+#include "autograd/tape.h"
+#include "trainer/adapter_file.h"
+#include "trainer/checkpoint.h"
+#include "trainer/clip.h"
+#include "trainer/metrics.h"
+#include "trainer/optimizer.h"
+#include "trainer/run_dir.h"
+#include "trainer/train_internal.h"
+
+namespace loom {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// "a, b, c" (fmt::join trips GCC 12's -Wstringop-overflow at -O3).
+template <class T>
+std::string join_items(const std::vector<T>& items) {
+  std::string s;
+  for (const T& x : items) s += (s.empty() ? "" : ", ") + fmt::format("{}", x);
+  return s;
+}
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// "q4_1: 210 tensors, 106.2M weights; f32: 61 tensors, 0.1M weights" over every weight.
+std::string describe_storage(const LlamaModel& model) {
+  std::map<std::string, std::pair<int64_t, int64_t>> by_dtype;  // tensors, elements
+  std::set<const TensorImpl*> seen;
+  auto add = [&](const Tensor& t) {
+    if (!t.defined() || !seen.insert(t.impl()).second) return;
+    auto& c = by_dtype[std::string(dtype_name(t.dtype()))];
+    c.first += 1;
+    c.second += t.numel();
+  };
+  const LlamaWeights& w = model.weights();
+  add(w.token_embd);
+  add(w.output);
+  add(w.output_norm);
+  for (const LlamaBlock& b : w.blocks) {
+    add(b.attn_norm);
+    add(b.ffn_norm);
+    for (const Linear* p : b.projections()) add(p->weight);
+  }
+  std::string out;
+  for (const auto& [name, c] : by_dtype)
+    out += fmt::format("{}{}: {} tensors, {:.2f}M weights", out.empty() ? "" : "; ", name, c.first,
+                       c.second / 1e6);
+  return out;
+}
+
+std::string precision_text(Precision p) {
+  const bool bf16 = resolve_precision(p) == Precision::BF16;
+  std::string s = bf16 ? "bf16 matrix products with f32 accumulation" : "f32 matrix products";
+  if (p == Precision::Auto) s += " (auto)";
+  if (p == Precision::BF16 && !bf16) s += " (bf16 asked for; this CPU has no AVX512_BF16)";
+  return s;
+}
+
+std::string base_dtype_text(const std::string& d) {
+  if (d == "keep") return "keep (projections stay in the storage they were loaded in)";
+  if (d == "nf4") return "nf4 (QLoRA: projections quantized to NF4, blocks of 64, double-quantized absmax)";
+  return d + " (projections converted to " + d + ")";
+}
+
+std::vector<uint8_t> ints_to_bytes(const std::vector<int64_t>& ints) {
+  std::vector<uint8_t> out(ints.size() * 8);
+  for (size_t i = 0; i < ints.size(); ++i)
+    for (int b = 0; b < 8; ++b) out[i * 8 + b] = static_cast<uint8_t>(static_cast<uint64_t>(ints[i]) >> (8 * b));
+  return out;
+}
+
+std::vector<int64_t> bytes_to_ints(const std::vector<uint8_t>& bytes, const std::string& path) {
+  if (bytes.size() % 8 != 0)
+    throw Error(fmt::format("{}: data_position holds {} bytes, expected a multiple of 8", path,
+                            bytes.size()));
+  std::vector<int64_t> out(bytes.size() / 8);
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint64_t v = 0;
+    for (int b = 0; b < 8; ++b) v |= static_cast<uint64_t>(bytes[i * 8 + b]) << (8 * b);
+    out[i] = static_cast<int64_t>(v);
+  }
+  return out;
+}
+
+nlohmann::json evals_json(const std::vector<SourceEval>& evals) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const SourceEval& e : evals)
+    j[e.name] = {{"loss", e.loss}, {"perplexity", e.perplexity}, {"tokens", e.tokens}};
+  return j;
+}
+
+std::string evals_text(const std::vector<SourceEval>& evals) {
+  std::string s;
+  for (const SourceEval& e : evals)
+    s += fmt::format("{}{}: loss {:.4f}, perplexity {:.3f} ({} tokens)", s.empty() ? "" : "; ",
+                     e.name, e.loss, e.perplexity, e.tokens);
+  return s;
+}
+
+// Lines of the resolved recipe that differ between a checkpoint and this run (the `resume` key
+// aside), for the resume warning.
+std::vector<std::string> recipe_differences(const std::string& saved, const std::string& now) {
+  auto lines = [](const std::string& text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("resume:", 0) != 0) out.push_back(line);
+    return out;
+  };
+  const auto a = lines(saved), b = lines(now);
+  std::vector<std::string> diff;
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    const std::string x = i < a.size() ? a[i] : "", y = i < b.size() ? b[i] : "";
+    if (x != y) diff.push_back(fmt::format("checkpoint `{}` vs now `{}`", x, y));
+  }
+  return diff;
+}
+
+// The console: stdout for the banner and results, the progress line on stderr.
+struct Console {
+  bool quiet = false;
+  template <class... Args>
+  void print(fmt::format_string<Args...> f, Args&&... args) const {
+    if (quiet) return;
+    fmt::print(f, std::forward<Args>(args)...);
+    std::fflush(stdout);
+  }
+};
+
+}  // namespace
+
+TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
+  const double t_start = now_seconds();
+  const Console out{options.quiet};
+  if (plan.steps <= 0) throw Error(fmt::format("train.steps must be > 0, got {}", plan.steps));
+  if (plan.output_dir.empty()) throw Error("output.dir is empty; set it in the recipe or as output.dir=DIR");
+  if (!plan.lr_at) throw Error("training plan has no learning-rate schedule (make_train_plan sets it)");
+  const RunPaths paths = RunPaths::of(plan.output_dir);
+  const int threads = num_threads();
+
+  // ---- what the run will do -----------------------------------------------------------------
+  TrainingModel tm = load_training_model(plan.model_path);
+  LlamaModel& model = *tm.model;
+  const ModelConfig& mc = model.config();
+  const LoraConfig lora_config = lora_config_from_plan(plan);
+  const AdapterCount count = count_adapter_parameters(model, lora_config);
+  const int64_t tokens_per_step = plan.batch_size * plan.seq_len * plan.grad_accum;
+
+  out.print("loom train {}\n", plan.recipe_source);
+  out.print("  model:       {} ({}, {} layers, hidden {}, {} heads / {} kv heads, vocab {})\n",
+            plan.model_path, mc.architecture, mc.n_layers, mc.hidden_size, mc.n_heads,
+            mc.n_kv_heads, mc.vocab_size);
+  out.print("  tokenizer:   {}\n", tm.tokenizer_description);
+  out.print("  storage:     {}\n", describe_storage(model));
+  out.print("  base_dtype:  {}\n", base_dtype_text(plan.base_dtype));
+  out.print("  compute:     {}; LoRA, norms, softmax, loss and AdamW in f32; activation "
+            "checkpointing {}\n",
+            precision_text(plan.precision), plan.checkpoint_activations ? "on (per block)" : "off");
+  out.print("  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {} in {}\n",
+            plan.dora ? "DoRA" : "LoRA", plan.rank, plan.alpha,
+            plan.rslora ? "alpha/sqrt(r)" : "alpha/r", lora_scale(plan.alpha, plan.rank, plan.rslora),
+            plan.dropout, plan.init,
+            lora_config.targets.regex.empty() ? fmt::format("[{}]", join_items(plan.targets))
+                                              : "regex " + lora_config.targets.regex,
+            plan.layers.empty() ? "every layer" : fmt::format("layers [{}]", join_items(plan.layers)));
+  out.print("               {} modules, {} trainable parameters ({:.3f}% of the model)\n",
+            count.modules, count.parameters,
+            100.0 * count.parameters /
+                static_cast<double>(std::max<int64_t>(1, mc.vocab_size * mc.hidden_size * (mc.tie_word_embeddings ? 1 : 2) +
+                                                            mc.n_layers * (mc.hidden_size * (mc.q_dim() + 2 * mc.kv_dim()) +
+                                                                           mc.q_dim() * mc.hidden_size +
+                                                                           3 * mc.hidden_size * mc.intermediate_size))));
+  double weight_sum = 0;
+  for (const TrainSourcePlan& s : plan.sources) weight_sum += s.weight;
+  for (size_t i = 0; i < plan.sources.size(); ++i) {
+    const TrainSourcePlan& s = plan.sources[i];
+    out.print("  {}{} ({}, {}): mix {:.3f} of {}, {:.1f}% held out for eval\n",
+              i == 0 ? "data:        " : "             ", s.name, s.format, s.path,
+              weight_sum > 0 ? s.weight / weight_sum : 0.0, plan.mix_by, 100 * s.heldout_fraction);
+  }
+  out.print("  batches:     seq_len {}, batch {}, grad accum {} -> {} tokens per step{}\n",
+            plan.seq_len, plan.batch_size, plan.grad_accum, tokens_per_step,
+            plan.train_on_prompt ? ", loss on prompts too" : "");
+  out.print("  schedule:    {} steps, AdamW lr {:g} {} (warmup {}, min ratio {:g}), weight decay "
+            "{:g}, betas ({:g}, {:g}), eps {:g}, clip {}\n",
+            plan.steps, plan.lr, plan.schedule, plan.warmup_steps, plan.min_lr_ratio,
+            plan.weight_decay, plan.adam_beta1, plan.adam_beta2, plan.adam_eps,
+            plan.clip_grad_norm > 0 ? fmt::format("grad norm {:g}", plan.clip_grad_norm) : "off");
+  if (plan.eval_batches > 0)
+    out.print("  eval:        {}{}at the end, {} batches per source\n",
+              plan.eval_at_start ? "at step 0, " : "",
+              plan.eval_every > 0 ? fmt::format("every {} steps, ", plan.eval_every) : "",
+              plan.eval_batches);
+  else
+    out.print("  eval:        none (eval.batches 0)\n");
+  out.print("  checkpoints: {}at the end, last {} kept, in {}\n",
+            plan.checkpoint_every > 0 ? fmt::format("every {} steps and ", plan.checkpoint_every) : "",
+            plan.keep_last, paths.checkpoints);
+  out.print("  run:         seed {}, {} threads, stop after {} non-finite steps in a row\n",
+            plan.seed, threads, plan.max_skipped_steps);
+  out.print("  output:      {}\n", plan.output_dir);
+
+  // ---- the model, the adapters, the data ----------------------------------------------------
+  double t0 = now_seconds();
+  LoraModel lora(model, lora_config);
+  const BaseConversion& conv = lora.base_conversion();
+  out.print("base:          {} projections converted to {}, {:.1f} MB -> {:.1f} MB ({:.1f} s)\n",
+            conv.converted, plan.base_dtype, conv.bytes_before / 1e6, conv.bytes_after / 1e6,
+            now_seconds() - t0);
+  t0 = now_seconds();
+  TrainData data = build_train_data(plan, *tm.tokenizer);
+  for (const std::string& note : data.cache_notes) out.print("data:          {}\n", note);
+
+  NamedTensors params;
+  std::vector<std::string> no_decay;
+  for (const LoraParameter& p : lora.parameters()) {
+    params.push_back({p.name, p.tensor});
+    if (p.name.find("lora_magnitude_vector") != std::string::npos) no_decay.push_back(p.name);
+  }
+  AdamWConfig adam;
+  adam.beta1 = plan.adam_beta1;
+  adam.beta2 = plan.adam_beta2;
+  adam.eps = plan.adam_eps;
+  adam.weight_decay = plan.weight_decay;
+  AdamW optimizer(params, adam, no_decay);
+
+  // ---- resume ---------------------------------------------------------------------------------
+  int64_t step = 0, skipped_total = 0, consecutive_skipped = 0, tokens_seen = 0;
+  double wall_before = 0;
+  std::vector<SourceEval> eval_before;
+  const bool explicit_resume = !options.resume_from.empty();
+  std::optional<std::string> resume_path;
+  if (options.resume) {
+    if (explicit_resume || latest_checkpoint(paths.checkpoints))
+      resume_path = find_resume_checkpoint(options.resume_from, paths);
+    else
+      out.print("resume:        no checkpoint in {}; starting at step 0\n", paths.checkpoints);
+  }
+  if (resume_path) {
+    const Checkpoint ck = load_checkpoint(*resume_path);
+    restore_adapters(ck, *resume_path, params);
+    optimizer.load_state(ck.optimizer);
+    data.stream->restore(TrainStreamPosition::from_ints(bytes_to_ints(ck.data_position, *resume_path)));
+    if (ck.rng_state.size() != 2 || ck.rng_state[0] != plan.seed)
+      throw Error(fmt::format("{}: rng_state is for seed {}, this run's train.seed is {}; resume "
+                              "with the recipe the checkpoint was made with",
+                              *resume_path, ck.rng_state.empty() ? 0 : ck.rng_state[0], plan.seed));
+    step = ck.step;
+    skipped_total = ck.skipped_steps;
+    tokens_seen = ck.tokens_seen;
+    auto scalar = [&](const std::string& k, double fallback) {
+      const auto it = ck.scalars.find(k);
+      return it == ck.scalars.end() ? fallback : it->second;
+    };
+    consecutive_skipped = static_cast<int64_t>(scalar("consecutive_skipped", 0));
+    wall_before = scalar("wall_seconds", 0);
+    for (const auto& s : plan.sources) {
+      if (ck.scalars.count("eval_before." + s.name + ".loss"))
+        eval_before.push_back({s.name, static_cast<int64_t>(scalar("eval_before." + s.name + ".tokens", 0)),
+                               scalar("eval_before." + s.name + ".loss", 0),
+                               std::exp(scalar("eval_before." + s.name + ".loss", 0))});
+    }
+    const int saved_threads = static_cast<int>(scalar("threads", threads));
+    out.print("resume:        {} (step {} of {}, {} tokens seen)\n", *resume_path, step, plan.steps,
+              tokens_seen);
+    if (saved_threads != threads)
+      out.print("warning:       the checkpoint was made with {} threads, this run has {}: the "
+                "result will not be bit-identical to an uninterrupted run\n",
+                saved_threads, threads);
+    const auto diff = recipe_differences(ck.recipe_yaml, plan.recipe_yaml);
+    for (size_t i = 0; i < diff.size() && i < 5; ++i)
+      out.print("warning:       recipe differs from the checkpoint's: {}\n", diff[i]);
+  }
+
+  fs::create_directories(paths.dir);
+  write_file_atomic(paths.recipe, plan.recipe_yaml);
+  MetricsWriter metrics(paths.metrics, /*truncate=*/!resume_path.has_value());
+
+  TrainResult result;
+  result.output_dir = paths.dir;
+  result.adapter_dir = paths.adapter;
+  result.metrics_path = paths.metrics;
+  result.summary_path = paths.summary;
+  result.eval_before = eval_before;
+
+  std::optional<ProgressLine> progress;
+  if (!options.quiet) progress.emplace(plan.steps, step, std::max<int64_t>(1, plan.log_every));
+  auto message = [&](const std::string& line) {
+    if (progress) progress->message(line);
+  };
+
+  auto run_eval = [&](int64_t at_step) -> std::vector<SourceEval> {
+    if (plan.eval_batches <= 0) return {};  // eval.batches 0: no evaluation
+    const double te = now_seconds();
+    std::vector<SourceEval> evals = evaluate_sources(model, lora, data, plan);
+    nlohmann::json rec = {{"type", "eval"}, {"step", at_step}, {"sources", evals_json(evals)},
+                          {"seconds", now_seconds() - te}};
+    metrics.write(rec);
+    message(fmt::format("eval @ step {}: {}", at_step, evals_text(evals)));
+    return evals;
+  };
+
+  if (step == 0 && plan.eval_at_start) {
+    result.eval_before = run_eval(0);
+    eval_before = result.eval_before;
+  }
+
+  auto save = [&](int64_t at_step) {
+    Checkpoint ck;
+    ck.step = at_step;
+    ck.skipped_steps = skipped_total;
+    ck.tokens_seen = tokens_seen;
+    ck.adapters = params;
+    ck.optimizer = optimizer.state();
+    ck.rng_state = {plan.seed, static_cast<uint64_t>(at_step)};
+    ck.data_position = ints_to_bytes(data.stream->position().to_ints());
+    ck.scalars["consecutive_skipped"] = static_cast<double>(consecutive_skipped);
+    ck.scalars["threads"] = threads;
+    ck.scalars["wall_seconds"] = wall_before + (now_seconds() - t_start);
+    for (const SourceEval& e : eval_before) {
+      ck.scalars["eval_before." + e.name + ".loss"] = e.loss;
+      ck.scalars["eval_before." + e.name + ".tokens"] = static_cast<double>(e.tokens);
+    }
+    ck.recipe_yaml = plan.recipe_yaml;
+    CheckpointSaveOptions so;
+    so.keep_last = plan.keep_last;
+    result.last_checkpoint = save_checkpoint(paths.checkpoints, ck, so);
+    return result.last_checkpoint;
+  };
+
+  // ---- the loop -------------------------------------------------------------------------------
+  ForwardOptions fwd;
+  fwd.checkpoint_blocks = plan.checkpoint_activations;
+  fwd.precision = plan.precision;
+  double train_seconds = 0;
+  int64_t tokens_this_run = 0, last_checkpoint_step = -1, last_eval_step = step == 0 && plan.eval_at_start ? 0 : -1;
+  bool first = true;
+  std::vector<Batch> micro(static_cast<size_t>(plan.grad_accum));
+  while (step < plan.steps) {
+    const double ts = now_seconds();
+    bool ended = false;
+    int64_t targets = 0, tokens = 0;
+    for (Batch& b : micro) {
+      if (!data.stream->next(b)) {
+        ended = true;
+        break;
+      }
+      targets += b.counted_targets();
+      tokens += b.batch * b.seq_len;
+    }
+    if (ended) {
+      result.stopped = true;
+      result.stop_reason = fmt::format("the data ended at step {} (data.on_exhausted: stop)", step);
+      break;
+    }
+    lora.zero_grad();
+    double loss_sum = 0;
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const Batch& b = micro[m];
+      lora.set_dropout_step(static_cast<uint64_t>(step) * static_cast<uint64_t>(plan.grad_accum) + m);
+      TokenBatch tb;
+      tb.ids = b.tokens;
+      tb.batch = b.batch;
+      tb.seq_len = b.seq_len;
+      tb.positions = b.positions;
+      tb.document_ids = b.document_ids;
+      const Tensor hidden = model.forward_hidden(tb, fwd);
+      const CrossEntropyResult ce = model.loss(hidden, b.targets, -100, plan.precision);
+      loss_sum += ce.loss_sum;
+      if (ce.n_tokens == 0) continue;
+      // The step's loss is the mean over every counted target of its micro-batches.
+      scale(ce.loss, static_cast<float>(static_cast<double>(ce.n_tokens) / static_cast<double>(targets)))
+          .backward();
+    }
+    const double loss = targets > 0 ? loss_sum / static_cast<double>(targets) : std::nan("");
+    const double lr = plan.lr_at(step);
+    const GradNorm norm = clip_grad_norm(params, plan.clip_grad_norm);
+    const bool skip = !std::isfinite(loss) || !norm.finite();
+    if (skip) {
+      ++skipped_total;
+      ++consecutive_skipped;
+      const std::string what =
+          norm.nonfinite ? norm.nonfinite->describe()
+                         : fmt::format("loss is {} with finite gradients", loss);
+      message(fmt::format("step {}: skipped, non-finite ({}; loss {}) [{} in a row]", step + 1, what,
+                          loss, consecutive_skipped));
+      if (consecutive_skipped >= std::max<int64_t>(1, plan.max_skipped_steps)) {
+        result.stopped = true;
+        result.stop_reason = fmt::format(
+            "stopped at step {}: {} non-finite steps in a row (train.max_skipped_steps {}); the "
+            "last: {}, loss {}. The adapters are those of the last finite step; lower train.lr or "
+            "check the data",
+            step + 1, consecutive_skipped, plan.max_skipped_steps, what, loss);
+      }
+    } else {
+      consecutive_skipped = 0;
+      optimizer.step(lr);
+    }
+    lora.zero_grad();
+    ++step;
+    tokens_seen += tokens;
+    tokens_this_run += tokens;
+    const double dt = now_seconds() - ts;
+    train_seconds += dt;
+    if (first) result.first_loss = loss;
+    first = false;
+    result.last_loss = loss;
+
+    nlohmann::json mix = nlohmann::json::object();
+    for (const SourceDelivery& d : data.stream->delivered()) mix[d.name] = d.token_fraction;
+    metrics.write({{"type", "train"},
+                   {"step", step},
+                   {"loss", loss},
+                   {"lr", lr},
+                   {"grad_norm", norm.norm},
+                   {"skipped", skip},
+                   {"tokens", tokens},
+                   {"targets", targets},
+                   {"tokens_per_second", tokens / dt},
+                   {"step_seconds", dt},
+                   {"peak_rss_mb", peak_rss_bytes() / 1048576.0},
+                   {"mix", mix}});
+    if (progress) progress->update(step, loss, lr, tokens);
+    if (result.stopped) break;
+
+    if (plan.eval_every > 0 && step % plan.eval_every == 0 && step < plan.steps) {
+      run_eval(step);
+      last_eval_step = step;
+    }
+    if (plan.checkpoint_every > 0 && step % plan.checkpoint_every == 0 && step < plan.steps) {
+      save(step);
+      last_checkpoint_step = step;
+    }
+  }
+  if (progress) progress->finish();
+
+  // ---- the end ----------------------------------------------------------------------------
+  if (last_eval_step != step && !data.sources.empty()) result.eval_after = run_eval(step);
+  if (last_checkpoint_step != step) save(step);
+  save_adapter(paths.adapter, lora, model, plan.model_path, step);
+
+  result.steps_done = step;
+  result.skipped_steps = skipped_total;
+  result.tokens_per_second = train_seconds > 0 ? tokens_this_run / train_seconds : 0;
+  result.peak_rss_bytes = peak_rss_bytes();
+  result.wall_seconds = wall_before + (now_seconds() - t_start);
+
+  nlohmann::json per_source = nlohmann::json::object();
+  for (const SourceEval& e : result.eval_before) per_source[e.name]["before"] = {{"loss", e.loss}, {"perplexity", e.perplexity}, {"tokens", e.tokens}};
+  for (const SourceEval& e : result.eval_after) per_source[e.name]["after"] = {{"loss", e.loss}, {"perplexity", e.perplexity}, {"tokens", e.tokens}};
+  nlohmann::json summary = {
+      {"recipe", plan.recipe_source},
+      {"model", plan.model_path},
+      {"base_dtype", plan.base_dtype},
+      {"steps", step},
+      {"steps_planned", plan.steps},
+      {"skipped_steps", skipped_total},
+      {"stopped", result.stopped},
+      {"stop_reason", result.stop_reason},
+      {"first_loss_this_process", result.first_loss},
+      {"final_loss", result.last_loss},
+      {"eval", per_source},
+      {"tokens_seen", tokens_seen},
+      {"tokens_per_second", result.tokens_per_second},
+      {"peak_rss_mb", result.peak_rss_bytes / 1048576.0},
+      {"wall_seconds", result.wall_seconds},
+      {"threads", threads},
+      {"trainable_parameters", lora.trainable_parameter_count()},
+      {"adapter", paths.adapter},
+      {"last_checkpoint", result.last_checkpoint},
+  };
+  write_file_atomic(paths.summary, summary.dump(2) + "\n");
+
+  for (const SourceEval& e : result.eval_after) {
+    const SourceEval* b = nullptr;
+    for (const SourceEval& x : result.eval_before)
+      if (x.name == e.name) b = &x;
+    out.print("eval {}: perplexity {:.3f} -> {:.3f} (loss {:.4f} -> {:.4f})\n", e.name,
+              b ? b->perplexity : std::nan(""), e.perplexity, b ? b->loss : std::nan(""), e.loss);
+  }
+  if (result.stopped) out.print("STOPPED: {}\n", result.stop_reason);
+  out.print("done: {} steps ({} skipped), loss {:.4f} -> {:.4f}, {:.0f} tokens/s, peak RSS {:.0f} MB, "
+            "{}\n",
+            step, skipped_total, result.first_loss, result.last_loss, result.tokens_per_second,
+            result.peak_rss_bytes / 1048576.0, format_duration(result.wall_seconds));
+  out.print("outputs:       adapter {}/ (adapter_model.safetensors, loom_adapter.json)\n"
+            "               metrics {}\n               summary {}\n               checkpoint {}\n"
+            "               recipe  {}\n",
+            paths.adapter, paths.metrics, paths.summary, result.last_checkpoint, paths.recipe);
+  return result;
+}
+
+}  // namespace loom
