@@ -1,0 +1,165 @@
+// Public entry points of the linear-layer GEMM: argument checks, precision resolution and the
+// choice between the f32 route (gemm_f32.cpp) and the bf16 route (gemm_bf16.cpp); plus sgemm.
+#include "autograd/kernels/gemm.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "autograd/check.h"
+#include "autograd/kernels/cpu.h"
+#include "autograd/kernels/gemm_internal.h"
+
+namespace loom {
+
+Precision resolve_precision(Precision p) {
+  // BF16 is a request for speed: a CPU without AVX512_BF16 runs the (more exact) f32 route.
+  if (p == Precision::F32) return Precision::F32;
+  return cpu_has_avx512_bf16() ? Precision::BF16 : Precision::F32;
+}
+
+namespace {
+
+void check_weight(const char* op, const WeightView& W) {
+  const DTypeInfo& info = dtype_info(W.dtype);
+  LOOM_CHECK(W.rows >= 0 && W.cols >= 0, "{}: weight has negative shape [{} x {}]", op, W.rows,
+             W.cols);
+  LOOM_CHECK(W.data != nullptr || W.rows * W.cols == 0, "{}: {} weight [{} x {}] has no data",
+             op, info.name, W.rows, W.cols);
+  // W is a flat run of blocks; a block may straddle two rows (tiles then start every
+  // detail::row_granularity rows), but the run must be whole blocks.
+  LOOM_CHECK((W.rows * W.cols) % info.block_elems == 0,
+             "{}: {} weight [{} x {}] holds {} elements, not a multiple of the {}-element {} "
+             "block",
+             op, info.name, W.rows, W.cols, W.rows * W.cols, info.block_elems, info.name);
+}
+
+// Activation [M x width] with leading dimension ld: ld >= width, and a pointer when non-empty.
+void check_activation(const char* op, const char* name, const void* p, int64_t M, int64_t width,
+                      int64_t ld, const WeightView& W) {
+  LOOM_CHECK(M >= 0, "{}: {} has M={} rows; expected M >= 0", op, name, M);
+  LOOM_CHECK(ld >= std::max<int64_t>(width, 1),
+             "{}: {} has leading dimension {} but W[{} x {}] ({}) needs rows of {} elements, so "
+             "at least {}",
+             op, name, ld, W.rows, W.cols, dtype_name(W.dtype), width, std::max<int64_t>(width, 1));
+  LOOM_CHECK(p != nullptr || M == 0, "{}: {} is null with M={} rows", op, name, M);
+}
+
+// Empty products: C (M x width, ldc) is zeroed unless accumulating.
+void zero_unless_accumulate(float* C, int64_t M, int64_t width, int64_t ldc, bool accumulate) {
+  if (accumulate) return;
+  for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc, width, 0.0f);
+}
+
+}  // namespace
+
+namespace detail {
+
+void linear_forward_tiled(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
+                          int64_t ldy, bool accumulate, Precision precision, int64_t tile_rows) {
+  const char* op = "linear_forward";
+  check_weight(op, W);
+  check_activation(op, "X", X, M, W.cols, ldx, W);
+  check_activation(op, "Y", Y, M, W.rows, ldy, W);
+  LOOM_CHECK(tile_rows >= 0, "{}: tile_rows={} must be >= 0", op, tile_rows);
+  if (M == 0 || W.rows == 0) return;
+  if (W.cols == 0) return zero_unless_accumulate(Y, M, W.rows, ldy, accumulate);
+  const Precision p = resolve_precision(precision);
+  tile_rows = effective_tile_rows(W, tile_rows);
+  if (p == Precision::BF16) return forward_bf16(X, M, ldx, W, Y, ldy, accumulate, tile_rows);
+  forward_f32(X, M, ldx, W, Y, ldy, accumulate, tile_rows);
+}
+
+void linear_backward_input_tiled(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                                 float* dX, int64_t lddx, bool accumulate, Precision precision,
+                                 int64_t tile_rows) {
+  const char* op = "linear_backward_input";
+  check_weight(op, W);
+  check_activation(op, "dY", dY, M, W.rows, lddy, W);
+  check_activation(op, "dX", dX, M, W.cols, lddx, W);
+  LOOM_CHECK(tile_rows >= 0, "{}: tile_rows={} must be >= 0", op, tile_rows);
+  if (M == 0 || W.cols == 0) return;
+  if (W.rows == 0) return zero_unless_accumulate(dX, M, W.cols, lddx, accumulate);
+  const Precision p = resolve_precision(precision);
+  tile_rows = effective_tile_rows(W, tile_rows);
+  if (p == Precision::BF16)
+    return backward_input_bf16(dY, M, lddy, W, dX, lddx, accumulate, tile_rows);
+  backward_input_f32(dY, M, lddy, W, dX, lddx, accumulate, tile_rows);
+}
+
+}  // namespace detail
+
+void linear_forward(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
+                    int64_t ldy, bool accumulate, Precision precision) {
+  detail::linear_forward_tiled(X, M, ldx, W, Y, ldy, accumulate, precision, 0);
+}
+
+void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                           float* dX, int64_t lddx, bool accumulate, Precision precision) {
+  detail::linear_backward_input_tiled(dY, M, lddy, W, dX, lddx, accumulate, precision, 0);
+}
+
+namespace {
+
+// OpenBLAS runs single-threaded, inside our OpenMP threads. With its own pthreads it competes
+// with the OpenMP workers that keep spinning after each OpenMP region (oneDNN, our loops):
+// measured on 2 cores, sgemm [256 x 576] . [576 x 1536] alternating with oneDNN matmuls ran at
+// 280-385 GFLOP/s instead of 478 alone (422 vs 472 at M=2048). Split over the OpenMP threads it
+// runs at 450-470 either way, as fast as OpenBLAS' own threading.
+void use_single_threaded_blas() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
+
+// Below this many flops one call on the calling thread is faster than waking the team.
+constexpr double kParallelSgemmFlops = 4e6;
+
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+           int64_t ldc) {
+  LOOM_CHECK(M >= 0 && N >= 0 && K >= 0, "sgemm: negative shape M={} N={} K={}", M, N, K);
+  // Row-major: op(A) is M x K, op(B) is K x N; a stored row holds the second index.
+  const int64_t a_width = trans_a ? M : K, b_width = trans_b ? K : N;
+  LOOM_CHECK(lda >= std::max<int64_t>(a_width, 1), "sgemm: lda={} < {} (A is {}{} x {})", lda,
+             std::max<int64_t>(a_width, 1), trans_a ? "transposed, " : "", M, K);
+  LOOM_CHECK(ldb >= std::max<int64_t>(b_width, 1), "sgemm: ldb={} < {} (B is {}{} x {})", ldb,
+             std::max<int64_t>(b_width, 1), trans_b ? "transposed, " : "", K, N);
+  LOOM_CHECK(ldc >= std::max<int64_t>(N, 1), "sgemm: ldc={} < N={}", ldc, N);
+  for (int64_t v : {M, N, K, lda, ldb, ldc})
+    LOOM_CHECK(v <= INT_MAX, "sgemm: dimension {} exceeds OpenBLAS' 32-bit int (M={} N={} K={})",
+               v, M, N, K);
+  if (M == 0 || N == 0) return;
+  use_single_threaded_blas();
+  // C[m0:m1, n0:n1] from rows m0..m1 of op(A) and columns n0..n1 of op(B).
+  auto block = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const float* a = trans_a ? A + m0 : A + m0 * lda;
+    const float* b = trans_b ? B + n0 * ldb : B + n0;
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m1 - m0),
+                static_cast<int>(n1 - n0), static_cast<int>(K), alpha, a, static_cast<int>(lda),
+                b, static_cast<int>(ldb), beta, C + m0 * ldc + n0, static_cast<int>(ldc));
+  };
+  const int threads = omp_in_parallel() ? 1 : num_threads();
+  const bool small = 2.0 * double(M) * double(N) * double(K) < kParallelSgemmFlops;
+  // Split the longer side of C; each part should keep at least a few register-tile rows.
+  const bool split_m = M >= N || N < 32 * threads;
+  if (threads <= 1 || small || (split_m ? M : N) < 8 * threads) return block(0, M, 0, N);
+  detail::parallel_run(threads, [&](int t, int nt) {
+    if (split_m) {
+      const int64_t m0 = M * t / nt, m1 = M * (t + 1) / nt;
+      if (m1 > m0) block(m0, m1, 0, N);
+    } else {
+      const int64_t n0 = N * t / nt / 16 * 16, n1 = t + 1 == nt ? N : N * (t + 1) / nt / 16 * 16;
+      if (n1 > n0) block(0, M, n0, n1);
+    }
+  });
+}
+
+}  // namespace loom

@@ -1,0 +1,484 @@
+// Parity of the linear-layer GEMM (autograd/kernels/gemm.h) against its scalar reference, for
+// every weight storage dtype, both compute precisions, both products (Y = X.W^T, dX = dY.W),
+// odd M, tiles that do not divide N, leading dimensions wider than the rows, and accumulate.
+//
+// Tolerances come from the precision, per output element, with L2 = sqrt(sum_k (x_k w_k)^2)
+// over the reduction (about sqrt(K) times the typical product):
+//   BF16: each of x and w is rounded to bf16 (relative error <= 2^-9 each, so <= 2^-8 per
+//         product); the errors are independent with random sign, so the sum's error has a
+//         standard deviation of about 0.4 * 2^-8 * L2 -- the "sqrt(K) * 2^-8" relative scale.
+//         We allow 4 * 2^-8 * L2 (about 10 sigma).
+//   F32:  only the f32 accumulation rounds: error about 2^-24 * sqrt(K / 6) * L2 for a
+//         sequential sum (blocked GEMMs do better). We allow 8 * 2^-24 * sqrt(K) * L2.
+// plus 2^-20 * |expected| for the final f32 rounding (and the add when accumulating).
+// The Checker* tests show these bounds reject a transposed weight, a missing tile, a missing
+// K block and (for F32) a product computed in bf16.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "autograd/check.h"
+#include "autograd/kernels/cpu.h"
+#include "autograd/kernels/gemm.h"
+#include "autograd/kernels/gemm_internal.h"
+#include "autograd/quant/quant.h"
+
+namespace loom {
+namespace {
+
+constexpr float kOutputPad = 12345.0f;  // output padding must come back untouched
+
+// Reduction lengths: a few blocks of each format, never a multiple of oneDNN's 64/128 K tile
+// except where the block size forces it.
+int64_t test_k(DType t) {
+  switch (t) {
+    case DType::F32:
+    case DType::BF16:
+    case DType::F16: return 100;
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_1: return 160;  // 5 blocks of 32
+    case DType::NF4: return 192;   // 3 blocks of 64
+    case DType::Q4_K:
+    case DType::Q6_K: return 512;  // 2 super-blocks of 256
+  }
+  return 0;
+}
+
+// An [rows x width] f32 matrix with row stride ld; the padding holds `pad`.
+std::vector<float> random_matrix(std::mt19937& rng, int64_t rows, int64_t width, int64_t ld,
+                                 float scale, float pad) {
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> a(static_cast<size_t>(rows * ld), pad);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < width; ++c) a[r * ld + c] = dist(rng);
+  return a;
+}
+
+// A frozen weight: its stored bytes and its exact f32 values (the reference dequantization).
+struct TestWeight {
+  DType dtype;
+  int64_t rows, cols;
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;
+  WeightView view() const { return {dtype, bytes.data(), rows, cols}; }
+};
+
+TestWeight make_weight(std::mt19937& rng, DType dtype, int64_t N, int64_t K) {
+  const std::vector<float> w = random_matrix(rng, N, K, K, 0.05f, 0.0f);
+  TestWeight tw{dtype, N, K, quantize(dtype, w.data(), N * K), {}};
+  tw.values.resize(static_cast<size_t>(N * K));
+  ref::dequantize(dtype, tw.bytes.data(), N * K, 0, N * K, tw.values.data());
+  return tw;
+}
+
+TestWeight from_values(const std::vector<float>& values, int64_t N, int64_t K) {
+  TestWeight tw{DType::F32, N, K, std::vector<uint8_t>(values.size() * sizeof(float)), values};
+  std::copy_n(reinterpret_cast<const uint8_t*>(values.data()), tw.bytes.size(), tw.bytes.begin());
+  return tw;
+}
+
+std::vector<float> squared(const std::vector<float>& a) {
+  std::vector<float> s(a.size());
+  for (size_t i = 0; i < a.size(); ++i) s[i] = std::isfinite(a[i]) ? a[i] * a[i] : 0.0f;
+  return s;
+}
+
+enum class Product { Forward, BackwardInput };
+
+// One product's shapes: input [M x in_width] (ld_in), output [M x out_width] (ld_out).
+struct Case {
+  Product product;
+  int64_t M;
+  int64_t ld_pad;  // extra elements per row on input and output
+  bool accumulate;
+  int64_t tile_rows;
+};
+
+struct Shapes {
+  int64_t in_width, out_width, reduction, ld_in, ld_out;
+};
+
+Shapes shapes_of(const Case& c, const TestWeight& w) {
+  const bool fwd = c.product == Product::Forward;
+  const int64_t in = fwd ? w.cols : w.rows, out = fwd ? w.rows : w.cols;
+  return {in, out, in, in + c.ld_pad, out + 2 * c.ld_pad};
+}
+
+void run_kernel(const Case& c, const float* in, int64_t ld_in, const TestWeight& w, float* out,
+                int64_t ld_out, Precision p) {
+  if (c.product == Product::Forward)
+    detail::linear_forward_tiled(in, c.M, ld_in, w.view(), out, ld_out, c.accumulate, p,
+                                 c.tile_rows);
+  else
+    detail::linear_backward_input_tiled(in, c.M, ld_in, w.view(), out, ld_out, c.accumulate, p,
+                                        c.tile_rows);
+}
+
+void run_ref(Product product, int64_t M, const float* in, int64_t ld_in, const TestWeight& w,
+             float* out, int64_t ld_out, bool accumulate) {
+  const WeightView v{DType::F32, w.values.data(), w.rows, w.cols};
+  if (product == Product::Forward)
+    ref::linear_forward(in, M, ld_in, v, out, ld_out, accumulate);
+  else
+    ref::linear_backward_input(in, M, ld_in, v, out, ld_out, accumulate);
+}
+
+// Per-element tolerance coefficient on L2 (see the file comment).
+double l2_coefficient(Precision resolved, int64_t reduction) {
+  if (resolved == Precision::BF16) return 4.0 * std::ldexp(1.0, -8);
+  return 8.0 * std::ldexp(1.0, -24) * std::sqrt(double(reduction));
+}
+
+struct Comparison {
+  int64_t bad = 0, pad_touched = 0;
+  std::string first;  // description of the first mismatch
+};
+
+Comparison compare(const std::vector<float>& got, const std::vector<float>& want,
+                   const std::vector<float>& l2sq, int64_t M, int64_t width, int64_t ld,
+                   double coef) {
+  Comparison r;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < ld; ++j) {
+      const size_t i = static_cast<size_t>(m * ld + j);
+      if (j >= width) {
+        if (got[i] != kOutputPad) ++r.pad_touched;
+        continue;
+      }
+      const double tol = coef * std::sqrt(double(l2sq[i])) + std::ldexp(std::fabs(want[i]), -20);
+      const double err = std::fabs(double(got[i]) - double(want[i]));
+      if (!(err <= tol)) {  // NaN fails too
+        if (r.bad++ == 0)
+          r.first = "element [" + std::to_string(m) + ", " + std::to_string(j) + "]: got " +
+                    std::to_string(got[i]) + ", want " + std::to_string(want[i]) + ", |err| " +
+                    std::to_string(err) + " > tol " + std::to_string(tol);
+      }
+    }
+  return r;
+}
+
+// Everything one parity check needs, made once per case.
+struct Fixture {
+  Shapes s;
+  std::vector<float> in, out0, want, l2sq;
+};
+
+Fixture make_fixture(std::mt19937& rng, const Case& c, const TestWeight& w) {
+  Fixture f;
+  f.s = shapes_of(c, w);
+  // NaN in the input padding: a kernel that reads past a row poisons its result.
+  f.in = random_matrix(rng, c.M, f.s.in_width, f.s.ld_in, 1.0f,
+                       std::numeric_limits<float>::quiet_NaN());
+  f.out0 = c.accumulate ? random_matrix(rng, c.M, f.s.out_width, f.s.ld_out, 1.0f, kOutputPad)
+                        : std::vector<float>(static_cast<size_t>(c.M * f.s.ld_out), kOutputPad);
+  if (!c.accumulate)  // the kernel must overwrite, not add to, what was there
+    for (int64_t m = 0; m < c.M; ++m)
+      std::fill_n(f.out0.begin() + m * f.s.ld_out, f.s.out_width, 777.0f);
+  f.want = f.out0;
+  run_ref(c.product, c.M, f.in.data(), f.s.ld_in, w, f.want.data(), f.s.ld_out, c.accumulate);
+  // L2^2 = (in o in) . (W o W) over the reduction, by the same reference.
+  const TestWeight w2 = from_values(squared(w.values), w.rows, w.cols);
+  const std::vector<float> in2 = squared(f.in);
+  f.l2sq.assign(f.out0.size(), 0.0f);
+  run_ref(c.product, c.M, in2.data(), f.s.ld_in, w2, f.l2sq.data(), f.s.ld_out, false);
+  return f;
+}
+
+std::string describe(const Case& c, DType t, Precision p) {
+  return std::string(c.product == Product::Forward ? "forward" : "backward_input") + " W=" +
+         std::string(dtype_name(t)) + (p == Precision::F32 ? " F32" : " BF16") +
+         " M=" + std::to_string(c.M) + " ld_pad=" + std::to_string(c.ld_pad) +
+         " accumulate=" + (c.accumulate ? "true" : "false") +
+         " tile_rows=" + std::to_string(c.tile_rows);
+}
+
+using Param = std::tuple<DType, Precision>;
+
+// Every combination of product, M, padding, accumulate and tile height; returns cases run.
+int check_cases(std::mt19937& rng, const TestWeight& w, Precision precision,
+                std::initializer_list<int64_t> Ms, std::initializer_list<int64_t> tiles) {
+  const Precision resolved = resolve_precision(precision);
+  int checked = 0;
+  for (Product product : {Product::Forward, Product::BackwardInput})
+    for (int64_t M : Ms)
+      for (int64_t ld_pad : {0, 3})
+        for (bool accumulate : {false, true})
+          for (int64_t tile_rows : tiles) {
+            const Case c{product, M, ld_pad, accumulate, tile_rows};
+            SCOPED_TRACE(describe(c, w.dtype, precision));
+            Fixture f = make_fixture(rng, c, w);
+            std::vector<float> got = f.out0;
+            run_kernel(c, f.in.data(), f.s.ld_in, w, got.data(), f.s.ld_out, precision);
+            const Comparison r = compare(got, f.want, f.l2sq, M, f.s.out_width, f.s.ld_out,
+                                         l2_coefficient(resolved, f.s.reduction));
+            EXPECT_EQ(r.bad, 0) << r.bad << " elements out of tolerance; first: " << r.first;
+            EXPECT_EQ(r.pad_touched, 0) << "output padding was written";
+            ++checked;
+          }
+  return checked;
+}
+
+class GemmParity : public ::testing::TestWithParam<Param> {};
+
+TEST_P(GemmParity, MatchesReference) {
+  const auto [dtype, precision] = GetParam();
+  std::mt19937 rng(1234 + static_cast<int>(dtype) * 7 + static_cast<int>(precision));
+  // N = 130: with tile_rows 48 the tiles are 48, 48, 34; with 0 one default tile.
+  const TestWeight w = make_weight(rng, dtype, 130, test_k(dtype));
+  EXPECT_EQ(check_cases(rng, w, precision, {1, 7, 130}, {0, 48}), 2 * 3 * 2 * 2 * 2);
+}
+
+// Square weights: a transposed read of W is shape-consistent only here, so it would go unnoticed
+// by the other cases (which would fail on shapes alone).
+TEST(Gemm, SquareWeights) {
+  std::mt19937 rng(66);
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::NF4})
+    for (Precision p : {Precision::F32, Precision::BF16}) {
+      const TestWeight w = make_weight(rng, dtype, 192, 192);
+      EXPECT_EQ(check_cases(rng, w, p, {7}, {0, 80}), 2 * 1 * 2 * 2 * 2);
+    }
+}
+
+// A weight is a flat run of blocks, so a block may straddle two rows when K is not a multiple of
+// the block size (Q4_K at K = 576 in SmolLM2). Tiles must then start on whole blocks: K = 320
+// gives 4-row units for Q4_K (tile_rows 6 becomes 8: tiles 8, 8, 4), K = 96 2-row units for NF4.
+TEST(Gemm, BlocksStraddlingRows) {
+  std::mt19937 rng(77);
+  const TestWeight q4k = make_weight(rng, DType::Q4_K, 20, 320);
+  const TestWeight nf4 = make_weight(rng, DType::NF4, 30, 96);
+  EXPECT_EQ(detail::row_granularity(q4k.view()), 4);
+  EXPECT_EQ(detail::effective_tile_rows(q4k.view(), 6), 8);
+  EXPECT_EQ(detail::row_granularity(nf4.view()), 2);
+  for (Precision p : {Precision::F32, Precision::BF16}) {
+    EXPECT_EQ(check_cases(rng, q4k, p, {7, 33}, {0, 6}), 2 * 2 * 2 * 2 * 2);
+    EXPECT_EQ(check_cases(rng, nf4, p, {7, 33}, {0, 5}), 2 * 2 * 2 * 2 * 2);
+  }
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  const auto [dtype, precision] = info.param;
+  return std::string(dtype_name(dtype)) + (precision == Precision::F32 ? "_F32" : "_BF16");
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDtypes, GemmParity,
+                         ::testing::Combine(::testing::Values(DType::F32, DType::BF16,
+                                                              DType::F16, DType::NF4,
+                                                              DType::Q8_0, DType::Q4_0,
+                                                              DType::Q4_1, DType::Q4_K,
+                                                              DType::Q6_K),
+                                            ::testing::Values(Precision::F32, Precision::BF16)),
+                         param_name);
+
+// SmolLM2-135M's MLP shape through the public API with the default tiles (K=576 gives tiles of
+// 896 rows, so N=1536 is one full tile and a partial one).
+TEST(Gemm, DefaultTilesOnModelShape) {
+  std::mt19937 rng(99);
+  for (DType dtype : {DType::NF4, DType::Q4_K, DType::BF16}) {
+    const TestWeight w = make_weight(rng, dtype, 1536, 576);
+    EXPECT_GT(1536, detail::default_tile_rows(w.view()));
+    for (Product product : {Product::Forward, Product::BackwardInput}) {
+      const Case c{product, 33, 0, false, 0};
+      SCOPED_TRACE(describe(c, dtype, Precision::Auto));
+      Fixture f = make_fixture(rng, c, w);
+      std::vector<float> got = f.out0;
+      if (product == Product::Forward)
+        linear_forward(f.in.data(), c.M, f.s.ld_in, w.view(), got.data(), f.s.ld_out, false);
+      else
+        linear_backward_input(f.in.data(), c.M, f.s.ld_in, w.view(), got.data(), f.s.ld_out,
+                              false);
+      const Comparison r = compare(got, f.want, f.l2sq, c.M, f.s.out_width, f.s.ld_out,
+                                   l2_coefficient(resolve_precision(Precision::Auto), f.s.reduction));
+      EXPECT_EQ(r.bad, 0) << r.first;
+    }
+  }
+}
+
+TEST(Gemm, AutoIsTheResolvedPrecision) {
+  EXPECT_EQ(resolve_precision(Precision::F32), Precision::F32);
+  EXPECT_EQ(resolve_precision(Precision::Auto),
+            cpu_has_avx512_bf16() ? Precision::BF16 : Precision::F32);
+  std::mt19937 rng(5);
+  const TestWeight w = make_weight(rng, DType::Q4_0, 70, 64);
+  const std::vector<float> x = random_matrix(rng, 9, 64, 64, 1.0f, 0.0f);
+  std::vector<float> y_auto(9 * 70), y_resolved(9 * 70);
+  linear_forward(x.data(), 9, 64, w.view(), y_auto.data(), 70, false, Precision::Auto);
+  linear_forward(x.data(), 9, 64, w.view(), y_resolved.data(), 70, false,
+                 resolve_precision(Precision::Auto));
+  EXPECT_EQ(y_auto, y_resolved);
+}
+
+// ---- the checker itself: each deliberate kernel bug must be caught ----
+
+struct CheckerSetup {
+  TestWeight w;
+  Case c;
+  Fixture f;
+  std::vector<float> good;  // the kernel's (correct) output
+};
+
+CheckerSetup checker_setup(DType dtype, Precision p, int64_t N, int64_t K) {
+  std::mt19937 rng(42);
+  CheckerSetup s{make_weight(rng, dtype, N, K), {Product::Forward, 64, 0, false, 48}, {}, {}};
+  s.f = make_fixture(rng, s.c, s.w);
+  s.good = s.f.out0;
+  run_kernel(s.c, s.f.in.data(), s.f.s.ld_in, s.w, s.good.data(), s.f.s.ld_out, p);
+  return s;
+}
+
+int64_t violations(const CheckerSetup& s, const std::vector<float>& got, Precision p) {
+  return compare(got, s.f.want, s.f.l2sq, s.c.M, s.f.s.out_width, s.f.s.ld_out,
+                 l2_coefficient(resolve_precision(p), s.f.s.reduction))
+      .bad;
+}
+
+TEST(GemmChecker, AcceptsTheKernelAndRejectsATransposedWeight) {
+  for (Precision p : {Precision::F32, Precision::BF16}) {
+    const CheckerSetup s = checker_setup(DType::Q8_0, p, 160, 160);  // square, so W^T fits
+    EXPECT_EQ(violations(s, s.good, p), 0);
+    std::vector<float> wt(s.w.values.size());
+    for (int64_t n = 0; n < 160; ++n)
+      for (int64_t k = 0; k < 160; ++k) wt[k * 160 + n] = s.w.values[n * 160 + k];
+    std::vector<float> transposed = s.f.out0;
+    run_ref(Product::Forward, s.c.M, s.f.in.data(), s.f.s.ld_in, from_values(wt, 160, 160),
+            transposed.data(), s.f.s.ld_out, false);
+    EXPECT_GT(violations(s, transposed, p), s.c.M * 160 / 2);
+  }
+}
+
+TEST(GemmChecker, RejectsAMissingTileOrRow) {
+  for (Precision p : {Precision::F32, Precision::BF16}) {
+    const CheckerSetup s = checker_setup(DType::NF4, p, 130, 192);
+    std::vector<float> missing_tile = s.good;  // second tile (rows 48..95 of W) never computed
+    for (int64_t m = 0; m < s.c.M; ++m)
+      std::fill_n(missing_tile.begin() + m * s.f.s.ld_out + 48, 48, 0.0f);
+    EXPECT_GE(violations(s, missing_tile, p), s.c.M * 48 * 9 / 10);
+    std::vector<float> missing_last = s.good;  // last output column dropped
+    for (int64_t m = 0; m < s.c.M; ++m) missing_last[m * s.f.s.ld_out + 129] = 0.0f;
+    EXPECT_GE(violations(s, missing_last, p), s.c.M * 9 / 10);
+  }
+}
+
+TEST(GemmChecker, RejectsAMissingKBlock) {
+  for (Precision p : {Precision::F32, Precision::BF16}) {
+    const CheckerSetup s = checker_setup(DType::Q4_0, p, 130, 160);
+    std::vector<float> w = s.w.values;  // the last 32-block of every row left out
+    for (int64_t n = 0; n < 130; ++n) std::fill_n(w.begin() + n * 160 + 128, 32, 0.0f);
+    std::vector<float> short_k = s.f.out0;
+    run_ref(Product::Forward, s.c.M, s.f.in.data(), s.f.s.ld_in, from_values(w, 130, 160),
+            short_k.data(), s.f.s.ld_out, false);
+    EXPECT_GT(violations(s, short_k, p), s.c.M * 130 / 2);
+  }
+}
+
+TEST(GemmChecker, F32ToleranceRejectsABf16Product) {
+  if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "no AVX512_BF16: the bf16 route does not run here";
+  const CheckerSetup s = checker_setup(DType::F32, Precision::BF16, 130, 512);
+  EXPECT_EQ(violations(s, s.good, Precision::BF16), 0);
+  EXPECT_GT(violations(s, s.good, Precision::F32), s.c.M * 130 / 2);
+}
+
+// ---- edges ----
+
+TEST(Gemm, RejectsBadArguments) {
+  std::mt19937 rng(3);
+  const TestWeight w = make_weight(rng, DType::Q4_0, 64, 96);
+  std::vector<float> x(10 * 128, 1.0f), y(10 * 128);
+  try {
+    linear_forward(x.data(), 10, 64, w.view(), y.data(), 64, false);
+    FAIL() << "ldx < K was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear_forward: X has leading dimension 64"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(linear_backward_input(x.data(), 10, 32, w.view(), y.data(), 96, false), Error);
+  WeightView odd = w.view();
+  odd.rows = 63;
+  odd.cols = 48;  // 3024 elements: not whole 32-element Q4_0 blocks
+  try {
+    linear_forward(x.data(), 10, 128, odd, y.data(), 128, false);
+    FAIL() << "a [63 x 48] q4_0 weight was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds 3024 elements, not a multiple of the 32-element q4_0 block"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Gemm, EmptyProducts) {
+  std::mt19937 rng(4);
+  const TestWeight w = make_weight(rng, DType::BF16, 8, 16);
+  std::vector<float> y(4 * 16, 5.0f);
+  linear_forward(nullptr, 0, 16, w.view(), nullptr, 8, false);  // M = 0: nothing to do
+  const WeightView no_rows{DType::BF16, w.bytes.data(), 0, 16};
+  std::vector<float> dy(4, 1.0f);
+  linear_backward_input(dy.data(), 4, 1, no_rows, y.data(), 16, false);  // N = 0: dX = 0
+  EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v == 0.0f; }));
+}
+
+// sgemm runs small products in one OpenBLAS call and splits large ones over the OpenMP threads
+// by rows (M >= N) or by 16-column panels (N > M); all three paths, every transpose.
+TEST(Gemm, SgemmMatchesNaiveProduct) {
+  std::mt19937 rng(8);
+  struct Dims {
+    int64_t M, N, K;
+  };
+  for (const Dims d : {Dims{13, 11, 17}, Dims{301, 20, 700}, Dims{20, 301, 700}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        const int64_t M = d.M, N = d.N, K = d.K;
+        const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 4, ldc = N + 1;
+        const std::vector<float> a = random_matrix(rng, ta ? K : M, ta ? M : K, lda, 1.0f, 0.0f);
+        const std::vector<float> b = random_matrix(rng, tb ? N : K, tb ? K : N, ldb, 1.0f, 0.0f);
+        std::vector<float> c = random_matrix(rng, M, N, ldc, 1.0f, 0.0f), want = c;
+        sgemm(ta, tb, M, N, K, 0.5f, a.data(), lda, b.data(), ldb, 2.0f, c.data(), ldc);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N; ++j) {
+            double acc = 0.0, l1 = 0.0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double p = double(ta ? a[k * lda + i] : a[i * lda + k]) *
+                               double(tb ? b[j * ldb + k] : b[k * ldb + j]);
+              acc += p;
+              l1 += std::fabs(p);
+            }
+            const double expect = 0.5 * acc + 2.0 * want[i * ldc + j];
+            // f32 accumulation: far below the error of a wrong or missing term (|p| ~ 1).
+            const double tol = 8.0 * std::ldexp(1.0, -24) * std::sqrt(double(K)) * (l1 + 2.0 * std::fabs(expect)) + 1e-6;
+            bad += !(std::fabs(c[i * ldc + j] - expect) <= tol);
+          }
+        EXPECT_EQ(bad, 0) << "M=" << M << " N=" << N << " K=" << K << " trans_a=" << ta
+                          << " trans_b=" << tb;
+      }
+}
+
+// test_main calls ensure_blas_coretype: on an AVX-512 CPU OpenBLAS must now run AVX-512 kernels,
+// even with OPENBLAS_CORETYPE=Haswell inherited from the environment.
+TEST(Cpu, BlasRunsAvx512KernelsOnAvx512Cpus) {
+  const CpuFeatures& f = cpu_features();
+  const char* no_reexec = std::getenv("LOOM_NO_REEXEC");
+  if (!(f.avx512f && f.avx512bw && f.avx512vl) || (no_reexec && no_reexec[0]))
+    GTEST_SKIP() << "no AVX-512, or LOOM_NO_REEXEC is set";
+  const std::string core = blas_core_name();
+  EXPECT_TRUE(core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids") << core;
+}
+
+TEST(Cpu, SummaryNamesTheBlasCore) {
+  const std::string s = cpu_summary();
+  EXPECT_NE(s.find("OpenBLAS " + blas_core_name()), std::string::npos) << s;
+  EXPECT_GE(num_threads(), 1);
+  if (cpu_features().avx512bf16) {
+    EXPECT_TRUE(cpu_features().avx512f);
+  }
+}
+
+}  // namespace
+}  // namespace loom
