@@ -10,7 +10,12 @@
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
 #include "autograd/kernels/gemm.h"
+#include "cli/commands.h"
 #include "layers/gguf.h"
+
+namespace loom::cli {
+void add_train_command(CLI::App& app);  // loom train, loom recipes (cli/cmd_train.cpp)
+}  // namespace loom::cli
 
 namespace {
 
@@ -48,6 +53,9 @@ int main(int argc, char** argv) {
   std::string inspect_path;
   CLI::App* inspect = app.add_subcommand("inspect", "Print a GGUF model's architecture, sizes, tensor types and tokenizer");
   inspect->add_option("model", inspect_path, "GGUF file")->required();
+  loom::cli::add_generate_command(app);
+  loom::cli::add_eval_command(app);
+  loom::cli::add_train_command(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,102 @@
+// Shared pieces of the model-running subcommands (cli/commands.h): loading a model with its
+// tokenizer, describing its storage dtypes, parsing --precision, reporting errors.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "autograd/check.h"
+#include "autograd/kernels/gemm.h"
+#include "cli/commands.h"
+#include "layers/gguf.h"
+
+namespace loom::cli {
+
+LoadedModel load_model_and_tokenizer(const std::string& path) {
+  namespace fs = std::filesystem;
+  LoadedModel out;
+  out.path = path;
+  if (fs::is_directory(path)) {
+    const std::string tok = (fs::path(path) / "tokenizer.json").string();
+    if (!fs::exists(tok))
+      throw Error(fmt::format("{}: no tokenizer.json in this Hugging Face model folder; the "
+                              "command needs the model's tokenizer",
+                              path));
+    out.model = std::make_unique<LlamaModel>(LlamaModel::from_hf(path));
+    out.tokenizer = load_tokenizer_json(tok);
+    return out;
+  }
+  if (!fs::exists(path))
+    throw Error(fmt::format("--model {}: no such file or directory (expected a .gguf file or a "
+                            "Hugging Face model folder)",
+                            path));
+  const GgufFile file = GgufFile::open(path);
+  out.model = std::make_unique<LlamaModel>(LlamaModel::from_gguf(file));
+  out.tokenizer = load_tokenizer(file);
+  return out;
+}
+
+std::string describe_dtype_mix(const LlamaModel& model) {
+  struct Count {
+    int64_t tensors = 0;
+    int64_t elements = 0;
+  };
+  std::map<std::string, Count> by_dtype;
+  std::set<const TensorImpl*> seen;  // a tied output is the embedding: count it once
+  auto add = [&](const Tensor& t) {
+    if (!t.defined() || !seen.insert(t.impl()).second) return;
+    Count& c = by_dtype[std::string(dtype_name(t.dtype()))];
+    ++c.tensors;
+    c.elements += t.numel();
+  };
+  const LlamaWeights& w = model.weights();
+  add(w.token_embd);
+  add(w.output);
+  add(w.output_norm);
+  for (const LlamaBlock& b : w.blocks) {
+    add(b.attn_norm);
+    add(b.ffn_norm);
+    for (const Linear* p : b.projections()) {
+      add(p->weight);
+      add(p->bias);
+    }
+  }
+  std::string out;
+  for (const auto& [name, c] : by_dtype)
+    out += fmt::format("{}{}: {} tensor{}, {:.2f}M weights", out.empty() ? "" : "; ", name,
+                       c.tensors, c.tensors == 1 ? "" : "s", static_cast<double>(c.elements) / 1e6);
+  out += fmt::format(" (embedding {}, output {})", dtype_name(w.token_embd.dtype()),
+                     model.config().tie_word_embeddings ? "tied to it"
+                                                        : std::string(dtype_name(w.output.dtype())));
+  return out;
+}
+
+Precision parse_precision_option(const std::string& name) {
+  if (name == "f32") return Precision::F32;
+  if (name == "bf16") return Precision::BF16;
+  if (name == "auto") return Precision::Auto;
+  throw Error(fmt::format("--precision '{}' is not known; expected f32, bf16 or auto", name));
+}
+
+std::string precision_label(Precision p) {
+  const Precision resolved = resolve_precision(p);
+  const char* name = resolved == Precision::BF16 ? "bf16 with f32 accumulation" : "f32";
+  if (p == Precision::Auto) return fmt::format("{} (auto)", name);
+  if (p == Precision::BF16 && resolved != Precision::BF16)
+    return fmt::format("{} (bf16 asked for; this CPU has no AVX512_BF16)", name);
+  return name;
+}
+
+void run_reporting_errors(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "loom: error: %s\n", e.what());
+    throw CLI::RuntimeError(1);
+  }
+}
+
+}  // namespace loom::cli

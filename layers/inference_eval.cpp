@@ -1,0 +1,150 @@
+// Windowed perplexity and ChatML prompts (layers/inference.h).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "autograd/check.h"
+#include "autograd/tape.h"
+#include "layers/inference.h"
+
+namespace loom {
+
+// ---- perplexity -------------------------------------------------------------------------------
+
+std::string_view perplexity_scoring_name(PerplexityScoring s) {
+  return s == PerplexityScoring::SecondHalf ? "second-half" : "all";
+}
+
+PerplexityScoring parse_perplexity_scoring(std::string_view name) {
+  if (name == "second-half") return PerplexityScoring::SecondHalf;
+  if (name == "all") return PerplexityScoring::All;
+  throw Error(fmt::format("eval: --scoring '{}' is not known; expected 'second-half' (llama.cpp's "
+                          "perplexity tool) or 'all'",
+                          name));
+}
+
+double PerplexityResult::perplexity() const {
+  return tokens_scored > 0 ? std::exp(nll_sum / static_cast<double>(tokens_scored))
+                           : std::numeric_limits<double>::quiet_NaN();
+}
+
+double PerplexityResult::tokens_per_second() const {
+  return seconds > 0 ? static_cast<double>(tokens_evaluated) / seconds : 0.0;
+}
+
+namespace {
+
+void check_options(const PerplexityOptions& o) {
+  if (o.ctx < 2) throw Error(fmt::format("eval: --ctx must be at least 2 tokens, got {}", o.ctx));
+  if (o.batch < 1) throw Error(fmt::format("eval: --batch must be at least 1, got {}", o.batch));
+  LOOM_CHECK(o.max_windows >= 0, "eval: max_windows {} must be >= 0", o.max_windows);
+}
+
+// First position (within a window) whose prediction counts.
+int64_t first_scored(const PerplexityOptions& o) {
+  return o.scoring == PerplexityScoring::SecondHalf ? o.ctx / 2 : 0;
+}
+
+}  // namespace
+
+int64_t perplexity_windows(int64_t n_tokens, const PerplexityOptions& options) {
+  check_options(options);
+  const int64_t whole = n_tokens / options.ctx;
+  return options.max_windows > 0 ? std::min(whole, options.max_windows) : whole;
+}
+
+int64_t scored_per_window(const PerplexityOptions& options) {
+  check_options(options);
+  return options.ctx - 1 - first_scored(options);
+}
+
+PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const int32_t> tokens,
+                                     const PerplexityOptions& options,
+                                     const std::function<void(const PerplexityResult&)>& progress) {
+  const int64_t ctx = options.ctx;
+  const int64_t n_windows = perplexity_windows(static_cast<int64_t>(tokens.size()), options);
+  if (n_windows == 0)
+    throw Error(fmt::format("eval: the text has {} tokens, fewer than one window of --ctx {}",
+                            tokens.size(), ctx));
+  const int64_t first = first_scored(options);
+  NoGradGuard no_grad;
+  ForwardOptions fwd;
+  fwd.checkpoint_blocks = false;
+  fwd.precision = options.precision;
+  PerplexityResult result;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t w0 = 0; w0 < n_windows; w0 += options.batch) {
+    const int64_t nb = std::min(options.batch, n_windows - w0);
+    std::vector<int32_t> ids(tokens.begin() + w0 * ctx, tokens.begin() + (w0 + nb) * ctx);
+    if (options.first_token_override >= 0)
+      for (int64_t b = 0; b < nb; ++b) ids[static_cast<size_t>(b * ctx)] = options.first_token_override;
+    TokenBatch batch;
+    batch.ids = ids;
+    batch.batch = nb;
+    batch.seq_len = ctx;
+    const Tensor hidden = model.forward_hidden(batch, fwd);  // [nb, ctx, D]
+    for (int64_t b = 0; b < nb; ++b) {
+      // Position i predicts the text's token i+1 (never the overridden first token).
+      std::vector<int32_t> targets(static_cast<size_t>(ctx), -100);
+      for (int64_t i = first; i + 1 < ctx; ++i)
+        targets[static_cast<size_t>(i)] = tokens[static_cast<size_t>((w0 + b) * ctx + i + 1)];
+      const CrossEntropyResult ce =
+          model.loss(slice(hidden, 0, b, 1), targets, -100, options.precision);
+      result.window_nll.push_back(ce.loss_sum);
+      result.nll_sum += ce.loss_sum;
+      result.tokens_scored += ce.n_tokens;
+    }
+    result.windows += nb;
+    result.tokens_evaluated += nb * ctx;
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (progress) progress(result);
+  }
+  return result;
+}
+
+// ---- chat prompts -----------------------------------------------------------------------------
+
+namespace {
+
+// A default system message written literally in a ChatML template:
+// '<|im_start|>system\n' + text + '<|im_end|>' with no Jinja inside the text.
+std::string default_system_message(const std::string& tmpl) {
+  const std::string open = "<|im_start|>system\n";
+  const size_t at = tmpl.find(open);
+  if (at == std::string::npos) return "";
+  const size_t begin = at + open.size();
+  const size_t end = tmpl.find("<|im_end|>", begin);
+  if (end == std::string::npos) return "";
+  const std::string text = tmpl.substr(begin, end - begin);
+  for (const char* jinja : {"{{", "{%", "'", "\""})
+    if (text.find(jinja) != std::string::npos) return "";
+  return text;
+}
+
+}  // namespace
+
+std::string render_chat_prompt(const std::string& chat_template,
+                               const std::vector<ChatMessage>& messages) {
+  if (chat_template.empty())
+    throw Error("chat: the model has no chat template (tokenizer.chat_template); run without "
+                "--chat and write the prompt in the model's own format");
+  if (chat_template.find("<|im_start|>") == std::string::npos ||
+      chat_template.find("<|im_end|>") == std::string::npos)
+    throw Error("chat: the model's chat template is not ChatML (<|im_start|>role ... "
+                "<|im_end|>); only ChatML templates are supported so far. Run without --chat and "
+                "write the prompt in the model's own format");
+  LOOM_CHECK(!messages.empty(), "chat: no messages to render");
+  std::string out;
+  const std::string system = default_system_message(chat_template);
+  if (messages.front().role != "system" && !system.empty())
+    out += "<|im_start|>system\n" + system + "<|im_end|>\n";
+  for (const ChatMessage& m : messages)
+    out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+  out += "<|im_start|>assistant\n";
+  return out;
+}
+
+}  // namespace loom
