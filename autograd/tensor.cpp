@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "autograd/block_cache.h"
 #include "autograd/check.h"
 #include "autograd/quant/quant.h"
 #include "autograd/tape.h"
@@ -34,14 +35,32 @@ Shape contiguous_strides(const Shape& shape) {
 
 // ---- Storage ----------------------------------------------------------------------------------
 
-std::shared_ptr<Storage> Storage::allocate(int64_t nbytes) {
+std::shared_ptr<Storage> Storage::allocate(int64_t nbytes, bool zero) {
   LOOM_CHECK(nbytes >= 0, "Storage::allocate: negative size {}", nbytes);
   auto s = std::shared_ptr<Storage>(new Storage());
   size_t rounded = (static_cast<size_t>(nbytes) + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
-  s->data_ = std::aligned_alloc(64, rounded);
-  LOOM_CHECK(s->data_ != nullptr, "Storage::allocate: out of memory allocating {} bytes", nbytes);
-  std::memset(s->data_, 0, rounded);
+  bool is_zero = false;
+#ifdef LOOM_SANITIZE_BUILD
+  // Plain malloc, so AddressSanitizer sees every use after free; unset bytes read as NaN.
+  const bool cached = false;
+#else
+  const bool cached = rounded >= kBlockCacheMinBytes;
+#endif
+  if (cached) {
+    const Block b = acquire_block(rounded);
+    s->data_ = b.data;
+    s->block_capacity_ = b.capacity;
+    is_zero = b.zeroed;
+  } else {
+    s->data_ = std::aligned_alloc(64, rounded);
+    LOOM_CHECK(s->data_ != nullptr, "Storage::allocate: out of memory allocating {} bytes", nbytes);
+  }
+#ifdef LOOM_SANITIZE_BUILD
+  std::memset(s->data_, zero ? 0 : 0xFF, rounded);
+#else
+  if (zero && !is_zero) std::memset(s->data_, 0, rounded);
+#endif
   s->nbytes_ = nbytes;
   s->owned_ = true;
   return s;
@@ -56,7 +75,9 @@ std::shared_ptr<Storage> Storage::borrow(void* data, int64_t nbytes, std::shared
 }
 
 Storage::~Storage() {
-  if (owned_) std::free(data_);
+  if (!owned_) return;
+  if (block_capacity_ > 0) release_block(Block{data_, block_capacity_, false});
+  else std::free(data_);
 }
 
 // ---- Tensor -----------------------------------------------------------------------------------
@@ -70,14 +91,22 @@ static void check_shape(const Shape& shape, const char* what) {
   for (int64_t d : shape) LOOM_CHECK(d >= 0, "{}: negative dimension in shape {}", what, shape_str(shape));
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype) {
-  check_shape(shape, "Tensor::zeros");
+static Tensor allocated(const Shape& shape, DType dtype, bool zero, const char* what) {
+  check_shape(shape, what);
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = Storage::allocate(storage_bytes(dtype, shape_numel(shape)));
+  impl->storage = Storage::allocate(storage_bytes(dtype, shape_numel(shape)), zero);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
   return Tensor(std::move(impl));
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype) {
+  return allocated(shape, dtype, true, "Tensor::zeros");
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype) {
+  return allocated(shape, dtype, false, "Tensor::empty");
 }
 
 Tensor Tensor::full(const Shape& shape, float value) {
@@ -91,7 +120,7 @@ Tensor Tensor::from_vector(const Shape& shape, const std::vector<float>& values)
   LOOM_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape),
              "Tensor::from_vector: shape {} needs {} values, got {}", shape_str(shape),
              shape_numel(shape), values.size());
-  Tensor t = zeros(shape);
+  Tensor t = empty(shape);
   std::memcpy(t.data_f32(), values.data(), values.size() * sizeof(float));
   return t;
 }
@@ -120,7 +149,7 @@ Tensor Tensor::quantized_from(const Shape& shape, DType dtype, const std::vector
              "Tensor::quantized_from: shape {} needs {} values, got {}", shape_str(shape),
              shape_numel(shape), values.size());
   std::vector<uint8_t> bytes = quantize(dtype, values.data(), static_cast<int64_t>(values.size()));
-  auto storage = Storage::allocate(static_cast<int64_t>(bytes.size()));
+  auto storage = Storage::allocate(static_cast<int64_t>(bytes.size()), false);
   std::memcpy(storage->data(), bytes.data(), bytes.size());
   return from_storage(std::move(storage), shape, dtype);
 }

@@ -21,11 +21,14 @@ using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);  // "[4, 512, 576]"
 int64_t shape_numel(const Shape& s);
 
-// A byte buffer: owned (64-byte aligned, zeroed) or borrowed from elsewhere (e.g. an mmap'ed
-// model file) with a keepalive that owns the memory.
+// A byte buffer: owned (64-byte aligned, zeroed unless asked not to; large ones recycled through
+// autograd/block_cache.h) or borrowed from elsewhere (e.g. an mmap'ed model file) with a
+// keepalive that owns the memory.
 class Storage {
  public:
-  static std::shared_ptr<Storage> allocate(int64_t nbytes);
+  // zero=false leaves the bytes unset, for outputs the caller overwrites whole; sanitizer builds
+  // (LOOM_SANITIZE) fill them with 0xFF, a NaN in every float type, so a missed write shows.
+  static std::shared_ptr<Storage> allocate(int64_t nbytes, bool zero = true);
   static std::shared_ptr<Storage> borrow(void* data, int64_t nbytes, std::shared_ptr<void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -39,6 +42,7 @@ class Storage {
   void* data_ = nullptr;
   int64_t nbytes_ = 0;
   bool owned_ = false;
+  size_t block_capacity_ = 0;  // > 0: a block of the block cache
   std::shared_ptr<void> owner_;
 };
 
@@ -63,6 +67,8 @@ class Tensor {
 
   // Creation. New storage is zero-filled.
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32);
+  // Uninitialized (see Storage::allocate): only for outputs every element of which is written.
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32);
   static Tensor full(const Shape& shape, float value);
   static Tensor from_vector(const Shape& shape, const std::vector<float>& values);
   // Wraps bytes already laid out as `dtype` (e.g. a GGUF tensor); shape must match their size.

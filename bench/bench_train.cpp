@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -49,8 +50,18 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// VmRSS now, in MB (peak_rss_bytes gives the high-water mark).
+double rss_mb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+  return 0;
+}
+
 nlohmann::json run_child(const Args& a) {
   loom::LlamaModel model = loom::LlamaModel::load(a.model);
+  const double rss_loaded = rss_mb();
   loom::LoraConfig cfg;
   cfg.rank = 16;
   cfg.alpha = 32;
@@ -59,6 +70,7 @@ nlohmann::json run_child(const Args& a) {
   const double t_convert = now();
   loom::LoraModel lora(model, cfg);
   const double convert_s = now() - t_convert;
+  const double rss_converted = rss_mb(), hwm_converted = loom::peak_rss_bytes() / 1048576.0;
   loom::NamedTensors params;
   for (const auto& p : lora.parameters()) params.push_back({p.name, p.tensor});
   loom::AdamW opt(params, loom::AdamWConfig{});
@@ -72,7 +84,7 @@ nlohmann::json run_child(const Args& a) {
   tb.batch = a.batch;
   tb.seq_len = a.seq;
   loom::ForwardOptions fwd;  // checkpointing on, precision auto: the training defaults
-  double fwd_s = 0, bwd_s = 0, opt_s = 0;
+  double fwd_s = 0, bwd_s = 0, opt_s = 0, rss_forward = 0;
   std::vector<double> steps;
   for (int s = 0; s <= a.steps; ++s) {  // step 0 warms up
     const double t0 = now();
@@ -80,6 +92,7 @@ nlohmann::json run_child(const Args& a) {
     const Tensor hidden = model.forward_hidden(tb, fwd);
     const loom::CrossEntropyResult ce = model.loss(hidden, targets);
     const double t1 = now();
+    if (s == 0) rss_forward = rss_mb();
     ce.loss.backward();
     const double t2 = now();
     loom::clip_grad_norm(params, 1.0);
@@ -102,6 +115,10 @@ nlohmann::json run_child(const Args& a) {
           {"backward_s", bwd_s / steps.size()},
           {"optimizer_s", opt_s / steps.size()},
           {"convert_s", convert_s},
+          {"rss_mb_loaded", rss_loaded},
+          {"rss_mb_converted", rss_converted},
+          {"peak_rss_mb_converted", hwm_converted},
+          {"rss_mb_after_forward", rss_forward},
           {"threads", loom::num_threads()}};
 }
 
@@ -170,14 +187,18 @@ int main(int argc, char** argv) {
     fmt::print("{}\n", run_child(a).dump());
     return 0;
   }
-  // libgomp's default busy-waiting makes idle OpenMP threads spin against OpenBLAS's own threads
-  // (and anything else on a 2-core machine): measured 7 vs 146 tokens/s on a loaded machine.
-  // Children (loom and PyTorch alike) run with passive waiting unless the caller chose.
-  setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+  // Children (loom and PyTorch alike, both on libgomp) inherit the OpenMP wait setting loom runs
+  // with: GOMP_SPINCOUNT=10000 unless the caller set GOMP_SPINCOUNT or OMP_WAIT_POLICY
+  // (autograd/kernels/cpu.h says why).
+  auto env_or = [](const char* name) {
+    const char* v = std::getenv(name);
+    return std::string(v ? v : "unset");
+  };
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   fmt::print("bench_train: {} , LoRA r=16 on all 7 projections, B={} T={}, {} threads, {} timed "
-             "steps after 1 warm-up, OMP_WAIT_POLICY={}\n",
-             a.model, a.batch, a.seq, loom::num_threads(), a.steps, std::getenv("OMP_WAIT_POLICY"));
+             "steps after 1 warm-up, GOMP_SPINCOUNT={} OMP_WAIT_POLICY={}\n",
+             a.model, a.batch, a.seq, loom::num_threads(), a.steps, env_or("GOMP_SPINCOUNT"),
+             env_or("OMP_WAIT_POLICY"));
   std::vector<nlohmann::json> rows;
   for (const std::string& c : a.configs) {
     nlohmann::json r = run_json_child({self, "--child", c, "--model", a.model, "--steps",

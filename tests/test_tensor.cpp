@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <vector>
 
+#include "autograd/block_cache.h"
 #include "autograd/check.h"
 #include "autograd/tape.h"
 #include "autograd/tensor.h"
@@ -105,6 +107,39 @@ TEST(Tensor, FromStorageRejectsShortBuffer) {
   EXPECT_THROW(Tensor::from_storage(s, {5}, DType::F32), Error);
   EXPECT_NO_THROW(Tensor::from_storage(s, {2}, DType::F32, 2));
   EXPECT_THROW(Tensor::from_storage(s, {2}, DType::F32, 3), Error);
+}
+
+TEST(Tensor, LargeBuffersAreRecycledAndZerosStaysZero) {
+  // 1 MB: served by the block cache. A freed buffer comes back for the next request of its
+  // size, dirty; zeros() must still read as zeros and empty() must still be writable.
+  const loom::Shape shape = {512, 512};
+  const void* first = nullptr;
+  {
+    Tensor t = Tensor::empty(shape);
+    first = t.data_f32();
+    float* p = t.data_f32();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = 7.0f;
+  }
+  EXPECT_GE(loom::block_cache_bytes(), size_t{512 * 512 * 4});
+  Tensor z = Tensor::zeros(shape);
+  EXPECT_EQ(z.data_f32(), first) << "a freed block of the same size should be reused";
+  for (float v : z.to_vector()) ASSERT_EQ(v, 0.0f);
+  // A different size gets its own block; both stay valid while alive.
+  Tensor other = Tensor::full({300, 1000}, 2.5f);
+  EXPECT_NE(other.data_f32(), z.data_f32());
+  EXPECT_EQ(other.to_vector()[299999], 2.5f);
+  loom::trim_block_cache();
+  EXPECT_EQ(loom::block_cache_bytes(), size_t{0});
+}
+
+TEST(Tensor, BlockCacheKeepsAtMostItsLimit) {
+  std::vector<Tensor> held;
+  const int64_t per = 8 << 20;  // 32 MB each
+  for (size_t i = 0; i * per * 4 < loom::kBlockCacheBytes + 2 * per * 4; ++i)
+    held.push_back(Tensor::empty({per}));
+  held.clear();  // frees more than the cache keeps
+  EXPECT_LE(loom::block_cache_bytes(), loom::kBlockCacheBytes);
+  loom::trim_block_cache();
 }
 
 TEST(Tensor, OnlyF32CanRequireGrad) {

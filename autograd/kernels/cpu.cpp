@@ -49,6 +49,10 @@ CpuFeatures detect() {
 
 // Holds OPENBLAS_CORETYPE as it was before ensure_blas_coretype re-executed ("" if unset).
 constexpr const char* kInheritedCoretypeVar = "LOOM_INHERITED_OPENBLAS_CORETYPE";
+// Set in the re-executed process.
+constexpr const char* kReexecutedVar = "LOOM_REEXECUTED";
+// libgomp spin rounds before an idle thread sleeps (its default is 300,000).
+constexpr const char* kSpinCount = "10000";
 
 bool env_set(const char* name) {
   const char* v = std::getenv(name);
@@ -91,37 +95,50 @@ std::string cpu_summary() {
 
 void ensure_blas_coretype(int argc, char** argv) {
   if (env_set("LOOM_NO_REEXEC")) return;
-  // Set by the re-executed process: never loop, even if OpenBLAS ignored the variable.
-  if (std::getenv(kInheritedCoretypeVar) != nullptr) return;
+  // Set by the re-executed process: never loop, even if a library ignored its variable.
+  if (std::getenv(kReexecutedVar) != nullptr) return;
   const CpuFeatures& f = cpu_features();
-  if (!(f.avx512f && f.avx512bw && f.avx512vl)) return;
   const std::string core = blas_core_name();
-  if (is_avx512_blas_core(core)) return;  // OpenBLAS already runs AVX-512 kernels
-  if (argc < 1 || argv == nullptr || argv[argc] != nullptr) return;
   // OpenBLAS picked AVX2 kernels, by its own detection or because OPENBLAS_CORETYPE (e.g.
-  // "Haswell") was inherited. The variable must be set before libopenblas runs its constructor,
-  // which already happened in this process: start the program again with it set, remembering
-  // the inherited value (empty: unset) so that benchmarks can measure the original setup.
+  // "Haswell") was inherited.
+  const bool fix_core = f.avx512f && f.avx512bw && f.avx512vl && !is_avx512_blas_core(core);
+  // libgomp's default lets an idle thread spin ~300k rounds before sleeping: free on an idle
+  // machine, ruinous beside other work (a training step measured 7 vs 146 tokens/s with a
+  // concurrent build). A short spin keeps the idle-machine speed (bench/README.md).
+  const bool fix_spin = !env_set("GOMP_SPINCOUNT") && !env_set("OMP_WAIT_POLICY");
+  if (!fix_core && !fix_spin) return;
+  if (argc < 1 || argv == nullptr || argv[argc] != nullptr) return;
+  // Both variables are read by the libraries' constructors, which already ran in this process:
+  // start the program again with them set, remembering the inherited OPENBLAS_CORETYPE (empty:
+  // unset) so that benchmarks can measure the original setup.
   const char* inherited_env = std::getenv("OPENBLAS_CORETYPE");
   const bool had_inherited = inherited_env != nullptr;
   const std::string inherited = had_inherited ? inherited_env : "";
-  if (!inherited.empty())
-    std::fprintf(stderr,
-                 "loom: OPENBLAS_CORETYPE=%s in the environment gives AVX2 kernels on this "
-                 "AVX-512 CPU; re-running with SkylakeX (set LOOM_NO_REEXEC=1 to keep %s)\n",
-                 inherited.c_str(), inherited.c_str());
-  setenv(kInheritedCoretypeVar, inherited.c_str(), 1);
-  setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+  if (fix_core) {
+    if (!inherited.empty())
+      std::fprintf(stderr,
+                   "loom: OPENBLAS_CORETYPE=%s in the environment gives AVX2 kernels on this "
+                   "AVX-512 CPU; re-running with SkylakeX (set LOOM_NO_REEXEC=1 to keep %s)\n",
+                   inherited.c_str(), inherited.c_str());
+    setenv(kInheritedCoretypeVar, inherited.c_str(), 1);
+    setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+  }
+  if (fix_spin) setenv("GOMP_SPINCOUNT", kSpinCount, 1);
+  setenv(kReexecutedVar, "1", 1);
   execv("/proc/self/exe", argv);
-  // Still here: exec failed. Carry on with the slower kernels rather than stop the run.
+  // Still here: exec failed. Carry on with the slower setup rather than stop the run.
   std::fprintf(stderr,
-               "loom: warning: could not re-execute with OPENBLAS_CORETYPE=SkylakeX (%s); "
-               "OpenBLAS keeps its %s kernels (about half speed). Set the variable yourself to "
-               "avoid this.\n",
-               std::strerror(errno), core.c_str());
-  if (had_inherited) setenv("OPENBLAS_CORETYPE", inherited.c_str(), 1);
-  else unsetenv("OPENBLAS_CORETYPE");
-  unsetenv(kInheritedCoretypeVar);
+               "loom: warning: could not re-execute with OPENBLAS_CORETYPE=SkylakeX and "
+               "GOMP_SPINCOUNT=%s (%s); OpenBLAS keeps its %s kernels. Set the variables "
+               "yourself to avoid this.\n",
+               kSpinCount, std::strerror(errno), core.c_str());
+  if (fix_core) {
+    if (had_inherited) setenv("OPENBLAS_CORETYPE", inherited.c_str(), 1);
+    else unsetenv("OPENBLAS_CORETYPE");
+    unsetenv(kInheritedCoretypeVar);
+  }
+  if (fix_spin) unsetenv("GOMP_SPINCOUNT");
+  unsetenv(kReexecutedVar);
 }
 
 }  // namespace loom

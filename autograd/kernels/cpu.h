@@ -25,7 +25,10 @@ std::string cpu_summary();   // one line for run banners: "avx512 bf16, 2 thread
 // Call first thing in main(): if the CPU has AVX-512 and OpenBLAS did not choose an AVX-512
 // core, it prints a note (when overriding an inherited value), sets OPENBLAS_CORETYPE=SkylakeX
 // and re-executes the program (argv unchanged), keeping the inherited value in
-// LOOM_INHERITED_OPENBLAS_CORETYPE ("" if it was unset). Set LOOM_NO_REEXEC=1 to disable.
+// LOOM_INHERITED_OPENBLAS_CORETYPE ("" if it was unset). It re-executes too when neither
+// GOMP_SPINCOUNT nor OMP_WAIT_POLICY is set, with GOMP_SPINCOUNT=10000: libgomp's default
+// spin-wait of idle threads slows a step ~20x when anything else runs on the machine.
+// Set LOOM_NO_REEXEC=1 to disable.
 void ensure_blas_coretype(int argc, char** argv);
 
 // Threads for our OpenMP loops and oneDNN (omp_get_max_threads). OpenBLAS is kept

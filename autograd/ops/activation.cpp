@@ -12,14 +12,14 @@ using namespace ops_detail;
 Tensor silu(const Tensor& x_in) {
   check_f32("silu", "x", x_in);
   const Tensor x = contiguous(x_in);
-  Tensor y = new_f32(x.shape());
+  Tensor y = empty_f32(x.shape());
   const float* px = x.data_f32();
   float* py = y.data_f32();
   const VecKernels& vk = vec_kernels();
   parallel_ranges(x.numel(), [&](int64_t b, int64_t e) { vk.silu_fwd(px + b, py + b, e - b); });
   return record(y, "silu", {x}, [x](const Tensor& g_in, const Tensor&) {
     const Tensor g = dense(g_in);
-    Tensor dx = new_f32(x.shape());
+    Tensor dx = empty_f32(x.shape());
     const float* pg = g.data_f32();
     const float* xs = x.data_f32();
     float* pd = dx.data_f32();
@@ -36,7 +36,7 @@ Tensor swiglu(const Tensor& gate_in, const Tensor& up_in) {
              shape_str(gate_in.shape()), shape_str(up_in.shape()));
   const Tensor gate = contiguous(gate_in);
   const Tensor up = contiguous(up_in);
-  Tensor y = new_f32(gate.shape());
+  Tensor y = empty_f32(gate.shape());
   const float* pgate = gate.data_f32();
   const float* pup = up.data_f32();
   float* py = y.data_f32();
@@ -49,8 +49,8 @@ Tensor swiglu(const Tensor& gate_in, const Tensor& up_in) {
     const float* xg = gate.data_f32();
     const float* xu = up.data_f32();
     // Both gradients come out of one pass; one that is not needed is dropped.
-    Tensor dgate = new_f32(gate.shape());
-    Tensor dup = new_f32(up.shape());
+    Tensor dgate = empty_f32(gate.shape());
+    Tensor dup = empty_f32(up.shape());
     float* pdg = dgate.data_f32();
     float* pdu = dup.data_f32();
     const VecKernels& vk = vec_kernels();

@@ -4,9 +4,10 @@
 //
 // Work is split into tasks (batch b, kv head, block of query rows). The query rows of the
 // kv head's whole group of q heads are stacked into one [group * rows x D] matrix, so each task
-// runs a few larger GEMMs (from the calling thread; OpenBLAS threads them) and the softmax rows
-// run in parallel with OpenMP. Only the key range a block can see is touched: causal blocks stop
+// runs a few larger GEMMs. Threads take whole tasks (each GEMM then runs on one thread): the
+// forward any block, the backward whole (batch, kv head) groups, which share dK/dV rows. Only the key range a block can see is touched: causal blocks stop
 // at their last row, document blocks start at their first document's first token.
+#include <algorithm>
 #include <cmath>
 #include <unordered_map>
 
@@ -136,48 +137,74 @@ const float* kv_base(const Geometry& g, const float* t, const Block& blk) {
   return t + ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
 }
 
+// One block of the forward: rows of out and lse that no other block touches. `scratch` holds
+// the stacked query rows, the stacked output rows and the block's scores.
+struct ForwardScratch {
+  std::vector<float> qs, os, s;
+  ForwardScratch(const Geometry& g)
+      : qs(static_cast<size_t>(g.G * kBlockRows * g.D)), os(qs.size()),
+        s(static_cast<size_t>(g.G * kBlockRows * g.T)) {}
+};
+
+void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const float* q,
+                   const float* k, const float* v, float* out, float* lse, ForwardScratch& w) {
+  const VecKernels& vk = vec_kernels();
+  const int64_t ldkv = g.Hkv * g.D;
+  const int64_t R = g.G * blk.nq;
+  float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;  // + gi*T + r
+  if (blk.nk == 0) {
+    for (int64_t gi = 0; gi < g.G; ++gi)
+      for (int64_t r = 0; r < blk.nq; ++r) {
+        lse_rows[gi * g.T + r] = -std::numeric_limits<float>::infinity();
+        std::fill_n(out + row_offset(g, blk, g.Hq, gi, r), g.D, 0.0f);  // no visible key: output 0
+      }
+    return;
+  }
+  gather_rows(g, blk, q, w.qs.data());
+  sgemm(false, true, R, blk.nk, g.D, g.scale, w.qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
+        w.s.data(), blk.nk);
+  const int32_t* docs = block_docs(g, m, blk);
+  for (int64_t r = 0; r < R; ++r) {
+    float* sr = w.s.data() + r * blk.nk;
+    const RowRange rr = row_range(g, m, blk, r);
+    const int64_t n = rr.hi - rr.lo;
+    float* sv = sr + rr.lo;
+    if (docs && n > 0) vk.mask_docs(sv, docs + rr.lo, rr.doc, n);
+    const float mx = n > 0 ? vk.max(sv, n) : -std::numeric_limits<float>::infinity();
+    float& row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
+    std::fill(sr, sv, 0.0f);
+    std::fill(sv + n, sr + blk.nk, 0.0f);
+    if (mx == -std::numeric_limits<float>::infinity()) {  // no visible key: output 0
+      std::fill(sv, sv + n, 0.0f);
+      row_lse = mx;
+      continue;
+    }
+    const float l = vk.exp_sum(sv, sv, n, mx);
+    vk.scale(sv, n, 1.0f / l);
+    row_lse = mx + std::log(l);
+  }
+  sgemm(false, false, R, g.D, blk.nk, 1.0f, w.s.data(), blk.nk, kv_base(g, v, blk), ldkv, 0.0f,
+        w.os.data(), g.D);
+  scatter_rows(g, blk, w.os.data(), out);
+}
+
+// Blocks are independent in the forward, so the threads take whole blocks (largest key range
+// first, dynamically: causal blocks differ in size), each running its GEMMs on one thread.
 void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
                        const float* q, const float* k, const float* v, float* out, float* lse) {
-  const VecKernels& vk = vec_kernels();
-  const int64_t rows_max = g.G * kBlockRows;
-  std::vector<float> qs(static_cast<size_t>(rows_max * g.D)), os(qs.size());
-  std::vector<float> s(static_cast<size_t>(rows_max * g.T));
-  const int64_t ldkv = g.Hkv * g.D;
-  for (const Block& blk : blocks) {
-    const int64_t R = g.G * blk.nq;
-    float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;  // + gi*T + r
-    if (blk.nk == 0) {
-      for (int64_t gi = 0; gi < g.G; ++gi)
-        for (int64_t r = 0; r < blk.nq; ++r) lse_rows[gi * g.T + r] = -std::numeric_limits<float>::infinity();
-      continue;  // output rows stay zero
-    }
-    gather_rows(g, blk, q, qs.data());
-    sgemm(false, true, R, blk.nk, g.D, g.scale, qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
-          s.data(), blk.nk);
-    const int32_t* docs = block_docs(g, m, blk);
-#pragma omp parallel for schedule(static) if (R * blk.nk >= kParallelMinElements)
-    for (int64_t r = 0; r < R; ++r) {
-      float* sr = s.data() + r * blk.nk;
-      const RowRange rr = row_range(g, m, blk, r);
-      const int64_t n = rr.hi - rr.lo;
-      float* sv = sr + rr.lo;
-      if (docs && n > 0) vk.mask_docs(sv, docs + rr.lo, rr.doc, n);
-      const float mx = n > 0 ? vk.max(sv, n) : -std::numeric_limits<float>::infinity();
-      float& row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
-      std::fill(sr, sv, 0.0f);
-      std::fill(sv + n, sr + blk.nk, 0.0f);
-      if (mx == -std::numeric_limits<float>::infinity()) {  // no visible key: output 0
-        std::fill(sv, sv + n, 0.0f);
-        row_lse = mx;
-        continue;
-      }
-      const float l = vk.exp_sum(sv, sv, n, mx);
-      vk.scale(sv, n, 1.0f / l);
-      row_lse = mx + std::log(l);
-    }
-    sgemm(false, false, R, g.D, blk.nk, 1.0f, s.data(), blk.nk, kv_base(g, v, blk), ldkv, 0.0f,
-          os.data(), g.D);
-    scatter_rows(g, blk, os.data(), out);
+  std::vector<int64_t> order(blocks.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return blocks[static_cast<size_t>(a)].nk > blocks[static_cast<size_t>(b)].nk;
+  });
+  const int64_t n = static_cast<int64_t>(order.size());
+#pragma omp parallel if (n > 1)
+  {
+    ForwardScratch w(g);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i)
+      forward_block(g, m, blocks[static_cast<size_t>(order[static_cast<size_t>(i)])], q, k, v, out,
+                    lse, w);
   }
 }
 
@@ -187,60 +214,78 @@ struct Grads {
   float* dv;
 };
 
+struct BackwardScratch {
+  std::vector<float> qs, dos, os, dqs, p, dp;
+  BackwardScratch(const Geometry& g)
+      : qs(static_cast<size_t>(g.G * kBlockRows * g.D)), dos(qs.size()), os(qs.size()),
+        dqs(qs.size()), p(static_cast<size_t>(g.G * kBlockRows * g.T)), dp(p.size()) {}
+};
+
+void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const float* q,
+                    const float* k, const float* v, const float* out, const float* dout,
+                    const float* lse, Grads grads, BackwardScratch& w) {
+  if (blk.nk == 0) return;  // no visible keys: zero gradients
+  const VecKernels& vk = vec_kernels();
+  const int64_t ldkv = g.Hkv * g.D;
+  const int64_t R = g.G * blk.nq;
+  const float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;
+  gather_rows(g, blk, q, w.qs.data());
+  gather_rows(g, blk, dout, w.dos.data());
+  gather_rows(g, blk, out, w.os.data());
+  // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
+  sgemm(false, true, R, blk.nk, g.D, g.scale, w.qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
+        w.p.data(), blk.nk);
+  sgemm(false, true, R, blk.nk, g.D, 1.0f, w.dos.data(), g.D, kv_base(g, v, blk), ldkv, 0.0f,
+        w.dp.data(), blk.nk);
+  const int32_t* docs = block_docs(g, m, blk);
+  for (int64_t r = 0; r < R; ++r) {
+    float* pr = w.p.data() + r * blk.nk;
+    float* dpr = w.dp.data() + r * blk.nk;
+    const float row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
+    const RowRange rr = row_range(g, m, blk, r);
+    int64_t n = rr.hi - rr.lo;
+    if (row_lse == -std::numeric_limits<float>::infinity()) n = 0;
+    std::fill(pr, pr + rr.lo, 0.0f);
+    std::fill(pr + rr.lo + n, pr + blk.nk, 0.0f);
+    std::fill(dpr, dpr + rr.lo, 0.0f);
+    std::fill(dpr + rr.lo + n, dpr + blk.nk, 0.0f);
+    if (n == 0) continue;
+    float* pv = pr + rr.lo;
+    if (docs) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
+    vk.exp_scale(pv, pv, n, row_lse, 1.0f);  // P = exp(S - lse)
+    // delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term.
+    const float delta = vk.dot(w.os.data() + r * g.D, w.dos.data() + r * g.D, g.D);
+    vk.softmax_grad(pv, dpr + rr.lo, n, delta);  // dS = P * (dP - delta)
+  }
+  const int64_t kv_off = ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
+  if (grads.dq) {
+    sgemm(false, false, R, g.D, blk.nk, g.scale, w.dp.data(), blk.nk, kv_base(g, k, blk), ldkv,
+          0.0f, w.dqs.data(), g.D);
+    scatter_rows(g, blk, w.dqs.data(), grads.dq);
+  }
+  if (grads.dk)
+    sgemm(true, false, blk.nk, g.D, R, g.scale, w.dp.data(), blk.nk, w.qs.data(), g.D, 1.0f,
+          grads.dk + kv_off, ldkv);
+  if (grads.dv)
+    sgemm(true, false, blk.nk, g.D, R, 1.0f, w.p.data(), blk.nk, w.dos.data(), g.D, 1.0f,
+          grads.dv + kv_off, ldkv);
+}
+
+// The blocks of one (batch, kv head) group all add into the same dK/dV rows, so a thread takes
+// whole groups and runs their blocks in order: the sums, and so the gradients, do not depend on
+// the number of threads or on which thread ran what.
 void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
                         const float* q, const float* k, const float* v, const float* out,
                         const float* dout, const float* lse, Grads grads) {
-  const VecKernels& vk = vec_kernels();
-  const int64_t rows_max = g.G * kBlockRows;
-  const size_t rd = static_cast<size_t>(rows_max * g.D), rt = static_cast<size_t>(rows_max * g.T);
-  std::vector<float> qs(rd), dos(rd), os(rd), dqs(rd);
-  std::vector<float> p(rt), dp(rt);
-  const int64_t ldkv = g.Hkv * g.D;
-  for (const Block& blk : blocks) {
-    if (blk.nk == 0) continue;  // no visible keys: zero gradients
-    const int64_t R = g.G * blk.nq;
-    const float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;
-    gather_rows(g, blk, q, qs.data());
-    gather_rows(g, blk, dout, dos.data());
-    gather_rows(g, blk, out, os.data());
-    // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
-    sgemm(false, true, R, blk.nk, g.D, g.scale, qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
-          p.data(), blk.nk);
-    sgemm(false, true, R, blk.nk, g.D, 1.0f, dos.data(), g.D, kv_base(g, v, blk), ldkv, 0.0f,
-          dp.data(), blk.nk);
-    const int32_t* docs = block_docs(g, m, blk);
-#pragma omp parallel for schedule(static) if (R * blk.nk >= kParallelMinElements)
-    for (int64_t r = 0; r < R; ++r) {
-      float* pr = p.data() + r * blk.nk;
-      float* dpr = dp.data() + r * blk.nk;
-      const float row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
-      const RowRange rr = row_range(g, m, blk, r);
-      int64_t n = rr.hi - rr.lo;
-      if (row_lse == -std::numeric_limits<float>::infinity()) n = 0;
-      std::fill(pr, pr + rr.lo, 0.0f);
-      std::fill(pr + rr.lo + n, pr + blk.nk, 0.0f);
-      std::fill(dpr, dpr + rr.lo, 0.0f);
-      std::fill(dpr + rr.lo + n, dpr + blk.nk, 0.0f);
-      if (n == 0) continue;
-      float* pv = pr + rr.lo;
-      if (docs) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
-      vk.exp_scale(pv, pv, n, row_lse, 1.0f);  // P = exp(S - lse)
-      // delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term.
-      const float delta = vk.dot(os.data() + r * g.D, dos.data() + r * g.D, g.D);
-      vk.softmax_grad(pv, dpr + rr.lo, n, delta);  // dS = P * (dP - delta)
-    }
-    const int64_t kv_off = ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
-    if (grads.dq) {
-      sgemm(false, false, R, g.D, blk.nk, g.scale, dp.data(), blk.nk, kv_base(g, k, blk), ldkv,
-            0.0f, dqs.data(), g.D);
-      scatter_rows(g, blk, dqs.data(), grads.dq);
-    }
-    if (grads.dk)
-      sgemm(true, false, blk.nk, g.D, R, g.scale, dp.data(), blk.nk, qs.data(), g.D, 1.0f,
-            grads.dk + kv_off, ldkv);
-    if (grads.dv)
-      sgemm(true, false, blk.nk, g.D, R, 1.0f, p.data(), blk.nk, dos.data(), g.D, 1.0f,
-            grads.dv + kv_off, ldkv);
+  const int64_t groups = g.B * g.Hkv;
+  const int64_t per_group = static_cast<int64_t>(blocks.size()) / std::max<int64_t>(groups, 1);
+#pragma omp parallel if (groups > 1)
+  {
+    BackwardScratch w(g);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t gr = 0; gr < groups; ++gr)
+      for (int64_t i = gr * per_group; i < (gr + 1) * per_group; ++i)
+        backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, out, dout, lse, grads, w);
   }
 }
 
@@ -280,7 +325,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   auto mask = std::make_shared<MaskInfo>(build_mask(g, options.document_ids));
   auto blocks = std::make_shared<std::vector<Block>>(make_blocks(g, *mask));
   auto lse = std::make_shared<std::vector<float>>(static_cast<size_t>(g.B * g.Hq * g.T));
-  Tensor out = new_f32(q.shape());
+  Tensor out = empty_f32(q.shape());  // every row written (forward_block)
   if (g.D > 0)
     attention_forward(g, *mask, *blocks, q.data_f32(), k.data_f32(), v.data_f32(), out.data_f32(),
                       lse->data());

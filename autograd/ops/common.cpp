@@ -51,7 +51,7 @@ Tensor dense(const Tensor& t) {
   if (t.is_contiguous()) return t;
   LOOM_CHECK(t.dtype() == DType::F32, "dense: non-contiguous {} tensor {}", dtype_name(t.dtype()),
              shape_str(t.shape()));
-  Tensor out = new_f32(t.shape());
+  Tensor out = empty_f32(t.shape());
   copy_strided(t.data_f32(), t.strides(), out.data_f32(), out.strides(), t.shape());
   return out;
 }

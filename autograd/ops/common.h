@@ -30,6 +30,9 @@ void check_defined(const char* op, const char* what, const Tensor& t);
 
 // A new zero-filled f32 tensor (Storage zero-fills).
 inline Tensor new_f32(const Shape& shape) { return Tensor::zeros(shape, DType::F32); }
+// A new f32 tensor left unset, for outputs every element of which the op writes (saves the
+// zero-fill and its page faults on every activation).
+inline Tensor empty_f32(const Shape& shape) { return Tensor::empty(shape, DType::F32); }
 
 // Copies a strided f32 array of `shape` from src (src_strides) to dst (dst_strides), parallel
 // over outer rows. Strides are in elements.

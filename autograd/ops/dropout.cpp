@@ -35,11 +35,11 @@ Tensor dropout(const Tensor& x_in, float p, uint64_t seed) {
   const Tensor x = contiguous(x_in);
   const float factor = 1.0f / (1.0f - p);
   const uint32_t key = dropout_hash_key(seed), threshold = dropout_threshold(p);
-  Tensor y = new_f32(x.shape());
+  Tensor y = empty_f32(x.shape());
   apply_mask(x.data_f32(), y.data_f32(), x.numel(), key, threshold, factor);
   return record(y, "dropout", {x}, [key, threshold, factor](const Tensor& g_in, const Tensor&) {
     const Tensor g = dense(g_in);
-    Tensor dx = new_f32(g.shape());
+    Tensor dx = empty_f32(g.shape());
     apply_mask(g.data_f32(), dx.data_f32(), g.numel(), key, threshold, factor);
     return std::vector<Tensor>{dx};
   });

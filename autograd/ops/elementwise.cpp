@@ -126,7 +126,7 @@ Tensor binary(BinOp op, const Tensor& a, const Tensor& b) {
   check_f32(name, "a", a);
   check_f32(name, "b", b);
   const Shape out_shape = broadcast_shape(name, a.shape(), b.shape());
-  Tensor out = new_f32(out_shape);
+  Tensor out = empty_f32(out_shape);
   const Shape sa = broadcast_strides(a, out_shape), sb = broadcast_strides(b, out_shape);
   const float* pa = a.data_f32();
   const float* pb = b.data_f32();
@@ -155,7 +155,7 @@ Tensor binary(BinOp op, const Tensor& a, const Tensor& b) {
     Tensor gd = dense(g);
     const Shape sg = gd.strides();
     auto times = [&](const Tensor& other) {
-      Tensor prod = new_f32(out_shape);
+      Tensor prod = empty_f32(out_shape);
       binary_map(gd.data_f32(), sg, other.data_f32(), broadcast_strides(other, out_shape), out_shape,
                  prod.data_f32(), [](float x, float y) { return x * y; });
       return prod;
@@ -176,7 +176,7 @@ Tensor mul(const Tensor& a, const Tensor& b) { return binary(BinOp::Mul, a, b); 
 Tensor scale(const Tensor& x, float factor) {
   check_f32("scale", "x", x);
   Tensor xd = dense(x);
-  Tensor out = new_f32(x.shape());
+  Tensor out = empty_f32(x.shape());
   const float* px = xd.data_f32();
   float* po = out.data_f32();
   const int64_t n = x.numel();
@@ -184,7 +184,7 @@ Tensor scale(const Tensor& x, float factor) {
   for (int64_t i = 0; i < n; ++i) po[i] = factor * px[i];
   return record(out, "scale", {x}, [factor](const Tensor& g, const Tensor&) {
     Tensor gd = dense(g);
-    Tensor gx = new_f32(g.shape());
+    Tensor gx = empty_f32(g.shape());
     const float* pg = gd.data_f32();
     float* p = gx.data_f32();
     const int64_t n = g.numel();

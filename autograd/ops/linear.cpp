@@ -46,7 +46,7 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   const int64_t M = K == 0 ? 0 : x.numel() / K;
   Shape out_shape = x.shape();
   out_shape.back() = N;
-  Tensor y = new_f32(out_shape);
+  Tensor y = empty_f32(out_shape);  // written whole: M, N > 0 below, or no elements
   const WeightView wv = weight_view(weight);
   if (M > 0 && N > 0) linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
   if (bias.defined() && M > 0) {
@@ -65,12 +65,12 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
     const float* pg = g.data_f32();
     Tensor dx, dw, db;
     if (need_x) {
-      dx = new_f32(x.shape());
+      dx = M > 0 && N > 0 && K > 0 ? empty_f32(x.shape()) : new_f32(x.shape());
       if (M > 0 && N > 0 && K > 0)
         linear_backward_input(pg, M, N, weight_view(weight), dx.data_f32(), K, false, precision);
     }
     if (need_w) {
-      dw = new_f32({N, K});
+      dw = M > 0 && N > 0 && K > 0 ? empty_f32({N, K}) : new_f32({N, K});
       // dW [N x K] = dY^T [N x M] . X [M x K]
       if (M > 0 && N > 0 && K > 0)
         sgemm(true, false, N, K, M, 1.0f, pg, N, saved_x.data_f32(), K, 0.0f, dw.data_f32(), K);

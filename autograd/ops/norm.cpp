@@ -27,7 +27,7 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {
   // A frozen bf16/f16 weight is widened once per call (D values).
   const Tensor w = weight.dtype() == DType::F32 ? contiguous(weight) : Tensor::from_vector({D}, weight.to_vector());
   const int64_t rows = D == 0 ? 0 : x.numel() / D;
-  Tensor y = new_f32(x.shape());
+  Tensor y = empty_f32(x.shape());
   auto rstd = std::make_shared<std::vector<float>>(static_cast<size_t>(rows));
   const float* px = x.data_f32();
   const float* pw = w.data_f32();
@@ -48,7 +48,7 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {
     const float* xs = x.data_f32();
     const float* ws = w.data_f32();
     const float* rs = rstd->data();
-    Tensor dx = need_x ? new_f32(x.shape()) : Tensor();
+    Tensor dx = need_x ? empty_f32(x.shape()) : Tensor();
     float* pdx = need_x ? dx.data_f32() : nullptr;
     const VecKernels& vk = vec_kernels();
     const bool parallel = rows * D >= kParallelMinElements;

@@ -126,11 +126,11 @@ Tensor rope(const Tensor& x_in, const std::shared_ptr<const RopeTable>& table) {
              "rope: x {} needs T={} or B*T={} positions, got {}", shape_str(x_in.shape()), T, B * T,
              table->n_tokens);
   const Tensor x = contiguous(x_in);
-  Tensor y = new_f32(x.shape());
+  Tensor y = empty_f32(x.shape());
   rotate(x.data_f32(), y.data_f32(), B, T, H, D, *table, 1.0f);
   return record(y, "rope", {x}, [table, B, T, H, D](const Tensor& g_in, const Tensor&) {
     const Tensor g = dense(g_in);
-    Tensor dx = new_f32(g.shape());
+    Tensor dx = empty_f32(g.shape());
     rotate(g.data_f32(), dx.data_f32(), B, T, H, D, *table, -1.0f);
     return std::vector<Tensor>{dx};
   });
