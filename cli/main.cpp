@@ -15,6 +15,7 @@
 
 namespace loom::cli {
 void add_train_command(CLI::App& app);  // loom train, loom recipes (cli/cmd_train.cpp)
+void add_sweep_command(CLI::App& app);  // loom sweep (cli/cmd_sweep.cpp)
 }  // namespace loom::cli
 
 namespace {
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   loom::cli::add_generate_command(app);
   loom::cli::add_eval_command(app);
   loom::cli::add_train_command(app);
+  loom::cli::add_sweep_command(app);
 
   try {
     app.parse(argc, argv);

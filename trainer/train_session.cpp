@@ -468,6 +468,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   nlohmann::json per_source = nlohmann::json::object();
   for (const SourceEval& e : result.eval_before) per_source[e.name]["before"] = {{"loss", e.loss}, {"perplexity", e.perplexity}, {"tokens", e.tokens}};
   for (const SourceEval& e : result.eval_after) per_source[e.name]["after"] = {{"loss", e.loss}, {"perplexity", e.perplexity}, {"tokens", e.tokens}};
+  // Training tokens each source actually delivered over the whole run (resumes included).
+  nlohmann::json delivered = nlohmann::json::object();
+  for (const SourceDelivery& d : data.stream->delivered())
+    delivered[d.name] = {{"tokens", d.tokens}, {"examples", d.examples},
+                         {"token_fraction", d.token_fraction}, {"epochs", d.epoch}};
   nlohmann::json summary = {
       {"recipe", plan.recipe_source},
       {"model", plan.model_path},
@@ -481,6 +486,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       {"final_loss", result.last_loss},
       {"eval", per_source},
       {"tokens_seen", tokens_seen},
+      {"delivered", delivered},
       {"tokens_per_second", result.tokens_per_second},
       {"peak_rss_mb", result.peak_rss_bytes / 1048576.0},
       {"wall_seconds", result.wall_seconds},
