@@ -40,7 +40,7 @@ std::shared_ptr<Storage> Storage::allocate(int64_t nbytes, bool zero) {
   auto s = std::shared_ptr<Storage>(new Storage());
   size_t rounded = (static_cast<size_t>(nbytes) + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
-  bool is_zero = false;
+  [[maybe_unused]] bool is_zero = false;  // unused by sanitizer builds
 #ifdef LOOM_SANITIZE_BUILD
   // Plain malloc, so AddressSanitizer sees every use after free; unset bytes read as NaN.
   const bool cached = false;

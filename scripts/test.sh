@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds, runs every test.
 #   1. Release build (assertions on, warnings as errors) -> ctest, all labels (unit + interop)
-#   2. ASan+UBSan build of the tests                     -> ctest -L unit
+#   2. ASan+UBSan build of the unit test programs        -> ctest -L unit
 # Interop tests whose reference cannot be installed report themselves SKIPPED, never passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,8 @@ scripts/build.sh build -DLOOM_WERROR=ON
 echo "== ctest: Release, all tests"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
-echo "== ASan+UBSan build of the tests"
-scripts/build.sh build-asan -DLOOM_WERROR=ON -DLOOM_SANITIZE=ON -DLOOM_BUILD_BENCH=OFF \
+echo "== ASan+UBSan build of the unit tests"
+LOOM_BUILD_TARGET=unit_tests scripts/build.sh build-asan -DLOOM_WERROR=ON -DLOOM_SANITIZE=ON -DLOOM_BUILD_BENCH=OFF \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo
 echo "== ctest: ASan+UBSan, unit tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
