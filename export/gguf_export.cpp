@@ -1,0 +1,405 @@
+// Merged model and LoRA adapter GGUF exports for llama.cpp (gguf_export.h).
+#include "export/gguf_export.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <unordered_map>
+
+#include "autograd/check.h"
+#include "autograd/quant/quant.h"
+#include "export/gguf_qk_order.h"
+#include "export/gguf_writer.h"
+#include "layers/gguf.h"
+#include "layers/llama.h"
+#include "lora/lora_model.h"
+#include "lora/merge.h"
+
+namespace loom {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr uint32_t kGgmlQuantizationVersion = 2;  // GGML_QNT_VERSION, which llama-quantize writes
+
+std::string type_list(const std::vector<DType>& types) {
+  std::string out;
+  for (DType t : types) out += (out.empty() ? "" : ", ") + std::string(dtype_name(t));
+  return out;
+}
+
+DType parse_from(const std::vector<DType>& allowed, std::string_view name, std::string_view what) {
+  for (DType t : allowed)
+    if (dtype_name(t) == name) return t;
+  throw Error(fmt::format("gguf export: unknown {} type '{}': expected one of {}", what, name,
+                          type_list(allowed)));
+}
+
+void check_allowed(const std::vector<DType>& allowed, DType t, std::string_view what) {
+  if (std::find(allowed.begin(), allowed.end(), t) == allowed.end())
+    throw Error(fmt::format("gguf export: a {} cannot be written as {}: expected one of {}", what,
+                            dtype_name(t), type_list(allowed)));
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+bool fits(DType t, int64_t row) {
+  return row % dtype_info(t).block_elems == 0;
+}
+
+// How many tensors of each stored dtype the writer holds, in dtype order.
+std::vector<std::pair<std::string, int64_t>> count_types(const GgufWriter& w) {
+  std::map<int, int64_t> counts;
+  for (const GgufWriterTensor& t : w.tensors()) ++counts[static_cast<int>(t.dtype)];
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const auto& [t, n] : counts)
+    out.emplace_back(std::string(dtype_name(static_cast<DType>(t))), n);
+  return out;
+}
+
+// What the model holds under one GGUF tensor name.
+struct ModelTensor {
+  const Tensor* tensor = nullptr;        // what the model holds under the name
+  const Linear* linear = nullptr;        // the projection, for its weight or its bias
+  const LoraAdapter* adapter = nullptr;  // the weight's adapter, when merging
+  bool is_bias = false;
+};
+
+std::unordered_map<std::string, ModelTensor> model_tensors(const LlamaModel& model,
+                                                           const LoraModel* lora) {
+  std::unordered_map<const Linear*, const LoraAdapter*> adapters;
+  if (lora)
+    for (const LoraModule& m : lora->modules()) adapters[m.linear] = m.adapter.get();
+  const LlamaWeights& w = model.weights();
+  std::unordered_map<std::string, ModelTensor> out;
+  out["token_embd.weight"] = {&w.token_embd};
+  out["output_norm.weight"] = {&w.output_norm};
+  if (!model.config().tie_word_embeddings) out["output.weight"] = {&w.output};
+  for (size_t l = 0; l < w.blocks.size(); ++l) {
+    const LlamaBlock& b = w.blocks[l];
+    out[fmt::format("blk.{}.attn_norm.weight", l)] = {&b.attn_norm};
+    out[fmt::format("blk.{}.ffn_norm.weight", l)] = {&b.ffn_norm};
+    for (const Linear* p : b.projections()) {
+      const auto it = adapters.find(p);
+      const LoraAdapter* adapter = it == adapters.end() ? nullptr : it->second;
+      if (!adapter && p->adapter && dynamic_cast<const LoraAdapter*>(p->adapter.get()))
+        throw Error(fmt::format(
+            "gguf export: projection '{}' has an adapter attached that the LoraModel given does "
+            "not hold; pass the LoraModel the adapter belongs to",
+            p->hf_name));
+      out[p->gguf_name + ".weight"] = {&p->weight, p, adapter};
+      if (p->bias.defined()) out[p->gguf_name + ".bias"] = {&p->bias, p, nullptr, true};
+    }
+  }
+  return out;
+}
+
+// The f32 values of a model tensor as they go into the file (merged, q/k rows in GGUF order).
+std::vector<float> export_values(const LlamaModel& model, const ModelTensor& m) {
+  if (!m.linear) return tensor_values_f32(*m.tensor);
+  std::vector<float> v =
+      m.adapter ? merged_weight_values(*m.linear, *m.adapter) : tensor_values_f32(*m.tensor);
+  const int64_t cols = m.is_bias ? 1 : m.linear->in_features();
+  return reorder_projection_rows(model.config(), m.linear->kind, std::move(v), cols,
+                                 /*to_gguf=*/true);
+}
+
+bool needs_values(const LlamaModel& model, const ModelTensor& m, DType stored) {
+  if (m.adapter) return true;
+  if (m.linear && qk_rows_need_reorder(model.config(), m.linear->kind)) return true;
+  return m.tensor->dtype() != stored;
+}
+
+void carry_metadata(const GgufFile& source, GgufWriter& w) {
+  for (const auto& [key, value] : source.metadata()) {
+    if (key.rfind("split.", 0) == 0 || key.rfind("quantize.imatrix", 0) == 0) continue;
+    w.set(key, value);
+  }
+}
+
+void check_source(const LlamaModel& model, const GgufFile& source) {
+  if (const GgufValue* t = source.find("general.type"))
+    if (t->type() == GgufType::STRING && t->as_string("general.type") != "model")
+      throw Error(fmt::format("gguf export: {} has general.type '{}', expected a model file",
+                              source.path(), t->as_string("general.type")));
+  const std::string arch = gguf_architecture(model.config());
+  if (source.architecture() != arch)
+    throw Error(fmt::format(
+        "gguf export: {} is a '{}' model, but the model being exported is '{}'; pass the file "
+        "the base model was loaded from",
+        source.path(), source.architecture(), arch));
+}
+
+bool is_output_projection(const std::string& name, bool tied) {
+  return name == "output.weight" || (tied && name == "token_embd.weight");
+}
+
+// The type llama-quantize picks before checking that the rows fit its block.
+DType intended_type(const std::string& name, const std::vector<int64_t>& shape, DType type,
+                    bool tied) {
+  if (shape.size() < 2 || ends_with(name, "_norm.weight") || !ends_with(name, ".weight"))
+    return DType::F32;
+  if (!is_quantized(type)) return type;
+  if (is_output_projection(name, tied))
+    return type == DType::Q8_0 || !fits(DType::Q6_K, shape.back()) ? DType::Q8_0 : DType::Q6_K;
+  return type;
+}
+
+// llama-quantize's fallback for rows that do not fit the block (q4_k: see gguf_export.h).
+DType with_fallback(DType t, int64_t row) {
+  if (fits(t, row)) return t;
+  if (t == DType::Q6_K) t = DType::Q8_0;
+  if (t == DType::Q4_K) t = DType::Q4_1;
+  return fits(t, row) ? t : DType::F16;
+}
+
+std::string join(const std::vector<std::string>& items, std::string_view sep) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? std::string(sep) : "") + items[i];
+  return out;
+}
+
+// One note per kind of fallback: "180 tensors stored as q4_1 instead of q4_k (rows of 576 ...".
+struct Fallbacks {
+  std::map<std::pair<int, int>, std::vector<std::pair<std::string, int64_t>>> by_kind;
+
+  void add(DType intended, DType stored, const std::string& name, int64_t row) {
+    by_kind[{static_cast<int>(intended), static_cast<int>(stored)}].emplace_back(name, row);
+  }
+  void describe(std::vector<std::string>& notes) const {
+    for (const auto& [kind, tensors] : by_kind) {
+      const DType intended = static_cast<DType>(kind.first),
+                  stored = static_cast<DType>(kind.second);
+      std::vector<std::string> rows;
+      for (const auto& [name, row] : tensors)
+        if (std::find(rows.begin(), rows.end(), std::to_string(row)) == rows.end())
+          rows.push_back(std::to_string(row));
+      notes.push_back(fmt::format(
+          "{} tensor(s) stored as {} instead of {} (e.g. {}): rows of {} are not a multiple of "
+          "the {} block of {}{}",
+          tensors.size(), dtype_name(stored), dtype_name(intended), tensors.front().first,
+          join(rows, ", "), dtype_name(intended), dtype_info(intended).block_elems,
+          intended == DType::Q4_K && stored == DType::Q4_1
+              ? "; llama-quantize would use q5_0, which loom cannot write"
+              : ""));
+    }
+  }
+};
+
+}  // namespace
+
+// ---- merged model ---------------------------------------------------------------------------
+
+const std::vector<DType>& merged_gguf_types() {
+  static const std::vector<DType> types = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0,
+                                           DType::Q4_0, DType::Q4_K, DType::Q6_K};
+  return types;
+}
+
+DType parse_merged_gguf_type(std::string_view name) {
+  return parse_from(merged_gguf_types(), name, "merged GGUF");
+}
+
+DType merged_tensor_type(const std::string& name, const std::vector<int64_t>& shape, DType type,
+                         bool tied) {
+  return with_fallback(intended_type(name, shape, type, tied), shape.back());
+}
+
+namespace {
+
+// Names of model tensors missing from the source or shaped differently there (at most 5).
+std::vector<std::string> mismatches(const std::unordered_map<std::string, ModelTensor>& ours,
+                                    const GgufFile& source) {
+  std::vector<std::string> out;
+  for (const auto& [name, m] : ours) {
+    const GgufTensorInfo* info = source.find_tensor(name);
+    if (!info)
+      out.push_back(fmt::format("{} is not in the file", name));
+    else if (m.tensor->shape() != info->shape)
+      out.push_back(fmt::format("{} is {} in the model, {} in the file", name,
+                                shape_str(m.tensor->shape()), shape_str(info->shape)));
+  }
+  std::sort(out.begin(), out.end());
+  if (out.size() > 5) out.resize(5);
+  return out;
+}
+
+// Adds one model tensor as the merged model stores it: its bytes when they already are what the
+// file needs, else its (merged, reordered) values quantized when the file is written.
+void add_model_tensor(GgufWriter& w, const LlamaModel& model, const ModelTensor& m,
+                      const GgufTensorInfo& info, DType type, Fallbacks& fallbacks,
+                      std::vector<std::string>& notes) {
+  const bool tied = model.config().tie_word_embeddings;
+  const DType intended = intended_type(info.name, info.shape, type, tied);
+  const DType stored = with_fallback(intended, info.shape.back());
+  if (stored != intended) fallbacks.add(intended, stored, info.name, info.shape.back());
+  if (is_quantized(type) && is_output_projection(info.name, tied))
+    notes.push_back(fmt::format("{}{}: {} (llama-quantize's rule for the output projection)",
+                                info.name, tied ? " (tied: also the output projection)" : "",
+                                dtype_name(stored)));
+  if (!needs_values(model, m, stored)) {
+    w.add_tensor(info.name, *m.tensor);
+    return;
+  }
+  w.add_tensor(info.name, info.shape, stored, [&model, m, stored] {
+    const std::vector<float> v = export_values(model, m);
+    return quantize(stored, v.data(), static_cast<int64_t>(v.size()));
+  });
+}
+
+}  // namespace
+
+GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lora,
+                                    const GgufFile& source, const std::string& out_path,
+                                    const MergedGgufOptions& options) {
+  check_allowed(merged_gguf_types(), options.type, "merged model");
+  check_source(model, source);
+  const std::unordered_map<std::string, ModelTensor> ours = model_tensors(model, lora);
+  if (const std::vector<std::string> bad = mismatches(ours, source); !bad.empty())
+    throw Error(fmt::format(
+        "gguf export: the model does not match its source {} ({}); pass the file the base was "
+        "loaded from",
+        source.path(), join(bad, "; ")));
+
+  GgufWriter w;
+  carry_metadata(source, w);
+  w.set_u32("general.file_type", llama_file_type(options.type));
+  w.set_u32("general.quantization_version", kGgmlQuantizationVersion);
+  if (!options.name.empty()) w.set_string("general.name", options.name);
+
+  GgufExportResult result;
+  result.path = out_path;
+  Fallbacks fallbacks;
+  for (const GgufTensorInfo& info : source.tensors()) {
+    const auto it = ours.find(info.name);
+    if (it == ours.end()) {
+      w.add_tensor(info.name, source.tensor(info));  // loom does not model it: carried as it is
+      continue;
+    }
+    if (it->second.adapter) ++result.merged_modules;
+    add_model_tensor(w, model, it->second, info, options.type, fallbacks, result.notes);
+  }
+  LOOM_CHECK(!lora || result.merged_modules == static_cast<int64_t>(lora->modules().size()),
+             "gguf export: merged {} of {} adapted projections", result.merged_modules,
+             lora ? lora->modules().size() : 0);
+  fallbacks.describe(result.notes);
+  result.tensors = static_cast<int64_t>(w.tensors().size());
+  result.type_counts = count_types(w);
+  result.bytes = w.write(out_path);
+  return result;
+}
+
+GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lora,
+                                    const std::string& source_path, const std::string& out_path,
+                                    const MergedGgufOptions& options) {
+  if (fs::is_directory(source_path))
+    throw Error(fmt::format(
+        "gguf export: merged GGUF export from a Hugging Face folder ({}) is not supported yet: "
+        "loom cannot yet derive llama.cpp's tokenizer.ggml.* metadata (pre-tokenizer name, token "
+        "types) from tokenizer.json reliably. Pass a GGUF file of the same model as the source "
+        "(its "
+        "metadata and tokenizer are used), or export safetensors and convert them with llama.cpp's "
+        "convert_hf_to_gguf.py",
+        source_path));
+  const GgufFile source = GgufFile::open(source_path);
+  return export_merged_gguf(model, lora, source, out_path, options);
+}
+
+// ---- LoRA adapter ---------------------------------------------------------------------------
+
+const std::vector<DType>& gguf_adapter_types() {
+  static const std::vector<DType> types = {DType::F32, DType::F16, DType::BF16, DType::Q8_0};
+  return types;
+}
+
+DType parse_gguf_adapter_type(std::string_view name) {
+  return parse_from(gguf_adapter_types(), name, "GGUF adapter");
+}
+
+double gguf_adapter_alpha(const LoraModel& lora) {
+  const LoraConfig& c = lora.config();
+  return c.rslora ? c.alpha * std::sqrt(static_cast<double>(c.rank)) : c.alpha;
+}
+
+GgufExportResult export_gguf_adapter(const LlamaModel& model, const LoraModel& lora,
+                                     const std::string& out_path,
+                                     const GgufAdapterOptions& options) {
+  check_allowed(gguf_adapter_types(), options.type, "GGUF LoRA adapter");
+  const LoraConfig& c = lora.config();
+  const bool dora = c.dora || std::any_of(lora.modules().begin(), lora.modules().end(),
+                                          [](const LoraModule& m) { return m.adapter->is_dora(); });
+  if (dora)
+    throw Error(
+        "gguf export: DoRA adapters cannot be exported for llama.cpp: its LoRA adapters have no "
+        "magnitude vector, so the trained result cannot be reproduced. Export a merged model "
+        "instead (DoRA merges exactly), or a PEFT adapter");
+  if (lora.modules().empty()) throw Error("gguf export: the LoRA model has no adapted modules");
+
+  const double alpha = gguf_adapter_alpha(lora);
+  const float alpha_f32 = static_cast<float>(alpha);
+  GgufWriter w;
+  w.set_string("general.architecture", gguf_architecture(model.config()));
+  w.set_string("general.type", "adapter");
+  if (!options.name.empty()) w.set_string("general.name", options.name);
+  w.set_u32("general.file_type", llama_file_type(options.type));
+  w.set_u32("general.quantization_version", kGgmlQuantizationVersion);
+  w.set_string("adapter.type", "lora");
+  w.set_f32("adapter.lora.alpha", alpha_f32);
+  // What the training used, for people reading the file (llama.cpp ignores these keys).
+  w.set_u32("loom.lora.rank", static_cast<uint32_t>(c.rank));
+  w.set_f32("loom.lora.alpha", static_cast<float>(c.alpha));
+  w.set_bool("loom.lora.rslora", c.rslora);
+  w.set_string("loom.lora.scale_convention",
+               "llama.cpp: adapter.lora.alpha / rank (rank = lora_b ne[0]); per-module factors "
+               "folded into lora_b");
+  if (!options.base_model.empty()) w.set_string("loom.lora.base_model", options.base_model);
+
+  GgufExportResult result;
+  result.path = out_path;
+  int64_t folded = 0, to_f16 = 0;
+  for (const LoraModule& m : lora.modules()) {
+    const LoraAdapter& a = *m.adapter;
+    const Linear& p = *m.linear;
+    const int64_t r = a.rank(), in = a.in_features(), out = a.out_features();
+    const double factor = a.scale() / (static_cast<double>(alpha_f32) / static_cast<double>(r));
+    const float factor_f32 = static_cast<float>(factor);
+    std::vector<float> b = reorder_projection_rows(model.config(), p.kind, a.lora_b().to_vector(),
+                                                   r, /*to_gguf=*/true);
+    if (factor_f32 != 1.0f) {
+      for (float& x : b) x *= factor_f32;
+      ++folded;
+    }
+    const DType type_a = fits(options.type, in) ? options.type : DType::F16;
+    const DType type_b = fits(options.type, r) ? options.type : DType::F16;
+    to_f16 += (type_a != options.type) + (type_b != options.type);
+    const std::string base = p.gguf_name + ".weight";
+    w.add_tensor_values(base + ".lora_a", {r, in}, type_a, a.lora_a().to_vector());
+    w.add_tensor_values(base + ".lora_b", {out, r}, type_b, std::move(b));
+  }
+  w.set_u32("loom.lora.folded_modules", static_cast<uint32_t>(folded));
+  result.notes.push_back(
+      fmt::format("adapter.lora.alpha = {} ({} modules; llama.cpp scales each "
+                  "by alpha / rank)",
+                  alpha_f32, lora.modules().size()));
+  if (folded > 0)
+    result.notes.push_back(fmt::format(
+        "{} modules have a trained scale other than alpha / rank; the factor is folded into "
+        "their lora_b",
+        folded));
+  if (to_f16 > 0)
+    result.notes.push_back(fmt::format(
+        "{} tensors written as f16: their rows are not a multiple of the {} block of {}", to_f16,
+        dtype_name(options.type), dtype_info(options.type).block_elems));
+  result.tensors = static_cast<int64_t>(w.tensors().size());
+  result.type_counts = count_types(w);
+  result.bytes = w.write(out_path);
+  return result;
+}
+
+}  // namespace loom
