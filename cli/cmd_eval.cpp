@@ -11,6 +11,7 @@
 #include "autograd/check.h"
 #include "cli/commands.h"
 #include "layers/inference.h"
+#include "trainer/adapter_load.h"
 
 namespace loom::cli {
 
@@ -18,6 +19,7 @@ namespace {
 
 struct EvalArgs {
   std::string model;
+  std::string adapter;
   std::string text;
   int64_t ctx = 512;
   int64_t batch = 1;
@@ -50,9 +52,15 @@ void run_eval(const EvalArgs& a) {
   if (a.max_windows < 0) throw Error(fmt::format("--max-windows must be >= 0, got {}", a.max_windows));
 
   const std::string text = read_text_file(a.text);
-  const LoadedModel lm = load_model_and_tokenizer(a.model);
-  const LlamaModel& model = *lm.model;
-  const Tokenizer& tok = *lm.tokenizer;
+  if (a.model.empty() && a.adapter.empty()) throw Error("give --model, --adapter or both");
+  // With --adapter: the adapter on its base (--model overrides the base it names).
+  LoadedModel lm;
+  AdaptedModel am;
+  if (a.adapter.empty()) lm = load_model_and_tokenizer(a.model);
+  else am = load_adapted_model(a.adapter, a.model);
+  const LlamaModel& model = a.adapter.empty() ? *lm.model : *am.base.model;
+  const Tokenizer& tok = a.adapter.empty() ? *lm.tokenizer : *am.base.tokenizer;
+  const std::string model_name = a.adapter.empty() ? a.model : am.base_path;
   const ModelConfig& c = model.config();
   if (c.max_position_embeddings > 0 && a.ctx > c.max_position_embeddings)
     throw Error(fmt::format("--ctx {} exceeds the model's {} positions", a.ctx,
@@ -74,8 +82,10 @@ void run_eval(const EvalArgs& a) {
   const int64_t first = a.ctx - 1 - per_window;
 
   fmt::print("loom eval\n");
-  fmt::print("  model:    {} ({}, {} layers, hidden {}, vocab {})\n", a.model, c.architecture,
+  fmt::print("  model:    {} ({}, {} layers, hidden {}, vocab {})\n", model_name, c.architecture,
              c.n_layers, c.hidden_size, c.vocab_size);
+  if (!a.adapter.empty())
+    fmt::print("  adapter:  {} ({}): {}\n", a.adapter, am.kind, am.lora->config().describe());
   fmt::print("  weights:  {}\n", describe_dtype_mix(model));
   fmt::print("  compute:  {}\n", precision_label(opt.precision));
   fmt::print("  text:     {} ({} bytes, {} tokens, tokenized in {:.3f} s{})\n", a.text, text.size(),
@@ -108,7 +118,12 @@ void run_eval(const EvalArgs& a) {
 void add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
   CLI::App* cmd = app.add_subcommand("eval", "Perplexity of a model on a text file");
-  cmd->add_option("--model", args->model, "GGUF file or Hugging Face model folder")->required();
+  cmd->add_option("--model", args->model,
+                  "GGUF file or Hugging Face model folder (with --adapter: the base, if not the "
+                  "one the adapter names)");
+  cmd->add_option("--adapter", args->adapter,
+                  "Evaluate with an adapter: a loom run directory or adapter folder, a PEFT "
+                  "adapter folder or a llama.cpp LoRA adapter .gguf");
   cmd->add_option("--text", args->text, "UTF-8 text file")->required();
   cmd->add_option("--ctx", args->ctx, "Tokens per window")->capture_default_str();
   cmd->add_option("--batch", args->batch, "Windows per forward")->capture_default_str();

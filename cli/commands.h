@@ -16,6 +16,7 @@ namespace loom::cli {
 
 void add_generate_command(CLI::App& app);  // loom generate (cli/cmd_generate.cpp)
 void add_eval_command(CLI::App& app);      // loom eval (cli/cmd_eval.cpp)
+void add_export_command(CLI::App& app);    // loom export (cli/cmd_export.cpp)
 
 // A model and its tokenizer, from a .gguf file or a Hugging Face directory (tokenizer.json).
 struct LoadedModel {

@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   loom::cli::add_eval_command(app);
   loom::cli::add_train_command(app);
   loom::cli::add_sweep_command(app);
+  loom::cli::add_export_command(app);
 
   try {
     app.parse(argc, argv);

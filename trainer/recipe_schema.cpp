@@ -18,16 +18,11 @@ const std::vector<std::string>& llama_linear_modules() {
 }
 
 const std::vector<std::string>& known_export_formats() {
-  static const std::vector<std::string> names = {"peft",
-                                                 "gguf-adapter",
-                                                 "merged-safetensors",
-                                                 "merged-gguf-f32",
-                                                 "merged-gguf-f16",
-                                                 "merged-gguf-q8_0",
-                                                 "merged-gguf-q4_0",
-                                                 "merged-gguf-q4_1",
-                                                 "merged-gguf-q4_k",
-                                                 "merged-gguf-q6_k"};
+  static const std::vector<std::string> names = {
+      "peft",            "gguf-adapter",     "gguf-adapter-f16", "gguf-adapter-q8_0",
+      "merged-safetensors", "merged-safetensors-f32", "merged-gguf-f32", "merged-gguf-f16",
+      "merged-gguf-bf16", "merged-gguf-q8_0", "merged-gguf-q4_0", "merged-gguf-q4_k",
+      "merged-gguf-q6_k"};
   return names;
 }
 

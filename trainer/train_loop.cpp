@@ -4,7 +4,11 @@
 
 #include <fmt/format.h>
 
+#include <cstdio>
+#include <filesystem>
+
 #include "autograd/check.h"
+#include "trainer/export_run.h"
 #include "trainer/schedule.h"
 #include "trainer/train_session.h"
 
@@ -87,6 +91,39 @@ TrainPlan make_train_plan(const Recipe& recipe) {
   return p;
 }
 
+namespace {
+
+// run_training, then the exports output.export asks for, from the adapter just saved, into
+// <output.dir>/export/ (replacing what an earlier run of the same directory exported there).
+TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& options) {
+  TrainResult result = run_training(plan, options);
+  if (plan.export_formats.empty()) return result;
+  if (result.stopped) {
+    fmt::print("export: skipped, the run stopped ({})\n", result.stop_reason);
+    return result;
+  }
+  AdaptedModel am = load_adapted_model(plan.output_dir, "");
+  ExportRequest req;
+  req.formats = plan.export_formats;
+  req.out_dir = (std::filesystem::path(plan.output_dir) / "export").string();
+  req.force = true;
+  req.precision = plan.precision;
+  const bool quiet = options.quiet;
+  const ExportSummary s = export_adapter(am, req, [quiet](const std::string& line) {
+    if (quiet) return;
+    fmt::print("{}\n", line);
+    std::fflush(stdout);
+  });
+  if (quiet) return result;
+  if (!s.cost.empty())
+    fmt::print("quantization cost {}:\n{}", s.cost_note, cost_table_markdown(s.cost));
+  for (const ExportedItem& item : s.items) fmt::print("export:        {} {}\n", item.format, item.path);
+  std::fflush(stdout);
+  return result;
+}
+
+}  // namespace
+
 TrainResult train(const Recipe& recipe, const TrainOptions& options) {
   if (options.print_config_only) {
     fmt::print("{}", recipe_to_yaml(recipe, /*with_docs=*/true));
@@ -95,7 +132,7 @@ TrainResult train(const Recipe& recipe, const TrainOptions& options) {
   }
   TrainOptions opts = options;
   opts.resume = opts.resume || recipe.resume || !opts.resume_from.empty();
-  return run_training(make_train_plan(recipe), opts);
+  return run_training_and_export(make_train_plan(recipe), opts);
 }
 
 TrainResult train_recipe_file(const std::string& recipe_path,
@@ -115,7 +152,7 @@ TrainResult train_recipe_file(const std::string& recipe_path,
   plan.recipe_source = path;
   TrainOptions opts = options;
   opts.resume = opts.resume || recipe.resume || !opts.resume_from.empty();
-  return run_training(plan, opts);
+  return run_training_and_export(plan, opts);
 }
 
 std::string resolved_recipe_yaml(const std::string& recipe_path,

@@ -1,0 +1,184 @@
+// Exporting a trained run (trainer/export_run.h) and attaching adapters of every layout
+// (trainer/adapter_load.h), on the tiny Hugging Face llama tests/golden/hf_llama: a recipe with
+// output.export trains and exports; the merged f32 folder evaluates to the unmerged adapter's
+// perplexity (merge math against the LoRA forward, two separate code paths); the run, its PEFT
+// folder and its llama.cpp adapter GGUF, each attached again, give the logits training ended with.
+// The formats themselves are checked against peft / transformers / gguf / llama.cpp in
+// tests/interop/test_export_*.py.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "autograd/check.h"
+#include "autograd/tape.h"
+#include "trainer/adapter_load.h"
+#include "trainer/export_run.h"
+#include "trainer/train_session.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path source_dir() { return fs::path(LOOM_SOURCE_DIR); }
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path = fs::temp_directory_path() /
+           ("loom_export_run_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+void write_corpus(const fs::path& path, int paragraphs, uint32_t seed) {
+  const std::vector<std::string> words = {"the cat", "a dog", "sat on", "ran to", "the mat.", "a tree."};
+  std::mt19937 rng(seed);
+  std::ofstream out(path);
+  for (int p = 0; p < paragraphs; ++p) {
+    for (int s = 0; s < 6; ++s) out << words[rng() % words.size()] << ' ';
+    out << "\n\n";
+  }
+}
+
+std::string recipe_text(const fs::path& dir) {
+  return "model:\n"
+         "  path: " + (source_dir() / "tests/golden/hf_llama").string() + "\n"
+         "  precision: f32\n"
+         "lora:\n  rank: 4\n  alpha: 8.0\n  dropout: 0.0\n  targets: all-linear\n"
+         "data:\n  sources:\n"
+         "    - name: animals\n      path: " + (dir / "a.txt").string() + "\n"
+         "      format: text\n      heldout_fraction: 0.1\n"
+         "  seq_len: 32\n"
+         "train:\n  batch_size: 2\n  steps: 6\n  lr: 0.02\n  warmup_steps: 1\n"
+         "eval:\n  every: 0\n  batches: 1\n"
+         "checkpoint:\n  every: 0\n"
+         "output:\n  dir: " + (dir / "run").string() + "\n"
+         "  export: [peft, gguf-adapter, merged-safetensors-f32]\n";
+}
+
+std::vector<float> logits_of(const AdaptedModel& am, const std::vector<int32_t>& ids) {
+  NoGradGuard no_grad;
+  TokenBatch tb;
+  tb.ids = ids;
+  tb.batch = 1;
+  tb.seq_len = static_cast<int64_t>(ids.size());
+  ForwardOptions fwd;
+  fwd.checkpoint_blocks = false;
+  fwd.precision = Precision::F32;
+  const Tensor hidden = am.base.model->forward_hidden(tb, fwd);
+  return am.base.model->logits(hidden, Precision::F32).to_vector();
+}
+
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, std::abs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::abs(double(a[i])));
+  }
+  return worst / std::max(scale, 1e-30);
+}
+
+struct ExportedRun {
+  TempDir t;
+  fs::path run;
+  ExportedRun() {
+    write_corpus(t.path / "a.txt", 300, 3);
+    std::ofstream(t.path / "r.yaml") << recipe_text(t.path);
+    TrainOptions o;
+    o.quiet = true;
+    const TrainResult r = train_recipe_file((t.path / "r.yaml").string(), {}, o);
+    EXPECT_FALSE(r.stopped) << r.stop_reason;
+    run = t.path / "run";
+  }
+};
+
+TEST(ExportRun, RecipeExportsEveryFormatAndMergedMatchesAdapter) {
+  ExportedRun e;
+  const fs::path x = e.run / "export";
+  for (const char* f : {"peft/adapter_config.json", "peft/adapter_model.safetensors",
+                        "adapter-f32.gguf", "merged-safetensors-f32/model.safetensors",
+                        "merged-safetensors-f32/config.json", "quantization_cost.md",
+                        "quantization_cost.json"})
+    EXPECT_TRUE(fs::exists(x / f)) << f;
+  const auto cost = nlohmann::json::parse(std::ifstream(x / "quantization_cost.json"));
+  double adapter = 0, merged = 0;
+  for (const auto& row : cost) {
+    if (row["model"] == "adapter (unmerged)") adapter = row["perplexity"];
+    if (row["model"] == "merged-safetensors-f32") merged = row["perplexity"];
+  }
+  ASSERT_GT(adapter, 1.0);
+  // f32 merge and f32 products: W + s B A summed once instead of applied per token; rounding only.
+  EXPECT_NEAR(merged / adapter, 1.0, 1e-5) << "adapter " << adapter << " merged " << merged;
+}
+
+TEST(ExportRun, EveryAdapterLayoutAttachesToTheSameLogits) {
+  ExportedRun e;
+  std::vector<int32_t> ids(24);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(40 + (i * 11) % 80);
+  const AdaptedModel run = load_adapted_model(e.run.string(), "");
+  EXPECT_EQ(run.kind, "loom");
+  EXPECT_EQ(run.run_dir, e.run.string());
+  const std::vector<float> want = logits_of(run, ids);
+
+  const AdaptedModel peft = load_adapted_model((e.run / "export/peft").string(), "");
+  EXPECT_EQ(peft.kind, "peft");
+  EXPECT_LT(max_rel_diff(want, logits_of(peft, ids)), 1e-6);
+
+  const std::string base = (source_dir() / "tests/golden/hf_llama").string();
+  const AdaptedModel gguf = load_adapted_model((e.run / "export/adapter-f32.gguf").string(), base);
+  EXPECT_EQ(gguf.kind, "gguf");
+  EXPECT_LT(max_rel_diff(want, logits_of(gguf, ids)), 1e-6);
+
+  // The adapter changes the model: the bare base differs.
+  TrainingModel bare = load_training_model(base);
+  AdaptedModel plain;
+  plain.base = std::move(bare);
+  EXPECT_GT(max_rel_diff(want, logits_of(plain, ids)), 1e-4);
+}
+
+TEST(ExportRun, BadInputsAreRefusedClearly) {
+  ExportedRun e;
+  TempDir other;
+  try {
+    load_adapted_model(other.path.string(), "");
+    FAIL() << "an empty folder was accepted as an adapter";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("not an adapter loom can read"), std::string::npos) << err.what();
+  }
+  try {
+    load_adapted_model((e.run / "export/adapter-f32.gguf").string(), "");
+    FAIL() << "a GGUF adapter without a base was accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("--base"), std::string::npos) << err.what();
+  }
+  AdaptedModel am = load_adapted_model(e.run.string(), "");
+  ExportRequest req;
+  req.formats = {"peft"};
+  req.out_dir = (e.run / "export").string();
+  req.evaluate = false;
+  try {
+    export_adapter(am, req, [](const std::string&) {});
+    FAIL() << "an existing export was overwritten without force";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("--force"), std::string::npos) << err.what();
+  }
+  req.formats = {"merged-gguf-q5_k"};
+  EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
+}
+
+}  // namespace
+}  // namespace loom

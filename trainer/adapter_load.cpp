@@ -1,0 +1,105 @@
+// Attaching an adapter of any supported layout to its base (see adapter_load.h).
+#include "trainer/adapter_load.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "autograd/check.h"
+#include "export/gguf_adapter_read.h"
+#include "export/peft_read.h"
+#include "layers/gguf.h"
+#include "trainer/adapter_file.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+
+namespace {
+
+template <class T>
+std::vector<std::pair<std::string, T>> patterns_of(const nlohmann::json& j) {
+  std::vector<std::pair<std::string, T>> out;
+  for (const auto& item : j) out.emplace_back(item.at(0).get<std::string>(), item.at(1).get<T>());
+  return out;
+}
+
+bool is_gguf_adapter(const std::string& path) {
+  if (!fs::is_regular_file(path)) return false;
+  const GgufFile f = GgufFile::open(path);
+  const auto* type = f.find("general.type");
+  return type != nullptr && type->type() == GgufType::STRING &&
+         type->as_string("general.type") == "adapter";
+}
+
+}  // namespace
+
+LoraConfig lora_config_from_adapter_json(const nlohmann::json& j) {
+  LoraConfig c;
+  c.rank = j.at("rank").get<int64_t>();
+  c.alpha = j.at("alpha").get<double>();
+  c.rslora = j.at("rslora").get<bool>();
+  c.dora = j.at("dora").get<bool>();
+  c.init = parse_lora_init(j.at("init").get<std::string>());
+  c.base_dtype = parse_base_dtype(j.at("base_dtype").get<std::string>());
+  c.targets.modules = j.at("targets").get<std::vector<std::string>>();
+  c.targets.regex = j.at("target_regex").get<std::string>();
+  c.targets.layers = j.at("layers").get<std::vector<int64_t>>();
+  c.rank_pattern = patterns_of<int64_t>(j.at("rank_pattern"));
+  c.alpha_pattern = patterns_of<double>(j.at("alpha_pattern"));
+  c.dropout = j.at("dropout").get<float>();
+  c.seed = j.at("seed").get<uint64_t>();
+  return c;
+}
+
+AdaptedModel load_adapted_model(const std::string& adapter_path, const std::string& base_override) {
+  AdaptedModel am;
+  am.adapter_path = adapter_path;
+  const fs::path p(adapter_path);
+  if (fs::is_directory(p) && fs::exists(p / "adapter" / "loom_adapter.json")) am.run_dir = p.string();
+  const fs::path loom_dir = !am.run_dir.empty() ? p / "adapter" : p;
+  if (fs::is_directory(loom_dir) && fs::exists(loom_dir / "loom_adapter.json")) {
+    am.kind = "loom";
+    const nlohmann::json j = read_adapter_config(loom_dir.string());
+    am.base_path = base_override.empty() ? j.at("base_model").get<std::string>() : base_override;
+    am.base = load_training_model(am.base_path);
+    am.lora = std::make_unique<LoraModel>(*am.base.model, lora_config_from_adapter_json(j));
+    std::vector<std::pair<std::string, std::vector<float>>> values;
+    for (AdapterTensor& t : read_adapter_tensors(loom_dir.string()))
+      values.emplace_back(std::move(t.name), std::move(t.values));
+    am.lora->load_parameters(values, /*strict=*/true);
+  } else if (fs::is_directory(p) && fs::exists(p / "adapter_config.json")) {
+    am.kind = "peft";
+    const PeftAdapterConfig pc = read_peft_adapter_config(p.string());
+    am.base_path = base_override;
+    if (am.base_path.empty() && !pc.base_model_name_or_path.empty() &&
+        fs::exists(pc.base_model_name_or_path))
+      am.base_path = pc.base_model_name_or_path;
+    if (am.base_path.empty())
+      throw Error(fmt::format(
+          "{}: a PEFT adapter for base_model_name_or_path \"{}\", which is not a local path: "
+          "give the base model (a .gguf file or a Hugging Face folder) with --base",
+          adapter_path, pc.base_model_name_or_path));
+    am.base = load_training_model(am.base_path);
+    am.lora = std::make_unique<LoraModel>(load_peft_adapter(p.string(), *am.base.model));
+  } else if (is_gguf_adapter(adapter_path)) {
+    am.kind = "gguf";
+    if (base_override.empty())
+      throw Error(fmt::format("{}: a llama.cpp LoRA adapter does not name its base model: give it "
+                              "with --base (the .gguf it was made for)",
+                              adapter_path));
+    am.base_path = base_override;
+    am.base = load_training_model(am.base_path);
+    am.lora = std::make_unique<LoraModel>(load_gguf_adapter(adapter_path, *am.base.model));
+  } else {
+    throw Error(fmt::format(
+        "{}: not an adapter loom can read: expected a loom run directory (adapter/"
+        "loom_adapter.json), a loom adapter folder (loom_adapter.json), a PEFT adapter folder "
+        "(adapter_config.json + adapter_model.safetensors) or a llama.cpp LoRA adapter .gguf "
+        "(general.type = adapter)",
+        adapter_path));
+  }
+  am.lora->set_training(false);
+  return am;
+}
+
+}  // namespace loom
