@@ -209,6 +209,28 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
   EXPECT_TRUE(ca.optimizer == cc.optimizer) << "AdamW state differs after resume";
   EXPECT_EQ(ca.data_position, cc.data_position);
   EXPECT_EQ(ca.tokens_seen, cc.tokens_seen);
+  // metrics.jsonl reads as one run: steps 5..8 of the interrupted process are not kept twice.
+  std::ifstream in(t.dir / "b/metrics.jsonl");
+  std::vector<int64_t> train_steps;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "train") train_steps.push_back(j["step"].get<int64_t>());
+  }
+  EXPECT_EQ(train_steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+}
+
+TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
+  TinyRun t;
+  t.run("run", {"train.steps=2", "eval.batches=0"});
+  try {
+    t.run("run", {"train.steps=2", "eval.batches=0"});
+    FAIL() << "a second fresh run into the same output.dir was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("resume=true"), std::string::npos) << e.what();
+  }
+  TrainOptions resume;
+  resume.resume = true;
+  EXPECT_EQ(t.run("run", {"train.steps=3", "eval.batches=0"}, resume).steps_done, 3);
 }
 
 TEST(TrainLoop, SavedAdapterReloadsWithTheSameLogits) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -149,6 +150,40 @@ struct Console {
 
 }  // namespace
 
+// A fresh (not resumed) run into a folder that already holds one would mix two runs' metrics,
+// checkpoints and adapters: refuse, saying how to continue or start over.
+static void refuse_to_overwrite_a_run(const RunPaths& paths, const TrainOptions& options) {
+  if (options.resume) return;
+  std::vector<std::string> found;
+  for (const std::string& p : {paths.summary, paths.metrics, paths.adapter})
+    if (fs::exists(p)) found.push_back(fs::path(p).filename().string());
+  if (fs::is_directory(paths.checkpoints) && !fs::is_empty(paths.checkpoints)) found.push_back("checkpoints/");
+  if (found.empty()) return;
+  throw Error(fmt::format("output.dir {} already holds a run ({}): continue it with resume=true "
+                          "(or --resume {}), or train into another folder (output.dir=...), or "
+                          "remove it first",
+                          paths.dir, join_items(found), paths.dir));
+}
+
+// On resume, metrics written after the checkpoint (by the interrupted process) are dropped, so
+// that metrics.jsonl reads as one run: the resumed steps would otherwise appear twice.
+static void drop_metrics_after(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string kept, line;
+  int64_t dropped = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+        j["step"].get<int64_t>() > step) {
+      ++dropped;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  if (dropped > 0) write_file_atomic(path, kept);
+}
+
 TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   const double t_start = now_seconds();
   const Console out{options.quiet};
@@ -157,6 +192,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   if (!plan.lr_at) throw Error("training plan has no learning-rate schedule (make_train_plan sets it)");
   const RunPaths paths = RunPaths::of(plan.output_dir);
   const int threads = num_threads();
+  refuse_to_overwrite_a_run(paths, options);
 
   // ---- what the run will do -----------------------------------------------------------------
   TrainingModel tm = load_training_model(plan.model_path);
@@ -294,6 +330,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
 
   fs::create_directories(paths.dir);
   write_file_atomic(paths.recipe, plan.recipe_yaml);
+  if (resume_path) drop_metrics_after(paths.metrics, step);
   MetricsWriter metrics(paths.metrics, /*truncate=*/!resume_path.has_value());
 
   TrainResult result;
