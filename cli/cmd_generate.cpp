@@ -11,6 +11,7 @@
 
 #include "autograd/check.h"
 #include "cli/commands.h"
+#include "trainer/adapter_load.h"
 #include "layers/inference.h"
 #include "layers/sampling.h"
 
@@ -20,6 +21,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model;
+  std::string adapter;
   std::string prompt;
   int64_t max_tokens = 256;
   float temperature = 0.0f;
@@ -66,9 +68,15 @@ void run_generate(const GenerateArgs& a) {
   if (!a.system.empty() && !a.chat) throw Error("--system needs --chat");
   const Precision precision = parse_precision_option(a.precision);
 
-  const LoadedModel lm = load_model_and_tokenizer(a.model);
-  const LlamaModel& model = *lm.model;
-  const Tokenizer& tok = *lm.tokenizer;
+  if (a.model.empty() && a.adapter.empty()) throw Error("give --model, --adapter or both");
+  // With --adapter: the adapter on its base (--model overrides the base it names); the decoder
+  // runs the adapted projections unmerged.
+  LoadedModel lm;
+  AdaptedModel am;
+  if (a.adapter.empty()) lm = load_model_and_tokenizer(a.model);
+  else am = load_adapted_model(a.adapter, a.model);
+  const LlamaModel& model = a.adapter.empty() ? *lm.model : *am.base.model;
+  const Tokenizer& tok = a.adapter.empty() ? *lm.tokenizer : *am.base.tokenizer;
   const ModelConfig& c = model.config();
 
   std::string text = a.prompt;
@@ -101,8 +109,10 @@ void run_generate(const GenerateArgs& a) {
 
   fmt::print(stderr, "loom generate\n");
   fmt::print(stderr, "  model:      {} ({}, {} layers, hidden {}, {} heads / {} kv heads, vocab {})\n",
-             a.model, c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads,
-             c.vocab_size);
+             a.adapter.empty() ? a.model : am.base_path, c.architecture, c.n_layers,
+             c.hidden_size, c.n_heads, c.n_kv_heads, c.vocab_size);
+  if (!a.adapter.empty())
+    fmt::print(stderr, "  adapter:    {} ({}): {}\n", a.adapter, am.kind, am.lora->config().describe());
   fmt::print(stderr, "  weights:    {}\n", describe_dtype_mix(model));
   fmt::print(stderr, "  compute:    {}, KV cache f32\n", precision_label(precision));
   fmt::print(stderr, "  prompt:     {} tokens, {}\n", prompt.size(), prompt_kind);
@@ -151,7 +161,12 @@ void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand(
       "generate", "Continue a prompt with a model (KV cache; greedy unless --temperature > 0)");
-  cmd->add_option("--model", args->model, "GGUF file or Hugging Face model folder")->required();
+  cmd->add_option("--model", args->model,
+                  "GGUF file or Hugging Face model folder (with --adapter: the base, if not the "
+                  "one the adapter names)");
+  cmd->add_option("--adapter", args->adapter,
+                  "Generate with an adapter: a loom run directory or adapter folder, a PEFT "
+                  "adapter folder or a llama.cpp LoRA adapter .gguf");
   cmd->add_option("--prompt", args->prompt, "Text to continue (with --chat: the user's message)")
       ->required();
   cmd->add_option("--max-tokens", args->max_tokens, "Tokens to generate at most")

@@ -77,15 +77,16 @@ AdaptedModel load_adapted_model(const std::string& adapter_path, const std::stri
     if (am.base_path.empty())
       throw Error(fmt::format(
           "{}: a PEFT adapter for base_model_name_or_path \"{}\", which is not a local path: "
-          "give the base model (a .gguf file or a Hugging Face folder) with --base",
+          "give the base model (a .gguf file or a Hugging Face folder): loom export --base, "
+          "loom eval / generate --model",
           adapter_path, pc.base_model_name_or_path));
     am.base = load_training_model(am.base_path);
     am.lora = std::make_unique<LoraModel>(load_peft_adapter(p.string(), *am.base.model));
   } else if (is_gguf_adapter(adapter_path)) {
     am.kind = "gguf";
     if (base_override.empty())
-      throw Error(fmt::format("{}: a llama.cpp LoRA adapter does not name its base model: give it "
-                              "with --base (the .gguf it was made for)",
+      throw Error(fmt::format("{}: a llama.cpp LoRA adapter does not name its base model: give the "
+                              ".gguf it was made for (loom export --base, loom eval / generate --model)",
                               adapter_path));
     am.base_path = base_override;
     am.base = load_training_model(am.base_path);
