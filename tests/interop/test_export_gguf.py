@@ -51,11 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def skip(reason):
-    msg = f"SKIPPED: {reason}"
-    print("=" * len(msg), msg, "=" * len(msg), sep="\n", file=sys.stderr)
-    sys.exit(77)
+from interop_common import skip
 
 
 try:

@@ -27,19 +27,10 @@ Exit 0: all agree; 1: a difference; 77: skipped (torch / transformers / peft mis
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import warnings
 
-
-def skip(reason):
-    print(f"SKIPPED: {reason}", file=sys.stderr)
-    sys.exit(77)
-
-
-def fail(reason):
-    print(f"FAIL: {reason}", file=sys.stderr)
-    sys.exit(1)
+from interop_common import PEFT_INSTALL_HINT, BUILD_DIR, GOLDEN_DIR as GOLDEN, skip, fail
 
 
 try:
@@ -52,12 +43,8 @@ except Exception as e:  # ImportError, or transformers refusing its dependency v
 try:
     import peft
 except Exception as e:
-    skip(f"peft not importable ({e}); install it without dependencies: "
-         ".venv/bin/python3 -m pip install --no-deps peft==0.15.2 accelerate==0.34.2")
+    skip(f"peft not importable ({e}); {PEFT_INSTALL_HINT}")
 
-SOURCE_DIR = os.environ.get("LOOM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-BUILD_DIR = os.environ.get("LOOM_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
-GOLDEN = os.path.join(SOURCE_DIR, "tests", "golden")
 TOOL = os.path.join(BUILD_DIR, "tests", "loom_test_hf_export_tool")
 LOGIT_TOL = 1e-5
 WEIGHT_TOL = 1e-6

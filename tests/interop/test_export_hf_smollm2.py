@@ -35,15 +35,7 @@ import tempfile
 import time
 import warnings
 
-
-def skip(reason):
-    print(f"SKIPPED: {reason}", file=sys.stderr)
-    sys.exit(77)
-
-
-def fail(reason):
-    print(f"FAIL: {reason}", file=sys.stderr)
-    sys.exit(1)
+from interop_common import PEFT_INSTALL_HINT, SOURCE_DIR, BUILD_DIR, skip, fail
 
 
 try:
@@ -56,16 +48,13 @@ except Exception as e:  # ImportError, or transformers refusing its dependency v
 try:
     import peft
 except Exception as e:
-    skip(f"peft not importable ({e}); install it without dependencies: "
-         ".venv/bin/python3 -m pip install --no-deps peft==0.15.2 accelerate==0.34.2")
+    skip(f"peft not importable ({e}); {PEFT_INSTALL_HINT}")
 try:
     import jinja2
     from gguf import GGUFReader
 except Exception as e:
     skip(f"jinja2 / gguf not importable ({e}); run scripts/setup_python.sh")
 
-SOURCE_DIR = os.environ.get("LOOM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-BUILD_DIR = os.environ.get("LOOM_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
 MODEL = os.path.join(SOURCE_DIR, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 TOOL = os.path.join(BUILD_DIR, "tests", "loom_test_hf_export_tool")
 LOGIT_TOL = 2e-5

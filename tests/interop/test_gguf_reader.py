@@ -16,12 +16,9 @@ import sys
 import tempfile
 import zlib
 
+from interop_common import SOURCE_DIR, BUILD_DIR, skip
+
 MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def skip(reason):
-    print(f"SKIPPED: {reason}", file=sys.stderr)
-    sys.exit(77)
 
 
 try:
@@ -30,8 +27,6 @@ try:
 except ImportError as e:
     skip(f"the gguf Python package is not importable ({e}); run scripts/setup_python.sh")
 
-SOURCE_DIR = os.environ.get("LOOM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-BUILD_DIR = os.environ.get("LOOM_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
 DUMP_TOOL = os.path.join(BUILD_DIR, "tests", "loom_test_gguf_dump")
 
 

@@ -21,15 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-
-def skip(reason):
-    print(f"SKIPPED: {reason}", file=sys.stderr)
-    sys.exit(77)
-
-
-def fail(reason):
-    print(f"FAIL: {reason}", file=sys.stderr)
-    sys.exit(1)
+from interop_common import SOURCE_DIR, BUILD_DIR, skip, fail
 
 
 try:
@@ -38,8 +30,6 @@ except ImportError as e:
     skip(f"llama_cpp (llama-cpp-python) is not importable ({e}); run scripts/setup_python.sh, "
          "which builds it from source (about 4 minutes on 2 cores)")
 
-SOURCE_DIR = os.environ.get("LOOM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-BUILD_DIR = os.environ.get("LOOM_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
 MODEL = os.path.join(SOURCE_DIR, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 COMMITTED = os.path.join(SOURCE_DIR, "tests", "golden", "llamacpp_smollm2.json")
 TEST_BINARY = os.path.join(BUILD_DIR, "tests", "test_inference")

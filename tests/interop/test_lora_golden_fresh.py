@@ -18,15 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-
-def skip(reason):
-    print(f"SKIPPED: {reason}", file=sys.stderr)
-    sys.exit(77)
-
-
-def fail(reason):
-    print(f"FAIL: {reason}", file=sys.stderr)
-    sys.exit(1)
+from interop_common import PEFT_INSTALL_HINT, SOURCE_DIR, GOLDEN_DIR, skip, fail
 
 
 try:
@@ -39,12 +31,8 @@ except Exception as e:  # ImportError, or transformers refusing its dependency v
 try:
     import peft
 except Exception as e:
-    skip(f"peft not importable ({e}); install it without dependencies (pip would otherwise replace "
-         "Debian's torch 1.13.0a0): .venv/bin/python3 -m pip install --no-deps peft==0.15.2 "
-         "accelerate==0.34.2")
+    skip(f"peft not importable ({e}); {PEFT_INSTALL_HINT}")
 
-SOURCE_DIR = os.environ.get("LOOM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-GOLDEN_DIR = os.path.join(SOURCE_DIR, "tests", "golden")
 SCRIPT = os.path.join(SOURCE_DIR, "scripts", "make_lora_golden.py")
 
 

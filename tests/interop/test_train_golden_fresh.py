@@ -18,15 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-
-def skip(reason):
-    print(f"SKIPPED: {reason}", file=sys.stderr)
-    sys.exit(77)
-
-
-def fail(reason):
-    print(f"FAIL: {reason}", file=sys.stderr)
-    sys.exit(1)
+from interop_common import SOURCE_DIR, GOLDEN_DIR, skip, fail
 
 
 try:
@@ -37,8 +29,6 @@ try:
 except Exception as e:
     skip(f"torch / transformers / safetensors not importable ({e}); run scripts/setup_python.sh")
 
-SOURCE_DIR = os.environ.get("LOOM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-GOLDEN_DIR = os.path.join(SOURCE_DIR, "tests", "golden")
 SCRIPT = os.path.join(SOURCE_DIR, "scripts", "make_train_golden.py")
 EXACT_KEYS = ["model", "rank", "alpha", "scale", "targets", "lr", "weight_decay", "betas", "eps",
               "clip_grad_norm", "steps", "batch", "seq_len", "ids", "targets_flat", "parameters"]
