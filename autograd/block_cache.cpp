@@ -37,14 +37,14 @@ void* map_block(size_t capacity) {
 
 }  // namespace
 
-Block acquire_block(size_t nbytes) {
+BufferBlock acquire_block(size_t nbytes) {
   const size_t capacity = page_rounded(nbytes);
   Cache& c = cache();
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     auto it = c.free_blocks.find(capacity);
     if (it != c.free_blocks.end()) {
-      Block b{it->second, capacity, false};
+      BufferBlock b{it->second, capacity, false};
       c.bytes -= capacity;
       c.free_blocks.erase(it);
       return b;
@@ -57,10 +57,10 @@ Block acquire_block(size_t nbytes) {
   }
   LOOM_CHECK(p != nullptr, "out of memory allocating a {:.1f} MB tensor buffer: {}",
              static_cast<double>(nbytes) / 1048576.0, std::strerror(errno));
-  return Block{p, capacity, true};
+  return BufferBlock{p, capacity, true};
 }
 
-void release_block(const Block& block) {
+void release_block(const BufferBlock& block) {
   Cache& c = cache();
   {
     std::lock_guard<std::mutex> lock(c.mutex);

@@ -17,7 +17,7 @@ namespace loom {
 inline constexpr size_t kBlockCacheMinBytes = size_t{256} << 10;  // below: aligned_alloc
 inline constexpr size_t kBlockCacheBytes = size_t{256} << 20;     // most kept for reuse
 
-struct Block {
+struct BufferBlock {
   void* data = nullptr;
   size_t capacity = 0;  // bytes, page-rounded
   bool zeroed = false;  // a fresh mapping: the kernel hands out zero pages
@@ -25,9 +25,9 @@ struct Block {
 
 // A block of at least nbytes (>= kBlockCacheMinBytes), page-aligned. Throws on failure, after
 // releasing the cache and trying once more.
-Block acquire_block(size_t nbytes);
+BufferBlock acquire_block(size_t nbytes);
 // Gives a block from acquire_block back: kept for reuse, or unmapped when the cache is full.
-void release_block(const Block& block);
+void release_block(const BufferBlock& block);
 // Unmaps every cached block (e.g. before a phase with a different working set).
 void trim_block_cache();
 // Bytes held in cached (free) blocks now.

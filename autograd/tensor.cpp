@@ -48,7 +48,7 @@ std::shared_ptr<Storage> Storage::allocate(int64_t nbytes, bool zero) {
   const bool cached = rounded >= kBlockCacheMinBytes;
 #endif
   if (cached) {
-    const Block b = acquire_block(rounded);
+    const BufferBlock b = acquire_block(rounded);
     s->data_ = b.data;
     s->block_capacity_ = b.capacity;
     is_zero = b.zeroed;
@@ -76,7 +76,7 @@ std::shared_ptr<Storage> Storage::borrow(void* data, int64_t nbytes, std::shared
 
 Storage::~Storage() {
   if (!owned_) return;
-  if (block_capacity_ > 0) release_block(Block{data_, block_capacity_, false});
+  if (block_capacity_ > 0) release_block(BufferBlock{data_, block_capacity_, false});
   else std::free(data_);
 }
 

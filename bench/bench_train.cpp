@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -50,14 +49,7 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// VmRSS now, in MB (peak_rss_bytes gives the high-water mark).
-double rss_mb() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
-  return 0;
-}
+double rss_mb() { return static_cast<double>(loom::rss_bytes()) / 1048576.0; }
 
 nlohmann::json run_child(const Args& a) {
   loom::LlamaModel model = loom::LlamaModel::load(a.model);

@@ -13,6 +13,7 @@
 #include "autograd/tape.h"
 #include "layers/safetensors.h"
 #include "lora/lora_model.h"
+#include "trainer/adapter_load.h"
 #include "trainer/run_dir.h"
 #include "trainer/train_internal.h"
 
@@ -55,13 +56,6 @@ nlohmann::json patterns_json(const std::vector<std::pair<std::string, T>>& p) {
   nlohmann::json j = nlohmann::json::array();
   for (const auto& [k, v] : p) j.push_back({k, v});
   return j;
-}
-
-template <class T>
-std::vector<std::pair<std::string, T>> patterns_from(const nlohmann::json& j) {
-  std::vector<std::pair<std::string, T>> out;
-  for (const auto& e : j) out.emplace_back(e.at(0).get<std::string>(), e.at(1).get<T>());
-  return out;
 }
 
 }  // namespace
@@ -137,21 +131,7 @@ std::vector<float> adapter_logits(const std::string& adapter_dir, std::span<cons
                                   const std::vector<AdapterTensor>* tensors) {
   const nlohmann::json j = read_adapter_config(adapter_dir);
   TrainingModel tm = load_training_model(j.at("base_model").get<std::string>());
-  LoraConfig c;
-  c.rank = j.at("rank").get<int64_t>();
-  c.alpha = j.at("alpha").get<double>();
-  c.rslora = j.at("rslora").get<bool>();
-  c.dora = j.at("dora").get<bool>();
-  c.init = parse_lora_init(j.at("init").get<std::string>());
-  c.base_dtype = parse_base_dtype(j.at("base_dtype").get<std::string>());
-  c.targets.modules = j.at("targets").get<std::vector<std::string>>();
-  c.targets.regex = j.at("target_regex").get<std::string>();
-  c.targets.layers = j.at("layers").get<std::vector<int64_t>>();
-  c.rank_pattern = patterns_from<int64_t>(j.at("rank_pattern"));
-  c.alpha_pattern = patterns_from<double>(j.at("alpha_pattern"));
-  c.dropout = j.at("dropout").get<float>();
-  c.seed = j.at("seed").get<uint64_t>();
-  LoraModel lora(*tm.model, c);
+  LoraModel lora(*tm.model, lora_config_from_adapter_json(j));
   const std::vector<AdapterTensor> from_file =
       tensors ? std::vector<AdapterTensor>{} : read_adapter_tensors(adapter_dir);
   std::vector<std::pair<std::string, std::vector<float>>> values;

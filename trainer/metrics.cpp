@@ -29,14 +29,22 @@ void MetricsWriter::write(const nlohmann::json& record) {
   if (!out_) throw Error(fmt::format("writing to the metrics file {} failed (disk full?)", path_));
 }
 
-int64_t peak_rss_bytes() {
+namespace {
+
+// A "Key:   123 kB" line of /proc/self/status, in bytes; 0 when absent.
+int64_t status_bytes(const std::string& key) {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;  // kB
+    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(key.size())) * 1024;  // kB
   }
   return 0;
 }
+
+}  // namespace
+
+int64_t peak_rss_bytes() { return status_bytes("VmHWM:"); }
+int64_t rss_bytes() { return status_bytes("VmRSS:"); }
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";

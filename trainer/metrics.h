@@ -30,6 +30,8 @@ class MetricsWriter {
 
 // Peak resident set size of this process in bytes (VmHWM), 0 where unknown.
 int64_t peak_rss_bytes();
+// Resident set size now, in bytes (VmRSS), 0 where unknown.
+int64_t rss_bytes();
 
 // "45s", "12m03s", "2h05m"; "?" for a negative or non-finite duration.
 std::string format_duration(double seconds);
