@@ -1,5 +1,5 @@
-// Shared helpers of the data module tests (tests/test_data_*.cpp): a temporary folder, file and
-// gzip writers, a byte-level tokenizer (one token per byte plus ChatML specials and an EOS), and
+// Shared helpers of the data module tests (tests/test_data_*.cpp), besides tests/test_helpers.h
+// (source_dir, TempDir): file and gzip writers, a byte-level tokenizer (one token per byte plus ChatML specials and an EOS), and
 // synthetic tokenized sources.
 #pragma once
 
@@ -18,35 +18,11 @@
 #include "data/tokenized_source.h"
 #include "layers/tokenizer.h"
 #include "layers/tokenizer_internal.h"
+#include "tests/test_helpers.h"
 
 namespace loom::test {
 
 namespace fs = std::filesystem;
-
-inline fs::path source_dir() {
-  return fs::path(LOOM_SOURCE_DIR);
-}
-
-// A fresh folder under the system temp folder, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("loom_data_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 inline void write_file(const std::string& path, std::string_view bytes) {
   fs::create_directories(fs::path(path).parent_path());

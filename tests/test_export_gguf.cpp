@@ -29,28 +29,15 @@
 #include "layers/llama.h"
 #include "lora/lora_model.h"
 #include "lora/random.h"
+#include "tests/test_helpers.h"
 
 namespace loom {
 namespace {
 
 namespace fs = std::filesystem;
+using test::TempDir;
 
 // A fresh, empty folder per test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / fmt::format("loom_export_gguf_{}_{}_{}", ::getpid(),
-                                                   info->test_suite_name(), info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 std::vector<float> normal_values(int64_t n, uint64_t seed, double scale) {
   std::vector<float> v(static_cast<size_t>(n));
@@ -335,7 +322,7 @@ TEST(GgufWriter, ASourceOfTheWrongSizeLeavesNoFile) {
     EXPECT_NE(std::string(e.what()).find("gave 10 bytes, expected 136"), std::string::npos)
         << e.what();
   }
-  EXPECT_TRUE(fs::is_empty(dir.path));
+  EXPECT_TRUE(fs::is_empty(dir.path()));
 }
 
 TEST(GgufWriter, AnUnwritableFolderIsAClearError) {
@@ -382,7 +369,7 @@ TEST(AtomicFileWriter, WithoutCommitNothingRemains) {
     out.write("abc", 3);
     EXPECT_TRUE(fs::exists(dir / "x.bin.tmp"));
   }
-  EXPECT_TRUE(fs::is_empty(dir.path));
+  EXPECT_TRUE(fs::is_empty(dir.path()));
   AtomicFileWriter out(dir / "x.bin");
   out.write("abc", 3);
   out.pad_to(8);
@@ -641,7 +628,7 @@ TEST(GgufMergedExport, RefusesAMismatchedSourceAndHfFolders) {
         << e.what();
   }
   try {
-    export_merged_gguf(model, nullptr, dir.path.string(), dir / "out.gguf");
+    export_merged_gguf(model, nullptr, dir.path().string(), dir / "out.gguf");
     FAIL() << "exported from a folder";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not supported yet"), std::string::npos) << e.what();

@@ -34,11 +34,13 @@
 #include "layers/tokenizer_internal.h"
 #include "lora/lora_model.h"
 #include "lora/random.h"
+#include "tests/test_helpers.h"
 
 namespace loom {
 namespace {
 
 namespace fs = std::filesystem;
+using test::TempDir;
 using json = nlohmann::json;
 
 fs::path golden_dir() {
@@ -46,21 +48,6 @@ fs::path golden_dir() {
 }
 
 // A fresh, empty folder per test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / fmt::format("loom_export_hf_{}_{}_{}", ::getpid(),
-                                                   info->test_suite_name(), info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 std::vector<float> uniform_values(int64_t n, uint64_t seed, double lo, double hi) {
   std::vector<float> v(static_cast<size_t>(n));
@@ -280,7 +267,7 @@ void check_gguf_case(const GgufCase& c) {
   const ExportReport merged = export_hf_model(model, &lora, gguf, tmp / "merged");
   for (const char* f : {"model.safetensors", "config.json", "generation_config.json",
                         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
-    EXPECT_TRUE(fs::exists(tmp.path / "merged" / f)) << f;
+    EXPECT_TRUE(fs::exists(tmp.path() / "merged" / f)) << f;
   const LlamaModel hf = LlamaModel::from_hf(tmp / "merged");
   EXPECT_EQ(hf.config().rope.style, RopeStyle::Half);
   EXPECT_LE(rel_diff(logits_of(hf, kIds), ref), 1e-5);
@@ -536,7 +523,7 @@ TEST(PeftRead, BadFilesAreRefusedAndLeaveTheModelUnadapted) {
     return true;
   };
   // A .bin adapter, a folder without a config.
-  fs::create_directories(tmp.path / "bin");
+  fs::create_directories(tmp.path() / "bin");
   fs::copy_file(tmp / "good/adapter_config.json", tmp / "bin/adapter_config.json");
   std::ofstream(tmp / "bin/adapter_model.bin") << "pickle";
   EXPECT_NE(
@@ -549,7 +536,7 @@ TEST(PeftRead, BadFilesAreRefusedAndLeaveTheModelUnadapted) {
   const SafetensorsFile good = SafetensorsFile::open(tmp / "good/adapter_model.safetensors");
   auto rewrite = [&](const std::string& dir,
                      const std::function<void(std::vector<SafetensorsEntry>&)>& edit) {
-    fs::create_directories(tmp.path / dir);
+    fs::create_directories(tmp.path() / dir);
     fs::copy_file(tmp / "good/adapter_config.json", tmp / (dir + "/adapter_config.json"));
     std::vector<SafetensorsEntry> entries;
     for (const SafetensorsTensorInfo& i : good.tensors())
@@ -592,7 +579,7 @@ TEST(HfExport, RefusesWhatHuggingFaceCannotExpress) {
   std::string message =
       error_of([&] { export_hf_model(a, nullptr, tmp / "spm.gguf", tmp / "out"); });
   EXPECT_NE(message.find("tokenizer.ggml.model is 'llama'"), std::string::npos) << message;
-  EXPECT_FALSE(fs::exists(tmp.path / "out"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "out"));
 
   TinyGgufOptions freqs;
   freqs.rope_freqs = true;
@@ -611,7 +598,7 @@ TEST(HfExport, RefusesWhatHuggingFaceCannotExpress) {
   message = error_of(
       [&] { export_hf_model(c, nullptr, (golden_dir() / "hf_llama").string(), tmp / "out"); });
   EXPECT_NE(message.find("does not describe the model"), std::string::npos) << message;
-  EXPECT_FALSE(fs::exists(tmp.path / "out"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "out"));
 }
 
 // ---- all-or-nothing folders
@@ -629,26 +616,26 @@ TEST(ExportDir, NothingAppearsUnderTheFinalNameUntilCommit) {
   {
     StagingDir dir(tmp / "out", false);
     dir.write_text("a.json", "{}");
-    EXPECT_FALSE(fs::exists(tmp.path / "out"));
+    EXPECT_FALSE(fs::exists(tmp.path() / "out"));
   }  // destroyed without commit: as if an exception had gone by
-  EXPECT_EQ(entries_of(tmp.path), std::vector<std::string>{});
+  EXPECT_EQ(entries_of(tmp.path()), std::vector<std::string>{});
 
   {
     StagingDir dir(tmp / "out", false);
     dir.write_text("a.json", "{\"v\": 1}");
     dir.commit();
   }
-  EXPECT_EQ(entries_of(tmp.path / "out"), std::vector<std::string>{"a.json"});
+  EXPECT_EQ(entries_of(tmp.path() / "out"), std::vector<std::string>{"a.json"});
   EXPECT_NE(error_of([&] { StagingDir again(tmp / "out", false); }).find("already exists"),
             std::string::npos);
   {
     StagingDir dir(tmp / "out", true);
     dir.write_text("b.json", "{}");
-    EXPECT_EQ(entries_of(tmp.path / "out"), std::vector<std::string>{"a.json"});  // untouched
+    EXPECT_EQ(entries_of(tmp.path() / "out"), std::vector<std::string>{"a.json"});  // untouched
     dir.commit();
   }
-  EXPECT_EQ(entries_of(tmp.path / "out"), std::vector<std::string>{"b.json"});
-  EXPECT_EQ(entries_of(tmp.path), std::vector<std::string>{"out"});
+  EXPECT_EQ(entries_of(tmp.path() / "out"), std::vector<std::string>{"b.json"});
+  EXPECT_EQ(entries_of(tmp.path()), std::vector<std::string>{"out"});
 }
 
 TEST(ExportDir, AWriteFailingMidExportLeavesNoFolder) {
@@ -666,7 +653,7 @@ TEST(ExportDir, AWriteFailingMidExportLeavesNoFolder) {
   ::setrlimit(RLIMIT_FSIZE, &old);
   ::signal(SIGXFSZ, old_handler);
   EXPECT_NE(message.find("disk full"), std::string::npos) << message;
-  EXPECT_EQ(entries_of(tmp.path), std::vector<std::string>{"tiny.gguf"});
+  EXPECT_EQ(entries_of(tmp.path()), std::vector<std::string>{"tiny.gguf"});
 }
 
 }  // namespace

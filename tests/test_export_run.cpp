@@ -20,28 +20,15 @@
 #include "trainer/adapter_load.h"
 #include "trainer/export_run.h"
 #include "trainer/train_session.h"
+#include "tests/test_helpers.h"
 
 namespace loom {
 namespace {
 
 namespace fs = std::filesystem;
+using test::source_dir;
+using test::TempDir;
 
-fs::path source_dir() { return fs::path(LOOM_SOURCE_DIR); }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("loom_export_run_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 void write_corpus(const fs::path& path, int paragraphs, uint32_t seed) {
   const std::vector<std::string> words = {"the cat", "a dog", "sat on", "ran to", "the mat.", "a tree."};
@@ -96,13 +83,13 @@ struct ExportedRun {
   TempDir t;
   fs::path run;
   ExportedRun() {
-    write_corpus(t.path / "a.txt", 300, 3);
-    std::ofstream(t.path / "r.yaml") << recipe_text(t.path);
+    write_corpus(t.path() / "a.txt", 300, 3);
+    std::ofstream(t.path() / "r.yaml") << recipe_text(t.path());
     TrainOptions o;
     o.quiet = true;
-    const TrainResult r = train_recipe_file((t.path / "r.yaml").string(), {}, o);
+    const TrainResult r = train_recipe_file((t.path() / "r.yaml").string(), {}, o);
     EXPECT_FALSE(r.stopped) << r.stop_reason;
-    run = t.path / "run";
+    run = t.path() / "run";
   }
 };
 
@@ -154,7 +141,7 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
   ExportedRun e;
   TempDir other;
   try {
-    load_adapted_model(other.path.string(), "");
+    load_adapted_model(other.path().string(), "");
     FAIL() << "an empty folder was accepted as an adapter";
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("not an adapter loom can read"), std::string::npos) << err.what();
