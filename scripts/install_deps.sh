@@ -3,9 +3,11 @@
 # missing, so a second run is fast.
 set -euo pipefail
 
+# ocl-icd-opencl-dev: Debian's oneDNN is built with its OpenCL GPU runtime, so dnnl-config.cmake
+# finds OpenCL (headers + libOpenCL.so) before it defines DNNL::dnnl, even for CPU-only use.
 packages=(
   build-essential cmake ninja-build pkg-config git
-  libopenblas-dev libdnnl-dev libeigen3-dev libhdf5-dev zlib1g-dev
+  libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libeigen3-dev libhdf5-dev zlib1g-dev
   libfmt-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev
   libgtest-dev libbenchmark-dev
   python3 python3-venv python3-numpy python3-torch
