@@ -52,6 +52,15 @@ Tensor contiguous(const Tensor& x);  // x itself when contiguous, else a paralle
 // `precision` is passed to the GEMM kernels (Precision::F32 for exact f32 products).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
               Precision precision = Precision::Auto);
+// A frozen linear plus a trainable low-rank update (LoRA), as one op (ops/linear_low_rank.cpp):
+//   y[..., N] = x . W^T + bias + scale * (x_lr . A^T) . B^T
+// W [N, K] frozen, any storage dtype, through the `precision` GEMMs; A [r, K] and B [N, r] f32
+// (gradients when they require grad), their products always f32. x_lr is the low-rank branch's
+// input, x's shape: x itself, or e.g. dropout(x). Equals add(linear(x, W, bias),
+// scale(linear(linear(x_lr, A), B), scale)) up to f32 rounding, with one output tensor.
+Tensor linear_low_rank(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                       const Tensor& x_lr, const Tensor& a, const Tensor& b, float scale,
+                       Precision precision = Precision::Auto);
 // f32 matrix product over the last two dims: a [..., M, K] . b [..., K, N] -> [..., M, N].
 // Batch dims must match, or one operand is 2-D (shared by every batch element).
 Tensor matmul(const Tensor& a, const Tensor& b);
@@ -114,6 +123,10 @@ struct AttentionOptions {
   // with causal, at earlier-or-same positions). For packed sequences. Copied by the op.
   std::span<const int32_t> document_ids;
   float scale = 0.0f;  // 0 means 1/sqrt(D)
+  // Of the four (backward: five) products per block. BF16 (or Auto on a CPU with AVX512_BF16):
+  // q, k, v, dO and the probabilities are rounded to bf16 for them, accumulation, softmax and
+  // logsumexp stay f32 (as FlashAttention does); F32 keeps every product in f32.
+  Precision precision = Precision::F32;
 };
 // q [B, T, Hq, D], k and v [B, T, Hkv, D], Hq a multiple of Hkv (grouped-query attention)
 // -> [B, T, Hq, D]. Fused: saves the per-row logsumexp, recomputes probabilities in backward.

@@ -76,6 +76,7 @@ nlohmann::json run_child(const Args& a) {
   tb.batch = a.batch;
   tb.seq_len = a.seq;
   loom::ForwardOptions fwd;  // checkpointing on, precision auto: the training defaults
+  fwd.attention_precision = fwd.precision;  // as the trainer's step (trainer/train_session.cpp)
   double fwd_s = 0, bwd_s = 0, opt_s = 0, rss_forward = 0;
   std::vector<double> steps;
   for (int s = 0; s <= a.steps; ++s) {  // step 0 warms up

@@ -55,9 +55,12 @@ std::string_view projection_gguf_name(Projection p) {
   return names_of(p).gguf;
 }
 
+Tensor LinearAdapter::forward(const Linear& base, const Tensor& x, Precision precision) const {
+  return apply(base, x, linear(x, base.weight, base.bias, precision), precision);
+}
+
 Tensor Linear::forward(const Tensor& x, Precision precision) const {
-  Tensor y = linear(x, weight, bias, precision);
-  return adapter ? adapter->apply(*this, x, y, precision) : y;
+  return adapter ? adapter->forward(*this, x, precision) : linear(x, weight, bias, precision);
 }
 
 // ---- weight checks ----------------------------------------------------------------------------
@@ -304,7 +307,8 @@ std::shared_ptr<const RopeTable> LlamaModel::rope_table(std::span<const int32_t>
 
 Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
                                  const std::shared_ptr<const RopeTable>& rope_cs,
-                                 std::span<const int32_t> document_ids, Precision precision) const {
+                                 std::span<const int32_t> document_ids, Precision precision,
+                                 Precision attention_precision) const {
   const LlamaBlock& b = weights_.blocks.at(static_cast<size_t>(layer));
   const ModelConfig& c = config_;
   const int64_t B = x.size(0), T = x.size(1);
@@ -317,6 +321,7 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   AttentionOptions attn;
   attn.causal = true;
   attn.document_ids = document_ids;
+  attn.precision = attention_precision;
   Tensor a = reshape(attention(q, k, v, attn), {B, T, c.q_dim()});
   Tensor x1 = add(x, b.wo.forward(a, precision));
   h = rms_norm(x1, b.ffn_norm, c.rms_norm_eps);
@@ -376,16 +381,16 @@ Tensor LlamaModel::forward_from_embeddings(const Tensor& x_in, const TokenBatch&
   // Owned by the recorded blocks: their recompute runs after the caller's spans are gone.
   auto docs = std::make_shared<const std::vector<int32_t>>(batch.document_ids.begin(),
                                                            batch.document_ids.end());
-  const Precision precision = options.precision;
+  const Precision precision = options.precision, attn = options.attention_precision;
   Tensor x = x_in;
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     if (options.checkpoint_blocks) {
-      auto fn = [this, l, rope_cs, docs, precision](const std::vector<Tensor>& in) {
-        return block_forward(l, in[0], rope_cs, *docs, precision);
+      auto fn = [this, l, rope_cs, docs, precision, attn](const std::vector<Tensor>& in) {
+        return block_forward(l, in[0], rope_cs, *docs, precision, attn);
       };
       x = checkpoint(fn, {x}, fmt::format("llama block {}", l));
     } else {
-      x = block_forward(l, x, rope_cs, *docs, precision);
+      x = block_forward(l, x, rope_cs, *docs, precision, attn);
     }
   }
   return rms_norm(x, weights_.output_norm, config_.rms_norm_eps);

@@ -53,6 +53,9 @@ class LinearAdapter {
   virtual ~LinearAdapter() = default;
   virtual Tensor apply(const Linear& base, const Tensor& x, const Tensor& base_out,
                        Precision precision) const = 0;
+  // The projection's whole output for input x: by default apply() on the plain base output;
+  // an adapter may compute the same in one fused op (LoRA: linear_low_rank).
+  virtual Tensor forward(const Linear& base, const Tensor& x, Precision precision) const;
 };
 
 // One projection: a frozen weight of any storage dtype, an optional f32 bias, an optional
@@ -107,6 +110,10 @@ struct TokenBatch {
 struct ForwardOptions {
   bool checkpoint_blocks = true;          // recompute each block in backward (training default)
   Precision precision = Precision::Auto;  // of the projections' GEMMs
+  // Of attention's score / value products (AttentionOptions::precision). F32 by default, so an
+  // evaluation matches the KV-cache decoder; the training step passes its bf16 precision here,
+  // where the products run three times a step (forward, recompute, backward).
+  Precision attention_precision = Precision::F32;
 };
 
 class LlamaModel {
@@ -148,7 +155,8 @@ class LlamaModel {
   std::shared_ptr<const RopeTable> rope_table(std::span<const int32_t> positions) const;
   // One block on x [B, T, D], recorded op by op (no checkpoint). document_ids as in TokenBatch.
   Tensor block_forward(int64_t layer, const Tensor& x, const std::shared_ptr<const RopeTable>& rope,
-                       std::span<const int32_t> document_ids, Precision precision) const;
+                       std::span<const int32_t> document_ids, Precision precision,
+                       Precision attention_precision = Precision::F32) const;
 
  private:
   void check_batch(const TokenBatch& batch) const;

@@ -79,6 +79,13 @@ Tensor LoraAdapter::apply(const Linear& base, const Tensor& x, const Tensor& bas
   return add(base_out, loom::scale(lora_product(dropped_input(x)), static_cast<float>(scale_)));
 }
 
+Tensor LoraAdapter::forward(const Linear& base, const Tensor& x, Precision precision) const {
+  if (merged()) return linear(x, base.weight, base.bias, precision);
+  check_call(base, x);
+  return linear_low_rank(x, base.weight, base.bias, dropped_input(x), a_, b_,
+                         static_cast<float>(scale_), precision);
+}
+
 void LoraAdapter::init_kaiming_uniform(uint64_t seed) {
   // kaiming_uniform_(a = sqrt(5)) on [rank, in]: gain sqrt(2 / (1 + 5)), bound gain * sqrt(3 / in)
   // = 1 / sqrt(in).

@@ -39,6 +39,10 @@ class DoraAdapter : public LoraAdapter {
 
   Tensor apply(const Linear& base, const Tensor& x, const Tensor& base_out,
                Precision precision) const override;
+  // DoRA rescales the base output: apply() on it, not LoRA's fused op.
+  Tensor forward(const Linear& base, const Tensor& x, Precision precision) const override {
+    return LinearAdapter::forward(base, x, precision);
+  }
   bool is_dora() const override { return true; }
 
   // m = || W + s B A ||_row of base's weight and the current A, B (PEFT's dora_init).

@@ -460,6 +460,41 @@ TEST(Gemm, SgemmMatchesNaiveProduct) {
       }
 }
 
+// gemm_bf16 (oneDNN, strided operands, alpha, accumulate) against ref::gemm_bf16 on the same
+// bf16 bits: the products are exact in f32, so only the accumulation order differs.
+TEST(Gemm, Bf16GemmMatchesScalarReference) {
+  if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "SKIPPED: this CPU has no AVX512_BF16";
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t M : {1, 37, 130})
+    for (int64_t N : {5, 64})
+      for (int64_t K : {3, 64, 200})
+        for (bool ta : {false, true})
+          for (bool tb : {false, true})
+            for (bool acc : {false, true}) {
+              std::vector<uint16_t> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * N));
+              for (auto& x : a) x = f32_to_bf16(dist(rng));
+              for (auto& x : b) x = f32_to_bf16(dist(rng));
+              const int64_t ldc = N + 3;
+              std::vector<float> c(static_cast<size_t>(M * ldc));
+              for (auto& x : c) x = dist(rng);
+              std::vector<float> want = c;
+              // A stored row-major [M x K] or as its transpose [K x M]; the same for B.
+              const int64_t as0 = ta ? 1 : K, as1 = ta ? M : 1;
+              const int64_t bs0 = tb ? 1 : N, bs1 = tb ? K : 1;
+              gemm_bf16(M, N, K, 0.75f, a.data(), as0, as1, b.data(), bs0, bs1, c.data(), ldc, acc);
+              ref::gemm_bf16(M, N, K, 0.75f, a.data(), as0, as1, b.data(), bs0, bs1, want.data(),
+                             ldc, acc);
+              double worst = 0;
+              for (int64_t i = 0; i < M; ++i)
+                for (int64_t j = 0; j < N; ++j)
+                  worst = std::max(worst, std::fabs(double(c[i * ldc + j]) - want[i * ldc + j]));
+              EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
+                  << "M=" << M << " N=" << N << " K=" << K << " ta=" << ta << " tb=" << tb
+                  << " accumulate=" << acc;
+            }
+}
+
 // test_main calls ensure_blas_coretype: on an AVX-512 CPU OpenBLAS must now run AVX-512 kernels,
 // even with OPENBLAS_CORETYPE=Haswell inherited from the environment.
 TEST(Cpu, BlasRunsAvx512KernelsOnAvx512Cpus) {

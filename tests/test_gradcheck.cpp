@@ -299,6 +299,28 @@ TEST(Gradcheck, LinearFrozenQuantizedWeight) {
   check_frozen_quantized_linear(DType::BF16, 8);
 }
 
+TEST(Gradcheck, LinearLowRankSharedInput) {
+  // x feeds both the frozen product and the rank-2 update: dX sums both; dA, dB, dbias checked.
+  Tensor w = random_tensor({4, 5}, 9);
+  EXPECT_GRADCHECK(
+      [w](const std::vector<Tensor>& in) {
+        return linear_low_rank(in[0], w, in[3], in[0], in[1], in[2], 1.75f, Precision::F32);
+      },
+      {param({2, 3, 5}, 1), param({2, 5}, 2), param({4, 2}, 3), param({4}, 4)}, kLinearTol);
+  EXPECT_FALSE(w.grad().defined());
+}
+
+TEST(Gradcheck, LinearLowRankSeparateInputQuantizedWeight) {
+  // The update reads its own input (as with LoRA dropout); the frozen weight is Q8_0.
+  Tensor w = Tensor::quantized_from({6, 32}, DType::Q8_0, random_values(6 * 32, 11));
+  EXPECT_GRADCHECK(
+      [w](const std::vector<Tensor>& in) {
+        return linear_low_rank(in[0], w, Tensor(), in[1], in[2], in[3], -0.5f, Precision::F32);
+      },
+      {param({3, 32}, 1), param({3, 32}, 2), param({3, 32}, 3), param({6, 3}, 4)},
+      Tolerance{1e-2, 3e-4, 3e-4});
+}
+
 TEST(Gradcheck, Matmul) {
   auto mm = [](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); };
   EXPECT_GRADCHECK(mm, {param({3, 4}, 1), param({4, 5}, 2)}, kLinearTol);

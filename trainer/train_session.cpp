@@ -389,6 +389,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   ForwardOptions fwd;
   fwd.checkpoint_blocks = plan.checkpoint_activations;
   fwd.precision = plan.precision;
+  fwd.attention_precision = plan.precision;  // bf16 attention products in the training step
   double train_seconds = 0;
   int64_t tokens_this_run = 0, last_checkpoint_step = -1, last_eval_step = step == 0 && plan.eval_at_start ? 0 : -1;
   bool first = true;

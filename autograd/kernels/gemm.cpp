@@ -101,6 +101,18 @@ void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const Weigh
   detail::linear_backward_input_tiled(dY, M, lddy, W, dX, lddx, accumulate, precision, 0);
 }
 
+void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t a_stride_m, int64_t a_stride_k, const uint16_t* B, int64_t b_stride_k,
+               int64_t b_stride_n, float* C, int64_t ldc, bool accumulate) {
+  LOOM_CHECK(cpu_has_avx512_bf16(), "gemm_bf16: this CPU has no AVX512_BF16");
+  LOOM_CHECK(M >= 0 && N >= 0 && K >= 0 && ldc >= std::max<int64_t>(N, 1),
+             "gemm_bf16: bad shape M={} N={} K={} ldc={}", M, N, K, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return zero_unless_accumulate(C, M, N, ldc, accumulate);
+  detail::dnnl_matmul_bf16_strided(M, N, K, alpha, A, a_stride_m, a_stride_k, B, b_stride_k,
+                                   b_stride_n, C, ldc, accumulate);
+}
+
 namespace {
 
 // OpenBLAS runs single-threaded, inside our OpenMP threads. With its own pthreads it competes

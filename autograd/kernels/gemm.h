@@ -49,12 +49,24 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
            int64_t ldc);
 
+// bf16 GEMM with f32 accumulation (oneDNN; needs cpu_has_avx512_bf16()): C [M x N] f32, row
+// stride ldc, = alpha * A . B (+ C when accumulate), A [M x K] and B [K x N] raw bf16 bits given
+// by element strides: A(m, k) = A[m * a_stride_m + k * a_stride_k], B(k, n) = B[k * b_stride_k +
+// n * b_stride_n], so either operand may be read transposed. Runs on the calling thread's oneDNN
+// context (single-threaded when called inside an OpenMP parallel region).
+void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t a_stride_m, int64_t a_stride_k, const uint16_t* B, int64_t b_stride_k,
+               int64_t b_stride_n, float* C, int64_t ldc, bool accumulate);
+
 namespace ref {
 // Scalar references in double accumulation, for parity tests.
 void linear_forward(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
                     int64_t ldy, bool accumulate);
 void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
                            float* dX, int64_t lddx, bool accumulate);
+void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t a_stride_m, int64_t a_stride_k, const uint16_t* B, int64_t b_stride_k,
+               int64_t b_stride_n, float* C, int64_t ldc, bool accumulate);
 }  // namespace ref
 
 }  // namespace loom

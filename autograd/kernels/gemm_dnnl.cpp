@@ -15,9 +15,13 @@ namespace {
 using dnnl::memory;
 
 struct MatmulKey {
-  int64_t M, N, K, lda, b_stride_k, b_stride_n, ldc;
+  int64_t M, N, K, a_stride_m, a_stride_k, b_stride_k, b_stride_n, ldc;
+  float alpha;
   bool accumulate;
-  auto tie() const { return std::tie(M, N, K, lda, b_stride_k, b_stride_n, ldc, accumulate); }
+  auto tie() const {
+    return std::tie(M, N, K, a_stride_m, a_stride_k, b_stride_k, b_stride_n, ldc, alpha,
+                    accumulate);
+  }
   bool operator<(const MatmulKey& o) const { return tie() < o.tie(); }
 };
 
@@ -47,10 +51,11 @@ CachedMatmul& lookup(DnnlContext& ctx, const MatmulKey& k) {
   auto it = ctx.cache.find(k);
   if (it != ctx.cache.end()) return it->second;
   if (ctx.cache.size() >= kMaxCachedPrimitives) ctx.cache.clear();
-  memory::desc a({k.M, k.K}, memory::data_type::bf16, memory::dims{k.lda, 1});
+  memory::desc a({k.M, k.K}, memory::data_type::bf16, memory::dims{k.a_stride_m, k.a_stride_k});
   memory::desc b({k.K, k.N}, memory::data_type::bf16, memory::dims{k.b_stride_k, k.b_stride_n});
   memory::desc c({k.M, k.N}, memory::data_type::f32, memory::dims{k.ldc, 1});
   dnnl::primitive_attr attr;
+  if (k.alpha != 1.0f) attr.set_output_scales(0, {k.alpha});  // applied before the sum
   if (k.accumulate) {
     dnnl::post_ops ops;
     ops.append_sum(1.0f);
@@ -65,7 +70,16 @@ CachedMatmul& lookup(DnnlContext& ctx, const MatmulKey& k) {
 void dnnl_matmul_bf16(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
                       const bf16_t* B, int64_t b_stride_k, int64_t b_stride_n, float* C,
                       int64_t ldc, bool accumulate) {
-  const MatmulKey key{M, N, K, lda, b_stride_k, b_stride_n, ldc, accumulate};
+  dnnl_matmul_bf16_strided(M, N, K, 1.0f, A, lda, 1, B, b_stride_k, b_stride_n, C, ldc,
+                           accumulate);
+}
+
+void dnnl_matmul_bf16_strided(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+                              int64_t a_stride_m, int64_t a_stride_k, const bf16_t* B,
+                              int64_t b_stride_k, int64_t b_stride_n, float* C, int64_t ldc,
+                              bool accumulate) {
+  const MatmulKey key{M, N, K, a_stride_m, a_stride_k, b_stride_k, b_stride_n, ldc, alpha,
+                      accumulate};
   try {
     DnnlContext& ctx = context();
     CachedMatmul& mm = lookup(ctx, key);
@@ -77,9 +91,10 @@ void dnnl_matmul_bf16(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t 
     ctx.stream.wait();
   } catch (const dnnl::error& e) {
     LOOM_FAIL(
-        "oneDNN bf16 matmul [{} x {}] . [{} x {}] (lda {}, B strides ({}, {}), ldc {}, "
-        "accumulate {}) failed: {} (status {})",
-        M, K, K, N, lda, b_stride_k, b_stride_n, ldc, accumulate, e.what(),
+        "oneDNN bf16 matmul [{} x {}] . [{} x {}] (A strides ({}, {}), B strides ({}, {}), "
+        "ldc {}, alpha {}, accumulate {}) failed: {} (status {})",
+        M, K, K, N, a_stride_m, a_stride_k, b_stride_k, b_stride_n, ldc, alpha, accumulate,
+        e.what(),
         static_cast<int>(e.status));
   }
 }

@@ -57,6 +57,12 @@ void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightV
 void dnnl_matmul_bf16(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
                       const bf16_t* B, int64_t b_stride_k, int64_t b_stride_n, float* C,
                       int64_t ldc, bool accumulate);
+// The same with A given by element strides (a_stride_m = 1, a_stride_k = M reads a row-major
+// [K x M] matrix as its transpose) and C = alpha * A . B (+ C).
+void dnnl_matmul_bf16_strided(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+                              int64_t a_stride_m, int64_t a_stride_k, const bf16_t* B,
+                              int64_t b_stride_k, int64_t b_stride_n, float* C, int64_t ldc,
+                              bool accumulate);
 
 // Rows [row0, row0 + rows) of W dequantized into out (rows x W.cols, contiguous), split over the
 // OpenMP threads. row0 must be a multiple of row_granularity(W), and so must rows unless the

@@ -56,4 +56,18 @@ void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const Weigh
   }
 }
 
+void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t a_stride_m, int64_t a_stride_k, const uint16_t* B, int64_t b_stride_k,
+               int64_t b_stride_n, float* C, int64_t ldc, bool accumulate) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < K; ++k)
+        acc += double(bf16_to_f32(A[m * a_stride_m + k * a_stride_k])) *
+               double(bf16_to_f32(B[k * b_stride_k + n * b_stride_n]));
+      float& c = C[m * ldc + n];
+      c = static_cast<float>(accumulate ? double(c) + alpha * acc : alpha * acc);
+    }
+}
+
 }  // namespace loom::ref

@@ -7,6 +7,8 @@
 // runs a few larger GEMMs. Threads take whole tasks (each GEMM then runs on one thread): the
 // forward any block, the backward whole (batch, kv head) groups, which share dK/dV rows. Only the key range a block can see is touched: causal blocks stop
 // at their last row, document blocks start at their first document's first token.
+// With bf16 precision the products read bf16 copies of q, k, v, dO (made once per call) and of
+// each block's probabilities / score gradients; softmax, logsumexp and the dO.O correction stay f32.
 #include <algorithm>
 #include <cmath>
 #include <unordered_map>
@@ -15,6 +17,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops/common.h"
 #include "autograd/ops/vec_kernels.h"
+#include "autograd/quant/quant.h"
 
 namespace loom {
 
@@ -98,12 +101,13 @@ inline int64_t row_offset(const Geometry& g, const Block& blk, int64_t H, int64_
 }
 
 // Gathers the block's rows of every q head in the group into a stacked [G*nq x D] matrix
-// (row gi*nq + r).
-void gather_rows(const Geometry& g, const Block& blk, const float* tensor, float* stacked) {
+// (row gi*nq + r). T is float or the raw bf16 bits of a rounded copy.
+template <class T>
+void gather_rows(const Geometry& g, const Block& blk, const T* tensor, T* stacked) {
   for (int64_t gi = 0; gi < g.G; ++gi)
     for (int64_t r = 0; r < blk.nq; ++r)
       std::memcpy(stacked + (gi * blk.nq + r) * g.D, tensor + row_offset(g, blk, g.Hq, gi, r),
-                  static_cast<size_t>(g.D) * sizeof(float));
+                  static_cast<size_t>(g.D) * sizeof(T));
 }
 
 // The inverse of gather_rows.
@@ -133,22 +137,88 @@ inline const int32_t* block_docs(const Geometry& g, const MaskInfo& m, const Blo
   return g.has_docs ? m.docs.data() + blk.b * g.T + blk.ks : nullptr;
 }
 
-const float* kv_base(const Geometry& g, const float* t, const Block& blk) {
-  return t + ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
+// Offset of the block's first key row (kv head hk) in a [B, T, Hkv, D] tensor.
+inline int64_t kv_offset(const Geometry& g, const Block& blk) {
+  return ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
 }
 
-// One block of the forward: rows of out and lse that no other block touches. `scratch` holds
-// the stacked query rows, the stacked output rows and the block's scores.
-struct ForwardScratch {
-  std::vector<float> qs, os, s;
-  ForwardScratch(const Geometry& g)
-      : qs(static_cast<size_t>(g.G * kBlockRows * g.D)), os(qs.size()),
-        s(static_cast<size_t>(g.G * kBlockRows * g.T)) {}
+// The operands of one call in the precision its products run in: the f32 tensors, or (bf16)
+// rounded copies of them. Element (i, j) of a matrix operand is p[i * s0 + j * s1].
+struct Mat {
+  const void* p;
+  int64_t s0, s1;
 };
 
-void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const float* q,
-                   const float* k, const float* v, float* out, float* lse, ForwardScratch& w) {
+// C [M x N] (row stride ldc) = alpha * A . B (+ C), on the calling thread.
+void block_gemm(bool bf16, int64_t M, int64_t N, int64_t K, float alpha, Mat a, Mat b, float* c,
+                int64_t ldc, bool accumulate) {
+  if (bf16)
+    return gemm_bf16(M, N, K, alpha, static_cast<const uint16_t*>(a.p), a.s0, a.s1,
+                     static_cast<const uint16_t*>(b.p), b.s0, b.s1, c, ldc, accumulate);
+  const bool ta = a.s1 != 1, tb = b.s1 != 1;
+  sgemm(ta, tb, M, N, K, alpha, static_cast<const float*>(a.p), ta ? a.s1 : a.s0,
+        static_cast<const float*>(b.p), tb ? b.s1 : b.s0, accumulate ? 1.0f : 0.0f, c, ldc);
+}
+
+// A [B, T, H, D] tensor as the products read it: f32 data, or its bf16 copy.
+struct Operand {
+  const float* f32 = nullptr;
+  std::vector<bf16_t> bf16;  // filled in bf16 mode
+  Operand(const float* data, int64_t n, bool round) : f32(data) {
+    if (!round) return;
+    bf16.resize(static_cast<size_t>(n));
+    parallel_ranges(n, [&](int64_t b, int64_t e) { convert_f32_to_bf16(data + b, bf16.data() + b, e - b); });
+  }
+  const void* at(int64_t offset) const {
+    return bf16.empty() ? static_cast<const void*>(f32 + offset)
+                        : static_cast<const void*>(bf16.data() + offset);
+  }
+};
+
+// Per-thread buffers of one block: stacked query (and dO) rows, f32 results, and the bf16
+// copies of the stacked rows and of the probabilities / score gradients in bf16 mode.
+struct Scratch {
+  std::vector<float> qs, dos, out_rows, p, dp;
+  std::vector<bf16_t> qs_b, dos_b, p_b, dp_b;
+  Scratch(const Geometry& g, bool bf16, bool backward) {
+    const size_t rows = static_cast<size_t>(g.G * kBlockRows * g.D);
+    const size_t probs = static_cast<size_t>(g.G * kBlockRows * g.T);
+    out_rows.resize(rows);
+    p.resize(probs);
+    if (backward) dp.resize(probs);
+    if (bf16) {
+      qs_b.resize(rows);
+      p_b.resize(probs);
+      if (backward) dos_b.resize(rows), dp_b.resize(probs);
+    } else {
+      qs.resize(rows);
+      if (backward) dos.resize(rows);
+    }
+  }
+  // Stacked rows of `t` for this block, in the products' precision.
+  const void* stack(const Geometry& g, const Block& blk, const Operand& t, bool dout) {
+    if (t.bf16.empty()) {
+      float* dst = dout ? dos.data() : qs.data();
+      gather_rows(g, blk, t.f32, dst);
+      return dst;
+    }
+    bf16_t* dst = dout ? dos_b.data() : qs_b.data();
+    gather_rows(g, blk, t.bf16.data(), dst);
+    return dst;
+  }
+  // The [R x n] f32 matrix m (p or dp) as a product operand: itself, or rounded into its copy.
+  const void* rounded(bool bf16, std::vector<float>& m, std::vector<bf16_t>& copy, int64_t n) {
+    if (!bf16) return m.data();
+    convert_f32_to_bf16(m.data(), copy.data(), n);
+    return copy.data();
+  }
+};
+
+// One block of the forward: rows of out and lse that no other block touches.
+void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
+                   const Operand& k, const Operand& v, float* out, float* lse, Scratch& w) {
   const VecKernels& vk = vec_kernels();
+  const bool bf16 = !q.bf16.empty();
   const int64_t ldkv = g.Hkv * g.D;
   const int64_t R = g.G * blk.nq;
   float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;  // + gi*T + r
@@ -160,12 +230,13 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
       }
     return;
   }
-  gather_rows(g, blk, q, w.qs.data());
-  sgemm(false, true, R, blk.nk, g.D, g.scale, w.qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
-        w.s.data(), blk.nk);
+  const int64_t kv = kv_offset(g, blk);
+  // S = scale Q K^T
+  block_gemm(bf16, R, blk.nk, g.D, g.scale, {w.stack(g, blk, q, false), g.D, 1},
+             {k.at(kv), 1, ldkv}, w.p.data(), blk.nk, false);
   const int32_t* docs = block_docs(g, m, blk);
   for (int64_t r = 0; r < R; ++r) {
-    float* sr = w.s.data() + r * blk.nk;
+    float* sr = w.p.data() + r * blk.nk;
     const RowRange rr = row_range(g, m, blk, r);
     const int64_t n = rr.hi - rr.lo;
     float* sv = sr + rr.lo;
@@ -183,15 +254,17 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
     vk.scale(sv, n, 1.0f / l);
     row_lse = mx + std::log(l);
   }
-  sgemm(false, false, R, g.D, blk.nk, 1.0f, w.s.data(), blk.nk, kv_base(g, v, blk), ldkv, 0.0f,
-        w.os.data(), g.D);
-  scatter_rows(g, blk, w.os.data(), out);
+  // O = P V
+  block_gemm(bf16, R, g.D, blk.nk, 1.0f, {w.rounded(bf16, w.p, w.p_b, R * blk.nk), blk.nk, 1},
+             {v.at(kv), ldkv, 1}, w.out_rows.data(), g.D, false);
+  scatter_rows(g, blk, w.out_rows.data(), out);
 }
 
 // Blocks are independent in the forward, so the threads take whole blocks (largest key range
 // first, dynamically: causal blocks differ in size), each running its GEMMs on one thread.
 void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
-                       const float* q, const float* k, const float* v, float* out, float* lse) {
+                       const Operand& q, const Operand& k, const Operand& v, float* out,
+                       float* lse) {
   std::vector<int64_t> order(blocks.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
@@ -200,7 +273,7 @@ void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<B
   const int64_t n = static_cast<int64_t>(order.size());
 #pragma omp parallel if (n > 1)
   {
-    ForwardScratch w(g);
+    Scratch w(g, !q.bf16.empty(), false);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < n; ++i)
       forward_block(g, m, blocks[static_cast<size_t>(order[static_cast<size_t>(i)])], q, k, v, out,
@@ -214,29 +287,23 @@ struct Grads {
   float* dv;
 };
 
-struct BackwardScratch {
-  std::vector<float> qs, dos, os, dqs, p, dp;
-  BackwardScratch(const Geometry& g)
-      : qs(static_cast<size_t>(g.G * kBlockRows * g.D)), dos(qs.size()), os(qs.size()),
-        dqs(qs.size()), p(static_cast<size_t>(g.G * kBlockRows * g.T)), dp(p.size()) {}
-};
-
-void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const float* q,
-                    const float* k, const float* v, const float* out, const float* dout,
-                    const float* lse, Grads grads, BackwardScratch& w) {
+void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
+                    const Operand& k, const Operand& v, const float* out, const Operand& dout,
+                    const float* lse, Grads grads, Scratch& w) {
   if (blk.nk == 0) return;  // no visible keys: zero gradients
   const VecKernels& vk = vec_kernels();
+  const bool bf16 = !q.bf16.empty();
   const int64_t ldkv = g.Hkv * g.D;
   const int64_t R = g.G * blk.nq;
+  const int64_t kv = kv_offset(g, blk);
   const float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;
-  gather_rows(g, blk, q, w.qs.data());
-  gather_rows(g, blk, dout, w.dos.data());
-  gather_rows(g, blk, out, w.os.data());
+  const void* qs = w.stack(g, blk, q, false);
+  const void* dos = w.stack(g, blk, dout, true);
   // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
-  sgemm(false, true, R, blk.nk, g.D, g.scale, w.qs.data(), g.D, kv_base(g, k, blk), ldkv, 0.0f,
-        w.p.data(), blk.nk);
-  sgemm(false, true, R, blk.nk, g.D, 1.0f, w.dos.data(), g.D, kv_base(g, v, blk), ldkv, 0.0f,
-        w.dp.data(), blk.nk);
+  block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {k.at(kv), 1, ldkv}, w.p.data(), blk.nk,
+             false);
+  block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {v.at(kv), 1, ldkv}, w.dp.data(), blk.nk,
+             false);
   const int32_t* docs = block_docs(g, m, blk);
   for (int64_t r = 0; r < R; ++r) {
     float* pr = w.p.data() + r * blk.nk;
@@ -253,35 +320,36 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
     float* pv = pr + rr.lo;
     if (docs) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
     vk.exp_scale(pv, pv, n, row_lse, 1.0f);  // P = exp(S - lse)
-    // delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term.
-    const float delta = vk.dot(w.os.data() + r * g.D, w.dos.data() + r * g.D, g.D);
+    // delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term (f32).
+    const int64_t row = row_offset(g, blk, g.Hq, r / blk.nq, r % blk.nq);
+    const float delta = vk.dot(out + row, dout.f32 + row, g.D);
     vk.softmax_grad(pv, dpr + rr.lo, n, delta);  // dS = P * (dP - delta)
   }
-  const int64_t kv_off = ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
-  if (grads.dq) {
-    sgemm(false, false, R, g.D, blk.nk, g.scale, w.dp.data(), blk.nk, kv_base(g, k, blk), ldkv,
-          0.0f, w.dqs.data(), g.D);
-    scatter_rows(g, blk, w.dqs.data(), grads.dq);
+  const void* ds = w.rounded(bf16, w.dp, w.dp_b, R * blk.nk);
+  if (grads.dq) {  // dQ = scale dS K
+    block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {k.at(kv), ldkv, 1},
+               w.out_rows.data(), g.D, false);
+    scatter_rows(g, blk, w.out_rows.data(), grads.dq);
   }
-  if (grads.dk)
-    sgemm(true, false, blk.nk, g.D, R, g.scale, w.dp.data(), blk.nk, w.qs.data(), g.D, 1.0f,
-          grads.dk + kv_off, ldkv);
-  if (grads.dv)
-    sgemm(true, false, blk.nk, g.D, R, 1.0f, w.p.data(), blk.nk, w.dos.data(), g.D, 1.0f,
-          grads.dv + kv_off, ldkv);
+  if (grads.dk)  // dK += scale dS^T Q
+    block_gemm(bf16, blk.nk, g.D, R, g.scale, {ds, 1, blk.nk}, {qs, g.D, 1}, grads.dk + kv, ldkv,
+               true);
+  if (grads.dv)  // dV += P^T dO
+    block_gemm(bf16, blk.nk, g.D, R, 1.0f, {w.rounded(bf16, w.p, w.p_b, R * blk.nk), 1, blk.nk},
+               {dos, g.D, 1}, grads.dv + kv, ldkv, true);
 }
 
 // The blocks of one (batch, kv head) group all add into the same dK/dV rows, so a thread takes
 // whole groups and runs their blocks in order: the sums, and so the gradients, do not depend on
 // the number of threads or on which thread ran what.
 void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
-                        const float* q, const float* k, const float* v, const float* out,
-                        const float* dout, const float* lse, Grads grads) {
+                        const Operand& q, const Operand& k, const Operand& v, const float* out,
+                        const Operand& dout, const float* lse, Grads grads) {
   const int64_t groups = g.B * g.Hkv;
   const int64_t per_group = static_cast<int64_t>(blocks.size()) / std::max<int64_t>(groups, 1);
 #pragma omp parallel if (groups > 1)
   {
-    BackwardScratch w(g);
+    Scratch w(g, !q.bf16.empty(), true);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t gr = 0; gr < groups; ++gr)
       for (int64_t i = gr * per_group; i < (gr + 1) * per_group; ++i)
@@ -325,10 +393,12 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   auto mask = std::make_shared<MaskInfo>(build_mask(g, options.document_ids));
   auto blocks = std::make_shared<std::vector<Block>>(make_blocks(g, *mask));
   auto lse = std::make_shared<std::vector<float>>(static_cast<size_t>(g.B * g.Hq * g.T));
+  const bool bf16 = resolve_precision(options.precision) == Precision::BF16;
   Tensor out = empty_f32(q.shape());  // every row written (forward_block)
   if (g.D > 0)
-    attention_forward(g, *mask, *blocks, q.data_f32(), k.data_f32(), v.data_f32(), out.data_f32(),
-                      lse->data());
+    attention_forward(g, *mask, *blocks, Operand(q.data_f32(), q.numel(), bf16),
+                      Operand(k.data_f32(), k.numel(), bf16), Operand(v.data_f32(), v.numel(), bf16),
+                      out.data_f32(), lse->data());
 
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
@@ -337,8 +407,10 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     Tensor dk = need_k ? new_f32(k.shape()) : Tensor();
     Tensor dv = need_v ? new_f32(v.shape()) : Tensor();
     if (g.D > 0)
-      attention_backward(g, *mask, *blocks, q.data_f32(), k.data_f32(), v.data_f32(), o.data_f32(),
-                         dout.data_f32(), lse->data(),
+      attention_backward(g, *mask, *blocks, Operand(q.data_f32(), q.numel(), bf16),
+                         Operand(k.data_f32(), k.numel(), bf16),
+                         Operand(v.data_f32(), v.numel(), bf16), o.data_f32(),
+                         Operand(dout.data_f32(), dout.numel(), bf16), lse->data(),
                          {need_q ? dq.data_f32() : nullptr, need_k ? dk.data_f32() : nullptr,
                           need_v ? dv.data_f32() : nullptr});
     return std::vector<Tensor>{dq, dk, dv};

@@ -1,0 +1,123 @@
+// linear_low_rank: a frozen linear plus a trainable low-rank update (LoRA) as one op,
+//
+//   y = x W^T + bias + scale (x_lr A^T) B^T,
+//
+// so a LoRA projection makes one output tensor instead of four (base, x A^T B^T, its scaled copy,
+// the sum) and one backward instead of four. The rank-r products run in f32 with the scale
+// folded into the GEMM's alpha and written straight into y (beta = 1); backward keeps only
+// u = x_lr A^T [M x r] besides the inputs, and when x_lr is x itself the low-rank input gradient
+// is added into the base's dX by the same GEMM (no second [M x K] tensor, no tape add).
+#include "autograd/kernels/gemm.h"
+#include "autograd/ops.h"
+#include "autograd/ops/common.h"
+
+namespace loom {
+
+using namespace ops_detail;
+
+Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& bias_in,
+                       const Tensor& x_lr_in, const Tensor& a_in, const Tensor& b_in, float scale,
+                       Precision precision) {
+  const char* op = "linear_low_rank";
+  check_f32(op, "x", x_in);
+  check_f32(op, "x_lr", x_lr_in);
+  check_f32(op, "a", a_in);
+  check_f32(op, "b", b_in);
+  check_defined(op, "weight", weight);
+  LOOM_CHECK(weight.dim() == 2 && !weight.requires_grad() && weight.is_contiguous(),
+             "{}: weight '{}' must be a frozen, contiguous 2-D [out, in] tensor, got {}{}", op,
+             weight.name(), shape_str(weight.shape()),
+             weight.requires_grad() ? " that requires grad" : "");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  LOOM_CHECK(x_in.dim() >= 1 && x_in.shape().back() == K && x_lr_in.shape() == x_in.shape(),
+             "{}: x {} and x_lr {} must both be [..., {}] for weight '{}' {}", op,
+             shape_str(x_in.shape()), shape_str(x_lr_in.shape()), K, weight.name(),
+             shape_str(weight.shape()));
+  LOOM_CHECK(a_in.dim() == 2 && a_in.size(1) == K && a_in.size(0) > 0,
+             "{}: a '{}' is {}, expected [rank, {}]", op, a_in.name(), shape_str(a_in.shape()), K);
+  const int64_t R = a_in.size(0);
+  LOOM_CHECK(b_in.dim() == 2 && b_in.size(0) == N && b_in.size(1) == R,
+             "{}: b '{}' is {}, expected [{}, {}] (out x rank)", op, b_in.name(),
+             shape_str(b_in.shape()), N, R);
+  if (bias_in.defined()) {
+    check_f32(op, "bias", bias_in);
+    LOOM_CHECK(bias_in.dim() == 1 && bias_in.size(0) == N, "{}: bias {} does not match [{}]", op,
+               shape_str(bias_in.shape()), N);
+  }
+  const bool same_input = x_lr_in.impl() == x_in.impl();
+  const Tensor x = contiguous(x_in);
+  const Tensor x_lr = same_input ? x : contiguous(x_lr_in);
+  const Tensor a = contiguous(a_in), b = contiguous(b_in);
+  const Tensor bias = bias_in.defined() ? contiguous(bias_in) : Tensor();
+  const int64_t M = K == 0 ? 0 : x.numel() / K;
+  Shape out_shape = x.shape();
+  out_shape.back() = N;
+  Tensor y = M > 0 && N > 0 && K > 0 ? empty_f32(out_shape) : new_f32(out_shape);
+  const WeightView wv{weight.dtype(), weight.data_bytes(), N, K};
+  Tensor u = empty_f32({M, R});  // x_lr A^T, kept for dB
+  if (M > 0 && N > 0 && K > 0) {
+    linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
+    sgemm(false, true, M, R, K, 1.0f, x_lr.data_f32(), K, a.data_f32(), K, 0.0f, u.data_f32(), R);
+    sgemm(false, true, M, N, R, scale, u.data_f32(), R, b.data_f32(), R, 1.0f, y.data_f32(), N);
+  } else if (M > 0) {
+    std::fill_n(u.data_f32(), M * R, 0.0f);
+  }
+  if (bias.defined() && M > 0) {
+    const float* pb = bias.data_f32();
+    float* py = y.data_f32();
+#pragma omp parallel for schedule(static) if (M * N >= kParallelMinElements)
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < N; ++c) py[r * N + c] += pb[c];
+  }
+
+  const bool need_x = x.requires_grad(), need_x_lr = !same_input && x_lr.requires_grad();
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  const bool need_bias = bias.defined() && bias.requires_grad();
+  const bool lr_into_dx = same_input && need_x;
+  const Tensor saved_x_lr = need_a ? x_lr : Tensor();
+  const Tensor saved_u = need_b ? u : Tensor();
+  std::vector<Tensor> inputs{x, x_lr, a, b, bias};
+  if (same_input) inputs[1] = Tensor();  // one gradient, delivered to x
+  return record(y, op, std::move(inputs), [=](const Tensor& g_in, const Tensor&) {
+    const Tensor g = dense(g_in);
+    const float* pg = g.data_f32();
+    const bool work = M > 0 && N > 0 && K > 0;
+    Tensor dx, dx_lr, da, db, dbias;
+    // t = dY B [M x r]: the gradient reaching u, unscaled.
+    Tensor t = work ? empty_f32({M, R}) : Tensor();
+    if (work) sgemm(false, false, M, R, N, 1.0f, pg, N, b.data_f32(), R, 0.0f, t.data_f32(), R);
+    if (need_x) {
+      dx = work ? empty_f32(x.shape()) : new_f32(x.shape());
+      if (work) {
+        linear_backward_input(pg, M, N, wv, dx.data_f32(), K, false, precision);
+        if (lr_into_dx)
+          sgemm(false, false, M, K, R, scale, t.data_f32(), R, a.data_f32(), K, 1.0f,
+                dx.data_f32(), K);
+      }
+    }
+    if (need_x_lr) {
+      dx_lr = work ? empty_f32(x_lr.shape()) : new_f32(x_lr.shape());
+      if (work)
+        sgemm(false, false, M, K, R, scale, t.data_f32(), R, a.data_f32(), K, 0.0f,
+              dx_lr.data_f32(), K);
+    }
+    if (need_a) {  // dA [r x K] = scale t^T x_lr
+      da = work ? empty_f32({R, K}) : new_f32({R, K});
+      if (work)
+        sgemm(true, false, R, K, M, scale, t.data_f32(), R, saved_x_lr.data_f32(), K, 0.0f,
+              da.data_f32(), K);
+    }
+    if (need_b) {  // dB [N x r] = scale dY^T u
+      db = work ? empty_f32({N, R}) : new_f32({N, R});
+      if (work)
+        sgemm(true, false, N, R, M, scale, pg, N, saved_u.data_f32(), R, 0.0f, db.data_f32(), R);
+    }
+    if (need_bias) {
+      dbias = new_f32({N});
+      sum_rows(pg, M, N, dbias.data_f32(), false);
+    }
+    return std::vector<Tensor>{dx, dx_lr, da, db, dbias};
+  });
+}
+
+}  // namespace loom
