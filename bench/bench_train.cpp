@@ -7,11 +7,15 @@
 // backward, clip + AdamW), then the ratios. Results: bench/README.md.
 //
 //   bench_train [--model PATH] [--steps N] [--batch B] [--seq T] [--configs f32,bf16,nf4]
-//               [--no-torch]
+//               [--no-torch] [--no-checkpoint]
+//
+// tokens/s is B*T over the median timed step (a 2-vCPU machine shared with other work has steps
+// 20-40% slower than others now and then); the best step is printed beside it.
 #include <fmt/format.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstdio>
@@ -38,10 +42,11 @@ using loom::Tensor;
 
 struct Args {
   std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  int steps = 2;
+  int steps = 3;
   int64_t batch = 4, seq = 512;
   std::vector<std::string> configs = {"f32", "bf16", "nf4"};
   bool torch = true;
+  bool checkpoint = true;  // loom's activation checkpointing (--no-checkpoint: off, to measure)
   std::string child;  // run one loom configuration and print its JSON line
 };
 
@@ -76,6 +81,7 @@ nlohmann::json run_child(const Args& a) {
   tb.batch = a.batch;
   tb.seq_len = a.seq;
   loom::ForwardOptions fwd;  // checkpointing on, precision auto: the training defaults
+  fwd.checkpoint_blocks = a.checkpoint;
   fwd.attention_precision = fwd.precision;  // as the trainer's step (trainer/train_session.cpp)
   double fwd_s = 0, bwd_s = 0, opt_s = 0, rss_forward = 0;
   std::vector<double> steps;
@@ -100,7 +106,7 @@ nlohmann::json run_child(const Args& a) {
   double total = 0;
   for (double x : steps) total += x;
   const double tokens = static_cast<double>(a.batch * a.seq) * steps.size();
-  return {{"config", "loom-" + a.child},
+  return {{"config", "loom-" + a.child + (a.checkpoint ? "" : " (no checkpointing)")},
           {"tokens_per_second", tokens / total},
           {"peak_rss_mb", loom::peak_rss_bytes() / 1048576.0},
           {"step_seconds", steps},
@@ -166,6 +172,7 @@ int main(int argc, char** argv) {
     else if (k == "--batch") a.batch = std::stoll(next());
     else if (k == "--seq") a.seq = std::stoll(next());
     else if (k == "--no-torch") a.torch = false;
+    else if (k == "--no-checkpoint") a.checkpoint = false;
     else if (k == "--child") a.child = next();
     else if (k == "--configs") {
       a.configs.clear();
@@ -194,9 +201,11 @@ int main(int argc, char** argv) {
              env_or("OMP_WAIT_POLICY"));
   std::vector<nlohmann::json> rows;
   for (const std::string& c : a.configs) {
-    nlohmann::json r = run_json_child({self, "--child", c, "--model", a.model, "--steps",
-                                       std::to_string(a.steps), "--batch", std::to_string(a.batch),
-                                       "--seq", std::to_string(a.seq)});
+    std::vector<std::string> argv = {self, "--child", c, "--model", a.model, "--steps",
+                                     std::to_string(a.steps), "--batch", std::to_string(a.batch),
+                                     "--seq", std::to_string(a.seq)};
+    if (!a.checkpoint) argv.push_back("--no-checkpoint");
+    nlohmann::json r = run_json_child(argv);
     if (!r.is_null()) rows.push_back(r);
   }
   const std::string py = ".venv/bin/python3";
@@ -212,17 +221,27 @@ int main(int argc, char** argv) {
     fmt::print("PyTorch reference: SKIPPED (no .venv/bin/python3 or scripts/bench_train_torch.py; "
                "run from the repository root after scripts/setup_python.sh)\n");
   }
+  // tokens/s of the median and of the best step, loom and PyTorch alike.
+  const double tokens = static_cast<double>(a.batch * a.seq);
+  auto step_rate = [&](const nlohmann::json& r, bool best) {
+    std::vector<double> s = r["step_seconds"].get<std::vector<double>>();
+    std::sort(s.begin(), s.end());
+    if (s.empty()) return 0.0;
+    const size_t n = s.size();
+    return tokens / (best ? s.front() : n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]));
+  };
   double torch_bf16 = 0;
   for (const auto& r : rows)
-    if (r["config"] == "torch-bf16") torch_bf16 = r["tokens_per_second"];
-  fmt::print("\n| config | tokens/s | peak RSS (MB) | vs torch bf16 | forward+loss s | backward s | optimizer s |\n");
-  fmt::print("|---|---:|---:|---:|---:|---:|---:|\n");
+    if (r["config"] == "torch-bf16") torch_bf16 = step_rate(r, false);
+  fmt::print("\n| config | tokens/s (median step) | best step | peak RSS (MB) | vs torch bf16 | forward+loss s | backward s | optimizer s |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& r : rows) {
-    const double tps = r["tokens_per_second"];
+    const double tps = step_rate(r, false);
     auto phase = [&](const char* k) {
       return r.contains(k) ? fmt::format("{:.2f}", r[k].get<double>()) : std::string("-");
     };
-    fmt::print("| {} | {:.1f} | {:.0f} | {} | {} | {} | {} |\n", r["config"].get<std::string>(), tps,
+    fmt::print("| {} | {:.1f} | {:.1f} | {:.0f} | {} | {} | {} | {} |\n",
+               r["config"].get<std::string>(), tps, step_rate(r, true),
                r["peak_rss_mb"].get<double>(),
                torch_bf16 > 0 ? fmt::format("{:.2f}x", tps / torch_bf16) : std::string("-"),
                phase("forward_loss_s"), phase("backward_s"), phase("optimizer_s"));

@@ -219,6 +219,30 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
   EXPECT_EQ(train_steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
 }
 
+// data.packing=false: one document per row, padded (padding is never a target). It trains, it
+// trains on other rows than the packed run, and resume is bit-identical as with packing.
+TEST(TrainLoop, UnpackedRowsTrainAndResumeBitIdentical) {
+  TinyRun t;
+  const TrainResult packed = t.run("packed", {"eval.every=0"});
+  const TrainResult a = t.run("a", {"data.packing=false", "eval.every=0"});
+  EXPECT_FALSE(a.stopped) << a.stop_reason;
+  EXPECT_LT(a.last_loss, a.first_loss);
+  ASSERT_EQ(a.eval_after.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_LT(a.eval_after[i].loss, a.eval_before[i].loss);
+  const auto pa = adapter_of(packed.adapter_dir), aa = adapter_of(a.adapter_dir);
+  ASSERT_EQ(pa.size(), aa.size());
+  EXPECT_NE(pa[0].values, aa[0].values) << "packing=false trained on the packed rows";
+
+  const TrainResult b = t.run("b", {"data.packing=false", "eval.every=0"});
+  fs::remove(t.dir / "b/checkpoints/checkpoint-8.h5");
+  fs::remove_all(t.dir / "b/adapter");
+  TrainOptions resume;
+  resume.resume_from = (t.dir / "b").string();
+  const TrainResult c = t.run("b", {"data.packing=false", "eval.every=0"}, resume);
+  EXPECT_EQ(c.steps_done, 8);
+  expect_bit_identical(aa, adapter_of(c.adapter_dir));
+}
+
 TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
   TinyRun t;
   t.run("run", {"train.steps=2", "eval.batches=0"});

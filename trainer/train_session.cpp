@@ -234,8 +234,9 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
               i == 0 ? "data:        " : "             ", s.name, s.format, s.path,
               weight_sum > 0 ? s.weight / weight_sum : 0.0, plan.mix_by, 100 * s.heldout_fraction);
   }
-  out.print("  batches:     seq_len {}, batch {}, grad accum {} -> {} tokens per step{}\n",
+  out.print("  batches:     seq_len {}, batch {}, grad accum {} -> {} tokens per step, {}{}\n",
             plan.seq_len, plan.batch_size, plan.grad_accum, tokens_per_step,
+            plan.packing ? "documents packed (document mask)" : "one document per row (padded)",
             plan.train_on_prompt ? ", loss on prompts too" : "");
   out.print("  schedule:    {} steps, AdamW lr {:g} {} (warmup {}, min ratio {:g}), weight decay "
             "{:g}, betas ({:g}, {:g}), eps {:g}, clip {}\n",

@@ -165,9 +165,6 @@ AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& confi
 }
 
 TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
-  if (!plan.packing)
-    throw Error("data.packing: false is not supported yet: loom's data stream packs documents "
-                "into full windows (data/packing.h); set data.packing: true");
   TrainData d;
   const uint64_t tok_hash = tokenizer_fingerprint(tokenizer);
   const DocumentFraming framing = document_framing(tokenizer);
@@ -210,6 +207,8 @@ TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
   d.packing.seq_len = plan.seq_len;
   d.packing.batch_size = plan.batch_size;
   d.packing.train_on_prompt = plan.train_on_prompt;
+  d.packing.one_document_per_row = !plan.packing;  // padded rows, padding never a target
+  d.packing.pad_id = tokenizer.pad_id();
   d.packing.framing = framing;
   d.stream = std::make_unique<TrainStream>(mix, mc, d.packing);
   for (int i = 0; i < d.stream->mixer().num_sources(); ++i)
