@@ -1,6 +1,7 @@
 // Reverse-mode autograd over recorded Nodes, and activation checkpointing (see tape.h).
 #include "autograd/tape.h"
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
@@ -11,6 +12,11 @@ namespace loom {
 namespace {
 
 thread_local bool g_grad_enabled = true;
+
+// Gradient copies and sums of at least this many floats are split over the OpenMP threads (the
+// residual stream's gradients are [tokens x hidden]); kChunk floats per copied piece.
+constexpr int64_t kParallelMin = int64_t{1} << 15;
+constexpr int64_t kChunk = int64_t{1} << 14;
 
 // Re-enables recording inside backward, for checkpoint's recompute.
 class GradModeScope {
@@ -30,9 +36,15 @@ Tensor copy_of(const Tensor& g) {
   const bool sole_owner = g.impl_ptr().use_count() == 1 && g.storage().use_count() == 1;
   if (sole_owner && g.is_contiguous() && g.offset() == 0 && !g.grad_fn() && !g.requires_grad())
     return g;
-  Tensor out = Tensor::zeros(g.shape());
+  Tensor out = Tensor::empty(g.shape());  // written whole below
   if (g.is_contiguous()) {
-    std::memcpy(out.data_f32(), g.data_f32(), static_cast<size_t>(g.numel()) * sizeof(float));
+    const float* src = g.data_f32();
+    float* dst = out.data_f32();
+    const int64_t n = g.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c)
+      std::memcpy(dst + c * kChunk, src + c * kChunk,
+                  static_cast<size_t>(std::min(kChunk, n - c * kChunk)) * sizeof(float));
   } else {
     std::vector<float> v = g.to_vector();
     std::copy(v.begin(), v.end(), out.data_f32());
@@ -44,7 +56,9 @@ void add_inplace(const Tensor& dst, const Tensor& src) {
   float* d = dst.data_f32();
   if (src.is_contiguous()) {
     const float* s = src.data_f32();
-    for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] += s[i];
+    const int64_t n = dst.numel();
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) d[i] += s[i];
   } else {
     std::vector<float> v = src.to_vector();
     for (size_t i = 0; i < v.size(); ++i) d[i] += v[i];
