@@ -85,6 +85,12 @@ void sum_rows(const float* g, int64_t rows, int64_t cols, float* out, bool accum
   }
 }
 
+void add_to_rows(float* y, int64_t rows, int64_t cols, const float* v) {
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMinElements)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] += v[c];
+}
+
 int64_t normalize_dim(const char* op, int64_t dim, int64_t ndim) {
   const int64_t d = dim < 0 ? dim + ndim : dim;
   LOOM_CHECK(d >= 0 && d < ndim, "{}: dim {} is out of range for a {}-d tensor", op, dim, ndim);

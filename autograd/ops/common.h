@@ -48,6 +48,8 @@ Tensor make_view(const Tensor& x, Shape shape, Shape strides, int64_t offset);
 
 // out[c] = sum over rows of g[r * cols + c] (g dense [rows x cols]); accumulate adds into out.
 void sum_rows(const float* g, int64_t rows, int64_t cols, float* out, bool accumulate);
+// y[r * cols + c] += v[c] for every row (a bias added to each output row), rows in parallel.
+void add_to_rows(float* y, int64_t rows, int64_t cols, const float* v);
 
 // Normalizes a possibly negative dim; throws naming the op when out of range.
 int64_t normalize_dim(const char* op, int64_t dim, int64_t ndim);

@@ -49,13 +49,7 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   Tensor y = empty_f32(out_shape);  // written whole: M, N > 0 below, or no elements
   const WeightView wv = weight_view(weight);
   if (M > 0 && N > 0) linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
-  if (bias.defined() && M > 0) {
-    const float* pb = bias.data_f32();
-    float* py = y.data_f32();
-#pragma omp parallel for schedule(static) if (M * N >= kParallelMinElements)
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = 0; c < N; ++c) py[r * N + c] += pb[c];
-  }
+  if (bias.defined() && M > 0) add_to_rows(y.data_f32(), M, N, bias.data_f32());
 
   const bool need_x = x.requires_grad(), need_w = weight.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();

@@ -62,13 +62,7 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
   } else if (M > 0) {
     std::fill_n(u.data_f32(), M * R, 0.0f);
   }
-  if (bias.defined() && M > 0) {
-    const float* pb = bias.data_f32();
-    float* py = y.data_f32();
-#pragma omp parallel for schedule(static) if (M * N >= kParallelMinElements)
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = 0; c < N; ++c) py[r * N + c] += pb[c];
-  }
+  if (bias.defined() && M > 0) add_to_rows(y.data_f32(), M, N, bias.data_f32());
 
   const bool need_x = x.requires_grad(), need_x_lr = !same_input && x_lr.requires_grad();
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
@@ -82,6 +76,8 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     const Tensor g = dense(g_in);
     const float* pg = g.data_f32();
     const bool work = M > 0 && N > 0 && K > 0;
+    // From the captured weight (not wv's raw pointer), so the node keeps the weight alive.
+    const WeightView w_view{weight.dtype(), weight.data_bytes(), N, K};
     Tensor dx, dx_lr, da, db, dbias;
     // t = dY B [M x r]: the gradient reaching u, unscaled.
     Tensor t = work ? empty_f32({M, R}) : Tensor();
@@ -89,7 +85,7 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     if (need_x) {
       dx = work ? empty_f32(x.shape()) : new_f32(x.shape());
       if (work) {
-        linear_backward_input(pg, M, N, wv, dx.data_f32(), K, false, precision);
+        linear_backward_input(pg, M, N, w_view, dx.data_f32(), K, false, precision);
         if (lr_into_dx)
           sgemm(false, false, M, K, R, scale, t.data_f32(), R, a.data_f32(), K, 1.0f,
                 dx.data_f32(), K);
