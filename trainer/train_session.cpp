@@ -71,7 +71,8 @@ std::string describe_storage(const LlamaModel& model) {
 
 std::string precision_text(Precision p) {
   const bool bf16 = resolve_precision(p) == Precision::BF16;
-  std::string s = bf16 ? "bf16 matrix products with f32 accumulation" : "f32 matrix products";
+  std::string s = bf16 ? "bf16 matrix products (projections, attention) with f32 accumulation"
+                       : "f32 matrix products";
   if (p == Precision::Auto) s += " (auto)";
   if (p == Precision::BF16 && !bf16) s += " (bf16 asked for; this CPU has no AVX512_BF16)";
   return s;
