@@ -142,8 +142,8 @@ inline int64_t kv_offset(const Geometry& g, const Block& blk) {
   return ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
 }
 
-// The operands of one call in the precision its products run in: the f32 tensors, or (bf16)
-// rounded copies of them. Element (i, j) of a matrix operand is p[i * s0 + j * s1].
+// One matrix operand of a block product: element (i, j) is p[i * s0 + j * s1], f32 or bf16 bits
+// as the product's precision says.
 struct Mat {
   const void* p;
   int64_t s0, s1;
@@ -160,7 +160,8 @@ void block_gemm(bool bf16, int64_t M, int64_t N, int64_t K, float alpha, Mat a, 
         static_cast<const float*>(b.p), tb ? b.s1 : b.s0, accumulate ? 1.0f : 0.0f, c, ldc);
 }
 
-// A [B, T, H, D] tensor as the products read it: f32 data, or its bf16 copy.
+// A [B, T, H, D] tensor as the products read it: its f32 data, or (bf16 precision) a rounded
+// copy made once per call.
 struct Operand {
   const float* f32 = nullptr;
   std::vector<bf16_t> bf16;  // filled in bf16 mode
