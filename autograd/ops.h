@@ -46,12 +46,18 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim);  // copy (f32)
 Tensor contiguous(const Tensor& x);  // x itself when contiguous, else a parallel f32 copy
 
 // ---- linear and matmul (ops/linear.cpp) -------------------------------------------------------
+// Whether anything will read an op's output values. GraphOnly: the op records its node as usual
+// (every gradient comes out the same) but returns zeros of the output's shape instead of
+// computing them -- for the last projection of a checkpointed block's recompute, whose output
+// only carries the graph back to the block's input.
+enum class OutputUse : uint8_t { Read, GraphOnly };
+
 // y[..., N] = x[..., K] . W^T + bias. W is [N, K] in any storage dtype. A frozen W (no
 // requires_grad) gets no gradient: the input gradient uses linear_backward_input only. An f32 W
 // with requires_grad also gets dW = dY^T . X. bias: optional f32 [N], frozen or trainable.
 // `precision` is passed to the GEMM kernels (Precision::F32 for exact f32 products).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
-              Precision precision = Precision::Auto);
+              Precision precision = Precision::Auto, OutputUse use = OutputUse::Read);
 // A frozen linear plus a trainable low-rank update (LoRA), as one op (ops/linear_low_rank.cpp):
 //   y[..., N] = x . W^T + bias + scale * (x_lr . A^T) . B^T
 // W [N, K] frozen, any storage dtype, through the `precision` GEMMs; A [r, K] and B [N, r] f32
@@ -60,7 +66,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // scale(linear(linear(x_lr, A), B), scale)) up to f32 rounding, with one output tensor.
 Tensor linear_low_rank(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& x_lr, const Tensor& a, const Tensor& b, float scale,
-                       Precision precision = Precision::Auto);
+                       Precision precision = Precision::Auto, OutputUse use = OutputUse::Read);
 // f32 matrix product over the last two dims: a [..., M, K] . b [..., K, N] -> [..., M, N].
 // Batch dims must match, or one operand is 2-D (shared by every batch element).
 Tensor matmul(const Tensor& a, const Tensor& b);

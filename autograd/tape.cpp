@@ -170,10 +170,15 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
 }
 
 Tensor checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs, std::string name) {
+  return checkpoint([fn](const std::vector<Tensor>& in, CheckpointRun) { return fn(in); }, inputs,
+                    std::move(name));
+}
+
+Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs, std::string name) {
   Tensor out;
   {
     NoGradGuard no_record;
-    out = fn(inputs);
+    out = fn(inputs, CheckpointRun::Forward);
   }
   if (!g_grad_enabled) return out;
   out = out.detach();  // a fresh handle: fn may have returned one of its inputs itself
@@ -193,7 +198,7 @@ Tensor checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs, std
     Tensor recomputed;
     {
       GradModeScope record_on(true);
-      recomputed = fn(leaves);
+      recomputed = fn(leaves, CheckpointRun::Recompute);
     }
     if (recomputed.requires_grad()) run_backward(recomputed, grad_out);
     std::vector<Tensor> grads;

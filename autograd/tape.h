@@ -4,6 +4,7 @@
 // .grad(). Gradient mode is per thread (NoGradGuard), like PyTorch's.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -53,6 +54,12 @@ void run_backward(const Tensor& root, const Tensor& grad_output);
 // (dropout takes an explicit seed for this reason).
 using CheckpointFn = std::function<Tensor(const std::vector<Tensor>&)>;
 Tensor checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
+                  std::string name = "checkpoint");
+// The same, telling fn which run it is: in the Recompute run nothing reads the output's values
+// (only its graph is back-propagated), so fn may skip computing them (OutputUse::GraphOnly).
+enum class CheckpointRun : uint8_t { Forward, Recompute };
+using CheckpointRunFn = std::function<Tensor(const std::vector<Tensor>&, CheckpointRun)>;
+Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs,
                   std::string name = "checkpoint");
 
 }  // namespace loom

@@ -55,12 +55,15 @@ std::string_view projection_gguf_name(Projection p) {
   return names_of(p).gguf;
 }
 
-Tensor LinearAdapter::forward(const Linear& base, const Tensor& x, Precision precision) const {
+Tensor LinearAdapter::forward(const Linear& base, const Tensor& x, Precision precision,
+                              OutputUse) const {
+  // apply() may read the base output's values (DoRA rescales it): always computed.
   return apply(base, x, linear(x, base.weight, base.bias, precision), precision);
 }
 
-Tensor Linear::forward(const Tensor& x, Precision precision) const {
-  return adapter ? adapter->forward(*this, x, precision) : linear(x, weight, bias, precision);
+Tensor Linear::forward(const Tensor& x, Precision precision, OutputUse use) const {
+  return adapter ? adapter->forward(*this, x, precision, use)
+                 : linear(x, weight, bias, precision, use);
 }
 
 // ---- weight checks ----------------------------------------------------------------------------
@@ -308,7 +311,7 @@ std::shared_ptr<const RopeTable> LlamaModel::rope_table(std::span<const int32_t>
 Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
                                  const std::shared_ptr<const RopeTable>& rope_cs,
                                  std::span<const int32_t> document_ids, Precision precision,
-                                 Precision attention_precision) const {
+                                 Precision attention_precision, OutputUse use) const {
   const LlamaBlock& b = weights_.blocks.at(static_cast<size_t>(layer));
   const ModelConfig& c = config_;
   const int64_t B = x.size(0), T = x.size(1);
@@ -326,7 +329,7 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   Tensor x1 = add(x, b.wo.forward(a, precision));
   h = rms_norm(x1, b.ffn_norm, c.rms_norm_eps);
   Tensor m = swiglu(b.w_gate.forward(h, precision), b.w_up.forward(h, precision));
-  return add(x1, b.w_down.forward(m, precision));
+  return add(x1, b.w_down.forward(m, precision, use));
 }
 
 void LlamaModel::check_batch(const TokenBatch& batch) const {
@@ -385,8 +388,12 @@ Tensor LlamaModel::forward_from_embeddings(const Tensor& x_in, const TokenBatch&
   Tensor x = x_in;
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     if (options.checkpoint_blocks) {
-      auto fn = [this, l, rope_cs, docs, precision, attn](const std::vector<Tensor>& in) {
-        return block_forward(l, in[0], rope_cs, *docs, precision, attn);
+      // The recompute's output only carries the graph: its last product is skipped.
+      auto fn = [this, l, rope_cs, docs, precision, attn](const std::vector<Tensor>& in,
+                                                          CheckpointRun run) {
+        return block_forward(l, in[0], rope_cs, *docs, precision, attn,
+                             run == CheckpointRun::Recompute ? OutputUse::GraphOnly
+                                                             : OutputUse::Read);
       };
       x = checkpoint(fn, {x}, fmt::format("llama block {}", l));
     } else {

@@ -54,8 +54,10 @@ class LinearAdapter {
   virtual Tensor apply(const Linear& base, const Tensor& x, const Tensor& base_out,
                        Precision precision) const = 0;
   // The projection's whole output for input x: by default apply() on the plain base output;
-  // an adapter may compute the same in one fused op (LoRA: linear_low_rank).
-  virtual Tensor forward(const Linear& base, const Tensor& x, Precision precision) const;
+  // an adapter may compute the same in one fused op (LoRA: linear_low_rank). `use` as in
+  // linear(): GraphOnly allows (does not require) skipping the output's values.
+  virtual Tensor forward(const Linear& base, const Tensor& x, Precision precision,
+                         OutputUse use = OutputUse::Read) const;
 };
 
 // One projection: a frozen weight of any storage dtype, an optional f32 bias, an optional
@@ -72,8 +74,9 @@ struct Linear {
 
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
-  // x [..., in] -> [..., out]: linear(x, weight, bias), then the adapter if attached.
-  Tensor forward(const Tensor& x, Precision precision) const;
+  // x [..., in] -> [..., out]: linear(x, weight, bias), then the adapter if attached. With
+  // OutputUse::GraphOnly the output's values may be left zero (see linear()).
+  Tensor forward(const Tensor& x, Precision precision, OutputUse use = OutputUse::Read) const;
 };
 
 struct LlamaBlock {
@@ -154,9 +157,12 @@ class LlamaModel {
   // cos/sin for these positions with this model's rope (theta, scaling, layout).
   std::shared_ptr<const RopeTable> rope_table(std::span<const int32_t> positions) const;
   // One block on x [B, T, D], recorded op by op (no checkpoint). document_ids as in TokenBatch.
+  // OutputUse::GraphOnly (a checkpoint's recompute, where only the graph is used): the down
+  // projection's output values are not computed, so the returned values are not the block's.
   Tensor block_forward(int64_t layer, const Tensor& x, const std::shared_ptr<const RopeTable>& rope,
                        std::span<const int32_t> document_ids, Precision precision,
-                       Precision attention_precision = Precision::F32) const;
+                       Precision attention_precision = Precision::F32,
+                       OutputUse use = OutputUse::Read) const;
 
  private:
   void check_batch(const TokenBatch& batch) const;

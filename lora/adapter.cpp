@@ -79,11 +79,12 @@ Tensor LoraAdapter::apply(const Linear& base, const Tensor& x, const Tensor& bas
   return add(base_out, loom::scale(lora_product(dropped_input(x)), static_cast<float>(scale_)));
 }
 
-Tensor LoraAdapter::forward(const Linear& base, const Tensor& x, Precision precision) const {
-  if (merged()) return linear(x, base.weight, base.bias, precision);
+Tensor LoraAdapter::forward(const Linear& base, const Tensor& x, Precision precision,
+                            OutputUse use) const {
+  if (merged()) return linear(x, base.weight, base.bias, precision, use);
   check_call(base, x);
   return linear_low_rank(x, base.weight, base.bias, dropped_input(x), a_, b_,
-                         static_cast<float>(scale_), precision);
+                         static_cast<float>(scale_), precision, use);
 }
 
 void LoraAdapter::init_kaiming_uniform(uint64_t seed) {

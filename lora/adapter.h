@@ -61,7 +61,8 @@ class LoraAdapter : public LinearAdapter {
   Tensor apply(const Linear& base, const Tensor& x, const Tensor& base_out,
                Precision precision) const override;
   // The same output as apply() on the base output, as one linear_low_rank op (the training path).
-  Tensor forward(const Linear& base, const Tensor& x, Precision precision) const override;
+  Tensor forward(const Linear& base, const Tensor& x, Precision precision,
+                 OutputUse use = OutputUse::Read) const override;
 
   // PEFT's default init (init_lora_weights=True): A Kaiming-uniform with a = sqrt(5), i.e.
   // U(-1/sqrt(in), 1/sqrt(in)), and B = 0, so the adapted model starts equal to the base.

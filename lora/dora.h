@@ -39,9 +39,11 @@ class DoraAdapter : public LoraAdapter {
 
   Tensor apply(const Linear& base, const Tensor& x, const Tensor& base_out,
                Precision precision) const override;
-  // DoRA rescales the base output: apply() on it, not LoRA's fused op.
-  Tensor forward(const Linear& base, const Tensor& x, Precision precision) const override {
-    return LinearAdapter::forward(base, x, precision);
+  // DoRA rescales the base output: apply() on it, not LoRA's fused op (and computes the output
+  // whatever `use` says).
+  Tensor forward(const Linear& base, const Tensor& x, Precision precision,
+                 OutputUse use = OutputUse::Read) const override {
+    return LinearAdapter::forward(base, x, precision, use);
   }
   bool is_dora() const override { return true; }
 

@@ -284,6 +284,50 @@ TEST(LoraAdapter, FusedForwardMatchesApply) {
     }
 }
 
+// OutputUse::GraphOnly: zeros instead of the output, the same gradients bit for bit (the recompute
+// of a checkpointed block relies on it for its down projection). Also for a plain linear.
+TEST(LoraAdapter, GraphOnlyOutputKeepsEveryGradient) {
+  Linear p = make_linear(40, 24, 1, true);
+  p.bias.set_requires_grad(true);
+  auto runtime = std::make_shared<LoraRuntime>();
+  LoraModuleOptions o;
+  o.rank = 4;
+  o.alpha = 8;
+  o.dropout = 0.25f;
+  LoraAdapter ad(p, o, runtime);
+  ad.set_lora_a(random_values(4 * 24, 31));
+  ad.set_lora_b(random_values(40 * 4, 32));
+  const std::vector<float> r = random_values(2 * 6 * 40, 33);
+  for (Precision prec : {Precision::F32, Precision::Auto})
+    for (bool lora : {true, false}) {
+      SCOPED_TRACE(fmt::format("{} precision {}", lora ? "lora" : "plain linear",
+                               prec == Precision::F32 ? "f32" : "auto"));
+      std::vector<std::vector<float>> grads[2];
+      for (OutputUse use : {OutputUse::Read, OutputUse::GraphOnly}) {
+        Tensor x = Tensor::from_vector({2, 6, 24}, random_values(2 * 6 * 24, 34));
+        x.set_requires_grad(true);
+        for (const Tensor& t : {ad.lora_a(), ad.lora_b(), p.bias}) t.impl()->grad.reset();
+        Tensor y = lora ? ad.forward(p, x, prec, use) : linear(x, p.weight, p.bias, prec, use);
+        const std::vector<float> values = y.to_vector();
+        if (use == OutputUse::GraphOnly) {
+          EXPECT_EQ(values, std::vector<float>(values.size(), 0.0f));
+        } else {
+          EXPECT_GT(diff(values, std::vector<float>(values.size(), 0.0f)).max_abs, 0.0);
+        }
+        y.backward(Tensor::from_vector(y.shape(), r));
+        auto& g = grads[use == OutputUse::GraphOnly];
+        g.push_back(x.grad().to_vector());
+        g.push_back(p.bias.grad().to_vector());
+        if (lora) {
+          g.push_back(ad.lora_a().grad().to_vector());
+          g.push_back(ad.lora_b().grad().to_vector());
+        }
+      }
+      ASSERT_EQ(grads[0].size(), grads[1].size());
+      for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[1][i], grads[0][i]) << i;
+    }
+}
+
 // ---- DoRA --------------------------------------------------------------------------------------
 
 // y = base(x) + (m/n - 1) (W x) + (m/n) s B A x, n = ||W + s B A||_row, in double, with the norm
@@ -638,25 +682,30 @@ TEST(LoraModel, AttachesToTheGoldenModelsAndOnlyAdaptersGetGradients) {
   }
 }
 
+// With LoRA the checkpointed recompute skips the down projection's output (OutputUse::GraphOnly);
+// DoRA computes it. Either way the gradients equal those of the plain backward, bit for bit.
 TEST(LoraModel, DropoutGivesTheSameGradientsWithAndWithoutCheckpointing) {
-  LlamaModel model = LlamaModel::from_hf((golden_dir() / "hf_llama").string());
-  LoraConfig c;
-  c.targets.modules = {"all-linear"};
-  c.dropout = 0.3f;
-  c.dora = true;
-  LoraModel lora(model, c);
-  randomize(lora, 50);
-  const Batch b = make_batch(model.config().vocab_size);
-  lora.set_dropout_step(3);
-  const StepResult on = run_step(model, lora, b, true), off = run_step(model, lora, b, false);
-  EXPECT_EQ(on.loss, off.loss);
-  for (size_t i = 0; i < on.grads.size(); ++i) EXPECT_EQ(on.grads[i], off.grads[i]) << i;
-  lora.set_dropout_step(4);
-  EXPECT_NE(run_step(model, lora, b).loss, on.loss);  // another step, another mask
-  lora.set_training(false);
-  const double eval1 = run_step(model, lora, b).loss;
-  lora.set_dropout_step(5);
-  EXPECT_EQ(run_step(model, lora, b).loss, eval1);  // eval: no dropout
+  for (bool dora : {false, true}) {
+    SCOPED_TRACE(dora ? "DoRA" : "LoRA");
+    LlamaModel model = LlamaModel::from_hf((golden_dir() / "hf_llama").string());
+    LoraConfig c;
+    c.targets.modules = {"all-linear"};
+    c.dropout = 0.3f;
+    c.dora = dora;
+    LoraModel lora(model, c);
+    randomize(lora, 50);
+    const Batch b = make_batch(model.config().vocab_size);
+    lora.set_dropout_step(3);
+    const StepResult on = run_step(model, lora, b, true), off = run_step(model, lora, b, false);
+    EXPECT_EQ(on.loss, off.loss);
+    for (size_t i = 0; i < on.grads.size(); ++i) EXPECT_EQ(on.grads[i], off.grads[i]) << i;
+    lora.set_dropout_step(4);
+    EXPECT_NE(run_step(model, lora, b).loss, on.loss);  // another step, another mask
+    lora.set_training(false);
+    const double eval1 = run_step(model, lora, b).loss;
+    lora.set_dropout_step(5);
+    EXPECT_EQ(run_step(model, lora, b).loss, eval1);  // eval: no dropout
+  }
 }
 
 TEST(LoraModel, ParametersGetSetAndLoadByName) {

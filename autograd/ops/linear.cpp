@@ -19,7 +19,8 @@ WeightView weight_view(const Tensor& w) {
 
 }  // namespace
 
-Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, Precision precision) {
+Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, Precision precision,
+              OutputUse use) {
   check_f32("linear", "x", x_in);
   check_defined("linear", "weight", weight_in);
   LOOM_CHECK(weight_in.dim() == 2, "linear: weight '{}' must be 2-D [out, in], got {}",
@@ -46,10 +47,13 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   const int64_t M = K == 0 ? 0 : x.numel() / K;
   Shape out_shape = x.shape();
   out_shape.back() = N;
-  Tensor y = empty_f32(out_shape);  // written whole: M, N > 0 below, or no elements
+  const bool compute = use == OutputUse::Read;
+  // Written whole when computed: M, N > 0 below, or no elements.
+  Tensor y = compute ? empty_f32(out_shape) : new_f32(out_shape);
   const WeightView wv = weight_view(weight);
-  if (M > 0 && N > 0) linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
-  if (bias.defined() && M > 0) add_to_rows(y.data_f32(), M, N, bias.data_f32());
+  if (compute && M > 0 && N > 0)
+    linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
+  if (compute && bias.defined() && M > 0) add_to_rows(y.data_f32(), M, N, bias.data_f32());
 
   const bool need_x = x.requires_grad(), need_w = weight.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();

@@ -17,7 +17,7 @@ using namespace ops_detail;
 
 Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& bias_in,
                        const Tensor& x_lr_in, const Tensor& a_in, const Tensor& b_in, float scale,
-                       Precision precision) {
+                       Precision precision, OutputUse use) {
   const char* op = "linear_low_rank";
   check_f32(op, "x", x_in);
   check_f32(op, "x_lr", x_lr_in);
@@ -52,17 +52,20 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
   const int64_t M = K == 0 ? 0 : x.numel() / K;
   Shape out_shape = x.shape();
   out_shape.back() = N;
-  Tensor y = M > 0 && N > 0 && K > 0 ? empty_f32(out_shape) : new_f32(out_shape);
+  const bool compute = use == OutputUse::Read;
+  Tensor y = compute && M > 0 && N > 0 && K > 0 ? empty_f32(out_shape) : new_f32(out_shape);
   const WeightView wv{weight.dtype(), weight.data_bytes(), N, K};
   Tensor u = empty_f32({M, R});  // x_lr A^T, kept for dB
   if (M > 0 && N > 0 && K > 0) {
-    linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
+    // GraphOnly (nothing reads y): u is still needed for dB, the two products into y are not.
+    if (compute) linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
     sgemm(false, true, M, R, K, 1.0f, x_lr.data_f32(), K, a.data_f32(), K, 0.0f, u.data_f32(), R);
-    sgemm(false, true, M, N, R, scale, u.data_f32(), R, b.data_f32(), R, 1.0f, y.data_f32(), N);
+    if (compute)
+      sgemm(false, true, M, N, R, scale, u.data_f32(), R, b.data_f32(), R, 1.0f, y.data_f32(), N);
   } else if (M > 0) {
     std::fill_n(u.data_f32(), M * R, 0.0f);
   }
-  if (bias.defined() && M > 0) add_to_rows(y.data_f32(), M, N, bias.data_f32());
+  if (compute && bias.defined() && M > 0) add_to_rows(y.data_f32(), M, N, bias.data_f32());
 
   const bool need_x = x.requires_grad(), need_x_lr = !same_input && x_lr.requires_grad();
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
