@@ -11,6 +11,7 @@
 // each block's probabilities / score gradients; softmax, logsumexp and the dO.O correction stay f32.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <unordered_map>
 
 #include "autograd/kernels/gemm.h"
@@ -176,44 +177,70 @@ struct Operand {
   }
 };
 
+// A growable buffer that is never zero-filled: every element a block reads it wrote first.
+template <class T>
+struct Buffer {
+  std::unique_ptr<T[]> data;
+  size_t size = 0;
+  T* get(size_t n) {
+    if (n > size) {
+      data.reset(new T[n]);
+      size = n;
+    }
+    return data.get();
+  }
+};
+
 // Per-thread buffers of one block: stacked query (and dO) rows, f32 results, and the bf16
-// copies of the stacked rows and of the probabilities / score gradients in bf16 mode.
+// copies of the stacked rows and of the probabilities / score gradients in bf16 mode. Kept per
+// thread across calls (scratch()): a step calls attention 90 times, and fresh zeroed buffers of
+// a few hundred KB each cost page faults and memsets every time.
 struct Scratch {
-  std::vector<float> qs, dos, out_rows, p, dp;
-  std::vector<bf16_t> qs_b, dos_b, p_b, dp_b;
-  Scratch(const Geometry& g, bool bf16, bool backward) {
+  float *qs = nullptr, *dos = nullptr, *out_rows = nullptr, *p = nullptr, *dp = nullptr;
+  bf16_t *qs_b = nullptr, *dos_b = nullptr, *p_b = nullptr, *dp_b = nullptr;
+  void prepare(const Geometry& g, bool bf16, bool backward) {
     const size_t rows = static_cast<size_t>(g.G * kBlockRows * g.D);
     const size_t probs = static_cast<size_t>(g.G * kBlockRows * g.T);
-    out_rows.resize(rows);
-    p.resize(probs);
-    if (backward) dp.resize(probs);
+    out_rows = f_[0].get(rows);
+    p = f_[1].get(probs);
+    if (backward) dp = f_[2].get(probs);
     if (bf16) {
-      qs_b.resize(rows);
-      p_b.resize(probs);
-      if (backward) dos_b.resize(rows), dp_b.resize(probs);
+      qs_b = b_[0].get(rows);
+      p_b = b_[1].get(probs);
+      if (backward) dos_b = b_[2].get(rows), dp_b = b_[3].get(probs);
     } else {
-      qs.resize(rows);
-      if (backward) dos.resize(rows);
+      qs = f_[3].get(rows);
+      if (backward) dos = f_[4].get(rows);
     }
   }
   // Stacked rows of `t` for this block, in the products' precision.
   const void* stack(const Geometry& g, const Block& blk, const Operand& t, bool dout) {
     if (t.bf16.empty()) {
-      float* dst = dout ? dos.data() : qs.data();
+      float* dst = dout ? dos : qs;
       gather_rows(g, blk, t.f32, dst);
       return dst;
     }
-    bf16_t* dst = dout ? dos_b.data() : qs_b.data();
+    bf16_t* dst = dout ? dos_b : qs_b;
     gather_rows(g, blk, t.bf16.data(), dst);
     return dst;
   }
   // The [R x n] f32 matrix m (p or dp) as a product operand: itself, or rounded into its copy.
-  const void* rounded(bool bf16, std::vector<float>& m, std::vector<bf16_t>& copy, int64_t n) {
-    if (!bf16) return m.data();
-    convert_f32_to_bf16(m.data(), copy.data(), n);
-    return copy.data();
+  const void* rounded(bool bf16, float* m, bf16_t* copy, int64_t n) {
+    if (!bf16) return m;
+    convert_f32_to_bf16(m, copy, n);
+    return copy;
   }
+
+ private:
+  Buffer<float> f_[5];
+  Buffer<bf16_t> b_[4];
 };
+
+Scratch& scratch(const Geometry& g, bool bf16, bool backward) {
+  thread_local Scratch w;
+  w.prepare(g, bf16, backward);
+  return w;
+}
 
 // One block of the forward: rows of out and lse that no other block touches.
 void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
@@ -234,10 +261,10 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
   const int64_t kv = kv_offset(g, blk);
   // S = scale Q K^T
   block_gemm(bf16, R, blk.nk, g.D, g.scale, {w.stack(g, blk, q, false), g.D, 1},
-             {k.at(kv), 1, ldkv}, w.p.data(), blk.nk, false);
+             {k.at(kv), 1, ldkv}, w.p, blk.nk, false);
   const int32_t* docs = block_docs(g, m, blk);
   for (int64_t r = 0; r < R; ++r) {
-    float* sr = w.p.data() + r * blk.nk;
+    float* sr = w.p + r * blk.nk;
     const RowRange rr = row_range(g, m, blk, r);
     const int64_t n = rr.hi - rr.lo;
     float* sv = sr + rr.lo;
@@ -257,8 +284,8 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
   }
   // O = P V
   block_gemm(bf16, R, g.D, blk.nk, 1.0f, {w.rounded(bf16, w.p, w.p_b, R * blk.nk), blk.nk, 1},
-             {v.at(kv), ldkv, 1}, w.out_rows.data(), g.D, false);
-  scatter_rows(g, blk, w.out_rows.data(), out);
+             {v.at(kv), ldkv, 1}, w.out_rows, g.D, false);
+  scatter_rows(g, blk, w.out_rows, out);
 }
 
 // Blocks are independent in the forward, so the threads take whole blocks (largest key range
@@ -274,7 +301,7 @@ void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<B
   const int64_t n = static_cast<int64_t>(order.size());
 #pragma omp parallel if (n > 1)
   {
-    Scratch w(g, !q.bf16.empty(), false);
+    Scratch& w = scratch(g, !q.bf16.empty(), false);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < n; ++i)
       forward_block(g, m, blocks[static_cast<size_t>(order[static_cast<size_t>(i)])], q, k, v, out,
@@ -288,8 +315,19 @@ struct Grads {
   float* dv;
 };
 
+// delta = rowsum(dO * O) per (b, t, head) row [B*T*Hq]: the softmax Jacobian's correction term
+// (f32), in one streaming pass over both tensors (per block the rows are strided and miss cache).
+std::vector<float> row_deltas(const Geometry& g, const float* out, const float* dout) {
+  const VecKernels& vk = vec_kernels();
+  std::vector<float> delta(static_cast<size_t>(g.B * g.T * g.Hq));
+  parallel_ranges(static_cast<int64_t>(delta.size()), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) delta[static_cast<size_t>(i)] = vk.dot(out + i * g.D, dout + i * g.D, g.D);
+  });
+  return delta;
+}
+
 void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
-                    const Operand& k, const Operand& v, const float* out, const Operand& dout,
+                    const Operand& k, const Operand& v, const float* delta, const Operand& dout,
                     const float* lse, Grads grads, Scratch& w) {
   if (blk.nk == 0) return;  // no visible keys: zero gradients
   const VecKernels& vk = vec_kernels();
@@ -301,14 +339,14 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
   const void* qs = w.stack(g, blk, q, false);
   const void* dos = w.stack(g, blk, dout, true);
   // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
-  block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {k.at(kv), 1, ldkv}, w.p.data(), blk.nk,
+  block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {k.at(kv), 1, ldkv}, w.p, blk.nk,
              false);
-  block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {v.at(kv), 1, ldkv}, w.dp.data(), blk.nk,
+  block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {v.at(kv), 1, ldkv}, w.dp, blk.nk,
              false);
   const int32_t* docs = block_docs(g, m, blk);
   for (int64_t r = 0; r < R; ++r) {
-    float* pr = w.p.data() + r * blk.nk;
-    float* dpr = w.dp.data() + r * blk.nk;
+    float* pr = w.p + r * blk.nk;
+    float* dpr = w.dp + r * blk.nk;
     const float row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
     const RowRange rr = row_range(g, m, blk, r);
     int64_t n = rr.hi - rr.lo;
@@ -321,16 +359,14 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
     float* pv = pr + rr.lo;
     if (docs) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
     vk.exp_scale(pv, pv, n, row_lse, 1.0f);  // P = exp(S - lse)
-    // delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term (f32).
-    const int64_t row = row_offset(g, blk, g.Hq, r / blk.nq, r % blk.nq);
-    const float delta = vk.dot(out + row, dout.f32 + row, g.D);
-    vk.softmax_grad(pv, dpr + rr.lo, n, delta);  // dS = P * (dP - delta)
+    const int64_t row = row_offset(g, blk, g.Hq, r / blk.nq, r % blk.nq) / g.D;
+    vk.softmax_grad(pv, dpr + rr.lo, n, delta[row]);  // dS = P * (dP - delta)
   }
   const void* ds = w.rounded(bf16, w.dp, w.dp_b, R * blk.nk);
   if (grads.dq) {  // dQ = scale dS K
     block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {k.at(kv), ldkv, 1},
-               w.out_rows.data(), g.D, false);
-    scatter_rows(g, blk, w.out_rows.data(), grads.dq);
+               w.out_rows, g.D, false);
+    scatter_rows(g, blk, w.out_rows, grads.dq);
   }
   if (grads.dk)  // dK += scale dS^T Q
     block_gemm(bf16, blk.nk, g.D, R, g.scale, {ds, 1, blk.nk}, {qs, g.D, 1}, grads.dk + kv, ldkv,
@@ -346,15 +382,17 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
 void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
                         const Operand& q, const Operand& k, const Operand& v, const float* out,
                         const Operand& dout, const float* lse, Grads grads) {
+  const std::vector<float> delta = row_deltas(g, out, dout.f32);
   const int64_t groups = g.B * g.Hkv;
   const int64_t per_group = static_cast<int64_t>(blocks.size()) / std::max<int64_t>(groups, 1);
 #pragma omp parallel if (groups > 1)
   {
-    Scratch w(g, !q.bf16.empty(), true);
+    Scratch& w = scratch(g, !q.bf16.empty(), true);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t gr = 0; gr < groups; ++gr)
       for (int64_t i = gr * per_group; i < (gr + 1) * per_group; ++i)
-        backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, out, dout, lse, grads, w);
+        backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, delta.data(), dout, lse,
+                       grads, w);
   }
 }
 
