@@ -7,10 +7,13 @@
 // backward, clip + AdamW), then the ratios. Results: bench/README.md.
 //
 //   bench_train [--model PATH] [--steps N] [--batch B] [--seq T] [--configs f32,bf16,nf4]
-//               [--no-torch] [--no-checkpoint]
+//               [--no-torch] [--no-checkpoint] [--rounds R]
 //
 // tokens/s is B*T over the median timed step (a 2-vCPU machine shared with other work has steps
-// 20-40% slower than others now and then); the best step is printed beside it.
+// 20-40% slower than others now and then); the best step is printed beside it. --rounds R runs
+// the whole set of children R times, interleaved (loom, PyTorch, loom, PyTorch, ...), and pools
+// each configuration's steps: the machine's drift over minutes then reaches loom and PyTorch
+// alike instead of whichever ran during a slow spell.
 #include <fmt/format.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -47,6 +50,7 @@ struct Args {
   std::vector<std::string> configs = {"f32", "bf16", "nf4"};
   bool torch = true;
   bool checkpoint = true;  // loom's activation checkpointing (--no-checkpoint: off, to measure)
+  int rounds = 1;          // times the whole set of children runs, interleaved
   std::string child;  // run one loom configuration and print its JSON line
 };
 
@@ -173,6 +177,7 @@ int main(int argc, char** argv) {
     else if (k == "--seq") a.seq = std::stoll(next());
     else if (k == "--no-torch") a.torch = false;
     else if (k == "--no-checkpoint") a.checkpoint = false;
+    else if (k == "--rounds") a.rounds = std::max(1, std::stoi(next()));
     else if (k == "--child") a.child = next();
     else if (k == "--configs") {
       a.configs.clear();
@@ -196,30 +201,47 @@ int main(int argc, char** argv) {
   };
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   fmt::print("bench_train: {} , LoRA r=16 on all 7 projections, B={} T={}, {} threads, {} timed "
-             "steps after 1 warm-up, GOMP_SPINCOUNT={} OMP_WAIT_POLICY={}\n",
-             a.model, a.batch, a.seq, loom::num_threads(), a.steps, env_or("GOMP_SPINCOUNT"),
-             env_or("OMP_WAIT_POLICY"));
-  std::vector<nlohmann::json> rows;
-  for (const std::string& c : a.configs) {
-    std::vector<std::string> argv = {self, "--child", c, "--model", a.model, "--steps",
-                                     std::to_string(a.steps), "--batch", std::to_string(a.batch),
-                                     "--seq", std::to_string(a.seq)};
-    if (!a.checkpoint) argv.push_back("--no-checkpoint");
-    nlohmann::json r = run_json_child(argv);
-    if (!r.is_null()) rows.push_back(r);
-  }
+             "steps after 1 warm-up{}, GOMP_SPINCOUNT={} OMP_WAIT_POLICY={}\n",
+             a.model, a.batch, a.seq, loom::num_threads(), a.steps,
+             a.rounds > 1 ? fmt::format(", {} interleaved rounds (steps pooled)", a.rounds) : "",
+             env_or("GOMP_SPINCOUNT"), env_or("OMP_WAIT_POLICY"));
   const std::string py = ".venv/bin/python3";
-  if (a.torch && std::filesystem::exists(py) && std::filesystem::exists("scripts/bench_train_torch.py")) {
-    for (const char* prec : {"f32", "bf16"}) {
-      nlohmann::json r = run_json_child({py, "scripts/bench_train_torch.py", "--precision", prec,
-                                         "--batch", std::to_string(a.batch), "--seq",
-                                         std::to_string(a.seq), "--steps", std::to_string(a.steps),
-                                         "--threads", std::to_string(loom::num_threads())});
-      if (!r.is_null()) rows.push_back(r);
-    }
-  } else if (a.torch) {
+  const bool torch =
+      a.torch && std::filesystem::exists(py) && std::filesystem::exists("scripts/bench_train_torch.py");
+  if (a.torch && !torch)
     fmt::print("PyTorch reference: SKIPPED (no .venv/bin/python3 or scripts/bench_train_torch.py; "
                "run from the repository root after scripts/setup_python.sh)\n");
+  // One row per configuration, in first-run order; later rounds pool their steps into it.
+  std::vector<nlohmann::json> rows;
+  auto pool = [&](nlohmann::json r) {
+    if (r.is_null()) return;
+    for (auto& row : rows) {
+      if (row["config"] != r["config"]) continue;
+      for (double s : r["step_seconds"]) row["step_seconds"].push_back(s);
+      row["peak_rss_mb"] = std::max(row["peak_rss_mb"].get<double>(), r["peak_rss_mb"].get<double>());
+      row["rounds"] = row.value("rounds", 1) + 1;
+      for (const char* k : {"forward_loss_s", "backward_s", "optimizer_s"})  // running mean
+        if (row.contains(k))
+          row[k] = row[k].get<double>() +
+                   (r[k].get<double>() - row[k].get<double>()) / row["rounds"].get<double>();
+      return;
+    }
+    rows.push_back(std::move(r));
+  };
+  for (int round = 0; round < a.rounds; ++round) {
+    for (const std::string& c : a.configs) {
+      std::vector<std::string> argv = {self, "--child", c, "--model", a.model, "--steps",
+                                       std::to_string(a.steps), "--batch", std::to_string(a.batch),
+                                       "--seq", std::to_string(a.seq)};
+      if (!a.checkpoint) argv.push_back("--no-checkpoint");
+      pool(run_json_child(argv));
+    }
+    if (!torch) continue;
+    for (const char* prec : {"f32", "bf16"})
+      pool(run_json_child({py, "scripts/bench_train_torch.py", "--precision", prec, "--batch",
+                           std::to_string(a.batch), "--seq", std::to_string(a.seq), "--steps",
+                           std::to_string(a.steps), "--threads",
+                           std::to_string(loom::num_threads())}));
   }
   // tokens/s of the median and of the best step, loom and PyTorch alike.
   const double tokens = static_cast<double>(a.batch * a.seq);

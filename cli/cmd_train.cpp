@@ -17,6 +17,7 @@ struct TrainArgs {
   std::vector<std::string> positional;  // the recipe, then key=value overrides
   bool print_config = false;
   std::string resume;
+  bool allow_recipe_change = false;
 };
 
 void run_train(const TrainArgs& a) {
@@ -38,6 +39,7 @@ void run_train(const TrainArgs& a) {
   }
   TrainOptions opt;
   opt.resume_from = a.resume;
+  opt.allow_recipe_change = a.allow_recipe_change;
   const TrainResult r = train_recipe_file(recipe, overrides, opt);
   if (r.stopped) throw Error(r.stop_reason);
 }
@@ -84,6 +86,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--resume", args->resume,
                   "Continue the run in this directory (output.dir) from its latest checkpoint, or "
                   "from the given checkpoint file");
+  cmd->add_flag("--allow-recipe-change", args->allow_recipe_change,
+                "Resume even if the recipe changes data, model, lora or optimizer keys of the "
+                "checkpoint's run (refused otherwise)");
   cmd->callback([args] { run_reporting_errors([&] { run_train(*args); }); });
 
   auto dir = std::make_shared<std::string>("recipes");

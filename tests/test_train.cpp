@@ -243,6 +243,37 @@ TEST(TrainLoop, UnpackedRowsTrainAndResumeBitIdentical) {
   expect_bit_identical(aa, adapter_of(c.adapter_dir));
 }
 
+// Resuming with a recipe that changes the training (here data.packing) is refused, naming the
+// key and both values, and leaves the run as it was; --allow-recipe-change continues with the new
+// value. Keys that only extend or observe the run (train.steps, eval.*) may change.
+TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
+  TinyRun t;
+  t.run("run", {"train.steps=4", "eval.every=0", "eval.batches=0"});
+  TrainOptions resume;
+  resume.resume_from = (t.dir / "run").string();
+  try {
+    t.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0", "data.packing=false"}, resume);
+    FAIL() << "a resume with data.packing changed was accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("checkpoint-4.h5"), std::string::npos) << m;
+    EXPECT_NE(m.find("data.packing: checkpoint `true`, now `false`"), std::string::npos) << m;
+    EXPECT_NE(m.find("--allow-recipe-change"), std::string::npos) << m;
+    EXPECT_EQ(m.find("train.steps"), std::string::npos) << "train.steps may change: " << m;
+  }
+  EXPECT_FALSE(fs::exists(t.dir / "run/checkpoints/checkpoint-6.h5"));
+  std::ifstream recipe_in(t.dir / "run/recipe.yaml");
+  const std::string recipe((std::istreambuf_iterator<char>(recipe_in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(recipe.find("packing: true"), std::string::npos) << "the refused resume rewrote the run's recipe";
+  // Steps and evaluation may change on resume.
+  EXPECT_EQ(t.run("run", {"train.steps=5", "eval.every=0", "eval.batches=1"}, resume).steps_done, 5);
+  resume.allow_recipe_change = true;
+  EXPECT_EQ(t.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0", "data.packing=false"},
+                  resume)
+                .steps_done,
+            6);
+}
+
 TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
   TinyRun t;
   t.run("run", {"train.steps=2", "eval.batches=0"});

@@ -99,6 +99,9 @@ struct TrainOptions {
   bool resume = false;             // continue from the latest checkpoint in the output dir
   std::string resume_from;         // a run directory or checkpoint file (implies resume)
   bool print_config_only = false;  // print the resolved recipe and stop
+  // Resume even when the recipe differs from the checkpoint's in keys that change the training
+  // (data, model, lora, optimizer); by default that is an error naming the keys.
+  bool allow_recipe_change = false;
   bool quiet = false;              // no banner / progress on the console (tests)
 };
 

@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <yaml-cpp/yaml.h>
 
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
@@ -119,23 +120,64 @@ std::string evals_text(const std::vector<SourceEval>& evals) {
   return s;
 }
 
-// Lines of the resolved recipe that differ between a checkpoint and this run (the `resume` key
-// aside), for the resume warning.
-std::vector<std::string> recipe_differences(const std::string& saved, const std::string& now) {
-  auto lines = [](const std::string& text) {
-    std::vector<std::string> out;
-    std::istringstream in(text);
-    for (std::string line; std::getline(in, line);)
-      if (line.rfind("resume:", 0) != 0) out.push_back(line);
-    return out;
-  };
-  const auto a = lines(saved), b = lines(now);
-  std::vector<std::string> diff;
-  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
-    const std::string x = i < a.size() ? a[i] : "", y = i < b.size() ? b[i] : "";
-    if (x != y) diff.push_back(fmt::format("checkpoint `{}` vs now `{}`", x, y));
+// The resolved recipe as dotted key -> value (a list, or a map inside a list, is one value in
+// flow style), so a checkpoint's recipe and this run's can be compared key by key.
+void flatten_recipe(const YAML::Node& node, const std::string& prefix,
+                    std::map<std::string, std::string>& out) {
+  if (node.IsMap()) {
+    for (const auto& kv : node)
+      flatten_recipe(kv.second, prefix.empty() ? kv.first.as<std::string>()
+                                               : prefix + "." + kv.first.as<std::string>(),
+                     out);
+    return;
   }
-  return diff;
+  if (node.IsScalar()) {
+    out[prefix] = node.Scalar();
+    return;
+  }
+  YAML::Emitter e;
+  e.SetMapFormat(YAML::Flow);
+  e.SetSeqFormat(YAML::Flow);
+  e << node;
+  out[prefix] = node.IsNull() ? "" : e.c_str();
+}
+
+// Keys a resumed run may change: they do not change what the steps compute, or (train.steps)
+// extending or shortening a run is what resuming is for.
+bool resume_may_change(const std::string& key) {
+  for (const char* prefix : {"eval.", "checkpoint.", "output.", "resume", "train.steps",
+                             "train.max_skipped_steps", "model.checkpoint_activations"})
+    if (key.rfind(prefix, 0) == 0) return true;
+  return false;
+}
+
+struct RecipeChange {
+  std::string key, saved, now;
+  std::string str() const {
+    return fmt::format("{}: checkpoint `{}`, now `{}`", key, saved.empty() ? "(unset)" : saved,
+                       now.empty() ? "(unset)" : now);
+  }
+};
+
+// Keys whose resolved values differ between a checkpoint's recipe and this run's.
+std::vector<RecipeChange> recipe_changes(const std::string& saved, const std::string& now,
+                                         const std::string& checkpoint_path) {
+  std::map<std::string, std::string> a, b;
+  try {
+    flatten_recipe(YAML::Load(saved), "", a);
+    flatten_recipe(YAML::Load(now), "", b);
+  } catch (const YAML::Exception& e) {
+    throw Error(fmt::format("{}: the recipe saved in the checkpoint does not parse: {}",
+                            checkpoint_path, e.what()));
+  }
+  std::vector<RecipeChange> out;
+  for (const auto& [k, v] : a) {
+    const auto it = b.find(k);
+    if (it == b.end() || it->second != v) out.push_back({k, v, it == b.end() ? "" : it->second});
+  }
+  for (const auto& [k, v] : b)
+    if (!a.count(k)) out.push_back({k, "", v});
+  return out;
 }
 
 // The console: stdout for the banner and results, the progress line on stderr.
@@ -325,9 +367,26 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       out.print("warning:       the checkpoint was made with {} threads, this run has {}: the "
                 "result will not be bit-identical to an uninterrupted run\n",
                 saved_threads, threads);
-    const auto diff = recipe_differences(ck.recipe_yaml, plan.recipe_yaml);
-    for (size_t i = 0; i < diff.size() && i < 5; ++i)
-      out.print("warning:       recipe differs from the checkpoint's: {}\n", diff[i]);
+    // A run resumed with other data, adapters, model or optimizer settings is not the run
+    // the checkpoint belongs to (and would not be bit-identical to it): refused, naming the keys,
+    // unless the caller allows it.
+    std::string refused;
+    size_t n_refused = 0;
+    for (const RecipeChange& c : recipe_changes(ck.recipe_yaml, plan.recipe_yaml, *resume_path)) {
+      if (resume_may_change(c.key) || options.allow_recipe_change) {
+        out.print("note:          {} (changed on resume)\n", c.str());
+      } else {
+        refused += "\n  " + c.str();
+        ++n_refused;
+      }
+    }
+    if (n_refused > 0)
+      throw Error(fmt::format(
+          "{}: this run's recipe differs from the one the checkpoint was trained with in {} "
+          "key(s) that change the training:{}\nResume with the run's own recipe (`loom train "
+          "--resume {}`), set these keys back, or pass --allow-recipe-change to continue with the "
+          "new values (the result is then not the run the checkpoint belongs to).",
+          *resume_path, n_refused, refused, paths.dir));
   }
 
   fs::create_directories(paths.dir);
