@@ -4,7 +4,9 @@
 // shape and adapters (scripts/bench_train_torch.py, f32 and bf16 autocast) when the repo's
 // .venv has torch. Each configuration runs in its own child process, so its peak RSS (VmHWM) is
 // its own. Prints tokens/s, peak RSS and a per-phase breakdown of loom's step (forward + loss,
-// backward, clip + AdamW), then the ratios. Results: bench/README.md.
+// backward, clip + AdamW), then the ratios, and for each loom configuration the share of its
+// GEMM ceiling it reaches: the step's GEMM work per token against oneDNN's bf16 rate probed in
+// the same child (a figure that carries across machines). Results: bench/README.md.
 //
 //   bench_train [--model PATH] [--steps N] [--batch B] [--seq T] [--configs f32,bf16,nf4]
 //               [--no-torch] [--no-checkpoint] [--rounds R]
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "autograd/kernels/cpu.h"
+#include "autograd/kernels/gemm.h"
 #include "autograd/tape.h"
 #include "layers/llama.h"
 #include "lora/lora_model.h"
@@ -59,6 +62,37 @@ double now() {
 }
 
 double rss_mb() { return static_cast<double>(loom::rss_bytes()) / 1048576.0; }
+
+// The step's frozen-weight and attention GEMM work per token (the rank-r LoRA products are not
+// counted): the projections' forward and input gradient (and their recompute with
+// checkpointing, less the down projection's, whose output the recompute skips), the LM head's
+// forward and input gradient (computed in the chunked loss), and causal attention (forward: 2
+// products over T/2 keys on average, backward: 5, recompute: 2 more).
+double step_gemm_flops_per_token(const loom::ModelConfig& c, int64_t seq, bool checkpoint) {
+  const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
+  const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
+  const double block = D * q + 2 * D * kv + q * D + 3 * D * I, down = I * D;
+  const double proj = 2 * block + 2 * block + (checkpoint ? 2 * block - 2 * down : 0.0);
+  const double head = 4.0 * static_cast<double>(c.vocab_size) * D;
+  const double attn_fwd = 2.0 * static_cast<double>(seq) * q;
+  const double attn = attn_fwd * (1.0 + 2.5 + (checkpoint ? 1.0 : 0.0));
+  return static_cast<double>(c.n_layers) * (proj + attn) + head;
+}
+
+// GFLOP/s of oneDNN's bf16 matmul here and now, on a block's widest shape (M tokens, the hidden
+// size to the SwiGLU width), best of 5 after a warm-up; 0 without AVX512_BF16.
+double probe_bf16_gflops(int64_t M, int64_t K, int64_t N) {
+  if (!loom::cpu_has_avx512_bf16()) return 0.0;
+  std::vector<uint16_t> a(static_cast<size_t>(M * K), 0x3f80), b(static_cast<size_t>(N * K), 0x3c00);
+  std::vector<float> c(static_cast<size_t>(M * N));
+  double best = 1e30;
+  for (int r = 0; r < 6; ++r) {
+    const double t0 = now();
+    loom::gemm_bf16(M, N, K, 1.0f, a.data(), K, 1, b.data(), 1, K, c.data(), N, false);
+    if (r > 0) best = std::min(best, now() - t0);
+  }
+  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) / best / 1e9;
+}
 
 nlohmann::json run_child(const Args& a) {
   loom::LlamaModel model = loom::LlamaModel::load(a.model);
@@ -107,6 +141,8 @@ nlohmann::json run_child(const Args& a) {
     opt_s += t3 - t2;
     steps.push_back(t3 - t0);
   }
+  const double gemm_rate = probe_bf16_gflops(a.batch * a.seq, model.config().hidden_size,
+                                             model.config().intermediate_size);
   double total = 0;
   for (double x : steps) total += x;
   const double tokens = static_cast<double>(a.batch * a.seq) * steps.size();
@@ -122,7 +158,9 @@ nlohmann::json run_child(const Args& a) {
           {"rss_mb_converted", rss_converted},
           {"peak_rss_mb_converted", hwm_converted},
           {"rss_mb_after_forward", rss_forward},
-          {"threads", loom::num_threads()}};
+          {"threads", loom::num_threads()},
+          {"gemm_mflop_per_token", step_gemm_flops_per_token(model.config(), a.seq, a.checkpoint) / 1e6},
+          {"bf16_gemm_gflops", gemm_rate}};
 }
 
 // Runs argv in a child process and returns the last line of its stdout parsed as JSON (null on
@@ -220,6 +258,9 @@ int main(int argc, char** argv) {
       for (double s : r["step_seconds"]) row["step_seconds"].push_back(s);
       row["peak_rss_mb"] = std::max(row["peak_rss_mb"].get<double>(), r["peak_rss_mb"].get<double>());
       row["rounds"] = row.value("rounds", 1) + 1;
+      if (r.contains("bf16_gemm_gflops"))  // the machine's best moment over the rounds
+        row["bf16_gemm_gflops"] =
+            std::max(row["bf16_gemm_gflops"].get<double>(), r["bf16_gemm_gflops"].get<double>());
       for (const char* k : {"forward_loss_s", "backward_s", "optimizer_s"})  // running mean
         if (row.contains(k))
           row[k] = row[k].get<double>() +
@@ -268,6 +309,25 @@ int main(int argc, char** argv) {
                torch_bf16 > 0 ? fmt::format("{:.2f}x", tps / torch_bf16) : std::string("-"),
                phase("forward_loss_s"), phase("backward_s"), phase("optimizer_s"));
   }
+  // How close each loom step comes to what its GEMMs alone would allow at the rate oneDNN
+  // reached in that child: a figure that carries across machines, unlike tokens/s.
+  bool header = false;
+  for (const auto& r : rows) {
+    if (!r.contains("gemm_mflop_per_token") || r["bf16_gemm_gflops"].get<double>() <= 0) continue;
+    if (!header) {
+      fmt::print("\n| config | GEMM work MFLOP/token | oneDNN bf16 GFLOP/s (probe) | GEMM ceiling "
+                 "tokens/s | median step, share of the ceiling |\n|---|---:|---:|---:|---:|\n");
+      header = true;
+    }
+    const double mflop = r["gemm_mflop_per_token"].get<double>();
+    const double ceiling = r["bf16_gemm_gflops"].get<double>() * 1e3 / mflop;
+    fmt::print("| {} | {:.0f} | {:.0f} | {:.0f} | {:.0f}% |\n", r["config"].get<std::string>(),
+               mflop, r["bf16_gemm_gflops"].get<double>(), ceiling,
+               100.0 * step_rate(r, false) / ceiling);
+  }
+  if (header)
+    fmt::print("(GEMM work: frozen-weight projections, LM head and causal attention products, "
+               "forward, input gradient and recompute; the LoRA products not counted)\n");
   fmt::print("\ntargets: loom >= 4x torch bf16 tokens/s; peak RSS <= 1024 MB with the NF4 base\n");
   return 0;
 }

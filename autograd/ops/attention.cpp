@@ -321,7 +321,8 @@ std::vector<float> row_deltas(const Geometry& g, const float* out, const float* 
   const VecKernels& vk = vec_kernels();
   std::vector<float> delta(static_cast<size_t>(g.B * g.T * g.Hq));
   parallel_ranges(static_cast<int64_t>(delta.size()), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) delta[static_cast<size_t>(i)] = vk.dot(out + i * g.D, dout + i * g.D, g.D);
+    for (int64_t i = b; i < e; ++i)
+      delta[static_cast<size_t>(i)] = vk.dot(out + i * g.D, dout + i * g.D, g.D);
   });
   return delta;
 }
