@@ -121,11 +121,9 @@ TEST(Ops, VecExpMatchesStdExp) {
   EXPECT_TRUE(std::isnan(vec_exp_reference(std::numeric_limits<float>::quiet_NaN())));
 }
 
-// The AVX-512 build of the vector kernels against the portable one, kernel by kernel, on odd
-// lengths (vector tails) and values that reach exp's clamps.
-TEST(Ops, VecKernelsAvx512MatchPortable) {
-  const ops_detail::VecKernels* fast = ops_detail::vec_kernels_avx512();
-  if (!fast) GTEST_SKIP() << "no AVX-512 (+BF16) on this CPU";
+// A wide build of the vector kernels against the portable one, kernel by kernel, on odd lengths
+// (vector tails) and values that reach exp's clamps.
+void expect_vec_kernels_match_portable(const ops_detail::VecKernels* fast) {
   const ops_detail::VecKernels& ref = ops_detail::vec_kernels_portable();
   auto near = [](float a, float b) { return std::abs(a - b) <= 2e-6f * (1.0f + std::abs(b)); };
   for (int64_t n : {1, 15, 16, 17, 100, 1027}) {
@@ -141,8 +139,19 @@ TEST(Ops, VecKernelsAvx512MatchPortable) {
     fast->exp_scale(x.data(), a.data(), n, 1.0f, 0.5f);
     ref.exp_scale(x.data(), b.data(), n, 1.0f, 0.5f);
     for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(near(a[i], b[i])) << i;
-    EXPECT_TRUE(near(fast->dot(y.data(), z.data(), n), ref.dot(y.data(), z.data(), n)));
-    EXPECT_TRUE(near(fast->dot3(x.data(), y.data(), z.data(), n), ref.dot3(x.data(), y.data(), z.data(), n)));
+    // Signed sums in another order: each build is within (n + 2) u sum|terms| of the exact sum
+    // (u = 2^-24; the standard bound for a product-sum), so they are within twice that apart.
+    double abs_dot = 0, abs_dot3 = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      abs_dot += std::abs(double(y[i]) * z[i]);
+      abs_dot3 += std::abs(double(x[i]) * y[i] * z[i]);
+    }
+    const double gamma = double(n + 2) * 0x1p-24;
+    EXPECT_LE(std::abs(double(fast->dot(y.data(), z.data(), n)) - ref.dot(y.data(), z.data(), n)),
+              2 * gamma * abs_dot);
+    EXPECT_LE(std::abs(double(fast->dot3(x.data(), y.data(), z.data(), n)) -
+                       ref.dot3(x.data(), y.data(), z.data(), n)),
+              2 * gamma * abs_dot3);
     EXPECT_TRUE(near(fast->sum_squares(y.data(), n), ref.sum_squares(y.data(), n)));
     a = x;
     b = x;
@@ -189,6 +198,26 @@ TEST(Ops, VecKernelsAvx512MatchPortable) {
     ref.scale(b.data(), n, 1.5f);
     EXPECT_EQ(a, b);
   }
+}
+
+TEST(Ops, VecKernelsAvx512MatchPortable) {
+  const ops_detail::VecKernels* fast = ops_detail::vec_kernels_avx512();
+  if (!fast) GTEST_SKIP() << "SKIPPED: no AVX-512 (+BF16) on this CPU";
+  expect_vec_kernels_match_portable(fast);
+}
+
+TEST(Ops, VecKernelsAvx2MatchPortable) {
+  const ops_detail::VecKernels* fast = ops_detail::vec_kernels_avx2();
+  if (!fast) GTEST_SKIP() << "SKIPPED: no AVX2 + FMA + F16C on this CPU";
+  expect_vec_kernels_match_portable(fast);
+}
+
+// The table vec_kernels() hands the ops is the widest build this CPU runs.
+TEST(Ops, VecKernelsPickTheWidestBuildTheCpuRuns) {
+  const ops_detail::VecKernels* want = ops_detail::vec_kernels_avx512();
+  if (!want) want = ops_detail::vec_kernels_avx2();
+  if (!want) want = &ops_detail::vec_kernels_portable();
+  EXPECT_STREQ(ops_detail::vec_kernels().name, want->name);
 }
 
 // ---- views -----------------------------------------------------------------------------------

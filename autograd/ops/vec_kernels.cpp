@@ -1,5 +1,5 @@
-// The portable build of the vector kernels (any x86-64) and the runtime choice between it and
-// the AVX-512 build (vec_kernels_avx512.cpp).
+// The portable build of the vector kernels (any x86-64) and the runtime choice between it, the
+// AVX2 build (vec_kernels_avx2.cpp) and the AVX-512 build (vec_kernels_avx512.cpp).
 #include "autograd/ops/vec_kernels.h"
 
 #include <bit>
@@ -15,6 +15,8 @@ namespace loom::ops_detail {
 
 // Defined in vec_kernels_avx512.cpp; must only be called on a CPU with AVX-512 (+BF16 family).
 const VecKernels& vec_kernels_avx512_table();
+// Defined in vec_kernels_avx2.cpp; must only be called on a CPU with AVX2 + FMA + F16C.
+const VecKernels& vec_kernels_avx2_table();
 
 const VecKernels& vec_kernels_portable() {
   static const VecKernels table = vk_table("portable");
@@ -25,10 +27,16 @@ const VecKernels* vec_kernels_avx512() {
   return cpu_has_avx512_bf16() ? &vec_kernels_avx512_table() : nullptr;
 }
 
+const VecKernels* vec_kernels_avx2() {
+  const CpuFeatures& f = cpu_features();
+  return f.avx2 && f.fma && f.f16c ? &vec_kernels_avx2_table() : nullptr;
+}
+
 const VecKernels& vec_kernels() {
   static const VecKernels* chosen = [] {
-    const VecKernels* fast = vec_kernels_avx512();
-    return fast ? fast : &vec_kernels_portable();
+    if (const VecKernels* fast = vec_kernels_avx512()) return fast;
+    if (const VecKernels* avx2 = vec_kernels_avx2()) return avx2;
+    return &vec_kernels_portable();
   }();
   return *chosen;
 }

@@ -1,10 +1,10 @@
 // Vectorized row kernels for the elementwise parts of the ops (softmax pieces, activations,
 // RMSNorm), as a table of plain functions over contiguous f32 runs.
 //
-// The same source (vec_kernels_impl.h) is compiled twice: vec_kernels.cpp for any x86-64 CPU
-// (the portable reference) and vec_kernels_avx512.cpp with AVX-512 enabled, which vec_kernels()
-// picks after a runtime CPU check. Both use one exp approximation, so they agree to rounding
-// (reduction order and FMA contraction); tests hold them together.
+// The same source (vec_kernels_impl.h) is compiled three times: vec_kernels.cpp for any x86-64
+// CPU (the portable reference), vec_kernels_avx2.cpp with AVX2 + FMA and vec_kernels_avx512.cpp
+// with AVX-512; vec_kernels() picks the widest the CPU runs. All use one exp approximation, so
+// they agree to rounding (reduction order and FMA contraction); tests hold them together.
 #pragma once
 
 #include <cstdint>
@@ -45,9 +45,10 @@ uint32_t dropout_hash_key(uint64_t seed);
 uint32_t dropout_threshold(float p);  // p * 2^24, rounded
 bool dropout_keep(uint32_t index, uint32_t key, uint32_t threshold);  // the scalar rule
 
-const VecKernels& vec_kernels();           // AVX-512 build when the CPU has it, else portable
+const VecKernels& vec_kernels();           // AVX-512 build, else AVX2, else portable
 const VecKernels& vec_kernels_portable();  // the portable build (reference for tests)
-const VecKernels* vec_kernels_avx512();    // null when not compiled in or not usable here
+const VecKernels* vec_kernels_avx512();    // null when not usable here
+const VecKernels* vec_kernels_avx2();      // null when not usable here (no AVX2 + FMA + F16C)
 
 // The exp approximation both builds use, for tests: e^x with ~2 ulp relative error, 0 below
 // -87, +inf above 88, NaN for NaN.

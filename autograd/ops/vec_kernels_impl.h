@@ -1,8 +1,8 @@
 // Bodies of the vector kernels (see vec_kernels.h), written so GCC vectorizes every loop. This
-// header is included inside an anonymous namespace by exactly two files, vec_kernels.cpp and
-// vec_kernels_avx512.cpp, which compile it with different instruction sets; everything here must
-// keep internal linkage (no std:: templates that could be emitted out of line and merged across
-// the two builds), so min/max/select are spelled out.
+// header is included inside an anonymous namespace by exactly three files, vec_kernels.cpp,
+// vec_kernels_avx2.cpp and vec_kernels_avx512.cpp, which compile it with different instruction
+// sets; everything here must keep internal linkage (no std:: templates that could be emitted out
+// of line and merged across the builds), so min/max/select are spelled out.
 //
 // The including file includes <bit>, <cstdint> and vec_kernels.h first (this file includes
 // nothing, since it is read inside a namespace).
