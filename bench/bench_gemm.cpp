@@ -237,7 +237,8 @@ Row blas_row(const Options& o, const Shape& s, Operands& op) {
 }
 
 // oneDNN's bf16 matmul on operands already rounded to bf16 (conversion not timed): the ceiling
-// the loom bf16 route is built on.
+// the loom bf16 route is built on. A CPU without AVX512_BF16 has no bf16 route (oneDNN 2.6 has no
+// bf16 matmul for it either), so there the reference is oneDNN's f32 matmul on the f32 operands.
 struct OnednnOperands {
   std::vector<bf16_t> X, dY, W;
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
@@ -259,13 +260,23 @@ std::function<void()> onednn_call(OnednnOperands& d, dnnl::memory::desc a, dnnl:
 Row onednn_row(const Options& o, const Shape& s, Operands& op, OnednnOperands& d) {
   using dnnl::memory;
   const int64_t M = o.M, N = s.N, K = s.K;
+  const auto bf16 = memory::data_type::bf16, f32 = memory::data_type::f32;
+  if (!cpu_has_avx512_bf16())
+    return {"oneDNN f32 matmul",
+            onednn_call(d, memory::desc({M, K}, f32, memory::dims{K, 1}),
+                        memory::desc({K, N}, f32, memory::dims{1, K}),
+                        memory::desc({M, N}, f32, memory::dims{N, 1}), op.X.data(), op.W.data(),
+                        op.Y.data()),
+            onednn_call(d, memory::desc({M, N}, f32, memory::dims{N, 1}),
+                        memory::desc({N, K}, f32, memory::dims{K, 1}),
+                        memory::desc({M, K}, f32, memory::dims{K, 1}), op.dY.data(), op.W.data(),
+                        op.dX.data())};
   d.X.resize(op.X.size());
   d.dY.resize(op.dY.size());
   d.W.resize(op.W.size());
   convert_f32_to_bf16(op.X.data(), d.X.data(), int64_t(d.X.size()));
   convert_f32_to_bf16(op.dY.data(), d.dY.data(), int64_t(d.dY.size()));
   convert_f32_to_bf16(op.W.data(), d.W.data(), int64_t(d.W.size()));
-  const auto bf16 = memory::data_type::bf16, f32 = memory::data_type::f32;
   return {"oneDNN bf16 matmul",
           onednn_call(d, memory::desc({M, K}, bf16, memory::dims{K, 1}),
                       memory::desc({K, N}, bf16, memory::dims{1, K}),
@@ -390,7 +401,10 @@ std::vector<Reference> blas_references() {
   if (started)
     refs.push_back({fmt::format("OpenBLAS, inherited OPENBLAS_CORETYPE={}", *started), started});
   refs.push_back({"OpenBLAS, own detection", std::nullopt});
-  refs.push_back({"OpenBLAS, SkylakeX", std::string("SkylakeX")});
+  // SkylakeX kernels need AVX-512; elsewhere OpenBLAS' own choice is the last reference.
+  const CpuFeatures& f = cpu_features();
+  if (f.avx512f && f.avx512bw && f.avx512vl)
+    refs.push_back({"OpenBLAS, SkylakeX", std::string("SkylakeX")});
   return refs;
 }
 
@@ -426,9 +440,11 @@ struct ShapeState {
 };
 
 int run(const Options& o) {
+  const bool bf16_cpu = cpu_has_avx512_bf16();
   const std::vector<std::pair<std::string, std::pair<DType, Precision>>> loom_rows = {
       {"loom f32 W, Precision::F32", {DType::F32, Precision::F32}},
-      {"loom f32 W, Auto (bf16)", {DType::F32, Precision::Auto}},
+      {bf16_cpu ? "loom f32 W, Auto (bf16)" : "loom f32 W, Auto (f32 here)",
+       {DType::F32, Precision::Auto}},
       {"loom bf16 W", {DType::BF16, Precision::Auto}},
       {"loom nf4 W", {DType::NF4, Precision::Auto}},
       {"loom q4_0 W", {DType::Q4_0, Precision::Auto}},
@@ -459,7 +475,8 @@ int run(const Options& o) {
     if (!ref.coretype) ref.label += fmt::format(" ({})", ref.core);
 
   const Reference& dflt = refs.front();
-  const Reference& skx = refs.back();
+  const Reference& skx = refs.back();  // SkylakeX, or OpenBLAS' own choice without AVX-512
+  const std::string dnn_label = states.front()->rows.front().label;
   fmt::print("# bench_gemm{}: M = {} tokens, GFLOP/s = 2*M*N*K / best time, best of {} rounds\n",
              o.quick ? " --quick" : "", o.M, o.rounds);
   fmt::print("# loom: {}; oneDNN {}.{}.{}\n", cpu_summary(), dnnl_version()->major,
@@ -467,12 +484,15 @@ int run(const Options& o) {
   fmt::print("# timing windows: {} clean, {} discarded (other processes used > 10% of a core), "
              "{:.0f} s spent waiting for quiet; rows marked (disturbed) had no clean window\n",
              g_windows.clean, g_windows.discarded, g_windows.waited);
-  fmt::print("# ratio columns: fwd / bwd of (row / reference); references: oneDNN bf16 matmul on "
-             "ready bf16 operands, OpenBLAS SkylakeX, and \"{}\" as the default (child "
-             "processes)\n\n",
-             dflt.label);
-  fmt::print("| K -> N | what | fwd GFLOP/s | bwd GFLOP/s | vs oneDNN bf16 | vs OpenBLAS "
-             "SkylakeX | vs OpenBLAS default |\n");
+  if (!bf16_cpu)
+    fmt::print("# this CPU has no AVX512_BF16: loom's Auto rows run the f32 route and the oneDNN "
+               "reference is its f32 matmul\n");
+  fmt::print("# ratio columns: fwd / bwd of (row / reference); references: {} on ready {} "
+             "operands, \"{}\", and \"{}\" as the default (child processes)\n\n",
+             dnn_label, bf16_cpu ? "bf16" : "f32", skx.label, dflt.label);
+  fmt::print("| K -> N | what | fwd GFLOP/s | bwd GFLOP/s | vs {} | vs {} | vs OpenBLAS "
+             "default |\n",
+             dnn_label, skx.coretype ? "OpenBLAS " + *skx.coretype : std::string("OpenBLAS own"));
   fmt::print("|---|---|---:|---:|---:|---:|---:|\n");
   Totals totals;
   for (const auto& st : states) {
@@ -498,6 +518,13 @@ int run(const Options& o) {
   }
   const double bf16 = totals.both("loom bf16 W"), nf4 = totals.both("loom nf4 W"),
                q4k = totals.both("loom q4_k W"), f32 = totals.both("loom f32 W, Precision::F32");
+  if (!bf16_cpu) {
+    fmt::print("\nTargets (fwd+bwd, all shapes; set for the AVX512_BF16 CI machine): bf16 and "
+               "nf4 / q4_k against bf16: not applicable here (no AVX512_BF16: those rows run "
+               "f32); f32 (Precision::F32) >= 350 GFLOP/s: {:.0f}, {}\n",
+               f32, verdict(f32 >= 350));
+    return 0;
+  }
   fmt::print("\nTargets (fwd+bwd, all shapes): bf16 >= 500 GFLOP/s: {:.0f}, {}; nf4 >= 0.8 x "
              "bf16: {:.2f}, {}; q4_k >= 0.8 x bf16: {:.2f}, {}; f32 (Precision::F32) >= 350 "
              "GFLOP/s: {:.0f}, {}\n",

@@ -5,8 +5,9 @@
 // .venv has torch. Each configuration runs in its own child process, so its peak RSS (VmHWM) is
 // its own. Prints tokens/s, peak RSS and a per-phase breakdown of loom's step (forward + loss,
 // backward, clip + AdamW), then the ratios, and for each loom configuration the share of its
-// GEMM ceiling it reaches: the step's GEMM work per token against oneDNN's bf16 rate probed in
-// the same child (a figure that carries across machines). Results: bench/README.md.
+// GEMM ceiling it reaches: the step's GEMM work per token against oneDNN's matmul rate probed in
+// the same child (bf16, or f32 on a CPU without AVX512_BF16, where loom's step runs f32): a
+// figure that carries across machines. Results: bench/README.md.
 //
 //   bench_train [--model PATH] [--steps N] [--batch B] [--seq T] [--configs f32,bf16,nf4]
 //               [--no-torch] [--no-checkpoint] [--rounds R]
@@ -25,9 +26,11 @@
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <random>
 #include <sstream>
 #include <string>
@@ -79,19 +82,49 @@ double step_gemm_flops_per_token(const loom::ModelConfig& c, int64_t seq, bool c
   return static_cast<double>(c.n_layers) * (proj + attn) + head;
 }
 
-// GFLOP/s of oneDNN's bf16 matmul here and now, on a block's widest shape (M tokens, the hidden
-// size to the SwiGLU width), best of 5 after a warm-up; 0 without AVX512_BF16.
-double probe_bf16_gflops(int64_t M, int64_t K, int64_t N) {
-  if (!loom::cpu_has_avx512_bf16()) return 0.0;
-  std::vector<uint16_t> a(static_cast<size_t>(M * K), 0x3f80), b(static_cast<size_t>(N * K), 0x3c00);
+// GFLOP/s of oneDNN's matmul here and now, on a block's widest shape (M tokens, the hidden size
+// to the SwiGLU width), best of 5 after a warm-up: bf16 where the CPU has AVX512_BF16 (the
+// route loom's step takes there), else f32 (loom's step runs f32 there too).
+struct GemmProbe {
+  double gflops = 0;
+  const char* what = "";
+};
+GemmProbe probe_gemm_gflops(int64_t M, int64_t K, int64_t N) {
   std::vector<float> c(static_cast<size_t>(M * N));
+  std::function<void()> call;
+  GemmProbe probe;
+  std::vector<uint16_t> a16, b16;
+  std::vector<float> a32, b32;
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  if (loom::cpu_has_avx512_bf16()) {
+    probe.what = "oneDNN bf16";
+    a16.assign(static_cast<size_t>(M * K), 0x3f80);
+    b16.assign(static_cast<size_t>(N * K), 0x3c00);
+    call = [&] { loom::gemm_bf16(M, N, K, 1.0f, a16.data(), K, 1, b16.data(), 1, K, c.data(), N, false); };
+  } else {
+    probe.what = "oneDNN f32";
+    using dnnl::memory;
+    a32.assign(static_cast<size_t>(M * K), 1.0f);
+    b32.assign(static_cast<size_t>(N * K), 0.5f);
+    const auto f32 = memory::data_type::f32;
+    const memory::desc ad({M, K}, f32, memory::dims{K, 1}), bd({K, N}, f32, memory::dims{1, K}),
+        cd({M, N}, f32, memory::dims{N, 1});
+    dnnl::matmul mm(dnnl::matmul::primitive_desc(dnnl::matmul::desc(ad, bd, cd), engine));
+    memory am(ad, engine, a32.data()), bm(bd, engine, b32.data()), cm(cd, engine, c.data());
+    call = [&, mm, am, bm, cm]() mutable {
+      mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      stream.wait();
+    };
+  }
   double best = 1e30;
   for (int r = 0; r < 6; ++r) {
     const double t0 = now();
-    loom::gemm_bf16(M, N, K, 1.0f, a.data(), K, 1, b.data(), 1, K, c.data(), N, false);
+    call();
     if (r > 0) best = std::min(best, now() - t0);
   }
-  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) / best / 1e9;
+  probe.gflops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) / best / 1e9;
+  return probe;
 }
 
 nlohmann::json run_child(const Args& a) {
@@ -141,8 +174,8 @@ nlohmann::json run_child(const Args& a) {
     opt_s += t3 - t2;
     steps.push_back(t3 - t0);
   }
-  const double gemm_rate = probe_bf16_gflops(a.batch * a.seq, model.config().hidden_size,
-                                             model.config().intermediate_size);
+  const GemmProbe gemm = probe_gemm_gflops(a.batch * a.seq, model.config().hidden_size,
+                                            model.config().intermediate_size);
   double total = 0;
   for (double x : steps) total += x;
   const double tokens = static_cast<double>(a.batch * a.seq) * steps.size();
@@ -160,7 +193,8 @@ nlohmann::json run_child(const Args& a) {
           {"rss_mb_after_forward", rss_forward},
           {"threads", loom::num_threads()},
           {"gemm_mflop_per_token", step_gemm_flops_per_token(model.config(), a.seq, a.checkpoint) / 1e6},
-          {"bf16_gemm_gflops", gemm_rate}};
+          {"gemm_probe_gflops", gemm.gflops},
+          {"gemm_probe", gemm.what}};
 }
 
 // Runs argv in a child process and returns the last line of its stdout parsed as JSON (null on
@@ -258,9 +292,9 @@ int main(int argc, char** argv) {
       for (double s : r["step_seconds"]) row["step_seconds"].push_back(s);
       row["peak_rss_mb"] = std::max(row["peak_rss_mb"].get<double>(), r["peak_rss_mb"].get<double>());
       row["rounds"] = row.value("rounds", 1) + 1;
-      if (r.contains("bf16_gemm_gflops"))  // the machine's best moment over the rounds
-        row["bf16_gemm_gflops"] =
-            std::max(row["bf16_gemm_gflops"].get<double>(), r["bf16_gemm_gflops"].get<double>());
+      if (r.contains("gemm_probe_gflops"))  // the machine's best moment over the rounds
+        row["gemm_probe_gflops"] =
+            std::max(row["gemm_probe_gflops"].get<double>(), r["gemm_probe_gflops"].get<double>());
       for (const char* k : {"forward_loss_s", "backward_s", "optimizer_s"})  // running mean
         if (row.contains(k))
           row[k] = row[k].get<double>() +
@@ -313,17 +347,18 @@ int main(int argc, char** argv) {
   // reached in that child: a figure that carries across machines, unlike tokens/s.
   bool header = false;
   for (const auto& r : rows) {
-    if (!r.contains("gemm_mflop_per_token") || r["bf16_gemm_gflops"].get<double>() <= 0) continue;
+    if (!r.contains("gemm_mflop_per_token") || r["gemm_probe_gflops"].get<double>() <= 0) continue;
     if (!header) {
-      fmt::print("\n| config | GEMM work MFLOP/token | oneDNN bf16 GFLOP/s (probe) | GEMM ceiling "
-                 "tokens/s | median step, share of the ceiling |\n|---|---:|---:|---:|---:|\n");
+      fmt::print("\n| config | GEMM work MFLOP/token | probe | GFLOP/s (probe) | GEMM ceiling "
+                 "tokens/s | median step, share of the ceiling |\n|---|---:|---|---:|---:|---:|\n");
       header = true;
     }
     const double mflop = r["gemm_mflop_per_token"].get<double>();
-    const double ceiling = r["bf16_gemm_gflops"].get<double>() * 1e3 / mflop;
-    fmt::print("| {} | {:.0f} | {:.0f} | {:.0f} | {:.0f}% |\n", r["config"].get<std::string>(),
-               mflop, r["bf16_gemm_gflops"].get<double>(), ceiling,
-               100.0 * step_rate(r, false) / ceiling);
+    const double rate = r["gemm_probe_gflops"].get<double>();
+    const double ceiling = rate * 1e3 / mflop;
+    fmt::print("| {} | {:.0f} | {} matmul | {:.0f} | {:.0f} | {:.0f}% |\n",
+               r["config"].get<std::string>(), mflop, r["gemm_probe"].get<std::string>(), rate,
+               ceiling, 100.0 * step_rate(r, false) / ceiling);
   }
   if (header)
     fmt::print("(GEMM work: frozen-weight projections, LM head and causal attention products, "
