@@ -10,6 +10,8 @@
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
 #include "autograd/kernels/gemm.h"
+#include "autograd/ops/vec_kernels.h"
+#include "autograd/quant/quant_kernels.h"
 #include "cli/commands.h"
 #include "layers/gguf.h"
 
@@ -33,6 +35,9 @@ int run_info() {
   bool bf16 = loom::resolve_precision(loom::Precision::Auto) == loom::Precision::BF16;
   fmt::print("compute:    {} (matrix products), f32 (norms, softmax, loss, optimizer)\n",
              bf16 ? "bf16 with f32 accumulation" : "f32");
+  fmt::print("kernels:    {} build of the vector kernels (softmax, activations, norms); {} "
+             "dequantization\n",
+             loom::ops_detail::vec_kernels().name, loom::quant::use_avx512() ? "AVX-512" : "scalar");
   return 0;
 }
 

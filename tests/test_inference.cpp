@@ -521,13 +521,16 @@ TEST(LlamaCpp, NextTokenLogits) {
 // Greedy tokens. Along llama.cpp's greedy paths the gap between the two best logits is often
 // below 0.1 (the golden's margins), smaller than the engines' difference on that gap (mean 0.11,
 // 95th percentile 0.31, max 0.55 over 288 steps when measured), and there the two engines may
-// pick differently -- as llama.cpp itself does with an f32 KV cache (golden f32kv_tokens). So:
+// pick differently -- as llama.cpp itself does with an f32 KV cache (golden f32kv_tokens), and as
+// llama.cpp on an AVX2 CPU does against its own AVX-512 run. So:
 //  - teacher-forced: loom, fed llama.cpp's tokens, picks llama.cpp's token at every step whose
 //    llama.cpp gap is at least kDecidedGap, and at 90% of all steps;
-//  - free-running: the prompts listed in kIdenticalPrompts give the same 32 tokens; for the others
-//    the first difference is printed with llama.cpp's gap there.
+//  - free-running (loom's own tokens and KV cache): on every prompt loom gives llama.cpp's 32
+//    tokens up to a first difference, if any, at a step where llama.cpp's gap is below
+//    kDecidedGap, and at least one prompt gives all 32. (Which prompts stay identical depends on
+//    the CPU llama.cpp ran on: a list of prompts fixed on one CPU failed on another, where
+//    llama.cpp itself changed its pick at a gap of 0.018.)
 constexpr double kDecidedGap = 0.6;
-const std::vector<std::string> kIdenticalPrompts = {"import numpy as np", "Photosynthesis"};
 
 TEST(LlamaCpp, GreedyTokensTeacherForced) {
   LLAMACPP_FIXTURE(f);
@@ -577,14 +580,14 @@ TEST(LlamaCpp, GreedyTokensFreeRunning) {
     std::cout << "[ llama.cpp] greedy '" << shown << "': " << same << " of " << ref.size() << " tokens identical";
     if (same < ref.size()) std::cout << " (llama.cpp gap at the difference: " << gaps[same] << ")";
     std::cout << "; llama.cpp with an f32 KV cache: " << first_diff(f32kv) << "\n";
-    const bool listed = std::any_of(kIdenticalPrompts.begin(), kIdenticalPrompts.end(),
-                                    [&](const std::string& p) { return prompt.rfind(p, 0) == 0; });
-    if (listed) {
-      EXPECT_EQ(got, ref) << "prompt: " << prompt << "\nllama.cpp: " << g["text"].get<std::string>()
-                          << "\nloom:      " << f.tokenizer->decode(got);
+    if (same < ref.size()) {
+      EXPECT_LT(gaps[same], kDecidedGap)
+          << "loom left llama.cpp's greedy path at token " << same << " where llama.cpp's pick was "
+          << "decided\nprompt: " << prompt << "\nllama.cpp: " << g["text"].get<std::string>()
+          << "\nloom:      " << f.tokenizer->decode(got);
     }
   }
-  EXPECT_GE(identical, static_cast<int>(kIdenticalPrompts.size()));
+  EXPECT_GE(identical, 1);
 }
 
 TEST(LlamaCpp, PerplexityWithinOnePercent) {

@@ -6,8 +6,12 @@
    after a few prompts, and its perplexity-tool scoring of a ~24k-token text (Debian's
    /usr/share/common-licenses texts, windows of 512).
 2. Those must agree with the committed golden (tests/golden/llamacpp_smollm2.json), which the C++
-   unit test reads without llama.cpp: the same token ids, and the same perplexity within 0.1%
-   (another CPU may take other SIMD paths in llama.cpp, so logits are compared loosely: 0.05).
+   unit test reads without llama.cpp: the same token ids, the same perplexity within 0.1%, and
+   logits with the same arg-max, within the bounds test_inference.cpp holds loom to (max |diff|
+   < 1.0, mean < 0.3). Another CPU takes other SIMD paths in llama.cpp, and its 8-bit rounding of
+   activations amplifies their last-bit differences: on a Zen 3 (AVX2) llama.cpp's logits moved by
+   up to 0.61 from the golden made on an AVX-512 CPU, as much as they move under a change of its
+   own KV cache from f16 to f32 (0.53-0.66); the perplexity moved 0.04%.
 3. build/tests/test_inference runs its LlamaCpp.* tests against the fresh folder
    (LOOM_LLAMACPP_GOLDEN_DIR) over the whole perplexity text (LOOM_LLAMACPP_FULL_PERPLEXITY=1):
    token ids, logits, greedy tokens, perplexity within 1%.
@@ -48,10 +52,14 @@ def compare_with_committed(fresh):
         if fresh["tokens"][key] != old["tokens"][key]:
             problems.append(f"token ids ({key}) differ from the committed golden")
     for a, b in zip(fresh["logits"], old["logits"]):
-        d = max(abs(x - y) for x, y in zip(a["strided"], b["strided"]))
-        print(f"  logits '{a['prompt'][:30]!r}': fresh vs committed max diff {d:.4f}")
-        if d > 0.05:
-            problems.append(f"logits after {a['prompt']!r} moved by {d:.4f} from the committed golden")
+        diffs = [abs(x - y) for x, y in zip(a["strided"], b["strided"])]
+        d, mean = max(diffs), sum(diffs) / len(diffs)
+        print(f"  logits '{a['prompt'][:30]!r}': fresh vs committed max diff {d:.4f}, mean {mean:.4f}, "
+              f"arg-max {a['argmax']} / {b['argmax']}")
+        if d >= 1.0 or mean >= 0.3 or a["argmax"] != b["argmax"]:
+            problems.append(f"logits after {a['prompt']!r} moved from the committed golden: max "
+                            f"{d:.4f} (bound 1.0), mean {mean:.4f} (bound 0.3), arg-max "
+                            f"{a['argmax']} vs {b['argmax']}")
     p_new, p_old = fresh["perplexity"]["perplexity"], old["perplexity"]["perplexity"]
     print(f"  perplexity: fresh {p_new:.4f}, committed {p_old:.4f}")
     if abs(p_new / p_old - 1) > 0.001:
