@@ -10,7 +10,7 @@
 // figure that carries across machines. Results: bench/README.md.
 //
 //   bench_train [--model PATH] [--steps N] [--batch B] [--seq T] [--configs f32,bf16,nf4]
-//               [--no-torch] [--no-checkpoint] [--rounds R]
+//               [--no-torch] [--torch f32,bf16] [--no-checkpoint] [--rounds R]
 //
 // tokens/s is B*T over the median timed step (a 2-vCPU machine shared with other work has steps
 // 20-40% slower than others now and then); the best step is printed beside it. --rounds R runs
@@ -55,6 +55,7 @@ struct Args {
   int64_t batch = 4, seq = 512;
   std::vector<std::string> configs = {"f32", "bf16", "nf4"};
   bool torch = true;
+  std::vector<std::string> torch_precisions = {"f32", "bf16"};  // --torch: which references
   bool checkpoint = true;  // loom's activation checkpointing (--no-checkpoint: off, to measure)
   int rounds = 1;          // times the whole set of children runs, interleaved
   std::string child;  // run one loom configuration and print its JSON line
@@ -248,6 +249,11 @@ int main(int argc, char** argv) {
     else if (k == "--batch") a.batch = std::stoll(next());
     else if (k == "--seq") a.seq = std::stoll(next());
     else if (k == "--no-torch") a.torch = false;
+    else if (k == "--torch") {
+      a.torch_precisions.clear();
+      std::stringstream ss(next());
+      for (std::string c; std::getline(ss, c, ',');) a.torch_precisions.push_back(c);
+    }
     else if (k == "--no-checkpoint") a.checkpoint = false;
     else if (k == "--rounds") a.rounds = std::max(1, std::stoi(next()));
     else if (k == "--child") a.child = next();
@@ -283,10 +289,26 @@ int main(int argc, char** argv) {
   if (a.torch && !torch)
     fmt::print("PyTorch reference: SKIPPED (no .venv/bin/python3 or scripts/bench_train_torch.py; "
                "run from the repository root after scripts/setup_python.sh)\n");
+  const bool torch_bf16_asked = std::find(a.torch_precisions.begin(), a.torch_precisions.end(),
+                                          "bf16") != a.torch_precisions.end();
+  if (torch && torch_bf16_asked && !loom::cpu_has_avx512_bf16())
+    fmt::print("note: this CPU has no AVX512_BF16; PyTorch's bf16 autocast has no native kernels "
+               "here (measured on a Zen 3: over 5 minutes a step); `--torch f32` skips it\n");
+  std::fflush(stdout);
   // One row per configuration, in first-run order; later rounds pool their steps into it.
   std::vector<nlohmann::json> rows;
   auto pool = [&](nlohmann::json r) {
     if (r.is_null()) return;
+    // One line per child as it ends, so a long or interrupted run still shows what it measured.
+    std::vector<double> steps = r["step_seconds"].get<std::vector<double>>();
+    fmt::print("  {}: steps {} s, peak RSS {:.0f} MB\n", r["config"].get<std::string>(),
+               [&] {
+                 std::string out;
+                 for (double x : steps) out += (out.empty() ? "" : ", ") + fmt::format("{:.2f}", x);
+                 return out;
+               }(),
+               r["peak_rss_mb"].get<double>());
+    std::fflush(stdout);
     for (auto& row : rows) {
       if (row["config"] != r["config"]) continue;
       for (double s : r["step_seconds"]) row["step_seconds"].push_back(s);
@@ -312,7 +334,7 @@ int main(int argc, char** argv) {
       pool(run_json_child(argv));
     }
     if (!torch) continue;
-    for (const char* prec : {"f32", "bf16"})
+    for (const std::string& prec : a.torch_precisions)
       pool(run_json_child({py, "scripts/bench_train_torch.py", "--precision", prec, "--batch",
                            std::to_string(a.batch), "--seq", std::to_string(a.seq), "--steps",
                            std::to_string(a.steps), "--threads",
@@ -327,20 +349,24 @@ int main(int argc, char** argv) {
     const size_t n = s.size();
     return tokens / (best ? s.front() : n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]));
   };
-  double torch_bf16 = 0;
-  for (const auto& r : rows)
+  double torch_bf16 = 0, torch_f32 = 0;
+  for (const auto& r : rows) {
     if (r["config"] == "torch-bf16") torch_bf16 = step_rate(r, false);
-  fmt::print("\n| config | tokens/s (median step) | best step | peak RSS (MB) | vs torch bf16 | forward+loss s | backward s | optimizer s |\n");
-  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    if (r["config"] == "torch-f32") torch_f32 = step_rate(r, false);
+  }
+  auto ratio = [](double x, double ref) {
+    return ref > 0 ? fmt::format("{:.2f}x", x / ref) : std::string("-");
+  };
+  fmt::print("\n| config | tokens/s (median step) | best step | peak RSS (MB) | vs torch bf16 | vs torch f32 | forward+loss s | backward s | optimizer s |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& r : rows) {
     const double tps = step_rate(r, false);
     auto phase = [&](const char* k) {
       return r.contains(k) ? fmt::format("{:.2f}", r[k].get<double>()) : std::string("-");
     };
-    fmt::print("| {} | {:.1f} | {:.1f} | {:.0f} | {} | {} | {} | {} |\n",
+    fmt::print("| {} | {:.1f} | {:.1f} | {:.0f} | {} | {} | {} | {} | {} |\n",
                r["config"].get<std::string>(), tps, step_rate(r, true),
-               r["peak_rss_mb"].get<double>(),
-               torch_bf16 > 0 ? fmt::format("{:.2f}x", tps / torch_bf16) : std::string("-"),
+               r["peak_rss_mb"].get<double>(), ratio(tps, torch_bf16), ratio(tps, torch_f32),
                phase("forward_loss_s"), phase("backward_s"), phase("optimizer_s"));
   }
   // How close each loom step comes to what its GEMMs alone would allow at the rate oneDNN
