@@ -50,7 +50,7 @@ const VecKernels& vec_kernels_portable();  // the portable build (reference for 
 const VecKernels* vec_kernels_avx512();    // null when not usable here
 const VecKernels* vec_kernels_avx2();      // null when not usable here (no AVX2 + FMA + F16C)
 
-// The exp approximation both builds use, for tests: e^x with ~2 ulp relative error, 0 below
+// The exp approximation every build uses, for tests: e^x with ~2 ulp relative error, 0 below
 // -87, +inf above 88, NaN for NaN.
 float vec_exp_reference(float x);
 
