@@ -293,7 +293,7 @@ int main(int argc, char** argv) {
                                           "bf16") != a.torch_precisions.end();
   if (torch && torch_bf16_asked && !loom::cpu_has_avx512_bf16())
     fmt::print("note: this CPU has no AVX512_BF16; PyTorch's bf16 autocast has no native kernels "
-               "here (measured on a Zen 3: over 5 minutes a step); `--torch f32` skips it\n");
+               "here (on a Zen 3 its warm-up and 2 steps took over 18 minutes); `--torch f32` skips it\n");
   std::fflush(stdout);
   // One row per configuration, in first-run order; later rounds pool their steps into it.
   std::vector<nlohmann::json> rows;
