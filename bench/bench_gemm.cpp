@@ -260,32 +260,28 @@ std::function<void()> onednn_call(OnednnOperands& d, dnnl::memory::desc a, dnnl:
 Row onednn_row(const Options& o, const Shape& s, Operands& op, OnednnOperands& d) {
   using dnnl::memory;
   const int64_t M = o.M, N = s.N, K = s.K;
-  const auto bf16 = memory::data_type::bf16, f32 = memory::data_type::f32;
-  if (!cpu_has_avx512_bf16())
-    return {"oneDNN f32 matmul",
-            onednn_call(d, memory::desc({M, K}, f32, memory::dims{K, 1}),
-                        memory::desc({K, N}, f32, memory::dims{1, K}),
-                        memory::desc({M, N}, f32, memory::dims{N, 1}), op.X.data(), op.W.data(),
-                        op.Y.data()),
-            onednn_call(d, memory::desc({M, N}, f32, memory::dims{N, 1}),
-                        memory::desc({N, K}, f32, memory::dims{K, 1}),
-                        memory::desc({M, K}, f32, memory::dims{K, 1}), op.dY.data(), op.W.data(),
-                        op.dX.data())};
-  d.X.resize(op.X.size());
-  d.dY.resize(op.dY.size());
-  d.W.resize(op.W.size());
-  convert_f32_to_bf16(op.X.data(), d.X.data(), int64_t(d.X.size()));
-  convert_f32_to_bf16(op.dY.data(), d.dY.data(), int64_t(d.dY.size()));
-  convert_f32_to_bf16(op.W.data(), d.W.data(), int64_t(d.W.size()));
-  return {"oneDNN bf16 matmul",
-          onednn_call(d, memory::desc({M, K}, bf16, memory::dims{K, 1}),
-                      memory::desc({K, N}, bf16, memory::dims{1, K}),
-                      memory::desc({M, N}, f32, memory::dims{N, 1}), d.X.data(), d.W.data(),
-                      op.Y.data()),
-          onednn_call(d, memory::desc({M, N}, bf16, memory::dims{N, 1}),
-                      memory::desc({N, K}, bf16, memory::dims{K, 1}),
-                      memory::desc({M, K}, f32, memory::dims{K, 1}), d.dY.data(), d.W.data(),
-                      op.dX.data())};
+  const bool bf16 = cpu_has_avx512_bf16();
+  const memory::data_type in = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  const memory::data_type out = memory::data_type::f32;
+  void *x = op.X.data(), *dy = op.dY.data(), *w = op.W.data();
+  if (bf16) {
+    d.X.resize(op.X.size());
+    d.dY.resize(op.dY.size());
+    d.W.resize(op.W.size());
+    convert_f32_to_bf16(op.X.data(), d.X.data(), int64_t(d.X.size()));
+    convert_f32_to_bf16(op.dY.data(), d.dY.data(), int64_t(d.dY.size()));
+    convert_f32_to_bf16(op.W.data(), d.W.data(), int64_t(d.W.size()));
+    x = d.X.data();
+    dy = d.dY.data();
+    w = d.W.data();
+  }
+  return {bf16 ? "oneDNN bf16 matmul" : "oneDNN f32 matmul",
+          onednn_call(d, memory::desc({M, K}, in, memory::dims{K, 1}),
+                      memory::desc({K, N}, in, memory::dims{1, K}),
+                      memory::desc({M, N}, out, memory::dims{N, 1}), x, w, op.Y.data()),
+          onednn_call(d, memory::desc({M, N}, in, memory::dims{N, 1}),
+                      memory::desc({N, K}, in, memory::dims{K, 1}),
+                      memory::desc({M, K}, out, memory::dims{K, 1}), dy, w, op.dX.data())};
 }
 
 struct LoomWeight {
