@@ -8,12 +8,12 @@ added by replacing the nn.Linear with a small wrapper module. A and B are drawn 
 torch generator (B non-zero, so every gradient is non-trivial). On one fixed batch the script
 records the logits, the mean next-token loss, the gradients of every A and B, then runs three
 training steps -- forward, backward, torch.nn.utils.clip_grad_norm_, torch.optim.AdamW (weight
-decay, default betas) -- recording the loss, the gradient norm and every adapter value after
-each step.
+decay, default betas) -- recording the loss, the gradient norm, the clipped gradients AdamW is
+given and every adapter value after each step.
 
 Writes tests/golden/train_golden.json (config, token ids, targets, losses, norms, tensor names)
 and tests/golden/train_golden.safetensors (f32 tensors: "init.<name>", "grad.<name>",
-"step<k>.<name>" and "logits"), names as PEFT's
+"stepgrad<k>.<name>", "step<k>.<name>" and "logits"), names as PEFT's
 ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"). tests/test_train.cpp
 (TrainGolden.*) replays them through loom.
 
@@ -121,6 +121,8 @@ def main():
         loss = loss_of(model(input_ids=ids).logits)
         loss.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(list(params.values()), CLIP)))
+        for k, v in params.items():  # what AdamW is given: the clipped gradient
+            tensors[f"stepgrad{s + 1}.{k}"] = v.grad.detach().clone()
         opt.step()
         step_losses.append(loss.item())
         for k, v in params.items():
