@@ -37,7 +37,7 @@ int run_info() {
              bf16 ? "bf16 with f32 accumulation" : "f32");
   fmt::print("kernels:    {} build of the vector kernels (softmax, activations, norms); {} "
              "dequantization\n",
-             loom::ops_detail::vec_kernels().name, loom::quant::use_avx512() ? "AVX-512" : "scalar");
+             loom::ops_detail::vec_kernels().name, loom::quant::dequant_path());
   return 0;
 }
 

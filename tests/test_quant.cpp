@@ -1,8 +1,8 @@
 // Tests of the block-quantized storage formats and the float conversions (autograd/quant):
 //   - f32 <-> bf16 / f16 scalar conversions against hand-derived bit patterns (ties, subnormals,
 //     overflow, inf, NaN) and exhaustively against the bulk (AVX-512) versions;
-//   - the fast dequantizers against the loom::ref scalar ones, bit for bit, for every format, f32
-//     and bf16 outputs, on quantized data and on random raw blocks, for ranges that start
+//   - the fast dequantizers (AVX-512, AVX2) against the loom::ref scalar ones, bit for bit, for
+//     every format, f32 and bf16 outputs, on quantized data and on random raw blocks, for ranges that start
 //     mid-tensor, without writing outside the range;
 //   - hand-derived Q8_0 / Q4_0 / Q4_1 bytes (gguf-py byte parity is in tests/interop);
 //   - NF4: nearest-code choice against a brute-force search, the double-quantized absmax layout,
@@ -139,6 +139,7 @@ void expect_parity_ranges(DType t, const std::vector<uint8_t>& data, int64_t n) 
 TEST(Quant, ReportsPath) {
   std::printf("quant fast path: %s\n",
               quant::use_avx512() ? "AVX-512 (checked against the scalar reference)"
+              : quant::use_avx2() ? "AVX2 for f32 output (checked against the scalar reference)"
                                   : "scalar only (parity tests compare scalar with itself)");
 }
 
@@ -297,6 +298,68 @@ TEST(QuantParity, RandomRawBlocks) {
   const int64_t n = 256 * 160;
   for (DType t : kQuantTypes)
     for (uint32_t seed : {1u, 2u, 3u}) expect_parity_ranges(t, random_raw(t, n, seed), n);
+}
+
+// The AVX2 kernels called directly, so a CPU with AVX-512 (where dequantize() takes the AVX-512
+// ones) checks them too: bit for bit against the scalar reference, ranges as above, nothing
+// written outside the range.
+void avx2_dequantize(DType t, const std::vector<uint8_t>& data, int64_t n, int64_t first,
+                     int64_t count, float* out) {
+  const DTypeInfo& info = dtype_info(t);
+  const uint8_t* blocks = data.data() + first / info.block_elems * info.block_bytes;
+  const int64_t nblocks = count / info.block_elems;
+  switch (t) {
+    case DType::NF4:
+      return quant::avx2::dequant_nf4(data.data(), n, first, count, out);
+    case DType::Q8_0:
+      return quant::avx2::dequant_q8_0(blocks, nblocks, out);
+    case DType::Q4_0:
+      return quant::avx2::dequant_q4_0(blocks, nblocks, out);
+    case DType::Q4_1:
+      return quant::avx2::dequant_q4_1(blocks, nblocks, out);
+    case DType::Q4_K:
+      return quant::avx2::dequant_q4_k(blocks, nblocks, out);
+    case DType::Q6_K:
+      return quant::avx2::dequant_q6_k(blocks, nblocks, out);
+    default:
+      FAIL() << "no AVX2 dequantizer for " << dtype_name(t);
+  }
+}
+
+void expect_avx2_parity(DType t, const std::vector<uint8_t>& data, int64_t n) {
+  const int64_t blk = dtype_info(t).block_elems;
+  const float kGuard = -12345.0f;
+  for (auto [first, count] : {std::pair{int64_t{0}, n}, std::pair{blk, n - 2 * blk},
+                              std::pair{n - 3 * blk, 3 * blk}, std::pair{5 * blk, blk},
+                              std::pair{int64_t{256 * 64}, 300 * 64 / blk * blk}}) {
+    SCOPED_TRACE(fmt::format("{} first={} count={}", dtype_name(t), first, count));
+    std::vector<float> want(static_cast<size_t>(count)), got(static_cast<size_t>(count) + 32, kGuard);
+    ref::dequantize(t, data.data(), n, first, count, want.data());
+    avx2_dequantize(t, data, n, first, count, got.data() + 16);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const size_t k = static_cast<size_t>(i);
+      if (bits(got[k + 16]) != bits(want[k]) && bad++ < 3)
+        ADD_FAILURE() << "element " << first + i << ": AVX2 " << got[k + 16] << " ref " << want[k];
+    }
+    EXPECT_EQ(bad, 0);
+    for (size_t k = 0; k < 16; ++k) {
+      EXPECT_EQ(bits(got[k]), bits(kGuard));
+      EXPECT_EQ(bits(got[k + 16 + static_cast<size_t>(count)]), bits(kGuard));
+    }
+  }
+}
+
+TEST(QuantParity, Avx2KernelsMatchTheScalarReference) {
+  if (!quant::use_avx2()) GTEST_SKIP() << "SKIPPED: no AVX2 + FMA + F16C on this CPU";
+  const int64_t n = 256 * 160;
+  auto x = gaussian(n, 11, 0.02f);
+  for (int64_t i = 0; i < 64; ++i) x[static_cast<size_t>(1000 + i)] = 0.0f;
+  x[5000] = 3.0f;
+  for (DType t : kQuantTypes) {
+    expect_avx2_parity(t, quantize(t, x.data(), n), n);
+    for (uint32_t seed : {1u, 2u, 3u}) expect_avx2_parity(t, random_raw(t, n, seed), n);
+  }
 }
 
 // ---------------------------------------------------------------- GGUF 32-blocks

@@ -1,6 +1,7 @@
 // The public quantize / dequantize entry points of quant.h: argument checks, then dispatch by
 // dtype to the per-format kernels (quant_kernels.h) -- the AVX-512 ones when the CPU has
-// AVX512_BF16, the scalar references otherwise, and always the references for loom::ref.
+// AVX512_BF16, else for f32 output the AVX2 ones when it has AVX2 + FMA + F16C, the scalar
+// references otherwise, and always the references for loom::ref.
 #include "autograd/quant/quant.h"
 
 #include <algorithm>
@@ -19,6 +20,15 @@ bool quant::use_avx512() {
   return ok;
 }
 
+bool quant::use_avx2() {
+  static const bool ok = cpu_features().avx2 && cpu_features().fma && cpu_features().f16c;
+  return ok;
+}
+
+const char* quant::dequant_path() {
+  return use_avx512() ? "AVX-512" : use_avx2() ? "AVX2" : "scalar";
+}
+
 namespace {
 
 using BlockF32Fn = void (*)(const uint8_t*, int64_t, float*);
@@ -31,20 +41,21 @@ struct BlockKernels {
   BlockF32Fn ref;
   BlockF32Fn fast_f32;
   BlockBf16Fn fast_bf16;
+  BlockF32Fn avx2_f32;
 };
 
 const BlockKernels* block_kernels(DType t) {
   using namespace quant;
   static const BlockKernels q8_0{quantize_q8_0, dequant_q8_0_ref, avx512::dequant_q8_0,
-                                 avx512::dequant_q8_0};
+                                 avx512::dequant_q8_0, avx2::dequant_q8_0};
   static const BlockKernels q4_0{quantize_q4_0, dequant_q4_0_ref, avx512::dequant_q4_0,
-                                 avx512::dequant_q4_0};
+                                 avx512::dequant_q4_0, avx2::dequant_q4_0};
   static const BlockKernels q4_1{quantize_q4_1, dequant_q4_1_ref, avx512::dequant_q4_1,
-                                 avx512::dequant_q4_1};
+                                 avx512::dequant_q4_1, avx2::dequant_q4_1};
   static const BlockKernels q4_k{quantize_q4_k, dequant_q4_k_ref, avx512::dequant_q4_k,
-                                 avx512::dequant_q4_k};
+                                 avx512::dequant_q4_k, avx2::dequant_q4_k};
   static const BlockKernels q6_k{quantize_q6_k, dequant_q6_k_ref, avx512::dequant_q6_k,
-                                 avx512::dequant_q6_k};
+                                 avx512::dequant_q6_k, avx2::dequant_q6_k};
   switch (t) {
     case DType::Q8_0:
       return &q8_0;
@@ -144,7 +155,8 @@ void dequantize(DType t, const void* data, int64_t n_total, int64_t first, int64
                 float* out) {
   check_range("dequantize", t, n_total, first, count);
   if (count == 0) return;
-  if (!quant::use_avx512() && is_quantized(t))
+  const bool avx512 = quant::use_avx512();
+  if (!avx512 && !quant::use_avx2() && is_quantized(t))
     return ref::dequantize(t, data, n_total, first, count, out);
   switch (t) {
     case DType::F32:
@@ -155,12 +167,16 @@ void dequantize(DType t, const void* data, int64_t n_total, int64_t first, int64
     case DType::F16:
       return convert_f16_to_f32(static_cast<const f16_t*>(data) + first, out, count);
     case DType::NF4:
-      return quant::avx512::dequant_nf4(static_cast<const uint8_t*>(data), n_total, first, count,
-                                        out);
+      if (avx512)
+        return quant::avx512::dequant_nf4(static_cast<const uint8_t*>(data), n_total, first,
+                                          count, out);
+      return quant::avx2::dequant_nf4(static_cast<const uint8_t*>(data), n_total, first, count,
+                                      out);
     default: {
       const BlockKernels* k = block_kernels(t);
       LOOM_CHECK(k != nullptr, "dequantize: no dequantizer for dtype {}", dtype_name(t));
-      k->fast_f32(block_ptr(t, data, first), count / dtype_info(t).block_elems, out);
+      (avx512 ? k->fast_f32 : k->avx2_f32)(block_ptr(t, data, first),
+                                           count / dtype_info(t).block_elems, out);
     }
   }
 }

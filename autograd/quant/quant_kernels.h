@@ -1,6 +1,6 @@
 // Internal per-format entry points behind quant.h: the quantizers, the scalar dequantizers (the
-// loom::ref path), and the AVX-512 dequantizers. quant.cpp dispatches to them by dtype; nothing
-// outside autograd/quant/ should include this header.
+// loom::ref path), and the AVX-512 and AVX2 dequantizers. quant.cpp dispatches to them by dtype;
+// nothing outside autograd/quant/ and its tests should include this header.
 //
 // GGUF formats take a pointer to the first block to decode and a block count. NF4 is not a run of
 // self-contained blocks (its absmax values live after the codes), so it takes the whole stored
@@ -64,7 +64,23 @@ void convert_f16_to_f32(const f16_t* src, float* dst, int64_t n);
 void convert_f16_to_bf16(const f16_t* src, bf16_t* dst, int64_t n);
 }  // namespace avx512
 
+// ---- AVX2 paths (dequant_avx2.cpp), f32 output only. Call only when use_avx2() is true; they
+// give exactly the scalar results. ------------------------------------------------------------
+namespace avx2 {
+void dequant_q8_0(const uint8_t* blocks, int64_t nblocks, float* out);
+void dequant_q4_0(const uint8_t* blocks, int64_t nblocks, float* out);
+void dequant_q4_1(const uint8_t* blocks, int64_t nblocks, float* out);
+void dequant_q4_k(const uint8_t* blocks, int64_t nblocks, float* out);
+void dequant_q6_k(const uint8_t* blocks, int64_t nblocks, float* out);
+void dequant_nf4(const uint8_t* data, int64_t n_total, int64_t first, int64_t count, float* out);
+}  // namespace avx2
+
 // True when the AVX-512 paths may run on this CPU (cpu_has_avx512_bf16(), cached).
 bool use_avx512();
+// True when the AVX2 paths may run on this CPU (AVX2 + FMA + F16C, cached). dequantize() takes
+// them where use_avx512() is false.
+bool use_avx2();
+// The dequantization dequantize() runs here: "AVX-512", "AVX2" or "scalar".
+const char* dequant_path();
 
 }  // namespace loom::quant

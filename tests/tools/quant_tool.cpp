@@ -119,7 +119,7 @@ int cmd_bench(const std::vector<std::string>& a) {
   std::vector<loom::bf16_t> out_b(static_cast<size_t>(tile));
   std::printf("dequantize %lld elements in tiles of %lld (ns/element, best of 5; fast path: %s)\n",
               static_cast<long long>(n), static_cast<long long>(tile),
-              loom::quant::use_avx512() ? "AVX-512" : "scalar");
+              loom::quant::dequant_path());
   std::printf("%-6s %12s %12s %12s %12s %12s\n", "dtype", "scalar f32", "fast f32", "scalar bf16",
               "fast bf16", "quantize");
   float sink = 0.0f;
