@@ -236,6 +236,17 @@ TEST_P(GemmParity, MatchesReference) {
   EXPECT_EQ(check_cases(rng, w, precision, {1, 7, 130}, {0, 48}), 2 * 3 * 2 * 2 * 2);
 }
 
+// One row of activations (a decoded token) against a weight large enough that each tile is split
+// over the threads: on the f32 route each thread dequantizes its share of the tile's rows and
+// multiplies it with sgemv (gemm_f32.cpp). N = 300 with tiles of 128 rows: 128, 128, 44.
+TEST_P(GemmParity, OneRowWithTilesSplitOverThreads) {
+  const auto [dtype, precision] = GetParam();
+  std::mt19937 rng(4321 + static_cast<int>(dtype) * 7 + static_cast<int>(precision));
+  const int64_t K = 3 * test_k(dtype);  // 128 rows x K >= 2^14 elements: split over the threads
+  const TestWeight w = make_weight(rng, dtype, 300, K);
+  EXPECT_EQ(check_cases(rng, w, precision, {1}, {0, 128}), 2 * 1 * 2 * 2 * 2);
+}
+
 // Square weights: a transposed read of W is shape-consistent only here, so it would go unnoticed
 // by the other cases (which would fail on shapes alone).
 TEST(Gemm, SquareWeights) {

@@ -113,20 +113,20 @@ void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
                                    b_stride_n, C, ldc, accumulate);
 }
 
-namespace {
-
 // OpenBLAS runs single-threaded, inside our OpenMP threads. With its own pthreads it competes
 // with the OpenMP workers that keep spinning after each OpenMP region (oneDNN, our loops):
 // measured on 2 cores, sgemm [256 x 576] . [576 x 1536] alternating with oneDNN matmuls ran at
 // 280-385 GFLOP/s instead of 478 alone (422 vs 472 at M=2048). Split over the OpenMP threads it
 // runs at 450-470 either way, as fast as OpenBLAS' own threading.
-void use_single_threaded_blas() {
+void detail::use_single_threaded_blas() {
   static const bool done = [] {
     openblas_set_num_threads(1);
     return true;
   }();
   (void)done;
 }
+
+namespace {
 
 // Below this many flops one call on the calling thread is faster than waking the team.
 constexpr double kParallelSgemmFlops = 4e6;
@@ -148,7 +148,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     LOOM_CHECK(v <= INT_MAX, "sgemm: dimension {} exceeds OpenBLAS' 32-bit int (M={} N={} K={})",
                v, M, N, K);
   if (M == 0 || N == 0) return;
-  use_single_threaded_blas();
+  detail::use_single_threaded_blas();
   // C[m0:m1, n0:n1] from rows m0..m1 of op(A) and columns n0..n1 of op(B).
   auto block = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     const float* a = trans_a ? A + m0 : A + m0 * lda;

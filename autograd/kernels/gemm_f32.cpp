@@ -1,6 +1,8 @@
 // The f32 route of the linear-layer GEMM: OpenBLAS sgemm on f32 weights directly; other storage
 // dtypes are dequantized a tile of rows at a time into f32 scratch and multiplied tile by tile.
 // It is both Precision::F32 and the portable fallback for CPUs without AVX512_BF16.
+#include <cblas.h>
+
 #include <algorithm>
 
 #include "autograd/kernels/gemm_internal.h"
@@ -16,6 +18,27 @@ void forward_f32(const float* X, int64_t M, int64_t ldx, const WeightView& W, fl
     return;
   }
   float* tile = scratch_f32(0, std::min(tile_rows, N) * K);
+  if (M == 1) {
+    // One row (a decoded token): each thread dequantizes its share of the tile's rows and
+    // multiplies them with sgemv while they are in its cache -- one OpenMP region per tile, and
+    // no packing of the tile, which sgemm would copy once more for a single row.
+    use_single_threaded_blas();
+    for (int64_t n0 = 0; n0 < N; n0 += tile_rows) {
+      const int64_t rows = std::min(tile_rows, N - n0);
+      const int threads = rows * K < kParallelDequantMin ? 1 : omp_get_max_threads();
+      parallel_run(threads, [&](int t, int nt) {
+        const int64_t begin = row_share_begin(W, rows, t, nt);
+        const int64_t end = row_share_begin(W, rows, t + 1, nt);
+        if (end <= begin) return;
+        float* part = tile + begin * K;
+        dequantize(W.dtype, W.data, N * K, (n0 + begin) * K, (end - begin) * K, part);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(end - begin),
+                    static_cast<int>(K), 1.0f, part, static_cast<int>(K), X, 1, beta,
+                    Y + n0 + begin, 1);
+      });
+    }
+    return;
+  }
   for (int64_t n0 = 0; n0 < N; n0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, N - n0);
     dequantize_rows_f32(W, n0, rows, tile);

@@ -64,6 +64,13 @@ void dnnl_matmul_bf16_strided(int64_t M, int64_t N, int64_t K, float alpha, cons
                               int64_t b_stride_k, int64_t b_stride_n, float* C, int64_t ldc,
                               bool accumulate);
 
+// Below this many elements a tile is dequantized on the calling thread: waking the team costs
+// more than it saves.
+inline constexpr int64_t kParallelDequantMin = 1 << 14;
+
+// Sets OpenBLAS to one thread (once): loom calls it from inside its own OpenMP threads.
+void use_single_threaded_blas();
+
 // Rows [row0, row0 + rows) of W dequantized into out (rows x W.cols, contiguous), split over the
 // OpenMP threads. row0 must be a multiple of row_granularity(W), and so must rows unless the
 // range ends at the last row.

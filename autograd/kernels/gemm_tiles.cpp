@@ -36,10 +36,6 @@ int64_t row_share_begin(const WeightView& W, int64_t rows, int t, int threads) {
 
 namespace {
 
-// Below this many elements a tile is dequantized on the calling thread: waking the team costs
-// more than it saves.
-constexpr int64_t kParallelDequantMin = 1 << 14;
-
 template <typename T, typename Fn>
 void split_rows(const WeightView& W, int64_t row0, int64_t rows, T* out, Fn dequant_range) {
   const int64_t K = W.cols, n_total = W.rows * W.cols;
