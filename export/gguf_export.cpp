@@ -363,14 +363,34 @@ GgufExportResult export_gguf_adapter(const LlamaModel& model, const LoraModel& l
   GgufExportResult result;
   result.path = out_path;
   int64_t folded = 0, to_f16 = 0;
+  int64_t pissa = 0;
+  bool pissa_quantized_residual = false;
   for (const LoraModule& m : lora.modules()) {
     const LoraAdapter& a = *m.adapter;
     const Linear& p = *m.linear;
-    const int64_t r = a.rank(), in = a.in_features(), out = a.out_features();
+    const int64_t trained_rank = a.rank(), in = a.in_features(), out = a.out_features();
+    std::vector<float> a_values = a.lora_a().to_vector(), b_values = a.lora_b().to_vector();
+    int64_t r = trained_rank;
+    if (!m.pissa_a0.empty()) {
+      // PiSSA moved s B0 A0 out of the base weight into the adapter, but llama.cpp applies the
+      // adapter to the original weight: the change to write is s (B A - B0 A0) = s [B, -B0] [A; A0],
+      // a rank-2r adapter (as PEFT converts a PiSSA adapter to plain LoRA).
+      r = 2 * trained_rank;
+      a_values.insert(a_values.end(), m.pissa_a0.begin(), m.pissa_a0.end());
+      std::vector<float> b2(static_cast<size_t>(out * r));
+      for (int64_t i = 0; i < out; ++i)
+        for (int64_t j = 0; j < trained_rank; ++j) {
+          b2[i * r + j] = b_values[i * trained_rank + j];
+          b2[i * r + trained_rank + j] = -m.pissa_b0[i * trained_rank + j];
+        }
+      b_values = std::move(b2);
+      ++pissa;
+      pissa_quantized_residual |= is_quantized(p.weight.dtype());
+    }
     const double factor = a.scale() / (static_cast<double>(alpha_f32) / static_cast<double>(r));
     const float factor_f32 = static_cast<float>(factor);
-    std::vector<float> b = reorder_projection_rows(model.config(), p.kind, a.lora_b().to_vector(),
-                                                   r, /*to_gguf=*/true);
+    std::vector<float> b =
+        reorder_projection_rows(model.config(), p.kind, std::move(b_values), r, /*to_gguf=*/true);
     if (factor_f32 != 1.0f) {
       for (float& x : b) x *= factor_f32;
       ++folded;
@@ -379,14 +399,25 @@ GgufExportResult export_gguf_adapter(const LlamaModel& model, const LoraModel& l
     const DType type_b = fits(options.type, r) ? options.type : DType::F16;
     to_f16 += (type_a != options.type) + (type_b != options.type);
     const std::string base = p.gguf_name + ".weight";
-    w.add_tensor_values(base + ".lora_a", {r, in}, type_a, a.lora_a().to_vector());
+    w.add_tensor_values(base + ".lora_a", {r, in}, type_a, std::move(a_values));
     w.add_tensor_values(base + ".lora_b", {out, r}, type_b, std::move(b));
   }
   w.set_u32("loom.lora.folded_modules", static_cast<uint32_t>(folded));
+  w.set_u32("loom.lora.pissa_modules", static_cast<uint32_t>(pissa));
   result.notes.push_back(
       fmt::format("adapter.lora.alpha = {} ({} modules; llama.cpp scales each "
                   "by alpha / rank)",
                   alpha_f32, lora.modules().size()));
+  if (pissa > 0)
+    result.notes.push_back(fmt::format(
+        "{} PiSSA modules written at twice their trained rank, as [B, -B0] [A; A0]: the trained "
+        "adapter minus the principal part PiSSA took out of the base, so that llama.cpp can apply "
+        "them to the original base{}",
+        pissa,
+        pissa_quantized_residual
+            ? "; the trained residual was quantized, so the result differs from the trained "
+              "model by that quantization error (export a merged model to keep it exact)"
+            : ""));
   if (folded > 0)
     result.notes.push_back(fmt::format(
         "{} modules have a trained scale other than alpha / rank; the factor is folded into "

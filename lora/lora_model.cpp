@@ -137,7 +137,12 @@ LoraModel::LoraModel(LlamaModel& model, LoraConfig config)
       }
       if (auto* dora = dynamic_cast<DoraAdapter*>(adapter.get())) dora->init_magnitude(*p);
       p->adapter = adapter;
-      modules_.push_back(LoraModule{p, adapter});
+      LoraModule module{p, adapter, {}, {}};
+      if (config_.init == LoraInit::Pissa) {
+        module.pissa_a0 = adapter->lora_a().to_vector();
+        module.pissa_b0 = adapter->lora_b().to_vector();
+      }
+      modules_.push_back(std::move(module));
     }
     conversion_.bytes_after += storage_bytes(p->weight.dtype(), p->weight.numel());
     if (p->weight.dtype() != before) ++conversion_.converted;

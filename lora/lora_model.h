@@ -69,6 +69,10 @@ struct LoraConfig {
 struct LoraModule {
   Linear* linear = nullptr;
   std::shared_ptr<LoraAdapter> adapter;  // a DoraAdapter when config.dora
+  // PiSSA only: the adapter's initial A [r, in] and B [out, r], whose s B0 A0 was taken out of
+  // the base weight. An export that is applied to the ORIGINAL base (a llama.cpp adapter) needs
+  // them to take that part out again. Empty for the other inits.
+  std::vector<float> pissa_a0, pissa_b0;
 };
 
 struct LoraParameter {

@@ -786,6 +786,41 @@ TEST(GgufAdapterExport, QkRowsOfAHfOrderModelAreWrittenInLlamaCppOrder) {
             q.adapter->lora_b().to_vector());
 }
 
+// PiSSA trains A, B against the residual W - s B0 A0, but llama.cpp adds the adapter to the
+// original W: the file must carry s (B A - B0 A0), and the original base with it must compute
+// what the trained model did.
+TEST(GgufAdapterExport, PissaAdapterAppliesToTheOriginalBase) {
+  TempDir dir;
+  TinyDims d;
+  d.weight_type = DType::F32;  // an f32 residual: W - s B0 A0 + s B0 A0 = W to f32 rounding
+  write_tiny_llama(dir / "base.gguf", d);
+  LlamaModel model = LlamaModel::from_gguf(dir / "base.gguf");
+  LoraConfig c = all_linear(4, 8.0);
+  c.init = LoraInit::Pissa;
+  c.rank_pattern = {{"layers\\.1\\.mlp\\.up_proj", 2}};
+  LoraModel lora(model, c);
+  randomize_adapters(lora, 61);  // "trained": A, B moved away from A0, B0
+  lora.set_training(false);
+  const std::vector<float> expected = logits_of(model);
+  const GgufExportResult r = export_gguf_adapter(model, lora, dir / "a.gguf");
+  bool noted = false;
+  for (const std::string& n : r.notes) noted |= n.find("PiSSA") != std::string::npos;
+  EXPECT_TRUE(noted);
+
+  const GgufFile f = GgufFile::open(dir / "a.gguf");
+  EXPECT_EQ(f.get_int("loom.lora.pissa_modules"), 14);
+  EXPECT_EQ(f.tensor_info("blk.0.attn_q.weight.lora_a").ne, (std::vector<int64_t>{256, 8}));
+  EXPECT_EQ(f.tensor_info("blk.1.ffn_up.weight.lora_b").ne, (std::vector<int64_t>{4, 512}));
+
+  LlamaModel original = LlamaModel::from_gguf(dir / "base.gguf");
+  const std::vector<float> base_logits = logits_of(original);
+  LoraModel back = load_gguf_adapter(dir / "a.gguf", original);
+  const float d_back = max_abs_diff(logits_of(original), expected);
+  std::cout << "[ pissa ] adapter moves the logits by " << max_abs_diff(base_logits, expected)
+            << "; original base + exported adapter is off by " << d_back << "\n";
+  EXPECT_LT(d_back, 1e-4f);
+}
+
 TEST(GgufAdapterExport, DoraIsRefused) {
   TempDir dir;
   write_tiny_llama(dir / "base.gguf", TinyDims{});
