@@ -211,6 +211,36 @@ TEST(Recipe, OverridesOfEveryType) {
   EXPECT_TRUE(parse(kMinimal, {"lora.layers=[]"}).lora.layers.empty());
 }
 
+// PEFT's target_modules is a list or a regex: a regex given alone must not also adapt the
+// default list, and the pairs loom refuses are refused before a model loads, naming the line.
+TEST(Recipe, TargetRegexAloneReplacesTheDefaultTargets) {
+  const Recipe alone = parse(std::string(kMinimal) + "lora:\n  target_regex: \".*\\\\.v_proj\"\n");
+  EXPECT_TRUE(alone.lora.targets.empty());
+  EXPECT_EQ(alone.lora.target_regex, ".*\\.v_proj");
+  // Printed and read back (a checkpoint's resolved recipe), it means the same modules.
+  EXPECT_EQ(parse_recipe(recipe_to_yaml(alone), "printed.yaml"), alone);
+  const Recipe both = parse(std::string(kMinimal) +
+                            "lora:\n  targets: [q_proj]\n  target_regex: \".*\\\\.v_proj\"\n");
+  EXPECT_EQ(both.lora.targets, std::vector<std::string>{"q_proj"});
+  const Recipe by_override = parse(kMinimal, {"lora.target_regex=.*up_proj"});
+  EXPECT_TRUE(by_override.lora.targets.empty());
+
+  std::string msg = parse_error(std::string(kMinimal) +
+                                "lora:\n  target_regex: \".*v_proj\"\n  layers: [0]\n");
+  EXPECT_HAS(msg, "recipes/test.yaml:12");
+  EXPECT_HAS(msg, "lora.layers cannot be combined with lora.target_regex (set at recipes/test.yaml:11)");
+  msg = parse_error(R"(model:
+  path: m.gguf
+  base_dtype: nf4
+  double_quant: false
+data:
+  sources: [{name: a, path: a.txt}]
+)");
+  EXPECT_HAS(msg, "recipes/test.yaml:4: model.double_quant is false");
+  msg = parse_error(kMinimal, {"model.base_dtype=nf4", "model.double_quant=false"});
+  EXPECT_HAS(msg, "command-line override `model.double_quant=false`");
+}
+
 TEST(Recipe, OverrideErrors) {
   std::string msg = parse_error(kMinimal, {"train.lerning_rate=1"});
   EXPECT_HAS(msg, "command-line override `train.lerning_rate=1`: unknown key");
@@ -234,7 +264,6 @@ TEST(Recipe, OverrideErrors) {
 const char* kFull = R"(model:
   path: "/models/with: colon #hash.gguf"
   base_dtype: nf4
-  double_quant: false
   precision: f32
   checkpoint_activations: false
 lora:
@@ -243,7 +272,6 @@ lora:
   dropout: 0.1
   targets: [q_proj, v_proj]
   target_regex: "blk\\.[0-3]\\..*"
-  layers: [1, 3]
   use_rslora: true
   use_dora: true
   init: pissa
@@ -312,7 +340,10 @@ TEST(Recipe, PrintLoadRoundTrip) {
   const Recipe minimal = parse(kMinimal);
   const Recipe again = parse_recipe(recipe_to_yaml(minimal), "printed.yaml");
   EXPECT_EQ(again, minimal);
-  // Awkward floats survive exactly.
+  // The two keys kFull cannot hold beside its nf4 base and regex (they are refused there).
+  const Recipe other = parse(kMinimal, {"lora.layers=[1, 3]", "model.double_quant=false"});
+  EXPECT_EQ(parse_recipe(recipe_to_yaml(other), "printed.yaml"), other);
+    // Awkward floats survive exactly.
   const Recipe odd = parse(kMinimal, {"train.lr=0.1", "lora.alpha=1e-300", "lora.dropout=0.3"});
   EXPECT_EQ(parse_recipe(recipe_to_yaml(odd), "printed.yaml"), odd);
 }

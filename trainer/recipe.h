@@ -53,7 +53,9 @@ struct LoraRecipe {
   double dropout = 0.05;
   // Concrete module names; "all-linear" in a recipe resolves to llama_linear_modules().
   std::vector<std::string> targets = llama_linear_modules();
-  std::string target_regex;     // if set, full module paths matching it are targets too
+  // If set, full module paths matching it are targets: instead of the default `targets` when
+  // the recipe does not set them (PEFT's regex target_modules), else in addition to them.
+  std::string target_regex;
   std::vector<int64_t> layers;  // block indices to adapt; empty = all
   bool use_rslora = false;
   bool use_dora = false;

@@ -292,7 +292,9 @@ const std::vector<Field<Recipe>>& recipe_fields() {
                "projection names to adapt; all-linear = all seven",
                {.choices = targets, .required = false}),
       field<R>("lora.target_regex", LOOM_MEMBER(lora.target_regex),
-               "also adapt Linear modules whose full path matches this regex"),
+               "adapt the projections whose full path matches this regex (PEFT's target_modules "
+               "as a string): alone it replaces the default targets, beside an explicit "
+               "lora.targets it adds to them"),
       field<R>("lora.layers", LOOM_MEMBER(lora.layers), "block indices to adapt; [] = all"),
       field<R>("lora.use_rslora", LOOM_MEMBER(lora.use_rslora), "scale alpha / sqrt(r) (rsLoRA)"),
       field<R>("lora.use_dora", LOOM_MEMBER(lora.use_dora),

@@ -69,6 +69,10 @@ bool valid_source_name(const std::string& name) {
 void check_model(const Recipe& r, const Checker& c) {
   c.required("model.path", !r.model.path.empty(),
              "the GGUF file or Hugging Face directory to fine-tune");
+  if (r.model.base_dtype == ModelRecipe::BaseDType::NF4 && !r.model.double_quant)
+    c.fail("model.double_quant",
+           "is false, which loom does not support: its NF4 base always double-quantizes the "
+           "block absmax values (lora/qlora.h; about 0.4 bits per weight less); set it to true");
 }
 
 void check_lora(Recipe& r, const Checker& c) {
@@ -78,6 +82,16 @@ void check_lora(Recipe& r, const Checker& c) {
   c.in_range("lora.dropout", l.dropout, 0.0, 1.0, false);
   if (l.targets.empty() && l.target_regex.empty())
     c.fail("lora.targets", "is empty and lora.target_regex is not set: nothing would be adapted");
+  // PEFT's target_modules is a list or a regex: a regex given alone replaces the default list
+  // (all seven projections). Written beside an explicit lora.targets it adds to that list.
+  if (!l.target_regex.empty() && !c.was_set("lora.targets")) l.targets.clear();
+  if (!l.target_regex.empty() && !l.layers.empty())
+    c.fail("lora.layers",
+           fmt::format("cannot be combined with lora.target_regex (set at {}): PEFT ignores "
+                       "layers_to_transform for a regex target, so the exported adapter would "
+                       "mean other modules; put the block numbers in the regex instead, e.g. "
+                       "'model\\.layers\\.(0|1)\\..*'",
+                       c.where("lora.target_regex")));
   // "all-linear" stands for the seven projections; keep the written order otherwise.
   std::vector<std::string> targets;
   auto add = [&](const std::string& t) {

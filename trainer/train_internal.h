@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "data/heldout.h"
@@ -23,8 +24,9 @@ struct TrainingModel {
 };
 
 // A .gguf file (its tokenizer.* keys) or a Hugging Face directory (tokenizer.json; without one,
-// a model whose vocabulary is exactly 256 gets the byte tokenizer below).
-TrainingModel load_training_model(const std::string& path);
+// a model whose vocabulary is exactly 256 gets the byte tokenizer below). Errors name the path
+// as `label` ("model.path" in a recipe, "--model" on a command line).
+TrainingModel load_training_model(const std::string& path, std::string_view label = "model.path");
 
 // One token per byte: id b is byte b, except that 0 is <unk>, and the BOS / EOS ids (from
 // config.json) are control tokens. For tiny test models whose 256-entry vocabulary has no

@@ -66,7 +66,7 @@ int32_t config_token_id(const nlohmann::json& config, const char* key, const std
 
 }  // namespace
 
-TrainingModel load_training_model(const std::string& path) {
+TrainingModel load_training_model(const std::string& path, std::string_view label) {
   TrainingModel out;
   if (fs::is_directory(path)) {
     out.model = std::make_unique<LlamaModel>(LlamaModel::from_hf(path));
@@ -77,10 +77,10 @@ TrainingModel load_training_model(const std::string& path) {
       return out;
     }
     if (out.model->config().vocab_size != 256)
-      throw Error(fmt::format("model.path {}: no tokenizer.json in this Hugging Face folder and "
+      throw Error(fmt::format("{} {}: no tokenizer.json in this Hugging Face folder and "
                               "the vocabulary has {} tokens (only a 256-token one can be read as "
                               "bytes); put the model's tokenizer.json there",
-                              path, out.model->config().vocab_size));
+                              label, path, out.model->config().vocab_size));
     const std::string config_path = (fs::path(path) / "config.json").string();
     std::ifstream in(config_path);
     const nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
@@ -94,9 +94,9 @@ TrainingModel load_training_model(const std::string& path) {
     return out;
   }
   if (!fs::exists(path))
-    throw Error(fmt::format("model.path {}: no such file or directory (expected a .gguf file or a "
+    throw Error(fmt::format("{} {}: no such file or directory (expected a .gguf file or a "
                             "Hugging Face model folder)",
-                            path));
+                            label, path));
   const GgufFile file = GgufFile::open(path);
   out.model = std::make_unique<LlamaModel>(LlamaModel::from_gguf(file));
   out.tokenizer = load_tokenizer(file);
@@ -131,6 +131,8 @@ LoraConfig lora_config_from_plan(const TrainPlan& plan) {
   c.alpha_pattern = plan.alpha_pattern;
   c.base_dtype = parse_base_dtype(plan.base_dtype);
   c.seed = plan.seed;
+  // The recipe's validation refuses these first, naming the line; a plan built in code gets
+  // the same answers here.
   if (plan.base_dtype == "nf4" && !plan.double_quant)
     throw Error("model.double_quant: false is not supported: loom's NF4 base always "
                 "double-quantizes its absmax values (lora/qlora.h); set it to true");
@@ -138,8 +140,9 @@ LoraConfig lora_config_from_plan(const TrainPlan& plan) {
     c.targets.modules = plan.targets;
     c.targets.layers = plan.layers;
   } else {
-    // The recipe's regex adds to the named targets; LoraTargets takes one regex, so the names
-    // become alternatives of it (PEFT's "ends with .name" rule).
+    // A regex written beside explicit lora.targets adds to them (the recipe's validation emptied
+    // the default list for a regex given alone); LoraTargets takes one regex, so the names become
+    // alternatives of it (PEFT's "ends with .name" rule).
     if (!plan.layers.empty())
       throw Error("lora.layers cannot be combined with lora.target_regex (PEFT ignores "
                   "layers_to_transform for a regex target); put the layer numbers in the regex");
