@@ -2,6 +2,7 @@
 // (layers/inference.h says exactly which predictions count under each --scoring).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -21,7 +22,7 @@ struct EvalArgs {
   std::string model;
   std::string adapter;
   std::string text;
-  int64_t ctx = 512;
+  int64_t ctx = 0;  // 0: 512, or the model's context when that is shorter
   int64_t batch = 1;
   int64_t max_windows = 0;
   std::string scoring = "second-half";
@@ -42,9 +43,10 @@ std::string read_text_file(const std::string& path) {
   return text;
 }
 
-void run_eval(const EvalArgs& a) {
+void run_eval(const EvalArgs& args) {
+  EvalArgs a = args;
+  if (a.ctx < 0) throw Error(fmt::format("--ctx must be positive, got {}", a.ctx));
   PerplexityOptions opt;
-  opt.ctx = a.ctx;
   opt.batch = a.batch;
   opt.max_windows = a.max_windows;
   opt.scoring = parse_perplexity_scoring(a.scoring);
@@ -62,9 +64,12 @@ void run_eval(const EvalArgs& a) {
   const Tokenizer& tok = a.adapter.empty() ? *lm.tokenizer : *am.base.tokenizer;
   const std::string model_name = a.adapter.empty() ? a.model : am.base_path;
   const ModelConfig& c = model.config();
+  if (a.ctx == 0)
+    a.ctx = c.max_position_embeddings > 0 ? std::min<int64_t>(512, c.max_position_embeddings) : 512;
   if (c.max_position_embeddings > 0 && a.ctx > c.max_position_embeddings)
     throw Error(fmt::format("--ctx {} exceeds the model's {} positions", a.ctx,
                             c.max_position_embeddings));
+  opt.ctx = a.ctx;
   // As llama.cpp's perplexity tool: BOS in front when the model asks for it, and then every
   // window starts with BOS in place of its first text token.
   const auto t0 = std::chrono::steady_clock::now();
@@ -125,7 +130,8 @@ void add_eval_command(CLI::App& app) {
                   "Evaluate with an adapter: a loom run directory or adapter folder, a PEFT "
                   "adapter folder or a llama.cpp LoRA adapter .gguf");
   cmd->add_option("--text", args->text, "UTF-8 text file")->required();
-  cmd->add_option("--ctx", args->ctx, "Tokens per window")->capture_default_str();
+  cmd->add_option("--ctx", args->ctx,
+                  "Tokens per window (default 512, or the model's context if that is shorter)");
   cmd->add_option("--batch", args->batch, "Windows per forward")->capture_default_str();
   cmd->add_option("--scoring", args->scoring,
                   "second-half (llama.cpp's perplexity tool: the last ctx/2 - 1 predictions of "

@@ -11,30 +11,18 @@
 #include "autograd/kernels/gemm.h"
 #include "cli/commands.h"
 #include "layers/gguf.h"
+#include "trainer/train_internal.h"
 
 namespace loom::cli {
 
 LoadedModel load_model_and_tokenizer(const std::string& path) {
-  namespace fs = std::filesystem;
+  // The loader `loom train` uses: a .gguf file or a Hugging Face folder (its tokenizer.json, or
+  // bytes for a 256-token vocabulary without one, as the tiny test models).
+  TrainingModel tm = load_training_model(path, "--model");
   LoadedModel out;
   out.path = path;
-  if (fs::is_directory(path)) {
-    const std::string tok = (fs::path(path) / "tokenizer.json").string();
-    if (!fs::exists(tok))
-      throw Error(fmt::format("{}: no tokenizer.json in this Hugging Face model folder; the "
-                              "command needs the model's tokenizer",
-                              path));
-    out.model = std::make_unique<LlamaModel>(LlamaModel::from_hf(path));
-    out.tokenizer = load_tokenizer_json(tok);
-    return out;
-  }
-  if (!fs::exists(path))
-    throw Error(fmt::format("--model {}: no such file or directory (expected a .gguf file or a "
-                            "Hugging Face model folder)",
-                            path));
-  const GgufFile file = GgufFile::open(path);
-  out.model = std::make_unique<LlamaModel>(LlamaModel::from_gguf(file));
-  out.tokenizer = load_tokenizer(file);
+  out.model = std::move(tm.model);
+  out.tokenizer = std::move(tm.tokenizer);
   return out;
 }
 
