@@ -480,9 +480,10 @@ TEST(Metrics, ProgressLineRewritesInPlaceOnATerminal) {
   const std::string text = read_all(out);
   std::fclose(out);
   EXPECT_EQ(text.front(), '\r');
-  EXPECT_HAS(text, "\rstep 1/3  loss 2.0000");
+  // A bar of 20 cells with the share done: 1 of 3 steps is 6 cells, 33%.
+  EXPECT_HAS(text, "\rstep 1/3 [======>.............]  33%  loss 2.0000");
   EXPECT_HAS(text, "note\n");
-  EXPECT_HAS(text, "\rstep 2/3  loss 1.5000");
+  EXPECT_HAS(text, "\rstep 2/3 [=============>......]  66%  loss 1.5000");
   EXPECT_EQ(text.back(), '\n');
   // Only the message and finish() end lines.
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 2);

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -54,9 +55,19 @@ std::string format_duration(double seconds) {
   return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
 }
 
-std::string format_progress(const ProgressSnapshot& s) {
-  return fmt::format("step {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {}", s.step,
-                     s.total_steps, s.loss, s.lr, s.tokens_per_second,
+std::string format_progress(const ProgressSnapshot& s, bool bar) {
+  std::string drawn;
+  if (bar && s.total_steps > 0) {
+    constexpr int64_t kWidth = 20;
+    const int64_t step = std::clamp<int64_t>(s.step, 0, s.total_steps);
+    const int64_t filled = step * kWidth / s.total_steps;
+    std::string cells(kWidth, '.');
+    for (int64_t i = 0; i < filled; ++i) cells[static_cast<size_t>(i)] = '=';
+    if (filled < kWidth) cells[static_cast<size_t>(filled)] = '>';
+    drawn = fmt::format(" [{}] {:3d}%", cells, step * 100 / s.total_steps);
+  }
+  return fmt::format("step {}/{}{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {}", s.step,
+                     s.total_steps, drawn, s.loss, s.lr, s.tokens_per_second,
                      s.eta_seconds < 0 ? std::string("?") : format_duration(s.eta_seconds));
 }
 
@@ -103,7 +114,7 @@ void ProgressLine::update(int64_t step, double loss, double lr, int64_t tokens) 
                                 static_cast<double>(std::max<int64_t>(0, total_steps_ - step))
                           : -1.0;
   const bool due = step == start_step_ + 1 || step % print_every_ == 0 || step >= total_steps_;
-  if (tty_ || due) emit(format_progress(last_));
+  if (tty_ || due) emit(format_progress(last_, tty_));
 }
 
 void ProgressLine::message(const std::string& line) {
@@ -111,7 +122,7 @@ void ProgressLine::message(const std::string& line) {
     std::fprintf(out_, "\r%s\r", std::string(line_width_, ' ').c_str());
     line_width_ = 0;
     std::fprintf(out_, "%s\n", line.c_str());
-    emit(format_progress(last_));
+    emit(format_progress(last_, true));
     return;
   }
   std::fprintf(out_, "%s\n", line.c_str());

@@ -45,7 +45,8 @@ struct ProgressSnapshot {
   double eta_seconds = -1;  // < 0: unknown yet
 };
 // "step 120/1000  loss 2.3456  lr 1.80e-04  1234 tok/s  ETA 12m03s"
-std::string format_progress(const ProgressSnapshot& s);
+// With `bar` (a terminal), "step 10/40 [=====>...............]  25%  loss ...".
+std::string format_progress(const ProgressSnapshot& s, bool bar = false);
 
 class ProgressLine {
  public:
