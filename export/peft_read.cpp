@@ -329,6 +329,10 @@ void load_tensors(const SafetensorsFile& file, LoraModel& lora, const ModelConfi
 
 }  // namespace
 
+void load_peft_tensors(const std::string& dir, LoraModel& lora, const LlamaModel& model) {
+  load_tensors(SafetensorsFile::open(tensors_path(dir)), lora, model.config());
+}
+
 LoraModel load_peft_adapter(const std::string& dir, LlamaModel& model, BaseDType base_dtype) {
   PeftAdapterConfig config = read_peft_adapter_config(dir);
   config.lora.base_dtype = base_dtype;

@@ -42,4 +42,8 @@ PeftAdapterConfig read_peft_adapter_config(const std::string& dir);
 LoraModel load_peft_adapter(const std::string& dir, LlamaModel& model,
                             BaseDType base_dtype = BaseDType::Keep);
 
+// Sets the tensors of an already attached `lora` (made from this folder's config, perhaps with
+// another base dtype, dropout or seed) from dir/adapter_model.safetensors, as load_peft_adapter.
+void load_peft_tensors(const std::string& dir, LoraModel& lora, const LlamaModel& model);
+
 }  // namespace loom

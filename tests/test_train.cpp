@@ -256,6 +256,44 @@ TEST(TrainLoop, GradientAccumulationEqualsOneLargerBatch) {
   EXPECT_GT(d_small, 100 * d_acc);
 }
 
+// lora.init_from continues an adapter: from a loom run, from its PEFT export and from its
+// llama.cpp adapter export, the new run's step-0 evaluation is the first run's final one (same
+// held-out documents, same adapter), and training goes on from there. The recipe's own adapter
+// structure (here rank 8 against the adapter's 4) is replaced and the run says so.
+TEST(TrainLoop, InitFromContinuesAnAdapterOfEveryLayout) {
+  TinyRun t;
+  const TrainResult a = t.run("a", {"lora.dropout=0", "output.export=[peft, gguf-adapter]"});
+  ASSERT_EQ(a.eval_after.size(), 2u);
+  for (const std::string from : {"a", "a/export/peft", "a/export/adapter-f32.gguf"}) {
+    const std::string out = "from_" + std::to_string(from.size());
+    const TrainResult b = t.run(out, {"lora.init_from=" + (t.dir / from).string(), "lora.rank=8",
+                                      "lora.dropout=0", "train.steps=4", "checkpoint.every=0"});
+    ASSERT_EQ(b.eval_before.size(), 2u) << from;
+    for (size_t i = 0; i < 2; ++i)
+      EXPECT_NEAR(b.eval_before[i].loss, a.eval_after[i].loss, 1e-6 * a.eval_after[i].loss)
+          << from << " " << a.eval_after[i].name;
+    EXPECT_TRUE(std::isfinite(b.last_loss)) << from;
+    // The continued adapter has the first one's structure and moved on from its values.
+    const auto ta = adapter_of(a.adapter_dir), tb = adapter_of(b.adapter_dir);
+    ASSERT_EQ(ta.size(), tb.size()) << from;
+    float moved = 0;
+    for (size_t i = 0; i < ta.size(); ++i) {
+      ASSERT_EQ(ta[i].shape, tb[i].shape) << ta[i].name;
+      for (size_t k = 0; k < ta[i].values.size(); ++k)
+        moved = std::max(moved, std::fabs(ta[i].values[k] - tb[i].values[k]));
+    }
+    EXPECT_GT(moved, 1e-4f) << from;
+    EXPECT_EQ(read_adapter_config(b.adapter_dir)["rank"], 4) << from;
+  }
+  // Something that is not an adapter is named.
+  try {
+    t.run("bad", {"lora.init_from=" + t.recipe.string()});
+    FAIL() << "a recipe file was accepted as an adapter";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lora.init_from"), std::string::npos) << e.what();
+  }
+}
+
 // data.packing=false: one document per row, padded (padding is never a target). It trains, it
 // trains on other rows than the packed run, and resume is bit-identical as with packing.
 TEST(TrainLoop, UnpackedRowsTrainAndResumeBitIdentical) {

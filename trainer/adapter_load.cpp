@@ -4,10 +4,13 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <fstream>
+#include <string_view>
 
 #include "autograd/check.h"
 #include "export/gguf_adapter_read.h"
 #include "export/peft_read.h"
+#include "export/qk_rows.h"
 #include "layers/gguf.h"
 #include "trainer/adapter_file.h"
 
@@ -25,10 +28,33 @@ std::vector<std::pair<std::string, T>> patterns_of(const nlohmann::json& j) {
 
 bool is_gguf_adapter(const std::string& path) {
   if (!fs::is_regular_file(path)) return false;
+  char magic[4] = {};
+  std::ifstream(path, std::ios::binary).read(magic, 4);
+  if (std::string_view(magic, 4) != "GGUF") return false;  // not GGUF at all: say what is expected
   const GgufFile f = GgufFile::open(path);
   const auto* type = f.find("general.type");
   return type != nullptr && type->type() == GgufType::STRING &&
          type->as_string("general.type") == "adapter";
+}
+
+// A loom adapter keeps q/k lora_B rows in the order of the model it was trained on; attached to
+// a model of the other order its q/k updates would land on the wrong rows.
+void check_qk_row_order(const nlohmann::json& j, const LlamaModel& model, const std::string& path) {
+  const std::string order = j.value("q_k_row_order", std::string("hf"));
+  const std::string model_order = qk_rows_in_gguf_order(model.config()) ? "gguf" : "hf";
+  if (order != model_order)
+    throw Error(fmt::format(
+        "{}: the adapter's q/k rows are in {} order (trained on a {} base) but this base holds "
+        "them in {} order; use a base of the kind it was trained on, or export the adapter as "
+        "PEFT (loom export -f peft) and use that, which is converted on loading",
+        path, order, order == "gguf" ? "llama.cpp GGUF" : "Hugging Face", model_order));
+}
+
+// The folder holding loom_adapter.json for a run directory or an adapter folder; "" if neither.
+fs::path loom_adapter_dir(const fs::path& p) {
+  if (fs::is_directory(p) && fs::exists(p / "adapter" / "loom_adapter.json")) return p / "adapter";
+  if (fs::is_directory(p) && fs::exists(p / "loom_adapter.json")) return p;
+  return {};
 }
 
 }  // namespace
@@ -62,6 +88,7 @@ AdaptedModel load_adapted_model(const std::string& adapter_path, const std::stri
     const nlohmann::json j = read_adapter_config(loom_dir.string());
     am.base_path = base_override.empty() ? j.at("base_model").get<std::string>() : base_override;
     am.base = load_training_model(am.base_path);
+    check_qk_row_order(j, *am.base.model, loom_dir.string());
     am.lora = std::make_unique<LoraModel>(*am.base.model, lora_config_from_adapter_json(j));
     std::vector<std::pair<std::string, std::vector<float>>> values;
     for (AdapterTensor& t : read_adapter_tensors(loom_dir.string()))
@@ -101,6 +128,42 @@ AdaptedModel load_adapted_model(const std::string& adapter_path, const std::stri
   }
   am.lora->set_training(false);
   return am;
+}
+
+AdapterToTrain read_adapter_to_train(const std::string& path, const LlamaModel& model) {
+  AdapterToTrain a;
+  a.path = path;
+  if (const fs::path dir = loom_adapter_dir(path); !dir.empty()) {
+    a.kind = "loom";
+    const nlohmann::json j = read_adapter_config(dir.string());
+    check_qk_row_order(j, model, dir.string());
+    a.config = lora_config_from_adapter_json(j);
+    for (AdapterTensor& t : read_adapter_tensors(dir.string()))
+      a.values.emplace_back(std::move(t.name), std::move(t.values));
+  } else if (fs::is_directory(path) && fs::exists(fs::path(path) / "adapter_config.json")) {
+    a.kind = "peft";
+    a.config = read_peft_adapter_config(path).lora;
+  } else if (is_gguf_adapter(path)) {
+    a.kind = "gguf";
+    GgufAdapterContents contents = read_gguf_adapter(path, model);
+    a.config = contents.config;
+    a.values = std::move(contents.values);
+  } else {
+    throw Error(fmt::format(
+        "lora.init_from {}: not an adapter loom can read: expected a loom run directory "
+        "(adapter/loom_adapter.json), a loom adapter folder (loom_adapter.json), a PEFT adapter "
+        "folder (adapter_config.json + adapter_model.safetensors) or a llama.cpp LoRA adapter "
+        ".gguf (general.type = adapter)",
+        path));
+  }
+  return a;
+}
+
+void load_adapter_to_train(const AdapterToTrain& adapter, LoraModel& lora, const LlamaModel& model) {
+  if (adapter.kind == "peft")
+    load_peft_tensors(adapter.path, lora, model);
+  else
+    lora.load_parameters(adapter.values, /*strict=*/true);
 }
 
 }  // namespace loom

@@ -12,6 +12,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "lora/lora_model.h"
 #include "trainer/train_internal.h"
@@ -34,5 +36,19 @@ LoraConfig lora_config_from_adapter_json(const nlohmann::json& j);
 // replaces the base the adapter names (required for GGUF adapters). Errors name the path and
 // say which of the three layouts was expected.
 AdaptedModel load_adapted_model(const std::string& adapter_path, const std::string& base_override);
+
+// An adapter to keep training (a recipe's lora.init_from): any of the three layouts above, read
+// against the model it will be attached to. `config` is the adapter's own structure (rank,
+// alpha, targets, patterns, rsLoRA, DoRA, init); the caller sets the training's base dtype,
+// dropout and seed, constructs the LoraModel and calls load_adapter_to_train.
+struct AdapterToTrain {
+  std::string path;
+  std::string kind;  // "loom", "peft" or "gguf"
+  LoraConfig config;
+  std::vector<std::pair<std::string, std::vector<float>>> values;  // loom and gguf (PEFT: read later)
+};
+AdapterToTrain read_adapter_to_train(const std::string& path, const LlamaModel& model);
+// Sets lora's tensors from the adapter (every tensor, strictly: names and shapes must match).
+void load_adapter_to_train(const AdapterToTrain& adapter, LoraModel& lora, const LlamaModel& model);
 
 }  // namespace loom

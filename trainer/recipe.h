@@ -62,6 +62,10 @@ struct LoraRecipe {
   Init init = Init::Kaiming;
   NamedInts rank_pattern;     // module-path regex -> rank
   NamedFloats alpha_pattern;  // module-path regex -> alpha
+  // An adapter to keep training (loom run / adapter folder, PEFT folder, llama.cpp adapter
+  // GGUF): its structure replaces the keys above (the run says which of them differ); dropout
+  // is the recipe's.
+  std::string init_from;
   bool operator==(const LoraRecipe&) const = default;
 };
 

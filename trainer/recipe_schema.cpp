@@ -306,6 +306,10 @@ const std::vector<Field<Recipe>>& recipe_fields() {
                "module-path regex -> rank, first match wins"),
       field<R>("lora.alpha_pattern", LOOM_MEMBER(lora.alpha_pattern),
                "module-path regex -> alpha, first match wins"),
+      field<R>("lora.init_from", LOOM_MEMBER(lora.init_from),
+               "keep training this adapter (a loom run or adapter folder, a PEFT adapter folder "
+               "or a llama.cpp adapter .gguf): its rank, alpha, targets, patterns, rsLoRA, DoRA "
+               "and init replace the keys above; dropout is the recipe's"),
 
       field<R>("data.sources", LOOM_MEMBER(data.sources),
                "corpora to train on; each: name, path, format, weight, heldout_fraction and the "

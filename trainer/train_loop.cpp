@@ -37,6 +37,7 @@ TrainPlan make_train_plan(const Recipe& recipe) {
   p.init = std::string(to_string(l.init));
   p.rank_pattern = l.rank_pattern;
   p.alpha_pattern = l.alpha_pattern;
+  p.init_from = l.init_from;
 
   for (const DataSourceRecipe& s : recipe.data.sources) {
     TrainSourcePlan sp;

@@ -56,6 +56,7 @@ struct TrainPlan {
   std::string init = "kaiming";
   std::vector<std::pair<std::string, int64_t>> rank_pattern;
   std::vector<std::pair<std::string, double>> alpha_pattern;
+  std::string init_from;  // an adapter to keep training; its structure replaces the above
 
   // data
   std::vector<TrainSourcePlan> sources;

@@ -19,6 +19,7 @@
 #include "autograd/kernels/cpu.h"
 #include "autograd/tape.h"
 #include "trainer/adapter_file.h"
+#include "trainer/adapter_load.h"
 #include "trainer/checkpoint.h"
 #include "trainer/clip.h"
 #include "trainer/metrics.h"
@@ -33,6 +34,32 @@ namespace fs = std::filesystem;
 namespace {
 
 // "a, b, c" (fmt::join trips GCC 12's -Wstringop-overflow at -O3).
+// What of the recipe's adapter structure a continued adapter replaces, one line each.
+std::vector<std::string> recipe_structure_not_used(const LoraConfig& recipe, const LoraConfig& adapter,
+                                                   LlamaModel& model) {
+  std::vector<std::string> notes;
+  const auto note = [&](const char* key, const std::string& ours, const std::string& theirs) {
+    if (ours != theirs)
+      notes.push_back(fmt::format("{} {} (recipe) not used: the adapter's is {}", key, ours, theirs));
+  };
+  note("lora.rank", std::to_string(recipe.rank), std::to_string(adapter.rank));
+  note("lora.alpha", fmt::format("{:g}", recipe.alpha), fmt::format("{:g}", adapter.alpha));
+  note("lora.use_rslora", recipe.rslora ? "true" : "false", adapter.rslora ? "true" : "false");
+  note("lora.use_dora", recipe.dora ? "true" : "false", adapter.dora ? "true" : "false");
+  note("lora.init", std::string(lora_init_name(recipe.init)), std::string(lora_init_name(adapter.init)));
+  const auto targeted = [&](const LoraConfig& c) -> std::string {
+    try {
+      return std::to_string(select_targets(model.projections(), c.targets, model.config().n_layers).size());
+    } catch (const Error&) {
+      return "(none: the recipe's targets do not fit this model)";
+    }
+  };
+  note("lora targets (modules adapted)", targeted(recipe), targeted(adapter));
+  if (recipe.rank_pattern != adapter.rank_pattern || recipe.alpha_pattern != adapter.alpha_pattern)
+    notes.push_back("lora.rank_pattern / lora.alpha_pattern (recipe) not used: the adapter's apply");
+  return notes;
+}
+
 template <class T>
 std::string join_items(const std::vector<T>& items) {
   std::string s;
@@ -241,7 +268,20 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   TrainingModel tm = load_training_model(plan.model_path);
   LlamaModel& model = *tm.model;
   const ModelConfig& mc = model.config();
-  const LoraConfig lora_config = lora_config_from_plan(plan);
+  LoraConfig lora_config = lora_config_from_plan(plan);
+  std::optional<AdapterToTrain> init_from;
+  std::vector<std::string> init_from_notes;
+  if (!plan.init_from.empty()) {
+    // Continue an adapter: its structure, the run's base dtype, dropout and seed.
+    init_from = read_adapter_to_train(plan.init_from, model);
+    LoraConfig c = init_from->config;
+    c.base_dtype = lora_config.base_dtype;
+    c.dropout = lora_config.dropout;
+    c.seed = lora_config.seed;
+    c.validate();
+    init_from_notes = recipe_structure_not_used(lora_config, c, model);
+    lora_config = std::move(c);
+  }
   const AdapterCount count = count_adapter_parameters(model, lora_config);
   const int64_t tokens_per_step = plan.batch_size * plan.seq_len * plan.grad_accum;
 
@@ -255,13 +295,22 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   out.print("  compute:     {}; LoRA, norms, softmax, loss and AdamW in f32; activation "
             "checkpointing {}\n",
             precision_text(plan.precision), plan.checkpoint_activations ? "on (per block)" : "off");
-  out.print("  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {} in {}\n",
-            plan.dora ? "DoRA" : "LoRA", plan.rank, plan.alpha,
-            plan.rslora ? "alpha/sqrt(r)" : "alpha/r", lora_scale(plan.alpha, plan.rank, plan.rslora),
-            plan.dropout, plan.init,
-            lora_config.targets.regex.empty() ? fmt::format("[{}]", join_items(plan.targets))
-                                              : "regex " + lora_config.targets.regex,
-            plan.layers.empty() ? "every layer" : fmt::format("layers [{}]", join_items(plan.layers)));
+  const LoraConfig& lc = lora_config;
+  if (init_from)
+    out.print("  init_from:   {} ({} adapter): its structure below, trained further\n",
+              init_from->path, init_from->kind);
+  for (const std::string& note : init_from_notes) out.print("               {}\n", note);
+  out.print("  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {} in {}{}\n",
+            lc.dora ? "DoRA" : "LoRA", lc.rank, lc.alpha, lc.rslora ? "alpha/sqrt(r)" : "alpha/r",
+            lora_scale(lc.alpha, lc.rank, lc.rslora), lc.dropout, lora_init_name(lc.init),
+            lc.targets.regex.empty() ? fmt::format("[{}]", join_items(lc.targets.modules))
+                                     : "regex " + lc.targets.regex,
+            lc.targets.layers.empty() ? "every layer"
+                                      : fmt::format("layers [{}]", join_items(lc.targets.layers)),
+            lc.rank_pattern.empty() && lc.alpha_pattern.empty()
+                ? ""
+                : fmt::format(" ({} rank / {} alpha patterns)", lc.rank_pattern.size(),
+                              lc.alpha_pattern.size()));
   out.print("               {} modules, {} trainable parameters ({:.3f}% of the model)\n",
             count.modules, count.parameters,
             100.0 * count.parameters /
@@ -303,6 +352,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   // ---- the model, the adapters, the data ----------------------------------------------------
   double t0 = now_seconds();
   LoraModel lora(model, lora_config);
+  if (init_from) load_adapter_to_train(*init_from, lora, model);
   const BaseConversion& conv = lora.base_conversion();
   out.print("base:          {} projections converted to {}, {:.1f} MB -> {:.1f} MB ({:.1f} s)\n",
             conv.converted, plan.base_dtype, conv.bytes_before / 1e6, conv.bytes_after / 1e6,
