@@ -285,6 +285,22 @@ TEST(TrainLoop, InitFromContinuesAnAdapterOfEveryLayout) {
     EXPECT_GT(moved, 1e-4f) << from;
     EXPECT_EQ(read_adapter_config(b.adapter_dir)["rank"], 4) << from;
   }
+  // An adapter whose q/k rows are in llama.cpp's order (trained on a GGUF) does not fit this
+  // Hugging Face-ordered base: refused, not attached with its q/k updates on the wrong rows.
+  {
+    const fs::path cfg = t.dir / "a/adapter/loom_adapter.json";
+    nlohmann::json j = read_adapter_config((t.dir / "a/adapter").string());
+    ASSERT_EQ(j["q_k_row_order"], "hf");
+    j["q_k_row_order"] = "gguf";
+    std::ofstream(cfg) << j.dump(2);
+    try {
+      t.run("order", {"lora.init_from=" + (t.dir / "a").string()});
+      FAIL() << "a GGUF-ordered adapter was attached to a Hugging Face-ordered base";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("q/k rows are in gguf order"), std::string::npos)
+          << e.what();
+    }
+  }
   // Something that is not an adapter is named.
   try {
     t.run("bad", {"lora.init_from=" + t.recipe.string()});
