@@ -452,7 +452,10 @@ TEST(Metrics, ProgressLinePlainEveryNStepsWithRateAndEta) {
   ProgressLine progress(50, 10, 5, out, /*is_tty=*/false, [&] { return now; });
   for (int64_t step = 11; step <= 20; ++step) {
     now += 2.0;
-    progress.update(step, 3.0 - 0.01 * static_cast<double>(step), 1e-4, 1000);
+    if (step < 20)
+      progress.update(step, 3.0 - 0.01 * static_cast<double>(step), 1e-4, 1000);
+    else  // with the gradient norm and the memory
+      progress.update(step, 3.0 - 0.01 * static_cast<double>(step), 1e-4, 1000, 0.8125, 561.4);
   }
   progress.message("eval wiki: loss 2.1");
   progress.finish();
@@ -462,7 +465,7 @@ TEST(Metrics, ProgressLinePlainEveryNStepsWithRateAndEta) {
   EXPECT_EQ(text,
             "step 11/50  loss 2.8900  lr 1.00e-04  500 tok/s  ETA 1m18s\n"
             "step 15/50  loss 2.8500  lr 1.00e-04  500 tok/s  ETA 1m10s\n"
-            "step 20/50  loss 2.8000  lr 1.00e-04  500 tok/s  ETA 1m00s\n"
+            "step 20/50  loss 2.8000  lr 1.00e-04  gnorm 0.812  500 tok/s  RSS 561 MB  ETA 1m00s\n"
             "eval wiki: loss 2.1\n");
   EXPECT_EQ(progress.snapshot().step, 20);
 }

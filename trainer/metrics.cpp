@@ -66,8 +66,11 @@ std::string format_progress(const ProgressSnapshot& s, bool bar) {
     if (filled < kWidth) cells[static_cast<size_t>(filled)] = '>';
     drawn = fmt::format(" [{}] {:3d}%", cells, step * 100 / s.total_steps);
   }
-  return fmt::format("step {}/{}{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {}", s.step,
-                     s.total_steps, drawn, s.loss, s.lr, s.tokens_per_second,
+  return fmt::format("step {}/{}{}  loss {:.4f}  lr {:.2e}{}  {:.0f} tok/s{}  ETA {}", s.step,
+                     s.total_steps, drawn, s.loss, s.lr,
+                     s.grad_norm < 0 ? std::string() : fmt::format("  gnorm {:.3g}", s.grad_norm),
+                     s.tokens_per_second,
+                     s.rss_mb < 0 ? std::string() : fmt::format("  RSS {:.0f} MB", s.rss_mb),
                      s.eta_seconds < 0 ? std::string("?") : format_duration(s.eta_seconds));
 }
 
@@ -101,8 +104,11 @@ void ProgressLine::emit(const std::string& text) {
   std::fflush(out_);
 }
 
-void ProgressLine::update(int64_t step, double loss, double lr, int64_t tokens) {
+void ProgressLine::update(int64_t step, double loss, double lr, int64_t tokens, double grad_norm,
+                          double rss_mb) {
   tokens_ += tokens;
+  last_.grad_norm = grad_norm;
+  last_.rss_mb = rss_mb;
   const double elapsed = clock_() - start_time_;
   const int64_t done = step - start_step_;
   last_.step = step;

@@ -43,8 +43,10 @@ struct ProgressSnapshot {
   double lr = 0;
   double tokens_per_second = 0;
   double eta_seconds = -1;  // < 0: unknown yet
+  double grad_norm = -1;    // global gradient norm before clipping; < 0: not shown
+  double rss_mb = -1;       // resident memory now; < 0: not shown
 };
-// "step 120/1000  loss 2.3456  lr 1.80e-04  1234 tok/s  ETA 12m03s"
+// "step 120/1000  loss 2.3456  lr 1.80e-04  gnorm 0.812  1234 tok/s  RSS 560 MB  ETA 12m03s"
 // With `bar` (a terminal), "step 10/40 [=====>...............]  25%  loss ...".
 std::string format_progress(const ProgressSnapshot& s, bool bar = false);
 
@@ -57,7 +59,8 @@ class ProgressLine {
                std::FILE* out = stderr, std::optional<bool> is_tty = std::nullopt,
                Clock clock = {});
   // After step `step` completed, having trained on `tokens` tokens in it.
-  void update(int64_t step, double loss, double lr, int64_t tokens);
+  void update(int64_t step, double loss, double lr, int64_t tokens, double grad_norm = -1,
+              double rss_mb = -1);
   // Prints a whole line (an eval result, a warning) without garbling the progress line.
   void message(const std::string& line);
   // Ends an in-place line with a newline.

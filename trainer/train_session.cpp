@@ -589,7 +589,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
                    {"step_seconds", dt},
                    {"peak_rss_mb", peak_rss_bytes() / 1048576.0},
                    {"mix", mix}});
-    if (progress) progress->update(step, loss, lr, tokens);
+    if (progress) progress->update(step, loss, lr, tokens, norm.norm, rss_bytes() / 1048576.0);
     if (result.stopped) break;
 
     if (plan.eval_every > 0 && step % plan.eval_every == 0 && step < plan.steps) {
