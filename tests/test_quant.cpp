@@ -362,6 +362,43 @@ TEST(QuantParity, Avx2KernelsMatchTheScalarReference) {
   }
 }
 
+// The decode kernels (one activation row, M = 1) read the blocks directly; they must give the
+// product with the weights as the scalar dequantizer reads them, here summed in double, up to
+// f32 rounding of the sums (relative to sum |w x|), on quantized Gaussian data and on random
+// raw blocks (wild scales), for any row range and with accumulation.
+TEST(QuantGemv, RowsTimesXMatchTheDequantizedProduct) {
+  if (!quant::use_avx2()) GTEST_SKIP() << "SKIPPED: no AVX2 + FMA + F16C on this CPU";
+  const int64_t rows = 37, cols = 576, n = rows * cols;
+  const std::vector<float> x = gaussian(cols, 5, 1.0f);
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1}) {
+    ASSERT_TRUE(gemv_rows_available(t)) << dtype_name(t);
+    for (uint32_t seed : {0u, 1u, 2u}) {
+      const std::vector<uint8_t> raw =
+          seed == 0 ? quantize(t, gaussian(n, 9, 0.05f).data(), n) : random_raw(t, n, seed);
+      std::vector<float> w(static_cast<size_t>(n));
+      ref::dequantize(t, raw.data(), n, 0, n, w.data());
+      std::vector<float> y(rows, 0.5f), y_acc(rows, 0.5f);
+      ASSERT_TRUE(gemv_rows(t, raw.data(), cols, 0, 20, x.data(), y.data(), false));
+      ASSERT_TRUE(gemv_rows(t, raw.data(), cols, 20, rows, x.data(), y.data(), false));
+      ASSERT_TRUE(gemv_rows(t, raw.data(), cols, 0, rows, x.data(), y_acc.data(), true));
+      for (int64_t r = 0; r < rows; ++r) {
+        double exact = 0, magnitude = 0;
+        for (int64_t k = 0; k < cols; ++k) {
+          exact += double(w[r * cols + k]) * double(x[k]);
+          magnitude += std::fabs(double(w[r * cols + k]) * double(x[k]));
+        }
+        const double tol = 1e-5 * magnitude;
+        EXPECT_NEAR(y[r], exact, tol) << dtype_name(t) << " seed " << seed << " row " << r;
+        EXPECT_NEAR(y_acc[r], 0.5 + exact, tol + 1e-6) << dtype_name(t) << " row " << r;
+      }
+    }
+  }
+  EXPECT_FALSE(gemv_rows_available(DType::NF4));
+  EXPECT_FALSE(gemv_rows_available(DType::F32));
+  float y0 = 0;
+  EXPECT_FALSE(gemv_rows(DType::Q4_K, nullptr, 256, 0, 0, x.data(), &y0, false));
+}
+
 // ---------------------------------------------------------------- GGUF 32-blocks
 
 TEST(QuantQ8_0, HandDerivedBlock) {

@@ -17,6 +17,17 @@ void forward_f32(const float* X, int64_t M, int64_t ldx, const WeightView& W, fl
     sgemm(false, true, M, N, K, 1.0f, X, ldx, static_cast<const float*>(W.data), K, beta, Y, ldy);
     return;
   }
+  if (M == 1 && gemv_rows_available(W.dtype)) {
+    // One row (a decoded token) on block formats with a direct kernel: each thread takes a
+    // share of the rows and multiplies them with x straight from their blocks -- one OpenMP
+    // region for the whole matrix, no f32 copy of the weights.
+    const int threads = N * K < kParallelDequantMin ? 1 : omp_get_max_threads();
+    parallel_run(threads, [&](int t, int nt) {
+      const int64_t begin = N * t / nt, end = N * (t + 1) / nt;
+      if (end > begin) gemv_rows(W.dtype, W.data, K, begin, end, X, Y, accumulate);
+    });
+    return;
+  }
   float* tile = scratch_f32(0, std::min(tile_rows, N) * K);
   if (M == 1) {
     // One row (a decoded token): each thread dequantizes its share of the tile's rows and
