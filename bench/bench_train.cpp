@@ -235,8 +235,7 @@ nlohmann::json run_json_child(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  loom::ensure_blas_coretype(argc, argv);
+int run(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string k = argv[i];
@@ -391,4 +390,15 @@ int main(int argc, char** argv) {
                "forward, input gradient and recompute; the LoRA products not counted)\n");
   fmt::print("\ntargets: loom >= 4x torch bf16 tokens/s; peak RSS <= 1024 MB with the NF4 base\n");
   return 0;
+}
+
+int main(int argc, char** argv) {
+  loom::ensure_blas_coretype(argc, argv);
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_train: error: %s (paths are relative to the repository root: run "
+                 "it from there)\n", e.what());
+    return 1;
+  }
 }
