@@ -368,9 +368,9 @@ TEST(QuantParity, Avx2KernelsMatchTheScalarReference) {
 // raw blocks (wild scales), for any row range and with accumulation.
 TEST(QuantGemv, RowsTimesXMatchTheDequantizedProduct) {
   if (!quant::use_avx2()) GTEST_SKIP() << "SKIPPED: no AVX2 + FMA + F16C on this CPU";
-  const int64_t rows = 37, cols = 576, n = rows * cols;
-  const std::vector<float> x = gaussian(cols, 5, 1.0f);
-  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1}) {
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q6_K}) {
+    const int64_t rows = 37, cols = dtype_info(t).block_elems == 256 ? 512 : 576, n = rows * cols;
+    const std::vector<float> x = gaussian(cols, 5, 1.0f);
     ASSERT_TRUE(gemv_rows_available(t)) << dtype_name(t);
     for (uint32_t seed : {0u, 1u, 2u}) {
       const std::vector<uint8_t> raw =
@@ -396,7 +396,8 @@ TEST(QuantGemv, RowsTimesXMatchTheDequantizedProduct) {
   EXPECT_FALSE(gemv_rows_available(DType::NF4));
   EXPECT_FALSE(gemv_rows_available(DType::F32));
   float y0 = 0;
-  EXPECT_FALSE(gemv_rows(DType::Q4_K, nullptr, 256, 0, 0, x.data(), &y0, false));
+  const float x0[64] = {};
+  EXPECT_FALSE(gemv_rows(DType::NF4, nullptr, 64, 0, 0, x0, &y0, false));
 }
 
 // ---------------------------------------------------------------- GGUF 32-blocks

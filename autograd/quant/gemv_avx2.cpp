@@ -1,9 +1,10 @@
-// AVX2 products of one activation row with GGUF Q8_0 / Q4_0 / Q4_1 weight rows, read straight
+// AVX2 products of one activation row with GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K weight rows, read straight
 // from the blocks: y[r] = sum_k W[r, k] x[k] for a range of rows. What decoding (one token, M = 1)
 // needs: dequantizing every weight to f32 and then running sgemv over it wrote and read each
 // weight twice more than this. Per block of 32, sum_i q_i x_i is formed in f32 (8 lanes, fused
-// multiply-adds) and scaled by the block's d once; Q4_1's offset m adds m * sum_i x_i, with the
-// block sums of x formed once per call. The result equals sum_k W[r, k] x[k] with W as the
+// multiply-adds) and scaled by the block's d once (K-quants: per sub-block, d times its scale);
+// the offsets of Q4_1 and Q4_K add m * sum_i x_i, with the 32-element sums of x formed once per
+// call. The result equals sum_k W[r, k] x[k] with W as the
 // dequantizers give it, up to the order of the f32 additions (tested against the dequantized
 // product in tests/test_quant.cpp).
 //
@@ -87,31 +88,108 @@ float row_q4_1(const uint8_t* row, int64_t nblocks, const float* x, const float*
   return hsum(acc) + offsets;
 }
 
+// Q4_K: per 64-element chunk c of a 256-block, sub-block 2c in the low nibbles (scale d*sc,
+// offset -dmin*m) and 2c+1 in the high ones; xsum holds x's sums over 32-element sub-blocks.
+float row_q4_k(const uint8_t* row, int64_t nblocks, const float* x, const float* xsum) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  float offsets = 0.0f;
+  for (int64_t b = 0; b < nblocks; ++b, x += kQkK, xsum += kQkK / kQk) {
+    const uint8_t* p = row + b * sizeof(BlockQ4_K);
+    const float d = f16_value(p), dmin = f16_value(p + 2);
+    const uint8_t* scales = p + 4;
+    const uint8_t* qs = p + 16;
+    for (int c = 0; c < 4; ++c) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+      const __m256i lo = _mm256_and_si256(raw, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+      const __m256i sub[2] = {lo, hi};
+      for (int k = 0; k < 2; ++k) {
+        uint8_t sc, m;
+        k4_scale_min(scales, 2 * c + k, sc, m);
+        const float* xs = x + 64 * c + 32 * k;
+        const __m128i q0 = _mm256_castsi256_si128(sub[k]), q1 = _mm256_extracti128_si256(sub[k], 1);
+        __m256 t = dot16(u8x8(q0), u8x8(high8(q0)), xs, _mm256_setzero_ps());
+        t = dot16(u8x8(q1), u8x8(high8(q1)), xs + 16, t);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc), t, acc);
+        offsets -= dmin * m * xsum[2 * c + k];
+      }
+    }
+  }
+  return hsum(acc) + offsets;
+}
+
+// Q6_K: halves of 128 (ql 64 bytes, qh 32 bytes), quarters of 32 values centered by 32, a
+// scale d*scales[s] per 16.
+float row_q6_k(const uint8_t* row, int64_t nblocks, const float* x) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
+  const __m256i bias = _mm256_set1_epi8(32);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nblocks; ++b, x += kQkK) {
+    const uint8_t* p = row + b * sizeof(BlockQ6_K);
+    const auto* scales = reinterpret_cast<const int8_t*>(p + 192);
+    const float d = f16_value(p + 208);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql_a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h));
+      const __m256i ql_b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h));
+      const __m256i lo_src[4] = {ql_a, ql_b, _mm256_srli_epi16(ql_a, 4), _mm256_srli_epi16(ql_b, 4)};
+      for (int r = 0; r < 4; ++r) {
+        const __m256i high2 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * r), low2);
+        const __m256i q =
+            _mm256_or_si256(_mm256_and_si256(lo_src[r], low4), _mm256_slli_epi16(high2, 4));
+        const __m256i centered = _mm256_sub_epi8(q, bias);
+        const int s = 8 * h + 2 * r;
+        const float* xs = x + 128 * h + 32 * r;
+        const __m128i c0 = _mm256_castsi256_si128(centered);
+        const __m128i c1 = _mm256_extracti128_si256(centered, 1);
+        const __m256 t0 = dot16(i8x8(c0), i8x8(high8(c0)), xs, _mm256_setzero_ps());
+        const __m256 t1 = dot16(i8x8(c1), i8x8(high8(c1)), xs + 16, _mm256_setzero_ps());
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scales[s]), t0, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scales[s + 1]), t1, acc);
+      }
+    }
+  }
+  return hsum(acc);
+}
+
 }  // namespace
 
 bool gemv_rows(DType t, const uint8_t* data, int64_t cols, int64_t row_begin, int64_t row_end,
                const float* x, float* y, bool accumulate) {
-  if (t != DType::Q8_0 && t != DType::Q4_0 && t != DType::Q4_1) return false;
-  const int64_t nblocks = cols / kQk;
-  const size_t block_bytes = t == DType::Q8_0   ? sizeof(BlockQ8_0)
-                             : t == DType::Q4_0 ? sizeof(BlockQ4_0)
-                                                : sizeof(BlockQ4_1);
+  size_t block_bytes = 0;
+  int64_t block_elems = kQk;
+  switch (t) {
+    case DType::Q8_0: block_bytes = sizeof(BlockQ8_0); break;
+    case DType::Q4_0: block_bytes = sizeof(BlockQ4_0); break;
+    case DType::Q4_1: block_bytes = sizeof(BlockQ4_1); break;
+    case DType::Q4_K: block_bytes = sizeof(BlockQ4_K); block_elems = kQkK; break;
+    case DType::Q6_K: block_bytes = sizeof(BlockQ6_K); block_elems = kQkK; break;
+    default: return false;
+  }
+  const int64_t nblocks = cols / block_elems;
   const size_t row_bytes = static_cast<size_t>(nblocks) * block_bytes;
+  // Sums of x over each 32 elements, for the formats with a per-block offset.
   std::vector<float> xsum;
-  if (t == DType::Q4_1) {
-    xsum.resize(static_cast<size_t>(nblocks));
-    for (int64_t b = 0; b < nblocks; ++b) {
-      __m256 s = _mm256_add_ps(_mm256_loadu_ps(x + b * kQk), _mm256_loadu_ps(x + b * kQk + 8));
-      s = _mm256_add_ps(s, _mm256_add_ps(_mm256_loadu_ps(x + b * kQk + 16),
-                                         _mm256_loadu_ps(x + b * kQk + 24)));
+  if (t == DType::Q4_1 || t == DType::Q4_K) {
+    xsum.resize(static_cast<size_t>(cols / kQk));
+    for (int64_t b = 0; b < cols / kQk; ++b) {
+      const float* xb = x + b * kQk;
+      const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8)),
+                                     _mm256_add_ps(_mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 24)));
       xsum[static_cast<size_t>(b)] = hsum(s);
     }
   }
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint8_t* row = data + static_cast<size_t>(r) * row_bytes;
-    const float v = t == DType::Q8_0   ? row_q8_0(row, nblocks, x)
-                    : t == DType::Q4_0 ? row_q4_0(row, nblocks, x)
-                                       : row_q4_1(row, nblocks, x, xsum.data());
+    float v = 0.0f;
+    switch (t) {
+      case DType::Q8_0: v = row_q8_0(row, nblocks, x); break;
+      case DType::Q4_0: v = row_q4_0(row, nblocks, x); break;
+      case DType::Q4_1: v = row_q4_1(row, nblocks, x, xsum.data()); break;
+      case DType::Q4_K: v = row_q4_k(row, nblocks, x, xsum.data()); break;
+      default: v = row_q6_k(row, nblocks, x); break;
+    }
     y[r] = accumulate ? y[r] + v : v;
   }
   return true;

@@ -26,7 +26,8 @@ bool quant::use_avx2() {
 }
 
 bool gemv_rows_available(DType t) {
-  return quant::use_avx2() && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1);
+  return quant::use_avx2() && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 ||
+                               t == DType::Q4_K || t == DType::Q6_K);
 }
 
 bool gemv_rows(DType t, const void* data, int64_t cols, int64_t row_begin, int64_t row_end,
