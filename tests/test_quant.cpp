@@ -368,7 +368,7 @@ TEST(QuantParity, Avx2KernelsMatchTheScalarReference) {
 // raw blocks (wild scales), for any row range and with accumulation.
 TEST(QuantGemv, RowsTimesXMatchTheDequantizedProduct) {
   if (!quant::use_avx2()) GTEST_SKIP() << "SKIPPED: no AVX2 + FMA + F16C on this CPU";
-  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::NF4, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q6_K}) {
     const int64_t rows = 37, cols = dtype_info(t).block_elems == 256 ? 512 : 576, n = rows * cols;
     const std::vector<float> x = gaussian(cols, 5, 1.0f);
     ASSERT_TRUE(gemv_rows_available(t)) << dtype_name(t);
@@ -378,9 +378,9 @@ TEST(QuantGemv, RowsTimesXMatchTheDequantizedProduct) {
       std::vector<float> w(static_cast<size_t>(n));
       ref::dequantize(t, raw.data(), n, 0, n, w.data());
       std::vector<float> y(rows, 0.5f), y_acc(rows, 0.5f);
-      ASSERT_TRUE(gemv_rows(t, raw.data(), cols, 0, 20, x.data(), y.data(), false));
-      ASSERT_TRUE(gemv_rows(t, raw.data(), cols, 20, rows, x.data(), y.data(), false));
-      ASSERT_TRUE(gemv_rows(t, raw.data(), cols, 0, rows, x.data(), y_acc.data(), true));
+      ASSERT_TRUE(gemv_rows(t, raw.data(), rows, cols, 0, 20, x.data(), y.data(), false));
+      ASSERT_TRUE(gemv_rows(t, raw.data(), rows, cols, 20, rows, x.data(), y.data(), false));
+      ASSERT_TRUE(gemv_rows(t, raw.data(), rows, cols, 0, rows, x.data(), y_acc.data(), true));
       for (int64_t r = 0; r < rows; ++r) {
         double exact = 0, magnitude = 0;
         for (int64_t k = 0; k < cols; ++k) {
@@ -393,11 +393,11 @@ TEST(QuantGemv, RowsTimesXMatchTheDequantizedProduct) {
       }
     }
   }
-  EXPECT_FALSE(gemv_rows_available(DType::NF4));
   EXPECT_FALSE(gemv_rows_available(DType::F32));
+  EXPECT_FALSE(gemv_rows_available(DType::BF16));
   float y0 = 0;
   const float x0[64] = {};
-  EXPECT_FALSE(gemv_rows(DType::NF4, nullptr, 64, 0, 0, x0, &y0, false));
+  EXPECT_FALSE(gemv_rows(DType::F32, x0, 1, 64, 0, 1, x0, &y0, false));
 }
 
 // ---------------------------------------------------------------- GGUF 32-blocks

@@ -24,7 +24,7 @@ void forward_f32(const float* X, int64_t M, int64_t ldx, const WeightView& W, fl
     const int threads = N * K < kParallelDequantMin ? 1 : omp_get_max_threads();
     parallel_run(threads, [&](int t, int nt) {
       const int64_t begin = N * t / nt, end = N * (t + 1) / nt;
-      if (end > begin) gemv_rows(W.dtype, W.data, K, begin, end, X, Y, accumulate);
+      if (end > begin) gemv_rows(W.dtype, W.data, N, K, begin, end, X, Y, accumulate);
     });
     return;
   }

@@ -1,4 +1,4 @@
-// AVX2 products of one activation row with GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K weight rows, read straight
+// AVX2 products of one activation row with NF4 and GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K weight rows, read straight
 // from the blocks: y[r] = sum_k W[r, k] x[k] for a range of rows. What decoding (one token, M = 1)
 // needs: dequantizing every weight to f32 and then running sgemv over it wrote and read each
 // weight twice more than this. Per block of 32, sum_i q_i x_i is formed in f32 (8 lanes, fused
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "autograd/quant/ggml_blocks.h"
+#include "autograd/quant/nf4.h"
 #include "autograd/quant/quant_kernels.h"
 
 namespace loom::quant::avx2 {
@@ -153,10 +154,48 @@ float row_q6_k(const uint8_t* row, int64_t nblocks, const float* x) {
   return hsum(acc);
 }
 
+// NF4: per block of 64, the codes' table values (looked up 8 lanes at a time) times x, scaled
+// by the block's absmax. Codes: element 2i in the high nibble of byte i, 2i + 1 in the low one.
+float row_nf4(const Nf4Layout& layout, int64_t first_block, int64_t nblocks, const float* x) {
+  const __m256 table_lo = _mm256_loadu_ps(kNf4Codes.data());
+  const __m256 table_hi = _mm256_loadu_ps(kNf4Codes.data() + 8);
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = first_block; b < first_block + nblocks; ++b) {
+    const uint8_t* codes = layout.codes + b * (kNf4BlockSize / 2);
+    __m256 s = _mm256_setzero_ps();
+    for (int half = 0; half < 2; ++half, x += 32) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * half));
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
+      const __m128i lo = _mm_and_si128(raw, low4);
+      const __m128i in_order[2] = {_mm_unpacklo_epi8(hi, lo), _mm_unpackhi_epi8(hi, lo)};
+      for (int k = 0; k < 4; ++k) {
+        const __m128i bytes = k % 2 ? high8(in_order[k / 2]) : in_order[k / 2];
+        const __m256i idx = _mm256_cvtepu8_epi32(bytes);
+        const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(table_lo, idx),
+                                          _mm256_permutevar8x32_ps(table_hi, idx),
+                                          _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+        s = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * k), s);
+      }
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(nf4_block_absmax(layout, b)), s, acc);
+  }
+  return hsum(acc);
+}
+
 }  // namespace
 
-bool gemv_rows(DType t, const uint8_t* data, int64_t cols, int64_t row_begin, int64_t row_end,
-               const float* x, float* y, bool accumulate) {
+bool gemv_rows(DType t, const uint8_t* data, int64_t rows, int64_t cols, int64_t row_begin,
+               int64_t row_end, const float* x, float* y, bool accumulate) {
+  if (t == DType::NF4) {
+    const Nf4Layout layout = nf4_layout(data, rows * cols);
+    const int64_t per_row = cols / kNf4BlockSize;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const float v = row_nf4(layout, r * per_row, per_row, x);
+      y[r] = accumulate ? y[r] + v : v;
+    }
+    return true;
+  }
   size_t block_bytes = 0;
   int64_t block_elems = kQk;
   switch (t) {

@@ -91,7 +91,11 @@ void quantize_nf4(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + b * kNf4BlockSize;
     float amax = 0.0f;
-    for (int64_t i = 0; i < kNf4BlockSize; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+    // x is finite, so a plain comparison is fmax (which GCC would call in libm per element).
+    for (int64_t i = 0; i < kNf4BlockSize; ++i) {
+      const float a = std::fabs(xb[i]);
+      amax = a > amax ? a : amax;
+    }
     absmax[static_cast<size_t>(b)] = amax;
     for (int64_t i = 0; i < kNf4BlockSize; i += 2) {
       const uint8_t hi = nearest_nf4_code(amax > 0.0f ? xb[i] / amax : 0.0f);

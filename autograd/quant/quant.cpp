@@ -26,18 +26,19 @@ bool quant::use_avx2() {
 }
 
 bool gemv_rows_available(DType t) {
-  return quant::use_avx2() && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 ||
-                               t == DType::Q4_K || t == DType::Q6_K);
+  return quant::use_avx2() && (t == DType::NF4 || t == DType::Q8_0 || t == DType::Q4_0 ||
+                               t == DType::Q4_1 || t == DType::Q4_K || t == DType::Q6_K);
 }
 
-bool gemv_rows(DType t, const void* data, int64_t cols, int64_t row_begin, int64_t row_end,
-               const float* x, float* y, bool accumulate) {
+bool gemv_rows(DType t, const void* data, int64_t rows, int64_t cols, int64_t row_begin,
+               int64_t row_end, const float* x, float* y, bool accumulate) {
   if (!gemv_rows_available(t)) return false;
-  LOOM_CHECK(cols % dtype_info(t).block_elems == 0 && row_begin >= 0 && row_end >= row_begin,
-             "gemv_rows: {} columns (block {}), rows [{}, {})", cols, dtype_info(t).block_elems,
-             row_begin, row_end);
-  return quant::avx2::gemv_rows(t, static_cast<const uint8_t*>(data), cols, row_begin, row_end, x,
-                                y, accumulate);
+  LOOM_CHECK(cols % dtype_info(t).block_elems == 0 && row_begin >= 0 && row_end >= row_begin &&
+                 row_end <= rows,
+             "gemv_rows: {} x {} weights (block {}), rows [{}, {})", rows, cols,
+             dtype_info(t).block_elems, row_begin, row_end);
+  return quant::avx2::gemv_rows(t, static_cast<const uint8_t*>(data), rows, cols, row_begin,
+                                row_end, x, y, accumulate);
 }
 
 const char* quant::dequant_path() {

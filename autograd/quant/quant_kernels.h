@@ -73,10 +73,10 @@ void dequant_q4_1(const uint8_t* blocks, int64_t nblocks, float* out);
 void dequant_q4_k(const uint8_t* blocks, int64_t nblocks, float* out);
 void dequant_q6_k(const uint8_t* blocks, int64_t nblocks, float* out);
 void dequant_nf4(const uint8_t* data, int64_t n_total, int64_t first, int64_t count, float* out);
-// gemv_avx2.cpp: y[r] (+)= W[r, :] . x for rows [row_begin, row_end) of Q8_0 / Q4_0 / Q4_1 /
-// Q4_K / Q6_K weights with `cols` columns; false (nothing done) for other dtypes.
-bool gemv_rows(DType t, const uint8_t* data, int64_t cols, int64_t row_begin, int64_t row_end,
-               const float* x, float* y, bool accumulate);
+// gemv_avx2.cpp: y[r] (+)= W[r, :] . x for rows [row_begin, row_end) of [rows x cols] NF4 /
+// Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K weights; false (nothing done) for other dtypes.
+bool gemv_rows(DType t, const uint8_t* data, int64_t rows, int64_t cols, int64_t row_begin,
+               int64_t row_end, const float* x, float* y, bool accumulate);
 }  // namespace avx2
 
 // True when the AVX-512 paths may run on this CPU (cpu_has_avx512_bf16(), cached).
