@@ -33,7 +33,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// "a, b, c" (fmt::join trips GCC 12's -Wstringop-overflow at -O3).
 // What of the recipe's adapter structure a continued adapter replaces, one line each.
 std::vector<std::string> recipe_structure_not_used(const LoraConfig& recipe, const LoraConfig& adapter,
                                                    LlamaModel& model) {
@@ -60,6 +59,7 @@ std::vector<std::string> recipe_structure_not_used(const LoraConfig& recipe, con
   return notes;
 }
 
+// "a, b, c" (fmt::join trips GCC 12's -Wstringop-overflow at -O3).
 template <class T>
 std::string join_items(const std::vector<T>& items) {
   std::string s;
