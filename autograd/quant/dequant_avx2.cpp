@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "autograd/quant/avx2_util.h"
 #include "autograd/quant/ggml_blocks.h"
 #include "autograd/quant/nf4.h"
 #include "autograd/quant/quant_kernels.h"
@@ -19,24 +20,6 @@
 
 namespace loom::quant::avx2 {
 namespace {
-
-// Exact f16 -> f32 of one value (F16C), as loom::f16_to_f32.
-inline float f16_scalar(const uint8_t* p) {
-  uint16_t h;
-  __builtin_memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-// The low 8 bytes of b as 8 signed / unsigned integers converted to f32.
-inline __m256 i8x8_to_f32(__m128i b) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-}
-inline __m256 u8x8_to_f32(__m128i b) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
-}
-inline __m128i high8(__m128i b) {
-  return _mm_srli_si128(b, 8);
-}
 
 // 16 signed bytes times d: out[0..15].
 inline void i8x16_times(__m128i q, __m256 d, float* out) {
@@ -115,25 +98,14 @@ void q4_k_blocks(const uint8_t* blocks, int64_t nblocks, float* out) {
 }
 
 void q6_k_blocks(const uint8_t* blocks, int64_t nblocks, float* out) {
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const __m256i low2 = _mm256_set1_epi8(0x03);
-  const __m256i bias = _mm256_set1_epi8(32);
   for (int64_t b = 0; b < nblocks; ++b, out += kQkK) {
     const uint8_t* p = blocks + b * sizeof(BlockQ6_K);
     const auto* scales = reinterpret_cast<const int8_t*>(p + 192);
     const float d = f16_scalar(p + 208);
     for (int h = 0; h < 2; ++h) {  // halves of 128: ql 64 bytes, qh 32 bytes
-      const __m256i ql_a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h));
-      const __m256i ql_b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h + 32));
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h));
-      // Quarter r of the half: low nibble source (ql_a low, ql_b low, ql_a high, ql_b high) and
-      // high 2 bits from bits 2r..2r+1 of qh.
-      const __m256i lo_src[4] = {ql_a, ql_b, _mm256_srli_epi16(ql_a, 4), _mm256_srli_epi16(ql_b, 4)};
+      const Q6kHalf half(p, h);
       for (int r = 0; r < 4; ++r) {
-        const __m256i high2 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * r), low2);
-        const __m256i q =
-            _mm256_or_si256(_mm256_and_si256(lo_src[r], low4), _mm256_slli_epi16(high2, 4));
-        const __m256i centered = _mm256_sub_epi8(q, bias);
+        const __m256i centered = half.centered(r);
         const int s = 8 * h + 2 * r;  // scale index of the first 16 of these 32 weights
         float* o = out + 128 * h + 32 * r;
         i8x16_times(_mm256_castsi256_si128(centered), _mm256_set1_ps(d * scales[s]), o);
@@ -144,32 +116,19 @@ void q6_k_blocks(const uint8_t* blocks, int64_t nblocks, float* out) {
   }
 }
 
-// The 16-entry code table looked up 8 lanes at a time: codes 0..7 from one register, 8..15 from
-// the other (permutevar8x32 reads the low 3 bits of each index), picked by bit 3.
-inline __m256 nf4_lookup(__m256i idx, __m256 table_lo, __m256 table_hi) {
-  const __m256 lo = _mm256_permutevar8x32_ps(table_lo, idx);
-  const __m256 hi = _mm256_permutevar8x32_ps(table_hi, idx);
-  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-}
-
 void nf4_range(const uint8_t* data, int64_t n_total, int64_t first, int64_t count, float* out) {
   const Nf4Layout layout = nf4_layout(data, n_total);
-  const __m256 table_lo = _mm256_loadu_ps(kNf4Codes.data());
-  const __m256 table_hi = _mm256_loadu_ps(kNf4Codes.data() + 8);
-  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const __m256 table_lo = nf4_table_lo(), table_hi = nf4_table_hi();
   for (int64_t b = first / kNf4BlockSize; b < (first + count) / kNf4BlockSize; ++b) {
     const __m256 absmax = _mm256_set1_ps(nf4_block_absmax(layout, b));
     const uint8_t* codes = layout.codes + b * (kNf4BlockSize / 2);
     for (int half = 0; half < 2; ++half, out += 32) {
-      // 16 bytes = 32 codes, element 2i in the high nibble of byte i, 2i+1 in the low nibble.
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * half));
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
-      const __m128i lo = _mm_and_si128(raw, low4);
-      const __m128i in_order[2] = {_mm_unpacklo_epi8(hi, lo), _mm_unpackhi_epi8(hi, lo)};
+      __m128i in_order[2];
+      nf4_codes_in_order(codes + 16 * half, in_order);
       for (int k = 0; k < 4; ++k) {
         const __m128i bytes = k % 2 ? high8(in_order[k / 2]) : in_order[k / 2];
-        const __m256 v = nf4_lookup(_mm256_cvtepu8_epi32(bytes), table_lo, table_hi);
-        _mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(v, absmax));
+        _mm256_storeu_ps(out + 8 * k,
+                         _mm256_mul_ps(nf4_lookup(bytes, table_lo, table_hi), absmax));
       }
     }
   }

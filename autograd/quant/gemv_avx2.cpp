@@ -8,28 +8,21 @@
 // dequantizers give it, up to the order of the f32 additions (tested against the dequantized
 // product in tests/test_quant.cpp).
 //
-// Only called after quant::use_avx2() (AVX2 + FMA + F16C at run time).
+// Only called after quant::use_avx2() (AVX2 + FMA + F16C at run time). Unlike the dequantizers
+// this file does not include fp_contract_off.h: it defines no storage format, and its products
+// are fused multiply-adds on purpose.
 #include <immintrin.h>
 
 #include <cstdint>
 #include <vector>
 
+#include "autograd/quant/avx2_util.h"
 #include "autograd/quant/ggml_blocks.h"
 #include "autograd/quant/nf4.h"
 #include "autograd/quant/quant_kernels.h"
 
 namespace loom::quant::avx2 {
 namespace {
-
-inline float f16_value(const uint8_t* p) {
-  uint16_t h;
-  __builtin_memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-inline __m256 i8x8(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
-inline __m256 u8x8(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
-inline __m128i high8(__m128i b) { return _mm_srli_si128(b, 8); }
 
 inline float hsum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -49,9 +42,9 @@ float row_q8_0(const uint8_t* row, int64_t nblocks, const float* x) {
     const uint8_t* p = row + b * sizeof(BlockQ8_0);
     const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
     const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 18));
-    __m256 s = dot16(i8x8(q0), i8x8(high8(q0)), x, _mm256_setzero_ps());
-    s = dot16(i8x8(q1), i8x8(high8(q1)), x + 16, s);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_value(p)), s, acc);
+    __m256 s = dot16(i8x8_to_f32(q0), i8x8_to_f32(high8(q0)), x, _mm256_setzero_ps());
+    s = dot16(i8x8_to_f32(q1), i8x8_to_f32(high8(q1)), x + 16, s);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(p)), s, acc);
   }
   return hsum(acc);
 }
@@ -64,9 +57,9 @@ float row_q4_0(const uint8_t* row, int64_t nblocks, const float* x) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
     const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, low4), eight);  // elements 0..15
     const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), low4), eight);
-    __m256 s = dot16(i8x8(lo), i8x8(high8(lo)), x, _mm256_setzero_ps());
-    s = dot16(i8x8(hi), i8x8(high8(hi)), x + 16, s);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_value(p)), s, acc);
+    __m256 s = dot16(i8x8_to_f32(lo), i8x8_to_f32(high8(lo)), x, _mm256_setzero_ps());
+    s = dot16(i8x8_to_f32(hi), i8x8_to_f32(high8(hi)), x + 16, s);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(p)), s, acc);
   }
   return hsum(acc);
 }
@@ -81,10 +74,10 @@ float row_q4_1(const uint8_t* row, int64_t nblocks, const float* x, const float*
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 4));
     const __m128i lo = _mm_and_si128(raw, low4);
     const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
-    __m256 s = dot16(u8x8(lo), u8x8(high8(lo)), x, _mm256_setzero_ps());
-    s = dot16(u8x8(hi), u8x8(high8(hi)), x + 16, s);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_value(p)), s, acc);
-    offsets += f16_value(p + 2) * xsum[b];
+    __m256 s = dot16(u8x8_to_f32(lo), u8x8_to_f32(high8(lo)), x, _mm256_setzero_ps());
+    s = dot16(u8x8_to_f32(hi), u8x8_to_f32(high8(hi)), x + 16, s);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(p)), s, acc);
+    offsets += f16_scalar(p + 2) * xsum[b];
   }
   return hsum(acc) + offsets;
 }
@@ -97,7 +90,7 @@ float row_q4_k(const uint8_t* row, int64_t nblocks, const float* x, const float*
   float offsets = 0.0f;
   for (int64_t b = 0; b < nblocks; ++b, x += kQkK, xsum += kQkK / kQk) {
     const uint8_t* p = row + b * sizeof(BlockQ4_K);
-    const float d = f16_value(p), dmin = f16_value(p + 2);
+    const float d = f16_scalar(p), dmin = f16_scalar(p + 2);
     const uint8_t* scales = p + 4;
     const uint8_t* qs = p + 16;
     for (int c = 0; c < 4; ++c) {
@@ -110,8 +103,8 @@ float row_q4_k(const uint8_t* row, int64_t nblocks, const float* x, const float*
         k4_scale_min(scales, 2 * c + k, sc, m);
         const float* xs = x + 64 * c + 32 * k;
         const __m128i q0 = _mm256_castsi256_si128(sub[k]), q1 = _mm256_extracti128_si256(sub[k], 1);
-        __m256 t = dot16(u8x8(q0), u8x8(high8(q0)), xs, _mm256_setzero_ps());
-        t = dot16(u8x8(q1), u8x8(high8(q1)), xs + 16, t);
+        __m256 t = dot16(u8x8_to_f32(q0), u8x8_to_f32(high8(q0)), xs, _mm256_setzero_ps());
+        t = dot16(u8x8_to_f32(q1), u8x8_to_f32(high8(q1)), xs + 16, t);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc), t, acc);
         offsets -= dmin * m * xsum[2 * c + k];
       }
@@ -123,29 +116,22 @@ float row_q4_k(const uint8_t* row, int64_t nblocks, const float* x, const float*
 // Q6_K: halves of 128 (ql 64 bytes, qh 32 bytes), quarters of 32 values centered by 32, a
 // scale d*scales[s] per 16.
 float row_q6_k(const uint8_t* row, int64_t nblocks, const float* x) {
-  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
-  const __m256i bias = _mm256_set1_epi8(32);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < nblocks; ++b, x += kQkK) {
     const uint8_t* p = row + b * sizeof(BlockQ6_K);
     const auto* scales = reinterpret_cast<const int8_t*>(p + 192);
-    const float d = f16_value(p + 208);
+    const float d = f16_scalar(p + 208);
     for (int h = 0; h < 2; ++h) {
-      const __m256i ql_a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h));
-      const __m256i ql_b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h + 32));
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h));
-      const __m256i lo_src[4] = {ql_a, ql_b, _mm256_srli_epi16(ql_a, 4), _mm256_srli_epi16(ql_b, 4)};
+      const Q6kHalf half(p, h);
       for (int r = 0; r < 4; ++r) {
-        const __m256i high2 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * r), low2);
-        const __m256i q =
-            _mm256_or_si256(_mm256_and_si256(lo_src[r], low4), _mm256_slli_epi16(high2, 4));
-        const __m256i centered = _mm256_sub_epi8(q, bias);
+        const __m256i centered = half.centered(r);
         const int s = 8 * h + 2 * r;
         const float* xs = x + 128 * h + 32 * r;
         const __m128i c0 = _mm256_castsi256_si128(centered);
         const __m128i c1 = _mm256_extracti128_si256(centered, 1);
-        const __m256 t0 = dot16(i8x8(c0), i8x8(high8(c0)), xs, _mm256_setzero_ps());
-        const __m256 t1 = dot16(i8x8(c1), i8x8(high8(c1)), xs + 16, _mm256_setzero_ps());
+        const __m256 t0 = dot16(i8x8_to_f32(c0), i8x8_to_f32(high8(c0)), xs, _mm256_setzero_ps());
+        const __m256 t1 =
+            dot16(i8x8_to_f32(c1), i8x8_to_f32(high8(c1)), xs + 16, _mm256_setzero_ps());
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scales[s]), t0, acc);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scales[s + 1]), t1, acc);
       }
@@ -157,25 +143,17 @@ float row_q6_k(const uint8_t* row, int64_t nblocks, const float* x) {
 // NF4: per block of 64, the codes' table values (looked up 8 lanes at a time) times x, scaled
 // by the block's absmax. Codes: element 2i in the high nibble of byte i, 2i + 1 in the low one.
 float row_nf4(const Nf4Layout& layout, int64_t first_block, int64_t nblocks, const float* x) {
-  const __m256 table_lo = _mm256_loadu_ps(kNf4Codes.data());
-  const __m256 table_hi = _mm256_loadu_ps(kNf4Codes.data() + 8);
-  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const __m256 table_lo = nf4_table_lo(), table_hi = nf4_table_hi();
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = first_block; b < first_block + nblocks; ++b) {
     const uint8_t* codes = layout.codes + b * (kNf4BlockSize / 2);
     __m256 s = _mm256_setzero_ps();
     for (int half = 0; half < 2; ++half, x += 32) {
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * half));
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
-      const __m128i lo = _mm_and_si128(raw, low4);
-      const __m128i in_order[2] = {_mm_unpacklo_epi8(hi, lo), _mm_unpackhi_epi8(hi, lo)};
+      __m128i in_order[2];
+      nf4_codes_in_order(codes + 16 * half, in_order);
       for (int k = 0; k < 4; ++k) {
         const __m128i bytes = k % 2 ? high8(in_order[k / 2]) : in_order[k / 2];
-        const __m256i idx = _mm256_cvtepu8_epi32(bytes);
-        const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(table_lo, idx),
-                                          _mm256_permutevar8x32_ps(table_hi, idx),
-                                          _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-        s = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * k), s);
+        s = _mm256_fmadd_ps(nf4_lookup(bytes, table_lo, table_hi), _mm256_loadu_ps(x + 8 * k), s);
       }
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(nf4_block_absmax(layout, b)), s, acc);
