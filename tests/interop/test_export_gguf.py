@@ -37,8 +37,12 @@ C. llama.cpp (llama-cpp-python) on SmolLM2-135M-Instruct (Q4_1) with a determini
    order concrete: the same adapter with the q/k lora_b rows left in Hugging Face order (rewritten
    here with numpy) must miss loom's perplexity by more than the tolerance (it misses by ~47%).
 
+D. A PiSSA adapter (q/v, rank 8, f32 residual base, B moved from B0): loom writes it at rank 16
+   as [B, -B0] [A; A0]; llama.cpp applies it to the original Q4_1 file and must score what the
+   trained model (residual + adapter) scores in loom, within the 2.5% above.
+
 Exit 0: all agree; 1: a difference or an error; 77: skipped (gguf / numpy not importable, or for
-B/C llama_cpp not importable or the model missing -- A still runs first and fails loudly).
+B/C/D llama_cpp not importable or the model missing -- A still runs first and fails loudly).
 Environment: LOOM_BUILD_DIR (default <source>/build), LOOM_SOURCE_DIR.
 """
 import json
@@ -416,6 +420,68 @@ def part_c(llama_cpp):
         print(f"    {label:28s} {mine:9.4f} {ppl:9.4f}  {rel:+.3%}")
 
 
+def part_d(llama_cpp):
+    """A PiSSA adapter exported for llama.cpp, applied by llama.cpp to the ORIGINAL base."""
+    print("D. llama.cpp applies loom's export of a PiSSA adapter to the original base")
+    vocab = open_llama(llama_cpp, MODEL, logits_all=False)
+    tokens = vocab.tokenize(Path(PPL_TEXT).read_bytes(), add_bos=False, special=False)[:CTX * WINDOWS]
+    del vocab
+    # PiSSA on q/v (rank 8): the base is replaced by its f32 residual W - s B0 A0, B moves from B0.
+    request = {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"], "seed": 7,
+               "b_scale": 0.05, "init": "pissa", "base_dtype": "f32",
+               "adapter_types": ["f32"], "merged_types": [],
+               "evaluate": ["adapter", "file_adapter_f32"],
+               "tokens": tokens, "ctx": CTX, "prompts": [], "n_greedy": 0}
+    req = WORK / "request_pissa.json"
+    req.write_text(json.dumps(request))
+    out = WORK / "pissa"
+    tool("smollm2", MODEL, out, req)
+    loom = json.loads((out / "loom.json").read_text())
+    for n in loom["exports"]["adapter_f32"]["notes"]:
+        print(f"      {n}")
+    ranks = {int(t.shape[0]) for t in gguf.GGUFReader(out / "adapter_f32.gguf").tensors
+             if t.name.endswith(".lora_b")}
+    check(ranks == {16}, "the PiSSA adapter file is rank 2r = 16 ([B, -B0] [A; A0])", f"{ranks}")
+    trained = loom["adapter"]["perplexity"]
+    back = loom["file_adapter_f32"]["perplexity"]
+    rel = abs(back / trained - 1)
+    check(rel < 2e-3, f"loom: the original base + the file {back:.4f} = the trained model "
+          f"{trained:.4f}", f"{rel:.2e}")
+    llm = open_llama(llama_cpp, MODEL, out / "adapter_f32.gguf", logits_all=False)
+    ppl = llamacpp_perplexity(llm, tokens)
+    del llm
+    rel = ppl / trained - 1
+    check(abs(rel) < PPL_TOLERANCE, f"llama.cpp, original base + PiSSA file {ppl:.4f} vs the "
+          f"trained model in loom {trained:.4f} ({rel:+.3%})", f"{rel:+.3%}")
+
+    # Control: the trained A, B alone (what the export wrote before), i.e. the first r rows of
+    # lora_a and first r columns of lora_b, scaled for llama.cpp's alpha / r: llama.cpp then adds
+    # s B A (about the base's top-8 part again) to the full base and must miss.
+    r = gguf.GGUFReader(out / "adapter_f32.gguf")
+    ctl = WORK / "control_pissa_rank_r.gguf"
+    w = gguf.GGUFWriter(str(ctl), "llama")
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(r.fields["adapter.lora.alpha"].contents()))
+    for t in r.tensors:
+        data = np.array(t.data, dtype=np.float32).reshape(list(reversed([int(x) for x in t.shape])))
+        if t.name.endswith(".lora_a"):
+            data = data[:data.shape[0] // 2]
+        else:  # lora_b: scale alpha / 2r in the file, alpha / r for a rank-r file
+            data = data[:, :data.shape[1] // 2] / 2
+        w.add_tensor(t.name, np.ascontiguousarray(data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    llm = open_llama(llama_cpp, MODEL, ctl, logits_all=False)
+    ppl_ctl = llamacpp_perplexity(llm, tokens)
+    del llm
+    rel_ctl = ppl_ctl / trained - 1
+    print(f"  control, the trained A, B alone at rank 8: llama.cpp {ppl_ctl:.4f} ({rel_ctl:+.2%} from loom)")
+    check(abs(rel_ctl) > PPL_TOLERANCE, "the rank-r control misses the trained model", f"{rel_ctl:+.3%}")
+
+
 def main():
     if not TOOL.exists():
         print(f"FAIL: {TOOL} is missing; build the tools first", file=sys.stderr)
@@ -435,6 +501,7 @@ def main():
                            "scripts/setup_python.sh: part C (llama.cpp runs loom's exports) not run")
         else:
             part_c(llama_cpp)
+            part_d(llama_cpp)
     print(f"\n{len(failures)} failure(s), {time.time() - t0:.0f} s")
     if failures:
         print(f"FAIL: {'; '.join(failures)} (files kept in {WORK})", file=sys.stderr)

@@ -12,7 +12,9 @@
 //       of the weight's dominant right-singular subspace (seeded subspace iteration) and B such
 //       that s B A = qk_subspace_scale * W A^T A: a structured update whose rows only make sense
 //       in the weight's own row order. Every other module: A from the seeded Kaiming init,
-//       B = b_scale * N(0, 1) from the seed. Writes OUT_DIR/adapter_<type>.gguf for each of
+//       B = b_scale * N(0, 1) from the seed. With "init": "pissa" (and "base_dtype", e.g. "f32"
+//       for an exact residual) the adapter starts from PiSSA and every B moves from B0 by
+//       b_scale * N(0, 1), A staying A0. Writes OUT_DIR/adapter_<type>.gguf for each of
 //       adapter_types and OUT_DIR/merged_<type>.gguf for each of merged_types, then evaluates
 //       with loom in f32 each name listed in `evaluate`:
 //         "base"                 the model without the adapter
@@ -215,12 +217,22 @@ int smollm2(const std::string& model_path, const std::string& out_dir,
   c.alpha = request.at("alpha").get<double>();
   c.targets.modules = request.at("targets").get<std::vector<std::string>>();
   c.seed = request.at("seed").get<uint64_t>();
+  const bool pissa = request.value("init", std::string("kaiming")) == "pissa";
+  if (pissa) c.init = LoraInit::Pissa;
+  c.base_dtype = parse_base_dtype(request.value("base_dtype", std::string("keep")));
   LoraModel lora(model, c);
   const double b_scale = request.at("b_scale").get<double>();
   const double qk_scale = request.value("qk_subspace_scale", 0.0);
   uint64_t key = lora_hash({c.seed, 0xb});
   for (const LoraModule& m : lora.modules()) {
     const Projection kind = m.linear->kind;
+    if (pissa) {  // "trained" from PiSSA's start: B0 moved by b_scale * N(0, 1), A = A0
+      std::vector<float> b = m.adapter->lora_b().to_vector();
+      for (size_t i = 0; i < b.size(); ++i) b[i] += static_cast<float>(b_scale * lora_normal(key, i));
+      m.adapter->set_lora_b(b);
+      ++key;
+      continue;
+    }
     if (qk_scale > 0 && (kind == Projection::Q || kind == Projection::K)) {
       subspace_adapter(*m.linear, *m.adapter, qk_scale, key++);
       continue;
