@@ -397,8 +397,10 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_train: error: %s (paths are relative to the repository root: run "
-                 "it from there)\n", e.what());
+    std::fprintf(stderr,
+                 "bench_train: error: %s (paths are relative to the repository root: run "
+                 "it from there)\n",
+                 e.what());
     return 1;
   }
 }

@@ -373,8 +373,8 @@ GgufExportResult export_gguf_adapter(const LlamaModel& model, const LoraModel& l
     int64_t r = trained_rank;
     if (!m.pissa_a0.empty()) {
       // PiSSA moved s B0 A0 out of the base weight into the adapter, but llama.cpp applies the
-      // adapter to the original weight: the change to write is s (B A - B0 A0) = s [B, -B0] [A; A0],
-      // a rank-2r adapter (as PEFT converts a PiSSA adapter to plain LoRA).
+      // adapter to the original weight: the change to write is s (B A - B0 A0) = s [B, -B0] [A;
+      // A0], a rank-2r adapter (as PEFT converts a PiSSA adapter to plain LoRA).
       r = 2 * trained_rank;
       a_values.insert(a_values.end(), m.pissa_a0.begin(), m.pissa_a0.end());
       std::vector<float> b2(static_cast<size_t>(out * r));

@@ -225,10 +225,11 @@ TEST(Recipe, TargetRegexAloneReplacesTheDefaultTargets) {
   const Recipe by_override = parse(kMinimal, {"lora.target_regex=.*up_proj"});
   EXPECT_TRUE(by_override.lora.targets.empty());
 
-  std::string msg = parse_error(std::string(kMinimal) +
-                                "lora:\n  target_regex: \".*v_proj\"\n  layers: [0]\n");
+  std::string msg =
+      parse_error(std::string(kMinimal) + "lora:\n  target_regex: \".*v_proj\"\n  layers: [0]\n");
   EXPECT_HAS(msg, "recipes/test.yaml:12");
-  EXPECT_HAS(msg, "lora.layers cannot be combined with lora.target_regex (set at recipes/test.yaml:11)");
+  EXPECT_HAS(msg,
+             "lora.layers cannot be combined with lora.target_regex (set at recipes/test.yaml:11)");
   msg = parse_error(R"(model:
   path: m.gguf
   base_dtype: nf4
@@ -343,7 +344,7 @@ TEST(Recipe, PrintLoadRoundTrip) {
   // The two keys kFull cannot hold beside its nf4 base and regex (they are refused there).
   const Recipe other = parse(kMinimal, {"lora.layers=[1, 3]", "model.double_quant=false"});
   EXPECT_EQ(parse_recipe(recipe_to_yaml(other), "printed.yaml"), other);
-    // Awkward floats survive exactly.
+  // Awkward floats survive exactly.
   const Recipe odd = parse(kMinimal, {"train.lr=0.1", "lora.alpha=1e-300", "lora.dropout=0.3"});
   EXPECT_EQ(parse_recipe(recipe_to_yaml(odd), "printed.yaml"), odd);
 }

@@ -238,7 +238,8 @@ TEST(TrainLoop, GradientAccumulationEqualsOneLargerBatch) {
   const TrainResult small = t.run("small", with({"train.batch_size=2", "train.grad_accum=1"}));
   EXPECT_NEAR(acc.first_loss, big.first_loss, 1e-5 * std::fabs(big.first_loss));
   EXPECT_NEAR(acc.last_loss, big.last_loss, 1e-4 * std::fabs(big.last_loss));
-  const auto max_diff = [](const std::vector<AdapterTensor>& a, const std::vector<AdapterTensor>& b) {
+  const auto max_diff = [](const std::vector<AdapterTensor>& a,
+                           const std::vector<AdapterTensor>& b) {
     EXPECT_EQ(a.size(), b.size());
     float d = 0;
     for (size_t i = 0; i < a.size() && i < b.size(); ++i)

@@ -159,7 +159,8 @@ AdapterToTrain read_adapter_to_train(const std::string& path, const LlamaModel& 
   return a;
 }
 
-void load_adapter_to_train(const AdapterToTrain& adapter, LoraModel& lora, const LlamaModel& model) {
+void load_adapter_to_train(const AdapterToTrain& adapter, LoraModel& lora,
+                           const LlamaModel& model) {
   if (adapter.kind == "peft")
     load_peft_tensors(adapter.path, lora, model);
   else

@@ -45,7 +45,8 @@ struct AdapterToTrain {
   std::string path;
   std::string kind;  // "loom", "peft" or "gguf"
   LoraConfig config;
-  std::vector<std::pair<std::string, std::vector<float>>> values;  // loom and gguf (PEFT: read later)
+  std::vector<std::pair<std::string, std::vector<float>>>
+      values;  // loom and gguf (PEFT: read later)
 };
 AdapterToTrain read_adapter_to_train(const std::string& path, const LlamaModel& model);
 // Sets lora's tensors from the adapter (every tensor, strictly: names and shapes must match).

@@ -2,6 +2,7 @@
 #include "trainer/train_session.h"
 
 #include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
 
 #include <chrono>
 #include <cmath>
@@ -13,7 +14,6 @@
 #include <optional>
 #include <set>
 #include <sstream>
-#include <yaml-cpp/yaml.h>
 
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
@@ -34,28 +34,32 @@ namespace fs = std::filesystem;
 namespace {
 
 // What of the recipe's adapter structure a continued adapter replaces, one line each.
-std::vector<std::string> recipe_structure_not_used(const LoraConfig& recipe, const LoraConfig& adapter,
-                                                   LlamaModel& model) {
+std::vector<std::string> recipe_structure_not_used(const LoraConfig& recipe,
+                                                   const LoraConfig& adapter, LlamaModel& model) {
   std::vector<std::string> notes;
   const auto note = [&](const char* key, const std::string& ours, const std::string& theirs) {
     if (ours != theirs)
-      notes.push_back(fmt::format("{} {} (recipe) not used: the adapter's is {}", key, ours, theirs));
+      notes.push_back(
+          fmt::format("{} {} (recipe) not used: the adapter's is {}", key, ours, theirs));
   };
   note("lora.rank", std::to_string(recipe.rank), std::to_string(adapter.rank));
   note("lora.alpha", fmt::format("{:g}", recipe.alpha), fmt::format("{:g}", adapter.alpha));
   note("lora.use_rslora", recipe.rslora ? "true" : "false", adapter.rslora ? "true" : "false");
   note("lora.use_dora", recipe.dora ? "true" : "false", adapter.dora ? "true" : "false");
-  note("lora.init", std::string(lora_init_name(recipe.init)), std::string(lora_init_name(adapter.init)));
+  note("lora.init", std::string(lora_init_name(recipe.init)),
+       std::string(lora_init_name(adapter.init)));
   const auto targeted = [&](const LoraConfig& c) -> std::string {
     try {
-      return std::to_string(select_targets(model.projections(), c.targets, model.config().n_layers).size());
+      return std::to_string(
+          select_targets(model.projections(), c.targets, model.config().n_layers).size());
     } catch (const Error&) {
       return "(none: the recipe's targets do not fit this model)";
     }
   };
   note("lora targets (modules adapted)", targeted(recipe), targeted(adapter));
   if (recipe.rank_pattern != adapter.rank_pattern || recipe.alpha_pattern != adapter.alpha_pattern)
-    notes.push_back("lora.rank_pattern / lora.alpha_pattern (recipe) not used: the adapter's apply");
+    notes.push_back(
+        "lora.rank_pattern / lora.alpha_pattern (recipe) not used: the adapter's apply");
   return notes;
 }
 
@@ -300,17 +304,18 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     out.print("  init_from:   {} ({} adapter): its structure below, trained further\n",
               init_from->path, init_from->kind);
   for (const std::string& note : init_from_notes) out.print("               {}\n", note);
-  out.print("  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {} in {}{}\n",
-            lc.dora ? "DoRA" : "LoRA", lc.rank, lc.alpha, lc.rslora ? "alpha/sqrt(r)" : "alpha/r",
-            lora_scale(lc.alpha, lc.rank, lc.rslora), lc.dropout, lora_init_name(lc.init),
-            lc.targets.regex.empty() ? fmt::format("[{}]", join_items(lc.targets.modules))
-                                     : "regex " + lc.targets.regex,
-            lc.targets.layers.empty() ? "every layer"
-                                      : fmt::format("layers [{}]", join_items(lc.targets.layers)),
-            lc.rank_pattern.empty() && lc.alpha_pattern.empty()
-                ? ""
-                : fmt::format(" ({} rank / {} alpha patterns)", lc.rank_pattern.size(),
-                              lc.alpha_pattern.size()));
+  out.print(
+      "  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {} in {}{}\n",
+      lc.dora ? "DoRA" : "LoRA", lc.rank, lc.alpha, lc.rslora ? "alpha/sqrt(r)" : "alpha/r",
+      lora_scale(lc.alpha, lc.rank, lc.rslora), lc.dropout, lora_init_name(lc.init),
+      lc.targets.regex.empty() ? fmt::format("[{}]", join_items(lc.targets.modules))
+                               : "regex " + lc.targets.regex,
+      lc.targets.layers.empty() ? "every layer"
+                                : fmt::format("layers [{}]", join_items(lc.targets.layers)),
+      lc.rank_pattern.empty() && lc.alpha_pattern.empty()
+          ? ""
+          : fmt::format(" ({} rank / {} alpha patterns)", lc.rank_pattern.size(),
+                        lc.alpha_pattern.size()));
   out.print("               {} modules, {} trainable parameters ({:.3f}% of the model)\n",
             count.modules, count.parameters,
             100.0 * count.parameters /

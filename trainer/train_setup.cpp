@@ -77,10 +77,11 @@ TrainingModel load_training_model(const std::string& path, std::string_view labe
       return out;
     }
     if (out.model->config().vocab_size != 256)
-      throw Error(fmt::format("{} {}: no tokenizer.json in this Hugging Face folder and "
-                              "the vocabulary has {} tokens (only a 256-token one can be read as "
-                              "bytes); put the model's tokenizer.json there",
-                              label, path, out.model->config().vocab_size));
+      throw Error(
+          fmt::format("{} {}: no tokenizer.json in this Hugging Face folder and "
+                      "the vocabulary has {} tokens (only a 256-token one can be read as "
+                      "bytes); put the model's tokenizer.json there",
+                      label, path, out.model->config().vocab_size));
     const std::string config_path = (fs::path(path) / "config.json").string();
     std::ifstream in(config_path);
     const nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
@@ -94,9 +95,10 @@ TrainingModel load_training_model(const std::string& path, std::string_view labe
     return out;
   }
   if (!fs::exists(path))
-    throw Error(fmt::format("{} {}: no such file or directory (expected a .gguf file or a "
-                            "Hugging Face model folder)",
-                            label, path));
+    throw Error(
+        fmt::format("{} {}: no such file or directory (expected a .gguf file or a "
+                    "Hugging Face model folder)",
+                    label, path));
   const GgufFile file = GgufFile::open(path);
   out.model = std::make_unique<LlamaModel>(LlamaModel::from_gguf(file));
   out.tokenizer = load_tokenizer(file);

@@ -21,9 +21,15 @@ inline float f16_scalar(const uint8_t* p) {
 }
 
 // The low 8 bytes of b as 8 signed / unsigned integers converted to f32.
-inline __m256 i8x8_to_f32(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
-inline __m256 u8x8_to_f32(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
-inline __m128i high8(__m128i b) { return _mm_srli_si128(b, 8); }
+inline __m256 i8x8_to_f32(__m128i b) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
+inline __m256 u8x8_to_f32(__m128i b) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+}
+inline __m128i high8(__m128i b) {
+  return _mm_srli_si128(b, 8);
+}
 
 // NF4: 16 code bytes (32 codes; element 2i in the high nibble of byte i, 2i + 1 in the low one)
 // as two registers of 16 code indices in element order.
@@ -44,8 +50,12 @@ inline __m256 nf4_lookup(__m128i idx8, __m256 table_lo, __m256 table_hi) {
   const __m256 hi = _mm256_permutevar8x32_ps(table_hi, idx);
   return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
-inline __m256 nf4_table_lo() { return _mm256_loadu_ps(kNf4Codes.data()); }
-inline __m256 nf4_table_hi() { return _mm256_loadu_ps(kNf4Codes.data() + 8); }
+inline __m256 nf4_table_lo() {
+  return _mm256_loadu_ps(kNf4Codes.data());
+}
+inline __m256 nf4_table_hi() {
+  return _mm256_loadu_ps(kNf4Codes.data() + 8);
+}
 
 // Q6_K: half h (128 weights) of the block at p, as four runs r of 32 signed values q - 32 holding
 // elements 128h + 32r ... + 31: low 4 bits from ql (ql_a low, ql_b low, ql_a high, ql_b high

@@ -127,8 +127,7 @@ void nf4_range(const uint8_t* data, int64_t n_total, int64_t first, int64_t coun
       nf4_codes_in_order(codes + 16 * half, in_order);
       for (int k = 0; k < 4; ++k) {
         const __m128i bytes = k % 2 ? high8(in_order[k / 2]) : in_order[k / 2];
-        _mm256_storeu_ps(out + 8 * k,
-                         _mm256_mul_ps(nf4_lookup(bytes, table_lo, table_hi), absmax));
+        _mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(nf4_lookup(bytes, table_lo, table_hi), absmax));
       }
     }
   }

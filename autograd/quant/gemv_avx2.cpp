@@ -1,12 +1,12 @@
-// AVX2 products of one activation row with NF4 and GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K weight rows, read straight
-// from the blocks: y[r] = sum_k W[r, k] x[k] for a range of rows. What decoding (one token, M = 1)
-// needs: dequantizing every weight to f32 and then running sgemv over it wrote and read each
-// weight twice more than this. Per block of 32, sum_i q_i x_i is formed in f32 (8 lanes, fused
-// multiply-adds) and scaled by the block's d once (K-quants: per sub-block, d times its scale);
-// the offsets of Q4_1 and Q4_K add m * sum_i x_i, with the 32-element sums of x formed once per
-// call. The result equals sum_k W[r, k] x[k] with W as the
-// dequantizers give it, up to the order of the f32 additions (tested against the dequantized
-// product in tests/test_quant.cpp).
+// AVX2 products of one activation row with NF4 and GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K weight
+// rows, read straight from the blocks: y[r] = sum_k W[r, k] x[k] for a range of rows. What
+// decoding (one token, M = 1) needs: dequantizing every weight to f32 and then running sgemv over
+// it wrote and read each weight twice more than this. Per block of 32 (NF4: 64), sum_i q_i x_i
+// is formed in f32 (8 lanes, fused multiply-adds) and scaled by the block's d once (K-quants: per
+// sub-block, d times its scale; NF4: the code values times the block's absmax); the offsets of
+// Q4_1 and Q4_K add m * sum_i x_i, with the 32-element sums of x formed once per call. The result
+// equals sum_k W[r, k] x[k] with W as the dequantizers give it, up to the order of the f32
+// additions (tested against the dequantized product in tests/test_quant.cpp).
 //
 // Only called after quant::use_avx2() (AVX2 + FMA + F16C at run time). Unlike the dequantizers
 // this file does not include fp_contract_off.h: it defines no storage format, and its products
@@ -177,12 +177,25 @@ bool gemv_rows(DType t, const uint8_t* data, int64_t rows, int64_t cols, int64_t
   size_t block_bytes = 0;
   int64_t block_elems = kQk;
   switch (t) {
-    case DType::Q8_0: block_bytes = sizeof(BlockQ8_0); break;
-    case DType::Q4_0: block_bytes = sizeof(BlockQ4_0); break;
-    case DType::Q4_1: block_bytes = sizeof(BlockQ4_1); break;
-    case DType::Q4_K: block_bytes = sizeof(BlockQ4_K); block_elems = kQkK; break;
-    case DType::Q6_K: block_bytes = sizeof(BlockQ6_K); block_elems = kQkK; break;
-    default: return false;
+    case DType::Q8_0:
+      block_bytes = sizeof(BlockQ8_0);
+      break;
+    case DType::Q4_0:
+      block_bytes = sizeof(BlockQ4_0);
+      break;
+    case DType::Q4_1:
+      block_bytes = sizeof(BlockQ4_1);
+      break;
+    case DType::Q4_K:
+      block_bytes = sizeof(BlockQ4_K);
+      block_elems = kQkK;
+      break;
+    case DType::Q6_K:
+      block_bytes = sizeof(BlockQ6_K);
+      block_elems = kQkK;
+      break;
+    default:
+      return false;
   }
   const int64_t nblocks = cols / block_elems;
   const size_t row_bytes = static_cast<size_t>(nblocks) * block_bytes;
@@ -192,8 +205,9 @@ bool gemv_rows(DType t, const uint8_t* data, int64_t rows, int64_t cols, int64_t
     xsum.resize(static_cast<size_t>(cols / kQk));
     for (int64_t b = 0; b < cols / kQk; ++b) {
       const float* xb = x + b * kQk;
-      const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8)),
-                                     _mm256_add_ps(_mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 24)));
+      const __m256 s =
+          _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8)),
+                        _mm256_add_ps(_mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 24)));
       xsum[static_cast<size_t>(b)] = hsum(s);
     }
   }
@@ -201,11 +215,21 @@ bool gemv_rows(DType t, const uint8_t* data, int64_t rows, int64_t cols, int64_t
     const uint8_t* row = data + static_cast<size_t>(r) * row_bytes;
     float v = 0.0f;
     switch (t) {
-      case DType::Q8_0: v = row_q8_0(row, nblocks, x); break;
-      case DType::Q4_0: v = row_q4_0(row, nblocks, x); break;
-      case DType::Q4_1: v = row_q4_1(row, nblocks, x, xsum.data()); break;
-      case DType::Q4_K: v = row_q4_k(row, nblocks, x, xsum.data()); break;
-      default: v = row_q6_k(row, nblocks, x); break;
+      case DType::Q8_0:
+        v = row_q8_0(row, nblocks, x);
+        break;
+      case DType::Q4_0:
+        v = row_q4_0(row, nblocks, x);
+        break;
+      case DType::Q4_1:
+        v = row_q4_1(row, nblocks, x, xsum.data());
+        break;
+      case DType::Q4_K:
+        v = row_q4_k(row, nblocks, x, xsum.data());
+        break;
+      default:
+        v = row_q6_k(row, nblocks, x);
+        break;
     }
     y[r] = accumulate ? y[r] + v : v;
   }

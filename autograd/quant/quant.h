@@ -42,9 +42,9 @@ void dequantize_bf16(DType t, const void* data, int64_t n_total, int64_t first, 
 
 // One activation row times weight rows straight from their stored blocks (decoding, M = 1):
 // y[r] (+)= W[r, :] . x for rows [row_begin, row_end) of a [rows x cols] matrix stored as t.
-// Available for NF4, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K on CPUs with AVX2 + FMA; gemv_rows_available says whether
-// gemv_rows will run (it does nothing and returns false otherwise). Equals the product with the
-// dequantized weights up to the order of the f32 additions.
+// Available for NF4, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K on CPUs with AVX2 + FMA; gemv_rows_available
+// says whether gemv_rows will run (it does nothing and returns false otherwise). Equals the product
+// with the dequantized weights up to the order of the f32 additions.
 bool gemv_rows_available(DType t);
 bool gemv_rows(DType t, const void* data, int64_t rows, int64_t cols, int64_t row_begin,
                int64_t row_end, const float* x, float* y, bool accumulate);

@@ -228,7 +228,8 @@ int smollm2(const std::string& model_path, const std::string& out_dir,
     const Projection kind = m.linear->kind;
     if (pissa) {  // "trained" from PiSSA's start: B0 moved by b_scale * N(0, 1), A = A0
       std::vector<float> b = m.adapter->lora_b().to_vector();
-      for (size_t i = 0; i < b.size(); ++i) b[i] += static_cast<float>(b_scale * lora_normal(key, i));
+      for (size_t i = 0; i < b.size(); ++i)
+        b[i] += static_cast<float>(b_scale * lora_normal(key, i));
       m.adapter->set_lora_b(b);
       ++key;
       continue;
