@@ -318,6 +318,27 @@ def llamacpp_follow(llm, prompt, loom_tokens):
     return agree, bad
 
 
+def control_perplexity(llama_cpp, source, path, edit, tokens):
+    """llama.cpp's perplexity of the base with a copy of adapter file `source` in which every
+    tensor went through edit(name, values) (numpy, PyTorch order)."""
+    r = gguf.GGUFReader(source)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(r.fields["adapter.lora.alpha"].contents()))
+    for t in r.tensors:
+        data = np.array(t.data, dtype=np.float32).reshape(list(reversed([int(x) for x in t.shape])))
+        w.add_tensor(t.name, np.ascontiguousarray(edit(t.name, data)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    llm = open_llama(llama_cpp, MODEL, path, logits_all=False)
+    ppl = llamacpp_perplexity(llm, tokens)
+    del llm
+    return ppl
+
+
 def part_c(llama_cpp):
     print("C. llama.cpp runs loom's exports of SmolLM2 + a LoRA adapter")
     vocab = open_llama(llama_cpp, MODEL, logits_all=False)
@@ -386,28 +407,17 @@ def part_c(llama_cpp):
                   f"{agree}/{steps}")
 
     # Control: q/k lora_b rows left in Hugging Face order must not pass.
-    r = gguf.GGUFReader(out / "adapter_f32.gguf")
-    ctl = WORK / "control_unpermuted.gguf"
-    w = gguf.GGUFWriter(str(ctl), "llama")
-    w.add_type(gguf.GGUFType.ADAPTER)
-    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(r.fields["adapter.lora.alpha"].contents()))
     heads = {"attn_q": 9, "attn_k": 3}
-    for t in r.tensors:
-        data = np.array(t.data, dtype=np.float32).reshape(list(reversed([int(x) for x in t.shape])))
-        stem = t.name.split(".")[2]
-        if t.name.endswith(".lora_b") and stem in heads:  # llama.cpp order -> HF order
-            n_head = heads[stem]
-            hd = data.shape[0] // n_head
-            data = data.reshape(n_head, hd // 2, 2, -1).swapaxes(1, 2).reshape(data.shape)
-        w.add_tensor(t.name, np.ascontiguousarray(data))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    llm = open_llama(llama_cpp, MODEL, ctl, logits_all=False)
-    ppl_ctl = llamacpp_perplexity(llm, tokens)
-    del llm
+
+    def unpermute(name, data):  # q/k lora_b: llama.cpp order -> Hugging Face order
+        stem = name.split(".")[2]
+        if not name.endswith(".lora_b") or stem not in heads:
+            return data
+        hd = data.shape[0] // heads[stem]
+        return data.reshape(heads[stem], hd // 2, 2, -1).swapaxes(1, 2).reshape(data.shape)
+
+    ppl_ctl = control_perplexity(llama_cpp, out / "adapter_f32.gguf",
+                                 WORK / "control_unpermuted.gguf", unpermute, tokens)
     rel_ctl = ppl_ctl / loom["file_adapter_f32"]["perplexity"] - 1
     print(f"  control, q/k lora_b in Hugging Face order: llama.cpp {ppl_ctl:.4f} ({rel_ctl:+.2%} from loom)")
     check(abs(rel_ctl) > PPL_TOLERANCE, "the unpermuted control misses loom's perplexity", f"{rel_ctl:+.3%}")
@@ -457,26 +467,13 @@ def part_d(llama_cpp):
     # Control: the trained A, B alone (what the export wrote before), i.e. the first r rows of
     # lora_a and first r columns of lora_b, scaled for llama.cpp's alpha / r: llama.cpp then adds
     # s B A (about the base's top-8 part again) to the full base and must miss.
-    r = gguf.GGUFReader(out / "adapter_f32.gguf")
-    ctl = WORK / "control_pissa_rank_r.gguf"
-    w = gguf.GGUFWriter(str(ctl), "llama")
-    w.add_type(gguf.GGUFType.ADAPTER)
-    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(r.fields["adapter.lora.alpha"].contents()))
-    for t in r.tensors:
-        data = np.array(t.data, dtype=np.float32).reshape(list(reversed([int(x) for x in t.shape])))
-        if t.name.endswith(".lora_a"):
-            data = data[:data.shape[0] // 2]
-        else:  # lora_b: scale alpha / 2r in the file, alpha / r for a rank-r file
-            data = data[:, :data.shape[1] // 2] / 2
-        w.add_tensor(t.name, np.ascontiguousarray(data))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    llm = open_llama(llama_cpp, MODEL, ctl, logits_all=False)
-    ppl_ctl = llamacpp_perplexity(llm, tokens)
-    del llm
+    def rank_r(name, data):  # lora_b: scale alpha / 2r in the file, alpha / r for rank r
+        if name.endswith(".lora_a"):
+            return data[:data.shape[0] // 2]
+        return data[:, :data.shape[1] // 2] / 2
+
+    ppl_ctl = control_perplexity(llama_cpp, out / "adapter_f32.gguf",
+                                 WORK / "control_pissa_rank_r.gguf", rank_r, tokens)
     rel_ctl = ppl_ctl / trained - 1
     print(f"  control, the trained A, B alone at rank 8: llama.cpp {ppl_ctl:.4f} ({rel_ctl:+.2%} from loom)")
     check(abs(rel_ctl) > PPL_TOLERANCE, "the rank-r control misses the trained model", f"{rel_ctl:+.3%}")
