@@ -95,10 +95,18 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-std::string valid_names_hint(std::string_view entry) {
+std::string valid_names_hint(std::string_view entry, const std::vector<Linear*>& projections,
+                             int64_t n_layers) {
   std::vector<std::string_view> names;
   for (Projection p : kAllProjections) names.push_back(projection_hf_name(p));
   for (Projection p : kAllProjections) names.push_back(projection_gguf_name(p));
+  // A dotted path whose last part is a projection name: the path itself is what is wrong.
+  const size_t dot = entry.rfind('.');
+  if (dot != std::string_view::npos &&
+      std::find(names.begin(), names.end(), entry.substr(dot + 1)) != names.end())
+    return fmt::format("the model's module paths look like '{}' (blocks 0..{})",
+                       projections.empty() ? "" : projections[0]->hf_name, n_layers - 1);
+  if (dot != std::string_view::npos) entry = entry.substr(dot + 1);
   std::string_view nearest = names[0];
   for (std::string_view n : names)
     if (edit_distance(entry, n) < edit_distance(entry, nearest)) nearest = n;
@@ -167,7 +175,7 @@ std::vector<Linear*> select_targets(const std::vector<Linear*>& projections, con
       if (std::none_of(projections.begin(), projections.end(),
                        [&](const Linear* p) { return entry_matches(*p, m); }))
         throw Error(fmt::format("lora: target module '{}' matches no projection; {}", m,
-                                valid_names_hint(m)));
+                                valid_names_hint(m, projections, n_layers)));
   for (Linear* p : projections) {
     if (!t.layers.empty() &&
         std::find(t.layers.begin(), t.layers.end(), p->layer) == t.layers.end())

@@ -123,6 +123,15 @@ TEST(Recipe, WrongTypeSaysExpectedAndFound) {
   EXPECT_HAS(msg, "lora.use_dora: expected true or false, found the integer 1");
   msg = parse_error(std::string(kMinimal) + "lora:\n  targets: [q_proj, qv_proj]\n");
   EXPECT_HAS(msg, "did you mean q_proj");
+  msg = parse_error(std::string(kMinimal) + "lora:\n  targets: [self_attn.q_prj]\n");
+  EXPECT_HAS(msg, "recipes/test.yaml:11");
+  EXPECT_HAS(msg, "found \"self_attn.q_prj\" (did you mean q_proj?)");
+  msg = parse_error(std::string(kMinimal) + "lora:\n  targets: [q_proj, lm_head]\n");
+  EXPECT_HAS(msg, "lora.targets: 'lm_head' is the LM head or the token embedding");
+  // PEFT's other spellings of a projection: a dotted suffix, a whole name, a GGUF stem.
+  EXPECT_EQ(parse(kMinimal, {"lora.targets=[self_attn.q_proj, model.layers.3.mlp.up_proj, attn_v]"})
+                .lora.targets,
+            (std::vector<std::string>{"self_attn.q_proj", "model.layers.3.mlp.up_proj", "attn_v"}));
   msg = parse_error(std::string(kMinimal) + "eval: 3\n");
   EXPECT_HAS(msg, "`eval` is a section: expected a map of its keys");
   msg = parse_error("model: {path: m.gguf\n");

@@ -411,6 +411,39 @@ TEST(TrainLoop, QloraNf4BaseTrains) {
   EXPECT_EQ(read_adapter_config(r.adapter_dir)["base_dtype"], "nf4");
 }
 
+// PEFT's target_modules entries in a recipe: a dotted suffix, a whole module name and a GGUF
+// stem adapt exactly the projections they name (the adapter's tensors say which).
+TEST(TrainLoop, PeftStyleTargetEntriesAdaptTheModulesTheyName) {
+  TinyRun t;
+  const TrainResult r = t.run("names", {"lora.targets=[self_attn.q_proj, model.layers.1.mlp.up_proj, attn_v]",
+                                        "train.steps=1", "eval.batches=0"});
+  std::vector<std::string> modules;
+  for (const AdapterTensor& a : read_adapter_tensors(r.adapter_dir)) {
+    const size_t cut = a.name.find(".lora_A");
+    if (cut != std::string::npos) modules.push_back(a.name.substr(0, cut));
+  }
+  std::sort(modules.begin(), modules.end());
+  const std::vector<std::string> expected = {
+      "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
+      "model.layers.1.mlp.up_proj",      "model.layers.1.self_attn.q_proj",
+      "model.layers.1.self_attn.v_proj"};
+  ASSERT_EQ(modules.size(), expected.size()) << ::testing::PrintToString(modules);
+  for (size_t i = 0; i < expected.size(); ++i)
+    EXPECT_NE(modules[i].find(expected[i]), std::string::npos) << modules[i] << " vs " << expected[i];
+  // An entry that names no projection of this model is refused when the model is known.
+  try {
+    t.run("none", {"lora.targets=[model.layers.7.mlp.up_proj]", "train.steps=1"});
+    ADD_FAILURE() << "a target naming block 7 of a 2-block model was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'model.layers.7.mlp.up_proj' matches no projection; the "
+                                         "model's module paths look like "
+                                         "'model.layers.0.self_attn.q_proj' (blocks 0..1)"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(t.dir / "none")) << "a refused run left its folder behind";
+}
+
 TEST(TrainLoop, NonFiniteStepsAreSkippedThenStopTheRun) {
   TinyRun t;
   // lr 1e30: the first update makes the adapters ~1e30, the next forward overflows.

@@ -4,9 +4,12 @@
 // one member there.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <functional>
 #include <type_traits>
 
 #include "autograd/check.h"
+#include "layers/llama.h"
 #include "trainer/recipe_fields.h"
 
 namespace loom {
@@ -103,6 +106,8 @@ void write_flow_list(YAML::Emitter& out, const std::vector<T>& items) {
 struct FieldOptions {
   std::vector<std::string> choices;  // allowed items of a string list
   bool required = false;
+  // String lists: checks one item instead of `choices`; returns what is wrong ("" when fine).
+  std::function<std::string(const std::string& item)> check_item = {};
 };
 const FieldOptions kRequired = {.choices = {}, .required = true};
 
@@ -158,12 +163,19 @@ Field<Root> field(std::string path, Ref ref, std::string doc, FieldOptions optio
     };
   } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
     f.type = FieldType::StringList;
-    f.read = [ref, choices = f.choices](Root& r, const YAML::Node& n, const std::string& key,
-                                        ReadContext& ctx) {
+    f.read = [ref, choices = f.choices, check = options.check_item](
+                 Root& r, const YAML::Node& n, const std::string& key, ReadContext& ctx) {
       std::vector<std::string> values;
-      for (const YAML::Node& item : read_list_items(n, key, ctx.origin))
-        values.push_back(choices.empty() ? read_string(item, key, ctx.origin)
-                                         : read_choice(item, key, ctx.origin, choices));
+      for (const YAML::Node& item : read_list_items(n, key, ctx.origin)) {
+        if (check) {
+          values.push_back(read_string(item, key, ctx.origin));
+          if (const std::string problem = check(values.back()); !problem.empty())
+            throw Error(fmt::format("{}: {}: {}", ctx.origin.at(item), key, problem));
+        } else {
+          values.push_back(choices.empty() ? read_string(item, key, ctx.origin)
+                                           : read_choice(item, key, ctx.origin, choices));
+        }
+      }
       ref(r) = std::move(values);
     };
     f.write = [ref](const Root& r, YAML::Emitter& out) { write_flow_list(out, ref(r)); };
@@ -272,6 +284,34 @@ const std::vector<Field<Recipe>>& recipe_fields() {
     names.push_back("all-linear");
     return names;
   }();
+  static const std::vector<std::string> target_stems = [] {
+    std::vector<std::string> names = llama_linear_modules();
+    for (Projection p : {Projection::Q, Projection::K, Projection::V, Projection::O,
+                         Projection::Gate, Projection::Up, Projection::Down})
+      names.emplace_back(projection_gguf_name(p));
+    return names;
+  }();
+  // PEFT's target_modules entries: a module name or a dotted suffix of one ("q_proj",
+  // "self_attn.q_proj", "model.layers.3.mlp.up_proj"), a GGUF stem ("attn_q", "blk.3.attn_q"),
+  // or all-linear. Here only the last component is checked; which projections an entry matches
+  // is decided against the model (lora/targets.h), which names an entry that matches none.
+  auto check_target = [](const std::string& item) -> std::string {
+    if (item == "all-linear") return "";
+    const size_t dot = item.rfind('.');
+    const std::string last = dot == std::string::npos ? item : item.substr(dot + 1);
+    if (std::find(target_stems.begin(), target_stems.end(), last) != target_stems.end())
+      return "";
+    if (last == "lm_head" || last == "embed_tokens" || last == "output" || last == "token_embd")
+      return fmt::format("'{}' is the LM head or the token embedding, which loom cannot adapt: "
+                         "adapters go on the seven projections of the blocks ({}, or "
+                         "all-linear)",
+                         item, join(llama_linear_modules()));
+    return fmt::format(
+        "expected a projection name ({}), a dotted module path ending in one "
+        "(e.g. self_attn.q_proj), a GGUF stem (attn_q, ..., ffn_down) or all-linear; found "
+        "\"{}\" (did you mean {}?)",
+        join(targets), item, nearest_key(last, target_stems));
+  };
   static const std::vector<Field<R>> fields = {
       field<R>("model.path", LOOM_MEMBER(model.path),
                "GGUF file or Hugging Face model directory to fine-tune", kRequired),
@@ -289,8 +329,10 @@ const std::vector<Field<Recipe>>& recipe_fields() {
                "adapter scale is alpha / r (alpha / sqrt(r) with use_rslora)"),
       field<R>("lora.dropout", LOOM_MEMBER(lora.dropout), "dropout on the adapter input"),
       field<R>("lora.targets", LOOM_MEMBER(lora.targets),
-               "projection names to adapt; all-linear = all seven",
-               {.choices = targets, .required = false}),
+               "projections to adapt, PEFT's way: names (q_proj, ..., down_proj), dotted "
+               "suffixes of module paths (self_attn.q_proj, model.layers.0.mlp.up_proj), GGUF "
+               "stems (attn_q, ..., ffn_down); all-linear = all seven",
+               {.choices = targets, .required = false, .check_item = check_target}),
       field<R>("lora.target_regex", LOOM_MEMBER(lora.target_regex),
                "adapt the projections whose full path matches this regex (PEFT's target_modules "
                "as a string): alone it replaces the default targets, beside an explicit "
