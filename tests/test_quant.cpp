@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "autograd/check.h"
+#include "autograd/kernels/gemm.h"
 #include "autograd/quant/ggml_blocks.h"
 #include "autograd/quant/nf4.h"
 #include "autograd/quant/quant.h"
@@ -392,6 +393,21 @@ TEST(QuantGemv, RowsTimesXMatchTheDequantizedProduct) {
         EXPECT_NEAR(y_acc[r], 0.5 + exact, tol + 1e-6) << dtype_name(t) << " row " << r;
       }
     }
+  }
+  // linear_forward routes a single row to these kernels under every precision (on an
+  // AVX512_BF16 CPU, Auto and BF16 would otherwise take the bf16 route): bit for bit the f32
+  // route's result (the bf16 route rounds x to bf16).
+  for (DType t : {DType::NF4, DType::Q4_1, DType::Q4_K}) {
+    const int64_t rows = 64, cols = 512;
+    const std::vector<uint8_t> raw = quantize(t, gaussian(rows * cols, 3, 0.05f).data(), rows * cols);
+    const std::vector<float> x = gaussian(cols, 4, 1.0f);
+    const WeightView W{t, raw.data(), rows, cols};
+    std::vector<float> y32(rows), y16(rows), yauto(rows);
+    linear_forward(x.data(), 1, cols, W, y32.data(), rows, false, Precision::F32);
+    linear_forward(x.data(), 1, cols, W, y16.data(), rows, false, Precision::BF16);
+    linear_forward(x.data(), 1, cols, W, yauto.data(), rows, false, Precision::Auto);
+    EXPECT_EQ(std::memcmp(y32.data(), y16.data(), rows * sizeof(float)), 0) << dtype_name(t);
+    EXPECT_EQ(std::memcmp(y32.data(), yauto.data(), rows * sizeof(float)), 0) << dtype_name(t);
   }
   EXPECT_FALSE(gemv_rows_available(DType::F32));
   EXPECT_FALSE(gemv_rows_available(DType::BF16));

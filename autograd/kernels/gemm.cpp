@@ -68,7 +68,12 @@ void linear_forward_tiled(const float* X, int64_t M, int64_t ldx, const WeightVi
   if (W.cols == 0) return zero_unless_accumulate(Y, M, W.rows, ldy, accumulate);
   const Precision p = resolve_precision(precision);
   tile_rows = effective_tile_rows(W, tile_rows);
-  if (p == Precision::BF16) return forward_bf16(X, M, ldx, W, Y, ldy, accumulate, tile_rows);
+  // One row (a decoded token) on a block format with a row kernel takes the f32 route whatever
+  // the precision: the kernel reads the blocks once, where the bf16 route would first dequantize
+  // a tile to bf16 scratch for a one-row matmul; and it is the more exact of the two.
+  const bool row_kernel = M == 1 && gemv_rows_available(W.dtype);
+  if (p == Precision::BF16 && !row_kernel)
+    return forward_bf16(X, M, ldx, W, Y, ldy, accumulate, tile_rows);
   forward_f32(X, M, ldx, W, Y, ldy, accumulate, tile_rows);
 }
 
