@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -185,6 +186,35 @@ TEST(Checkpoint, FailedWriteLeavesNoFileUnderTheFinalName) {
   EXPECT_THROW(save_checkpoint(dir.str(), sample_checkpoint(30), options), Error);
   EXPECT_FALSE(fs::exists(checkpoint_path(dir.str(), 30)));
   EXPECT_EQ(list_checkpoints(dir.str()), before);
+}
+
+// A full disk: /dev/full fails every write with ENOSPC. The writer reports it naming the file,
+// and HDF5 is left with nothing open (with its default driver the failed flush left the file
+// registered and the library's clean-up crashed at exit: this binary would have died after the
+// tests, with a segfault).
+TEST(Checkpoint, FullDiskIsACleanError) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "SKIPPED: no /dev/full on this system";
+  const Checkpoint c = sample_checkpoint(4, 8);
+  try {
+    Hdf5Writer w("/dev/full");
+    for (const NamedTensor& t : c.adapters)
+      w.write_f32("/adapters/" + t.name, t.tensor.shape(), t.tensor.data_f32());
+    w.close();
+    ADD_FAILURE() << "writing to /dev/full succeeded";
+  } catch (const Error& e) {
+    EXPECT_HAS(e.what(), "/dev/full: writing the file failed after");
+    EXPECT_HAS(e.what(), std::strerror(ENOSPC));
+  }
+  // A writer that throws before close() (a failure mid-way) leaves no file behind and nothing
+  // open: the next one works.
+  TempDir dir;
+  {
+    Hdf5Writer w(dir / "never.h5");
+    w.write_u8("/x", {1, 2, 3});
+  }
+  EXPECT_FALSE(fs::exists(dir / "never.h5"));
+  save_checkpoint(dir.str(), c, {.keep_last = 1, .after_dataset = {}});
+  EXPECT_EQ(load_checkpoint(checkpoint_path(dir.str(), c.step)).step, c.step);
 }
 
 TEST(Checkpoint, UnwritableDirectoryIsAnError) {
