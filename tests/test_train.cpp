@@ -201,6 +201,16 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
   // Interrupt b after its step-4 checkpoint: drop what came later, then resume.
   fs::remove(t.dir / "b/checkpoints/checkpoint-8.h5");
   fs::remove_all(t.dir / "b/adapter");
+  // ... and as a full disk would: metrics.jsonl ends inside a record (no newline).
+  const fs::path metrics = t.dir / "b/metrics.jsonl";
+  std::string text;
+  {
+    std::ifstream m(metrics);
+    text.assign(std::istreambuf_iterator<char>(m), std::istreambuf_iterator<char>());
+  }
+  const size_t step6 = text.find("\"step\":6");
+  ASSERT_NE(step6, std::string::npos) << text;
+  std::ofstream(metrics, std::ios::trunc) << text.substr(0, step6 + 5);
   TrainOptions resume;
   resume.resume_from = (t.dir / "b").string();
   const TrainResult c = t.run("b", {}, resume);
@@ -211,7 +221,8 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
   EXPECT_TRUE(ca.optimizer == cc.optimizer) << "AdamW state differs after resume";
   EXPECT_EQ(ca.data_position, cc.data_position);
   EXPECT_EQ(ca.tokens_seen, cc.tokens_seen);
-  // metrics.jsonl reads as one run: steps 5..8 of the interrupted process are not kept twice.
+  // metrics.jsonl reads as one run: steps 5..8 of the interrupted process are not kept twice,
+  // and the cut record is gone (every line parses).
   std::ifstream in(t.dir / "b/metrics.jsonl");
   std::vector<int64_t> train_steps;
   for (std::string line; std::getline(in, line);) {
@@ -328,6 +339,16 @@ TEST(TrainLoop, UnpackedRowsTrainAndResumeBitIdentical) {
   const TrainResult b = t.run("b", {"data.packing=false", "eval.every=0"});
   fs::remove(t.dir / "b/checkpoints/checkpoint-8.h5");
   fs::remove_all(t.dir / "b/adapter");
+  // ... and as a full disk would: metrics.jsonl ends inside a record (no newline).
+  const fs::path metrics = t.dir / "b/metrics.jsonl";
+  std::string text;
+  {
+    std::ifstream m(metrics);
+    text.assign(std::istreambuf_iterator<char>(m), std::istreambuf_iterator<char>());
+  }
+  const size_t step6 = text.find("\"step\":6");
+  ASSERT_NE(step6, std::string::npos) << text;
+  std::ofstream(metrics, std::ios::trunc) << text.substr(0, step6 + 5);
   TrainOptions resume;
   resume.resume_from = (t.dir / "b").string();
   const TrainResult c = t.run("b", {"data.packing=false", "eval.every=0"}, resume);

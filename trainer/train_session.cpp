@@ -241,6 +241,8 @@ static void refuse_to_overwrite_a_run(const RunPaths& paths, const TrainOptions&
 
 // On resume, metrics written after the checkpoint (by the interrupted process) are dropped, so
 // that metrics.jsonl reads as one run: the resumed steps would otherwise appear twice.
+// Also drops lines that are not JSON records: what an interrupted write (a full disk, a kill)
+// left, so the resumed file reads as one run.
 static void drop_metrics_after(const std::string& path, int64_t step) {
   if (!fs::exists(path)) return;
   std::ifstream in(path);
@@ -248,8 +250,8 @@ static void drop_metrics_after(const std::string& path, int64_t step) {
   int64_t dropped = 0;
   while (std::getline(in, line)) {
     const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
-        j["step"].get<int64_t>() > step) {
+    if (j.is_discarded() || !j.is_object() ||
+        (j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > step)) {
       ++dropped;
       continue;
     }
