@@ -165,6 +165,21 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
   }
   req.formats = {"merged-gguf-q5_k"};
   EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
+  // Refused before anything is written: a format twice. And a folder the export created is
+  // not left behind empty when its only export fails.
+  req.out_dir = (other.path() / "fresh").string();
+  req.formats = {"peft", "peft"};
+  try {
+    export_adapter(am, req, [](const std::string&) {});
+    FAIL() << "a format given twice was accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("export format 'peft' is given twice"), std::string::npos)
+        << err.what();
+  }
+  EXPECT_FALSE(fs::exists(req.out_dir));
+  req.formats = {"merged-gguf-q8_0"};  // a GGUF from this Hugging Face base is refused
+  EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
+  EXPECT_FALSE(fs::exists(req.out_dir)) << "the failed export left its empty folder";
 }
 
 }  // namespace

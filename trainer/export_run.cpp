@@ -138,10 +138,15 @@ void write_outputs(ExportedItem& item, const FormatSpec& spec, AdaptedModel& am,
 
 void check_export_formats(const std::vector<std::string>& formats) {
   const auto& known = known_export_formats();
-  for (const std::string& f : formats)
+  for (size_t i = 0; i < formats.size(); ++i) {
+    const std::string& f = formats[i];
     if (std::find(known.begin(), known.end(), f) == known.end())
       throw Error(fmt::format("export format '{}' is not known; the formats are: {}", f,
                               recipe_detail::join(known)));
+    if (std::find(formats.begin(), formats.begin() + static_cast<std::ptrdiff_t>(i), f) !=
+        formats.begin() + static_cast<std::ptrdiff_t>(i))
+      throw Error(fmt::format("export format '{}' is given twice", f));
+  }
 }
 
 ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
@@ -159,13 +164,22 @@ ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
     if (fs::exists(path) && !req.force)
       throw Error(fmt::format("{} exists: remove it, or pass --force to replace it", path));
   }
+  // A folder this call creates is removed again when the first export fails and leaves it
+  // empty (each export is staged and renamed into place, so it holds nothing partial).
+  const bool created = !fs::exists(req.out_dir);
   fs::create_directories(req.out_dir);
   for (size_t i = 0; i < specs.size(); ++i) {
     ExportedItem item;
     item.format = req.formats[i];
     item.path = (fs::path(req.out_dir) / specs[i].output).string();
     log(fmt::format("export {} -> {}", item.format, item.path));
-    write_outputs(item, specs[i], am, req);
+    try {
+      write_outputs(item, specs[i], am, req);
+    } catch (...) {
+      std::error_code ec;
+      if (created && fs::is_empty(req.out_dir, ec) && !ec) fs::remove(req.out_dir, ec);
+      throw;
+    }
     item.bytes = size_of(item.path);
     for (const std::string& n : item.notes) log("  note: " + n);
     log(fmt::format("  wrote {:.1f} MB", static_cast<double>(item.bytes) / 1048576.0));
