@@ -399,6 +399,17 @@ TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
   TrainOptions resume;
   resume.resume = true;
   EXPECT_EQ(t.run("run", {"train.steps=3", "eval.batches=0"}, resume).steps_done, 3);
+  // output.dir naming a file, or below one: the key is named, not a bare filesystem error.
+  std::ofstream(t.dir / "a_file") << "x";
+  for (const char* out : {"a_file", "a_file/run"}) {
+    try {
+      t.run(out, {"train.steps=2", "eval.batches=0"});
+      FAIL() << "output.dir " << out << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("output.dir " + (t.dir / out).string(), 0), 0u)
+          << e.what();
+    }
+  }
 }
 
 TEST(TrainLoop, SavedAdapterReloadsWithTheSameLogits) {

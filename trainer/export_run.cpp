@@ -167,7 +167,11 @@ ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
   // A folder this call creates is removed again when the first export fails and leaves it
   // empty (each export is staged and renamed into place, so it holds nothing partial).
   const bool created = !fs::exists(req.out_dir);
-  fs::create_directories(req.out_dir);
+  std::error_code dir_error;
+  fs::create_directories(req.out_dir, dir_error);
+  if (dir_error || !fs::is_directory(req.out_dir))
+    throw Error(fmt::format("export: cannot create the output folder {}: {}", req.out_dir,
+                            dir_error ? dir_error.message() : "a file of that name is in the way"));
   for (size_t i = 0; i < specs.size(); ++i) {
     ExportedItem item;
     item.format = req.formats[i];

@@ -227,6 +227,11 @@ struct Console {
 // A fresh (not resumed) run into a folder that already holds one would mix two runs' metrics,
 // checkpoints and adapters: refuse, saying how to continue or start over.
 static void refuse_to_overwrite_a_run(const RunPaths& paths, const TrainOptions& options) {
+  std::error_code ec;
+  if (fs::exists(paths.dir, ec) && !fs::is_directory(paths.dir, ec))
+    throw Error(fmt::format("output.dir {} is a file, not a folder: train into another folder "
+                            "(output.dir=...)",
+                            paths.dir));
   if (options.resume) return;
   std::vector<std::string> found;
   for (const std::string& p : {paths.summary, paths.metrics, paths.adapter})
@@ -446,7 +451,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
           *resume_path, n_refused, refused, paths.dir));
   }
 
-  fs::create_directories(paths.dir);
+  std::error_code dir_error;
+  fs::create_directories(paths.dir, dir_error);
+  if (dir_error)
+    throw Error(fmt::format("output.dir {}: cannot create the folder: {}", paths.dir,
+                            dir_error.message()));
   write_file_atomic(paths.recipe, plan.recipe_yaml);
   if (resume_path) drop_metrics_after(paths.metrics, step);
   MetricsWriter metrics(paths.metrics, /*truncate=*/!resume_path.has_value());
