@@ -152,6 +152,45 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("--base"), std::string::npos) << err.what();
   }
+  {
+    // The base named in loom_adapter.json is not found from here: the message says how to name
+    // one. An adapter with tensors for a block the base does not have: named as such.
+    const fs::path copy = other.path() / "adapter_copy";
+    fs::copy(e.run / "adapter", copy);
+    nlohmann::json j;
+    std::ifstream(copy / "loom_adapter.json") >> j;
+    j["base_model"] = "relative/base/folder";
+    std::ofstream(copy / "loom_adapter.json") << j.dump();
+    try {
+      load_adapted_model(copy.string(), "");
+      FAIL() << "a missing base was accepted";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find("base model 'relative/base/folder' (base_model in "
+                                             "loom_adapter.json"),
+                std::string::npos)
+          << err.what();
+      EXPECT_NE(std::string(err.what()).find("--model"), std::string::npos) << err.what();
+    }
+    const fs::path tensors = copy / "adapter_model.safetensors";
+    std::string bytes;
+    {
+      std::ifstream in(tensors, std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    for (size_t at = bytes.find("layers.1."); at != std::string::npos; at = bytes.find("layers.1."))
+      bytes[at + 7] = '7';  // same length: the header's offsets stay valid
+    std::ofstream(tensors, std::ios::binary | std::ios::trunc) << bytes;
+    const std::string base = (source_dir() / "tests/golden/hf_llama").string();
+    try {
+      load_adapted_model(copy.string(), base);
+      FAIL() << "an adapter with tensors for block 7 was attached to a 2-block base";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find("the adapter has tensors for block 7, but the base "
+                                             "model " + base + " has 2 blocks (0..1)"),
+                std::string::npos)
+          << err.what();
+    }
+  }
   AdaptedModel am = load_adapted_model(e.run.string(), "");
   ExportRequest req;
   req.formats = {"peft"};

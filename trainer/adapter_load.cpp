@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string_view>
@@ -87,13 +89,34 @@ AdaptedModel load_adapted_model(const std::string& adapter_path, const std::stri
     am.kind = "loom";
     const nlohmann::json j = read_adapter_config(loom_dir.string());
     am.base_path = base_override.empty() ? j.at("base_model").get<std::string>() : base_override;
+    if (base_override.empty() && !fs::exists(am.base_path))
+      throw Error(fmt::format(
+          "{}: the adapter's base model '{}' (base_model in loom_adapter.json, as the run was "
+          "given it) is not found from {}; name the base with --model (loom eval / generate) "
+          "or --base (loom export)",
+          loom_dir.string(), am.base_path, fs::current_path().string()));
     am.base = load_training_model(am.base_path);
     check_qk_row_order(j, *am.base.model, loom_dir.string());
     am.lora = std::make_unique<LoraModel>(*am.base.model, lora_config_from_adapter_json(j));
     std::vector<std::pair<std::string, std::vector<float>>> values;
-    for (AdapterTensor& t : read_adapter_tensors(loom_dir.string()))
+    int64_t top_block = -1;  // the highest block index the adapter's tensors name
+    for (AdapterTensor& t : read_adapter_tensors(loom_dir.string())) {
+      const size_t at = t.name.find("layers.");
+      if (at != std::string::npos)
+        top_block = std::max<int64_t>(top_block, std::atoll(t.name.c_str() + at + 7));
       values.emplace_back(std::move(t.name), std::move(t.values));
-    am.lora->load_parameters(values, /*strict=*/true);
+    }
+    const int64_t n_layers = am.base.model->config().n_layers;
+    if (top_block >= n_layers)
+      throw Error(fmt::format("{}: the adapter has tensors for block {}, but the base model {} "
+                              "has {} blocks (0..{}): it was trained on another model",
+                              loom_dir.string(), top_block, am.base_path, n_layers, n_layers - 1));
+    try {
+      am.lora->load_parameters(values, /*strict=*/true);
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: the adapter does not fit the base model {}: {}",
+                              loom_dir.string(), am.base_path, e.what()));
+    }
   } else if (fs::is_directory(p) && fs::exists(p / "adapter_config.json")) {
     am.kind = "peft";
     const PeftAdapterConfig pc = read_peft_adapter_config(p.string());
