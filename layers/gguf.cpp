@@ -353,12 +353,27 @@ GgufFile GgufFile::open(const std::string& path) {
   f.data_offset_ = (cur.pos() + f.alignment_ - 1) / f.alignment_ * f.alignment_;
   const GgufTensorInfo* last = nullptr;
   uint64_t data_end = 0;
+  // Tensors lie packed (each padded to the alignment), so no offset exceeds the padded sizes of
+  // all of them together: a larger one is a corrupt table, not a short file.
+  uint64_t packed = 0;
+  for (const GgufTensorInfo& t : f.tensors_) {
+    const uint64_t padded =
+        (static_cast<uint64_t>(t.nbytes) + f.alignment_ - 1) / f.alignment_ * f.alignment_;
+    packed = padded > std::numeric_limits<uint64_t>::max() - packed
+                 ? std::numeric_limits<uint64_t>::max()
+                 : packed + padded;
+  }
   for (const GgufTensorInfo& t : f.tensors_) {
     uint64_t room = std::numeric_limits<uint64_t>::max() - f.data_offset_;
     if (t.offset > room || static_cast<uint64_t>(t.nbytes) > room - t.offset)
       throw Error(
           fmt::format("gguf: tensor '{}' in {} has data offset {}, which is past any file size",
                       t.name, path, t.offset));
+    if (t.offset > packed)
+      throw Error(fmt::format(
+          "gguf: {}: tensor '{}' has data offset {}, past the {} bytes that all {} tensors "
+          "take together: the tensor table is corrupt",
+          path, t.name, t.offset, packed, f.tensors_.size()));
     uint64_t end = f.data_offset_ + t.offset + static_cast<uint64_t>(t.nbytes);
     if (end > data_end) {
       data_end = end;

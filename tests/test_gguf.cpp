@@ -521,6 +521,13 @@ TEST_F(GgufTest, CountsLargerThanTheFile) {
   std::memcpy(l.bytes.data() + l.header_end + 8 + 1 + 4 + 4, &many, 8);  // array length
   expect_error("long_array.gguf", l.bytes,
                {"truncated in the metadata", "array of 1152921504606846976 uint64"});
+  // A tensor offset beyond all the tensors' bytes is a corrupt table, not a short file.
+  Layout v = small_valid_file();
+  const uint64_t far = uint64_t{1} << 40;
+  std::memcpy(v.bytes.data() + v.infos_end - 8, &far, 8);  // tensor #1's data offset
+  expect_error("far_offset.gguf", v.bytes,
+               {"tensor 'b.weight' has data offset 1099511627776, past the",
+                "the tensor table is corrupt"});
 }
 
 TEST_F(GgufTest, UnsupportedTensorTypes) {
