@@ -239,6 +239,12 @@ TEST(Recipe, TargetRegexAloneReplacesTheDefaultTargets) {
   EXPECT_HAS(msg, "recipes/test.yaml:12");
   EXPECT_HAS(msg,
              "lora.layers cannot be combined with lora.target_regex (set at recipes/test.yaml:11)");
+  // Regexes that do not compile are named with their line before any model loads.
+  msg = parse_error(std::string(kMinimal) + "lora:\n  target_regex: \"model\\\\.(\"\n");
+  EXPECT_HAS(msg, "recipes/test.yaml:11");
+  EXPECT_HAS(msg, "lora.target_regex 'model\\.(' is not a valid regex: missing closing parenthesis");
+  msg = parse_error(std::string(kMinimal) + "lora:\n  rank_pattern:\n    \"q_[\": 4\n");
+  EXPECT_HAS(msg, "lora.rank_pattern.q_[ 'q_[' is not a valid regex");
   msg = parse_error(R"(model:
   path: m.gguf
   base_dtype: nf4

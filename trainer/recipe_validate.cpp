@@ -4,9 +4,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
 
 #include "autograd/check.h"
+#include "lora/targets.h"
 #include "trainer/recipe_fields.h"
 
 namespace loom::recipe_detail {
@@ -112,6 +114,28 @@ void check_lora(Recipe& r, const Checker& c) {
     if (!layers.insert(layer).second)
       c.fail("lora.layers", fmt::format("lists block {} twice", layer));
   }
+  // Regexes compile (PCRE2, Python syntax) here, where the line can still be named.
+  auto compiles = [&](const std::string& key, const std::string& pattern,
+                      const std::function<void()>& check) {
+    try {
+      check();
+    } catch (const Error& e) {
+      const std::string why = e.what();
+      const size_t at = why.find("is not a valid regex");
+      c.fail(key, fmt::format("'{}' {}", pattern,
+                              at == std::string::npos ? why : why.substr(at)));
+    }
+  };
+  if (!l.target_regex.empty())
+    compiles("lora.target_regex", l.target_regex, [&] {
+      LoraTargets t;
+      t.regex = l.target_regex;
+      validate_targets(t);
+    });
+  for (const auto& [pattern, rank] : l.rank_pattern)
+    compiles("lora.rank_pattern." + pattern, pattern, [&, key = pattern] { validate_pattern_keys({key}, "rank_pattern"); });
+  for (const auto& [pattern, alpha] : l.alpha_pattern)
+    compiles("lora.alpha_pattern." + pattern, pattern, [&, key = pattern] { validate_pattern_keys({key}, "alpha_pattern"); });
   for (const auto& [pattern, rank] : l.rank_pattern)
     if (rank < 1)
       c.fail("lora.rank_pattern." + pattern, fmt::format("must be >= 1, found {}", rank));
