@@ -495,6 +495,32 @@ TEST(TrainLoop, NonFiniteStepsAreSkippedThenStopTheRun) {
     for (float v : a.values) ASSERT_TRUE(std::isfinite(v)) << a.name;
 }
 
+// A damaged latest checkpoint (cut short): the error says so and names the older one to resume
+// from, which works.
+TEST(TrainLoop, DamagedLatestCheckpointPointsAtTheOlderOne) {
+  TinyRun t;
+  t.run("run", {"eval.batches=0"});
+  const fs::path latest = t.dir / "run/checkpoints/checkpoint-8.h5";
+  fs::resize_file(latest, fs::file_size(latest) / 2);
+  fs::remove_all(t.dir / "run/adapter");
+  TrainOptions resume;
+  resume.resume = true;
+  const std::string older = (t.dir / "run/checkpoints/checkpoint-4.h5").string();
+  try {
+    t.run("run", {"eval.batches=0"}, resume);
+    FAIL() << "a truncated checkpoint was resumed from";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(latest.string() + ": cannot be read as an HDF5 file"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("resume from it with --resume " + older),
+              std::string::npos)
+        << e.what();
+  }
+  resume.resume_from = older;
+  EXPECT_EQ(t.run("run", {"eval.batches=0"}, resume).steps_done, 8);
+}
+
 TEST(TrainLoop, ResumeWithoutCheckpointSaysSo) {
   TinyRun t;
   TrainOptions o;

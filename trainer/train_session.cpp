@@ -399,7 +399,19 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       out.print("resume:        no checkpoint in {}; starting at step 0\n", paths.checkpoints);
   }
   if (resume_path) {
-    const Checkpoint ck = load_checkpoint(*resume_path);
+    const Checkpoint ck = [&] {
+      try {
+        return load_checkpoint(*resume_path);
+      } catch (const Error& e) {
+        // A damaged latest checkpoint: point at the ones before it.
+        std::string older;
+        for (const auto& [s, p] : list_checkpoints(paths.checkpoints))
+          if (p != *resume_path) older = p;
+        if (older.empty()) throw;
+        throw Error(fmt::format("{}\nAn older checkpoint is there: resume from it with --resume {}",
+                                e.what(), older));
+      }
+    }();
     restore_adapters(ck, *resume_path, params);
     optimizer.load_state(ck.optimizer);
     data.stream->restore(TrainStreamPosition::from_ints(bytes_to_ints(ck.data_position, *resume_path)));
