@@ -145,6 +145,21 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
     FAIL() << "an empty folder was accepted as an adapter";
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("not an adapter loom can read"), std::string::npos) << err.what();
+    EXPECT_NE(std::string(err.what()).find("; found an empty folder"), std::string::npos) << err.what();
+  }
+  {
+    // A loom adapter folder that lost its loom_adapter.json: the error says what is there.
+    const fs::path half = other.path() / "half";
+    fs::create_directories(half);
+    fs::copy_file(e.run / "adapter/adapter_model.safetensors", half / "adapter_model.safetensors");
+    try {
+      load_adapted_model(half.string(), "");
+      FAIL() << "a folder with only adapter_model.safetensors was accepted";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find("; found a folder holding adapter_model.safetensors"),
+                std::string::npos)
+          << err.what();
+    }
   }
   try {
     load_adapted_model((e.run / "export/adapter-f32.gguf").string(), "");

@@ -79,6 +79,27 @@ LoraConfig lora_config_from_adapter_json(const nlohmann::json& j) {
   return c;
 }
 
+namespace {
+
+// What a path that is not a readable adapter holds, for the error: "no such file or folder",
+// "a folder holding a.txt, b.bin", ...
+std::string describe_path(const fs::path& p) {
+  std::error_code ec;
+  if (!fs::exists(p, ec)) return "no such file or folder";
+  if (!fs::is_directory(p, ec)) return fmt::format("a file of {} bytes", fs::file_size(p, ec));
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(p, ec)) names.push_back(e.path().filename().string());
+  if (names.empty()) return "an empty folder";
+  std::sort(names.begin(), names.end());
+  const size_t shown = std::min<size_t>(names.size(), 6);
+  std::string list;
+  for (size_t i = 0; i < shown; ++i) list += (i ? ", " : "") + names[i];
+  if (names.size() > shown) list += fmt::format(", ... ({} in all)", names.size());
+  return "a folder holding " + list;
+}
+
+}  // namespace
+
 AdaptedModel load_adapted_model(const std::string& adapter_path, const std::string& base_override) {
   AdaptedModel am;
   am.adapter_path = adapter_path;
@@ -146,8 +167,8 @@ AdaptedModel load_adapted_model(const std::string& adapter_path, const std::stri
         "{}: not an adapter loom can read: expected a loom run directory (adapter/"
         "loom_adapter.json), a loom adapter folder (loom_adapter.json), a PEFT adapter folder "
         "(adapter_config.json + adapter_model.safetensors) or a llama.cpp LoRA adapter .gguf "
-        "(general.type = adapter)",
-        adapter_path));
+        "(general.type = adapter); found {}",
+        adapter_path, describe_path(p)));
   }
   am.lora->set_training(false);
   return am;
@@ -176,8 +197,8 @@ AdapterToTrain read_adapter_to_train(const std::string& path, const LlamaModel& 
         "lora.init_from {}: not an adapter loom can read: expected a loom run directory "
         "(adapter/loom_adapter.json), a loom adapter folder (loom_adapter.json), a PEFT adapter "
         "folder (adapter_config.json + adapter_model.safetensors) or a llama.cpp LoRA adapter "
-        ".gguf (general.type = adapter)",
-        path));
+        ".gguf (general.type = adapter); found {}",
+        path, describe_path(path)));
   }
   return a;
 }
