@@ -136,6 +136,8 @@ TEST(Recipe, WrongTypeSaysExpectedAndFound) {
   EXPECT_HAS(msg, "`eval` is a section: expected a map of its keys");
   msg = parse_error("model: {path: m.gguf\n");
   EXPECT_HAS(msg, "not valid YAML");
+  msg = parse_error(std::string("model:\n  path: \x7f" "ELF\x02\x01\x01", 20));
+  EXPECT_HAS(msg, "recipes/test.yaml:2: not a text file: control byte 0x02 at offset 19");
 }
 
 TEST(Recipe, DuplicateKeyIsAnError) {

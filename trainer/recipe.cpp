@@ -341,6 +341,15 @@ std::vector<DataSourceRecipe> read_sources(const YAML::Node& node, const std::st
 
 Recipe parse_recipe(std::string_view yaml_text, const std::string& source_name,
                     const std::vector<std::string>& overrides) {
+  // A binary file would otherwise reach the YAML parser, whose message echoes raw bytes.
+  for (size_t i = 0, line = 1; i < yaml_text.size(); ++i) {
+    const auto b = static_cast<unsigned char>(yaml_text[i]);
+    if (b == '\n') ++line;
+    if (b < 0x20 && b != '\n' && b != '\r' && b != '\t')
+      throw Error(fmt::format("{}:{}: not a text file: control byte 0x{:02x} at offset {}; a "
+                              "recipe is YAML text",
+                              source_name, line, b, i));
+  }
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml_text));
