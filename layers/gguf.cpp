@@ -353,8 +353,9 @@ GgufFile GgufFile::open(const std::string& path) {
   f.data_offset_ = (cur.pos() + f.alignment_ - 1) / f.alignment_ * f.alignment_;
   const GgufTensorInfo* last = nullptr;
   uint64_t data_end = 0;
-  // Tensors lie packed (each padded to the alignment), so no offset exceeds the padded sizes of
-  // all of them together: a larger one is a corrupt table, not a short file.
+  // Writers pack the tensors (each padded to the alignment), so no offset exceeds the padded
+  // sizes of all of them together: a larger one in a file too short for it is a corrupt table,
+  // not a short file.
   uint64_t packed = 0;
   for (const GgufTensorInfo& t : f.tensors_) {
     const uint64_t padded =
@@ -369,17 +370,18 @@ GgufFile GgufFile::open(const std::string& path) {
       throw Error(
           fmt::format("gguf: tensor '{}' in {} has data offset {}, which is past any file size",
                       t.name, path, t.offset));
-    if (t.offset > packed)
-      throw Error(fmt::format(
-          "gguf: {}: tensor '{}' has data offset {}, past the {} bytes that all {} tensors "
-          "take together: the tensor table is corrupt",
-          path, t.name, t.offset, packed, f.tensors_.size()));
     uint64_t end = f.data_offset_ + t.offset + static_cast<uint64_t>(t.nbytes);
     if (end > data_end) {
       data_end = end;
       last = &t;
     }
   }
+  // Only for the message: a file that holds its tensors' bytes loads whatever their offsets.
+  if (last && data_end > map.size && last->offset > packed)
+    throw Error(fmt::format(
+        "gguf: {}: tensor '{}' has data offset {}, past the {} bytes that all {} tensors take "
+        "together, and past the end of the file ({} bytes): the tensor table is corrupt",
+        path, last->name, last->offset, packed, f.tensors_.size(), map.size));
   if (last && data_end > map.size)
     throw Error(fmt::format(
         "gguf: {} is truncated: tensor '{}' ends at byte {} (data section starts "
