@@ -7,6 +7,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -147,18 +148,54 @@ herr_t Hdf5Handle::reset() {
 Hdf5Writer::Hdf5Writer(std::string path) : path_(std::move(path)) {
   const QuietHdf5 quiet;
   Hdf5Handle fapl(checked(H5Pcreate(H5P_FILE_ACCESS), path_, "H5Pcreate"), H5Pclose);
-  // The file is built in memory (the core driver, no backing store) and close() writes its
-  // image: HDF5 never does file I/O itself. With the default driver a full disk failed HDF5's
-  // flush and left the file open inside the library, whose clean-up at exit then crashed.
-  // Earliest-format structures (superblock v0): HDF5 1.10's H5Fget_file_image returns a v2
-  // superblock with its status flags cleared but its checksum not recomputed, which no reader
-  // accepts. Dataset bytes carry loom's own CRC32 either way (set_crc), and the reader checks
-  // every dataset's type and shape.
-  checked_status(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_EARLIEST, H5F_LIBVER_LATEST), path_,
+  // v1.8+ structures: checksummed superblock and object headers.
+  checked_status(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST), path_,
                  "H5Pset_libver_bounds");
   checked_status(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_SEMI), path_, "H5Pset_fclose_degree");
+  // The file is built in memory (the core driver, no backing store) and close() writes it out:
+  // HDF5 never does file I/O itself. With the default driver a full disk failed HDF5's flush
+  // and left the file open inside the library, whose clean-up at exit then crashed. The buffer
+  // comes from the callbacks below, which keep it when HDF5 closes the file, so the bytes written
+  // are the ones HDF5 finalized at close (H5Fget_file_image's copy of an open file is no good:
+  // in HDF5 1.10 its v2 superblock has the status flags cleared but the old checksum), and no
+  // second copy of the file is held.
   checked_status(H5Pset_fapl_core(fapl.get(), size_t{1} << 20, /*backing_store=*/0), path_,
                  "H5Pset_fapl_core");
+  H5FD_file_image_callbacks_t callbacks{};
+  callbacks.image_malloc = [](size_t size, H5FD_file_image_op_t, void* udata) -> void* {
+    auto* image = static_cast<Image*>(udata);
+    std::free(image->memory);
+    image->memory = std::malloc(size);
+    image->capacity = image->memory != nullptr ? size : 0;
+    return image->memory;
+  };
+  callbacks.image_memcpy = [](void* dest, const void* src, size_t size, H5FD_file_image_op_t,
+                              void*) -> void* { return std::memcpy(dest, src, size); };
+  callbacks.image_realloc = [](void* ptr, size_t size, H5FD_file_image_op_t,
+                               void* udata) -> void* {
+    auto* image = static_cast<Image*>(udata);
+    void* grown = std::realloc(ptr, size);
+    if (grown != nullptr) {
+      image->memory = grown;
+      image->capacity = size;
+    }
+    return grown;
+  };
+  callbacks.image_free = [](void* ptr, H5FD_file_image_op_t op, void* udata) -> herr_t {
+    auto* image = static_cast<Image*>(udata);
+    if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && ptr == image->memory) return 0;  // kept
+    if (ptr == image->memory) {
+      image->memory = nullptr;
+      image->capacity = 0;
+    }
+    std::free(ptr);
+    return 0;
+  };
+  callbacks.udata_copy = [](void* udata) -> void* { return udata; };
+  callbacks.udata_free = [](void*) -> herr_t { return 0; };
+  callbacks.udata = image_.get();
+  checked_status(H5Pset_file_image_callbacks(fapl.get(), &callbacks), path_,
+                 "H5Pset_file_image_callbacks");
   Hdf5Handle fcpl(checked(H5Pcreate(H5P_FILE_CREATE), path_, "H5Pcreate"), H5Pclose);
   checked_status(
       H5Pset_link_creation_order(fcpl.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED), path_,
@@ -173,6 +210,7 @@ Hdf5Writer::~Hdf5Writer() {
   const QuietHdf5 quiet;
   file_.reset();
   H5Eclear2(H5E_DEFAULT);
+  std::free(image_->memory);
 }
 
 void Hdf5Writer::ensure_group(const std::string& group) {
@@ -287,25 +325,30 @@ void Hdf5Writer::close() {
   const QuietHdf5 quiet;
   if (!file_.valid()) return;
   checked_status(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL), path_, "flushing the file");
+  // The file's bytes are its first EOA bytes (the buffer is allocated in 1 MiB steps).
   const ssize_t size = H5Fget_file_image(file_.get(), nullptr, 0);
   checked_status(size < 0 ? -1 : 0, path_, "H5Fget_file_image");
-  std::vector<char> image(static_cast<size_t>(size));
-  checked_status(H5Fget_file_image(file_.get(), image.data(), image.size()) == size ? 0 : -1,
-                 path_, "H5Fget_file_image");
   checked_status(file_.reset(), path_, "closing the file");
+  if (image_->memory == nullptr || image_->capacity < static_cast<size_t>(size))
+    throw Error(fmt::format("{}: HDF5 closed the file without handing back its {} bytes", path_,
+                            size));
+  const auto* bytes = static_cast<const char*>(image_->memory);
   // The bytes go out with plain stdio, each call checked; the caller (save_checkpoint) writes to
   // a temporary name and removes it when this throws.
   std::FILE* f = std::fopen(path_.c_str(), "wb");
   if (f == nullptr)
     throw Error(fmt::format("{}: cannot create the file: {}", path_, std::strerror(errno)));
-  const size_t written = std::fwrite(image.data(), 1, image.size(), f);
-  int err = written == image.size() ? 0 : errno;
+  const size_t want = static_cast<size_t>(size);
+  const size_t written = std::fwrite(bytes, 1, want, f);
+  int err = written == want ? 0 : errno;
   if (std::fflush(f) != 0 && err == 0) err = errno;
   if (std::fclose(f) != 0 && err == 0) err = errno;
-  if (err != 0 || written != image.size())
+  std::free(image_->memory);
+  image_->memory = nullptr;
+  image_->capacity = 0;
+  if (err != 0 || written != want)
     throw Error(fmt::format("{}: writing the file failed after {} of {} bytes: {}", path_,
-                            written, image.size(),
-                            err != 0 ? std::strerror(err) : "short write"));
+                            written, want, err != 0 ? std::strerror(err) : "short write"));
 }
 
 // ---- Hdf5Reader ---------------------------------------------------------------------------

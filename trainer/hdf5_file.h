@@ -12,6 +12,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -76,7 +77,15 @@ class Hdf5Writer {
   Hdf5Handle create_dataset(const std::string& name, hid_t file_type, hid_t space);
   void set_crc(hid_t dataset, uint32_t crc, const std::string& name);
 
+  // The core driver's buffer, allocated through file-image callbacks so that it outlives
+  // H5Fclose: close() writes the image HDF5 finalized at close (hdf5_file.cpp says why).
+  struct Image {
+    void* memory = nullptr;
+    size_t capacity = 0;
+  };
+
   std::string path_;
+  std::unique_ptr<Image> image_ = std::make_unique<Image>();  // its address is the callbacks'
   Hdf5Handle file_;
   std::vector<std::string> groups_;  // created so far
 };
