@@ -339,21 +339,30 @@ TEST(TrainLoop, UnpackedRowsTrainAndResumeBitIdentical) {
   const TrainResult b = t.run("b", {"data.packing=false", "eval.every=0"});
   fs::remove(t.dir / "b/checkpoints/checkpoint-8.h5");
   fs::remove_all(t.dir / "b/adapter");
-  // ... and as a full disk would: metrics.jsonl ends inside a record (no newline).
+  // ... and as a full disk can: metrics.jsonl ends with the step-4 record, whole but without
+  // its newline (the resumed run's records must not be glued onto it).
   const fs::path metrics = t.dir / "b/metrics.jsonl";
   std::string text;
   {
     std::ifstream m(metrics);
     text.assign(std::istreambuf_iterator<char>(m), std::istreambuf_iterator<char>());
   }
-  const size_t step6 = text.find("\"step\":6");
-  ASSERT_NE(step6, std::string::npos) << text;
-  std::ofstream(metrics, std::ios::trunc) << text.substr(0, step6 + 5);
+  const size_t step4 = text.find("\"step\":4");
+  ASSERT_NE(step4, std::string::npos) << text;
+  std::ofstream(metrics, std::ios::trunc) << text.substr(0, text.find('\n', step4));
   TrainOptions resume;
   resume.resume_from = (t.dir / "b").string();
   const TrainResult c = t.run("b", {"data.packing=false", "eval.every=0"}, resume);
   EXPECT_EQ(c.steps_done, 8);
   expect_bit_identical(aa, adapter_of(c.adapter_dir));
+  std::ifstream in(metrics);
+  std::vector<int64_t> train_steps;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(j.is_discarded()) << "not a JSON record: " << line;
+    if (j["type"] == "train") train_steps.push_back(j["step"].get<int64_t>());
+  }
+  EXPECT_EQ(train_steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
 }
 
 // Resuming with a recipe that changes the training (here data.packing) is refused, naming the
@@ -519,6 +528,17 @@ TEST(TrainLoop, DamagedLatestCheckpointPointsAtTheOlderOne) {
   }
   resume.resume_from = older;
   EXPECT_EQ(t.run("run", {"eval.batches=0"}, resume).steps_done, 8);
+  // Asked for by name, a damaged checkpoint with only newer ones beside it: no checkpoint to
+  // suggest (a newer one is not "older").
+  fs::resize_file(older, fs::file_size(older) / 2);
+  fs::remove_all(t.dir / "run/adapter");
+  try {
+    t.run("run", {"eval.batches=0"}, resume);
+    FAIL() << "a truncated checkpoint was resumed from";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(older + ": cannot be read"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("An older checkpoint"), std::string::npos) << e.what();
+  }
 }
 
 TEST(TrainLoop, ResumeWithoutCheckpointSaysSo) {

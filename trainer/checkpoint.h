@@ -54,6 +54,8 @@ struct CheckpointSaveOptions {
 
 // `<dir>/checkpoint-<step>.h5`.
 std::string checkpoint_path(const std::string& dir, int64_t step);
+// The step of a file name "checkpoint-<digits>.h5" (no folder), or -1.
+int64_t step_of_filename(const std::string& name);
 
 // Writes the checkpoint atomically (creating `dir` if needed), then deletes the oldest other
 // checkpoints so that keep_last remain. Returns the path written.

@@ -254,6 +254,16 @@ static void drop_metrics_after(const std::string& path, int64_t step) {
   std::ifstream in(path);
   std::string kept, line;
   int64_t dropped = 0;
+  // A last record without its newline (cut after the record, before '\n') is kept, but the
+  // file is rewritten so that the next record starts on a line of its own.
+  bool unterminated = false;
+  {
+    std::ifstream tail(path, std::ios::binary | std::ios::ate);
+    if (tail && tail.tellg() > 0) {
+      tail.seekg(-1, std::ios::end);
+      unterminated = tail.get() != '\n';
+    }
+  }
   while (std::getline(in, line)) {
     const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object() ||
@@ -263,7 +273,7 @@ static void drop_metrics_after(const std::string& path, int64_t step) {
     }
     kept += line + "\n";
   }
-  if (dropped > 0) write_file_atomic(path, kept);
+  if (dropped > 0 || unterminated) write_file_atomic(path, kept);
 }
 
 TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
@@ -404,13 +414,18 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       try {
         return load_checkpoint(*resume_path);
       } catch (const Error& e) {
-        // A damaged latest checkpoint: point at the ones before it.
+        // A damaged checkpoint (unreadable, or a dataset failing its CRC): point at the newest
+        // one before it.
+        const std::string why = e.what();
+        const int64_t damaged = step_of_filename(fs::path(*resume_path).filename().string());
         std::string older;
-        for (const auto& [s, p] : list_checkpoints(paths.checkpoints))
-          if (p != *resume_path) older = p;
+        if (damaged >= 0 && (why.find("cannot be read as an HDF5 file") != std::string::npos ||
+                             why.find("is corrupted") != std::string::npos))
+          for (const auto& [s, p] : list_checkpoints(paths.checkpoints))
+            if (s < damaged) older = p;
         if (older.empty()) throw;
         throw Error(fmt::format("{}\nAn older checkpoint is there: resume from it with --resume {}",
-                                e.what(), older));
+                                why, older));
       }
     }();
     restore_adapters(ck, *resume_path, params);
