@@ -104,8 +104,10 @@ std::string valid_names_hint(std::string_view entry, const std::vector<Linear*>&
   const size_t dot = entry.rfind('.');
   if (dot != std::string_view::npos &&
       std::find(names.begin(), names.end(), entry.substr(dot + 1)) != names.end())
-    return fmt::format("the model's module paths look like '{}' (blocks 0..{})",
-                       projections.empty() ? "" : projections[0]->hf_name, n_layers - 1);
+    return fmt::format("the model's module paths look like '{}' (GGUF: '{}'), blocks 0..{}",
+                       projections.empty() ? "" : projections[0]->hf_name,
+                       projections.empty() ? "" : projections[0]->gguf_name,
+                       std::max<int64_t>(n_layers - 1, 0));
   if (dot != std::string_view::npos) entry = entry.substr(dot + 1);
   std::string_view nearest = names[0];
   for (std::string_view n : names)

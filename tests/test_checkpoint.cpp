@@ -205,8 +205,8 @@ TEST(Checkpoint, FullDiskIsACleanError) {
     EXPECT_HAS(e.what(), "/dev/full: writing the file failed after");
     EXPECT_HAS(e.what(), std::strerror(ENOSPC));
   }
-  // A writer that throws before close() (a failure mid-way) leaves no file behind and nothing
-  // open: the next one works.
+  // A writer dropped before close() (as when a write throws mid-way) leaves no file behind and
+  // nothing open: the next one works.
   TempDir dir;
   {
     Hdf5Writer w(dir / "never.h5");

@@ -234,6 +234,10 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
   req.formats = {"merged-gguf-q8_0"};  // a GGUF from this Hugging Face base is refused
   EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
   EXPECT_FALSE(fs::exists(req.out_dir)) << "the failed export left its empty folder";
+  req.out_dir = (other.path() / "a/b/c").string();  // and the folders above it that it made
+  EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
+  EXPECT_FALSE(fs::exists(other.path() / "a")) << "the failed export left a/b/ behind";
+  EXPECT_TRUE(fs::exists(other.path())) << "the failed export removed a folder it did not make";
 }
 
 }  // namespace

@@ -138,6 +138,13 @@ TEST(Recipe, WrongTypeSaysExpectedAndFound) {
   EXPECT_HAS(msg, "not valid YAML");
   msg = parse_error(std::string("model:\n  path: \x7f" "ELF\x02\x01\x01", 20));
   EXPECT_HAS(msg, "recipes/test.yaml:2: not a text file: control byte 0x02 at offset 19");
+  msg = parse_error(std::string("\xff\xfem\0o\0d\0", 8));
+  EXPECT_HAS(msg, "recipes/test.yaml: is UTF-16 or UTF-32 text (byte-order mark FF FE)");
+  // A UTF-8 byte-order mark and CRLF line ends are fine.
+  std::string crlf = "\xef\xbb\xbf" + std::string(kMinimal);
+  for (size_t at = crlf.find('\n'); at != std::string::npos; at = crlf.find('\n', at + 2))
+    crlf.insert(at, "\r");
+  EXPECT_EQ(parse(crlf).train.steps, 20);
 }
 
 TEST(Recipe, DuplicateKeyIsAnError) {

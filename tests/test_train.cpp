@@ -478,7 +478,8 @@ TEST(TrainLoop, PeftStyleTargetEntriesAdaptTheModulesTheyName) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("'model.layers.7.mlp.up_proj' matches no projection; the "
                                          "model's module paths look like "
-                                         "'model.layers.0.self_attn.q_proj' (blocks 0..1)"),
+                                         "'model.layers.0.self_attn.q_proj' (GGUF: "
+                                         "'blk.0.attn_q'), blocks 0..1"),
               std::string::npos)
         << e.what();
   }

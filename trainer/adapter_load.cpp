@@ -85,10 +85,14 @@ namespace {
 // "a folder holding a.txt, b.bin", ...
 std::string describe_path(const fs::path& p) {
   std::error_code ec;
-  if (!fs::exists(p, ec)) return "no such file or folder";
-  if (!fs::is_directory(p, ec)) return fmt::format("a file of {} bytes", fs::file_size(p, ec));
+  if (!fs::exists(p, ec)) return ec ? "a path that cannot be read (" + ec.message() + ")"
+                                     : "no such file or folder";
+  if (fs::is_regular_file(p, ec)) return fmt::format("a file of {} bytes", fs::file_size(p, ec));
+  if (!fs::is_directory(p, ec)) return "neither a regular file nor a folder";
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(p, ec)) names.push_back(e.path().filename().string());
+  for (fs::directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
+    names.push_back(it->path().filename().string());
+  if (ec) return "a folder that cannot be listed (" + ec.message() + ")";
   if (names.empty()) return "an empty folder";
   std::sort(names.begin(), names.end());
   const size_t shown = std::min<size_t>(names.size(), 6);

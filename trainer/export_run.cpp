@@ -166,8 +166,15 @@ ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
   }
   // A folder this call creates is removed again when the first export fails and leaves it
   // empty (each export is staged and renamed into place, so it holds nothing partial).
-  const bool created = !fs::exists(req.out_dir);
+  // The outermost folder of out_dir that does not exist yet (empty when it exists).
+  fs::path created;
   std::error_code dir_error;
+  for (fs::path p = fs::path(req.out_dir).lexically_normal(); !p.empty() && p != p.root_path();
+       p = p.parent_path()) {
+    if (fs::exists(p, dir_error) || dir_error) break;
+    created = p;
+    if (!p.has_parent_path()) break;
+  }
   fs::create_directories(req.out_dir, dir_error);
   if (dir_error || !fs::is_directory(req.out_dir))
     throw Error(fmt::format("export: cannot create the output folder {}: {}", req.out_dir,
@@ -180,8 +187,14 @@ ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
     try {
       write_outputs(item, specs[i], am, req);
     } catch (...) {
+      // Empty folders this call made, from out_dir up to the outermost one it created.
       std::error_code ec;
-      if (created && fs::is_empty(req.out_dir, ec) && !ec) fs::remove(req.out_dir, ec);
+      if (!created.empty())
+        for (fs::path p = fs::path(req.out_dir).lexically_normal(); !p.empty();
+             p = p.parent_path()) {
+          if (!fs::is_empty(p, ec) || ec || !fs::remove(p, ec)) break;
+          if (p == created) break;
+        }
       throw;
     }
     item.bytes = size_of(item.path);

@@ -122,8 +122,9 @@ void check_lora(Recipe& r, const Checker& c) {
     } catch (const Error& e) {
       const std::string why = e.what();
       const size_t at = why.find("is not a valid regex");
-      c.fail(key, fmt::format("'{}' {}", pattern,
-                              at == std::string::npos ? why : why.substr(at)));
+      if (at == std::string::npos)
+        c.fail(key, pattern.empty() ? std::string("is an empty pattern") : why);
+      c.fail(key, fmt::format("'{}' {}", pattern, why.substr(at)));
     }
   };
   if (!l.target_regex.empty())

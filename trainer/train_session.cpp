@@ -228,11 +228,20 @@ struct Console {
 // A fresh (not resumed) run into a folder that already holds one would mix two runs' metrics,
 // checkpoints and adapters: refuse, saying how to continue or start over.
 static void refuse_to_overwrite_a_run(const RunPaths& paths, const TrainOptions& options) {
+  // output.dir, or the nearest of its parents that exists, must be a folder: checked before the
+  // model and data load.
   std::error_code ec;
-  if (fs::exists(paths.dir, ec) && !fs::is_directory(paths.dir, ec))
-    throw Error(fmt::format("output.dir {} is a file, not a folder: train into another folder "
-                            "(output.dir=...)",
-                            paths.dir));
+  for (fs::path p = fs::path(paths.dir).lexically_normal(); !p.empty(); p = p.parent_path()) {
+    if (!fs::exists(p, ec)) {
+      if (!p.has_parent_path() || p == p.parent_path()) break;
+      continue;
+    }
+    if (!fs::is_directory(p, ec))
+      throw Error(fmt::format("output.dir {}: {} is a file, not a folder: train into another "
+                              "folder (output.dir=...)",
+                              paths.dir, p.string()));
+    break;
+  }
   if (options.resume) return;
   std::vector<std::string> found;
   for (const std::string& p : {paths.summary, paths.metrics, paths.adapter})
