@@ -162,12 +162,17 @@ Hdf5Writer::Hdf5Writer(std::string path) : path_(std::move(path)) {
   checked_status(H5Pset_fapl_core(fapl.get(), size_t{1} << 20, /*backing_store=*/0), path_,
                  "H5Pset_fapl_core");
   H5FD_file_image_callbacks_t callbacks{};
-  callbacks.image_malloc = [](size_t size, H5FD_file_image_op_t, void* udata) -> void* {
-    auto* image = static_cast<Image*>(udata);
-    std::free(image->memory);
-    image->memory = std::malloc(size);
-    image->capacity = image->memory != nullptr ? size : 0;
-    return image->memory;
+  // Only the core driver's own buffer (FILE_OPEN / FILE_RESIZE / FILE_CLOSE) is tracked; the
+  // property-list operations (an image set on a fapl, which loom never does) pass through.
+  callbacks.image_malloc = [](size_t size, H5FD_file_image_op_t op, void* udata) -> void* {
+    void* memory = std::malloc(size);
+    if (op == H5FD_FILE_IMAGE_OP_FILE_OPEN && memory != nullptr) {
+      auto* image = static_cast<Image*>(udata);
+      std::free(image->memory);
+      image->memory = memory;
+      image->capacity = size;
+    }
+    return memory;
   };
   callbacks.image_memcpy = [](void* dest, const void* src, size_t size, H5FD_file_image_op_t,
                               void*) -> void* { return std::memcpy(dest, src, size); };
@@ -175,7 +180,7 @@ Hdf5Writer::Hdf5Writer(std::string path) : path_(std::move(path)) {
                                void* udata) -> void* {
     auto* image = static_cast<Image*>(udata);
     void* grown = std::realloc(ptr, size);
-    if (grown != nullptr) {
+    if (grown != nullptr && ptr == image->memory) {
       image->memory = grown;
       image->capacity = size;
     }
