@@ -164,9 +164,9 @@ ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
     if (fs::exists(path) && !req.force)
       throw Error(fmt::format("{} exists: remove it, or pass --force to replace it", path));
   }
-  // A folder this call creates is removed again when the first export fails and leaves it
-  // empty (each export is staged and renamed into place, so it holds nothing partial).
-  // The outermost folder of out_dir that does not exist yet (empty when it exists).
+  // Folders this call creates are removed again when an export fails and leaves them empty
+  // (each export is staged and renamed into place, so nothing partial is ever in them).
+  // `created`: the outermost folder of out_dir that does not exist yet (empty when none).
   fs::path created;
   std::error_code dir_error;
   for (fs::path p = fs::path(req.out_dir).lexically_normal(); !p.empty() && p != p.root_path();
