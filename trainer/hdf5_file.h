@@ -48,9 +48,11 @@ struct Hdf5DatasetInfo {
   Shape shape;  // {} for a scalar dataset
 };
 
+// Builds an HDF5 file in memory and writes it to `path` in close(): HDF5 itself never touches
+// the disk, so a full disk is one clean error from close() (hdf5_file.cpp says why).
 class Hdf5Writer {
  public:
-  // Creates (truncating) `path`.
+  // Nothing is created on disk until close().
   explicit Hdf5Writer(std::string path);
   ~Hdf5Writer();
   Hdf5Writer(const Hdf5Writer&) = delete;
@@ -67,7 +69,8 @@ class Hdf5Writer {
   void create_group(const std::string& name);
   // Integer attribute on an existing object ("/" or a dataset).
   void write_i64_attribute(const std::string& object, const std::string& attribute, int64_t value);
-  // Flushes and closes; errors (a full disk) surface here.
+  // Finishes the file and writes it to path() (created or truncated); errors (a full disk)
+  // surface here, naming the file. A writer dropped without close() writes nothing.
   void close();
 
   const std::string& path() const { return path_; }
