@@ -394,6 +394,24 @@ TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
                   resume)
                 .steps_done,
             6);
+
+  // A checkpoint written before a key existed (its saved recipe lacks the key) resumes when the
+  // run leaves the key at its default, and is refused when the run sets another value.
+  TinyRun old;
+  old.run("run", {"train.steps=4", "eval.every=0", "eval.batches=0"});
+  const std::string dir = (old.dir / "run/checkpoints").string();
+  Checkpoint ck = load_checkpoint(checkpoint_path(dir, 4));
+  const size_t key = ck.recipe_yaml.find("  decay_dora_magnitude: false\n");
+  ASSERT_NE(key, std::string::npos) << ck.recipe_yaml;
+  ck.recipe_yaml.erase(key, std::string("  decay_dora_magnitude: false\n").size());
+  save_checkpoint(dir, ck, {.keep_last = 2, .after_dataset = {}});
+  TrainOptions again;
+  again.resume_from = (old.dir / "run").string();
+  EXPECT_THROW(old.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0",
+                               "train.decay_dora_magnitude=true"},
+                       again),
+               Error);
+  EXPECT_EQ(old.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0"}, again).steps_done, 6);
 }
 
 TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
@@ -484,6 +502,47 @@ TEST(TrainLoop, PeftStyleTargetEntriesAdaptTheModulesTheyName) {
         << e.what();
   }
   EXPECT_FALSE(fs::exists(t.dir / "none")) << "a refused run left its folder behind";
+}
+
+// train.decay_dora_magnitude: decoupled weight decay on the DoRA magnitudes too (HF Trainer,
+// torchtune) or not (loom's default). After one step from the same start, the two runs' magnitudes
+// differ by exactly lr * weight_decay * m0, where m0 is the base weight's row norm (DoRA's
+// initial magnitude, computed here from the safetensors weights in double); A and B are equal.
+TEST(TrainLoop, DoraMagnitudeDecayFollowsTheRecipe) {
+  TinyRun t;
+  const std::vector<std::string> common = {
+      "lora.use_dora=true", "lora.dropout=0", "train.weight_decay=0.5", "train.lr=0.01",
+      "train.schedule=constant", "train.warmup_steps=0", "train.steps=1", "eval.batches=0"};
+  std::vector<std::string> with_decay = common;
+  with_decay.push_back("train.decay_dora_magnitude=true");
+  const auto kept = adapter_of(t.run("kept", common).adapter_dir);
+  const auto decayed = adapter_of(t.run("decayed", with_decay).adapter_dir);
+  LlamaModel model = LlamaModel::from_hf((source_dir() / "tests/golden/hf_llama").string());
+  ASSERT_EQ(kept.size(), decayed.size());
+  int magnitudes = 0;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    ASSERT_EQ(kept[i].name, decayed[i].name);
+    if (kept[i].name.find("lora_magnitude_vector") == std::string::npos) {
+      EXPECT_EQ(kept[i].values, decayed[i].values) << kept[i].name;
+      continue;
+    }
+    const Linear* p = nullptr;
+    for (const Linear* q : model.projections())
+      if (kept[i].name.find(q->hf_name + ".") != std::string::npos) p = q;
+    ASSERT_NE(p, nullptr) << kept[i].name;
+    const std::vector<float> w = p->weight.to_vector();
+    const int64_t rows = p->out_features(), cols = p->in_features();
+    ASSERT_EQ(static_cast<int64_t>(kept[i].values.size()), rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      double norm = 0;
+      for (int64_t c = 0; c < cols; ++c) norm += double(w[r * cols + c]) * w[r * cols + c];
+      const double expected = 0.01 * 0.5 * std::sqrt(norm);
+      const double got = double(kept[i].values[r]) - decayed[i].values[r];
+      EXPECT_NEAR(got, expected, 1e-3 * expected + 1e-7) << kept[i].name << " row " << r;
+    }
+    ++magnitudes;
+  }
+  EXPECT_EQ(magnitudes, 14);  // all seven projections of both blocks
 }
 
 TEST(TrainLoop, NonFiniteStepsAreSkippedThenStopTheRun) {

@@ -116,6 +116,7 @@ struct TrainRecipe {
   int64_t warmup_steps = 0;
   double min_lr_ratio = 0.0;
   double weight_decay = 0.0;
+  bool decay_dora_magnitude = false;  // weight_decay on DoRA magnitudes too (HF / torchtune)
   double adam_beta1 = 0.9;
   double adam_beta2 = 0.999;
   double adam_eps = 1e-8;

@@ -381,9 +381,11 @@ const std::vector<Field<Recipe>>& recipe_fields() {
       field<R>("train.min_lr_ratio", LOOM_MEMBER(train.min_lr_ratio),
                "linear/cosine decay ends at lr * min_lr_ratio"),
       field<R>("train.weight_decay", LOOM_MEMBER(train.weight_decay),
-               "AdamW decoupled weight decay, on LoRA A and B; DoRA magnitude vectors are not "
-               "decayed (HF Trainer and torchtune decay every trainable tensor: decay would "
-               "shrink the adapted rows' norms toward zero)"),
+               "AdamW decoupled weight decay, on LoRA A and B (DoRA magnitudes: see "
+               "decay_dora_magnitude)"),
+      field<R>("train.decay_dora_magnitude", LOOM_MEMBER(train.decay_dora_magnitude),
+               "with use_dora: apply weight_decay to the magnitude vectors too, as HF Trainer and "
+               "torchtune do (false: they keep the adapted rows' norms from shrinking)"),
       field<R>("train.adam_beta1", LOOM_MEMBER(train.adam_beta1), "AdamW first-moment decay"),
       field<R>("train.adam_beta2", LOOM_MEMBER(train.adam_beta2), "AdamW second-moment decay"),
       field<R>("train.adam_eps", LOOM_MEMBER(train.adam_eps),

@@ -73,6 +73,7 @@ TrainPlan make_train_plan(const Recipe& recipe) {
   const LrSchedule schedule = LrSchedule::from_recipe(t);
   p.lr_at = [schedule](int64_t step) { return schedule.lr(step); };
   p.weight_decay = t.weight_decay;
+  p.decay_dora_magnitude = t.decay_dora_magnitude;
   p.adam_beta1 = t.adam_beta1;
   p.adam_beta2 = t.adam_beta2;
   p.adam_eps = t.adam_eps;

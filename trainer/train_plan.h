@@ -76,6 +76,7 @@ struct TrainPlan {
   double min_lr_ratio = 0.0;
   std::function<double(int64_t step)> lr_at;  // steps already taken -> learning rate
   double weight_decay = 0.0;
+  bool decay_dora_magnitude = false;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   double clip_grad_norm = 1.0;
   uint64_t seed = 42;

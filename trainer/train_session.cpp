@@ -25,6 +25,7 @@
 #include "trainer/clip.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/recipe.h"
 #include "trainer/run_dir.h"
 #include "trainer/train_internal.h"
 
@@ -194,9 +195,17 @@ struct RecipeChange {
 // Keys whose resolved values differ between a checkpoint's recipe and this run's.
 std::vector<RecipeChange> recipe_changes(const std::string& saved, const std::string& now,
                                          const std::string& checkpoint_path) {
+  // The saved recipe is read through today's schema first, so that a key added since it was
+  // written compares as its default ("unset" would refuse every older checkpoint); one that no
+  // longer reads (a removed key) is compared as it was written.
+  std::string resolved = saved;
+  try {
+    resolved = recipe_to_yaml(parse_recipe(saved, checkpoint_path));
+  } catch (const Error&) {
+  }
   std::map<std::string, std::string> a, b;
   try {
-    flatten_recipe(YAML::Load(saved), "", a);
+    flatten_recipe(YAML::Load(resolved), "", a);
     flatten_recipe(YAML::Load(now), "", b);
   } catch (const YAML::Exception& e) {
     throw Error(fmt::format("{}: the recipe saved in the checkpoint does not parse: {}",
@@ -363,9 +372,13 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
             plan.packing ? "documents packed (document mask)" : "one document per row (padded)",
             plan.train_on_prompt ? ", loss on prompts too" : "");
   out.print("  schedule:    {} steps, AdamW lr {:g} {} (warmup {}, min ratio {:g}), weight decay "
-            "{:g}, betas ({:g}, {:g}), eps {:g}, clip {}\n",
+            "{:g}{}, betas ({:g}, {:g}), eps {:g}, clip {}\n",
             plan.steps, plan.lr, plan.schedule, plan.warmup_steps, plan.min_lr_ratio,
-            plan.weight_decay, plan.adam_beta1, plan.adam_beta2, plan.adam_eps,
+            plan.weight_decay,
+            plan.dora && plan.weight_decay > 0
+                ? (plan.decay_dora_magnitude ? " (DoRA magnitudes too)" : " (not DoRA magnitudes)")
+                : "",
+            plan.adam_beta1, plan.adam_beta2, plan.adam_eps,
             plan.clip_grad_norm > 0 ? fmt::format("grad norm {:g}", plan.clip_grad_norm) : "off");
   if (plan.eval_batches > 0)
     out.print("  eval:        {}{}at the end, {} batches per source\n",
@@ -397,7 +410,8 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   std::vector<std::string> no_decay;
   for (const LoraParameter& p : lora.parameters()) {
     params.push_back({p.name, p.tensor});
-    if (p.name.find("lora_magnitude_vector") != std::string::npos) no_decay.push_back(p.name);
+    if (!plan.decay_dora_magnitude && p.name.find("lora_magnitude_vector") != std::string::npos)
+      no_decay.push_back(p.name);
   }
   AdamWConfig adam;
   adam.beta1 = plan.adam_beta1;
