@@ -127,6 +127,26 @@ struct TinyRun {
 
 std::vector<AdapterTensor> adapter_of(const std::string& dir) { return read_adapter_tensors(dir); }
 
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// The steps of metrics.jsonl's train records, in file order; every line must be a JSON record.
+std::vector<int64_t> train_steps_in(const fs::path& metrics) {
+  std::ifstream in(metrics);
+  std::vector<int64_t> steps;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) {
+      ADD_FAILURE() << metrics << ": not a JSON record: " << line;
+      continue;
+    }
+    if (j["type"] == "train") steps.push_back(j["step"].get<int64_t>());
+  }
+  return steps;
+}
+
 void expect_bit_identical(const std::vector<AdapterTensor>& a, const std::vector<AdapterTensor>& b) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
@@ -203,11 +223,7 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
   fs::remove_all(t.dir / "b/adapter");
   // ... and as a full disk would: metrics.jsonl ends inside a record (no newline).
   const fs::path metrics = t.dir / "b/metrics.jsonl";
-  std::string text;
-  {
-    std::ifstream m(metrics);
-    text.assign(std::istreambuf_iterator<char>(m), std::istreambuf_iterator<char>());
-  }
+  const std::string text = read_text(metrics);
   const size_t step6 = text.find("\"step\":6");
   ASSERT_NE(step6, std::string::npos) << text;
   std::ofstream(metrics, std::ios::trunc) << text.substr(0, step6 + 5);
@@ -223,13 +239,7 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
   EXPECT_EQ(ca.tokens_seen, cc.tokens_seen);
   // metrics.jsonl reads as one run: steps 5..8 of the interrupted process are not kept twice,
   // and the cut record is gone (every line parses).
-  std::ifstream in(t.dir / "b/metrics.jsonl");
-  std::vector<int64_t> train_steps;
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["type"] == "train") train_steps.push_back(j["step"].get<int64_t>());
-  }
-  EXPECT_EQ(train_steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(train_steps_in(metrics), (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
 }
 
 // Gradient accumulation: two micro-batches of 2 rows make the same optimizer step as one batch
@@ -342,11 +352,7 @@ TEST(TrainLoop, UnpackedRowsTrainAndResumeBitIdentical) {
   // ... and as a full disk can: metrics.jsonl ends with the step-4 record, whole but without
   // its newline (the resumed run's records must not be glued onto it).
   const fs::path metrics = t.dir / "b/metrics.jsonl";
-  std::string text;
-  {
-    std::ifstream m(metrics);
-    text.assign(std::istreambuf_iterator<char>(m), std::istreambuf_iterator<char>());
-  }
+  const std::string text = read_text(metrics);
   const size_t step4 = text.find("\"step\":4");
   ASSERT_NE(step4, std::string::npos) << text;
   std::ofstream(metrics, std::ios::trunc) << text.substr(0, text.find('\n', step4));
@@ -355,14 +361,7 @@ TEST(TrainLoop, UnpackedRowsTrainAndResumeBitIdentical) {
   const TrainResult c = t.run("b", {"data.packing=false", "eval.every=0"}, resume);
   EXPECT_EQ(c.steps_done, 8);
   expect_bit_identical(aa, adapter_of(c.adapter_dir));
-  std::ifstream in(metrics);
-  std::vector<int64_t> train_steps;
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    ASSERT_FALSE(j.is_discarded()) << "not a JSON record: " << line;
-    if (j["type"] == "train") train_steps.push_back(j["step"].get<int64_t>());
-  }
-  EXPECT_EQ(train_steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(train_steps_in(metrics), (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
 }
 
 // Resuming with a recipe that changes the training (here data.packing) is refused, naming the
@@ -384,8 +383,7 @@ TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
     EXPECT_EQ(m.find("train.steps"), std::string::npos) << "train.steps may change: " << m;
   }
   EXPECT_FALSE(fs::exists(t.dir / "run/checkpoints/checkpoint-6.h5"));
-  std::ifstream recipe_in(t.dir / "run/recipe.yaml");
-  const std::string recipe((std::istreambuf_iterator<char>(recipe_in)), std::istreambuf_iterator<char>());
+  const std::string recipe = read_text(t.dir / "run/recipe.yaml");
   EXPECT_NE(recipe.find("packing: true"), std::string::npos) << "the refused resume rewrote the run's recipe";
   // Steps and evaluation may change on resume.
   EXPECT_EQ(t.run("run", {"train.steps=5", "eval.every=0", "eval.batches=1"}, resume).steps_done, 5);
