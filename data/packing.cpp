@@ -31,6 +31,12 @@ int64_t Batch::counted_targets() const {
   return n;
 }
 
+int64_t Batch::real_tokens() const {
+  int64_t n = 0;
+  for (int32_t s : source_ids) n += s >= 0;
+  return n;
+}
+
 WindowPacker::WindowPacker(std::vector<std::shared_ptr<const TokenizedSource>> sources,
                            PackingConfig config)
     : sources_(std::move(sources)), config_(config) {

@@ -80,6 +80,7 @@ struct Batch {
   int64_t seq_len = 0;  // T
   std::vector<int32_t> tokens, targets, positions, document_ids, source_ids;  // batch * seq_len
   int64_t counted_targets() const;  // targets that are not -100
+  int64_t real_tokens() const;      // input tokens that are not padding
 };
 
 class WindowPacker {

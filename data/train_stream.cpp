@@ -93,7 +93,9 @@ std::vector<SourceDelivery> TrainStream::delivered() const {
     d.target_weight = mixer_.normalized_weight(s);
     d.tokens = c.drawn_tokens;
     d.examples = c.drawn_examples;
-    d.epoch = c.epoch;
+    // Under Stop a source that ran out stays at its last document (Repeat rolls over at once).
+    d.exhausted = c.next_doc >= static_cast<int64_t>(mixer_.split(s).train.size());
+    d.epoch = c.epoch + (d.exhausted ? 1 : 0);
     if (cursor.has_piece && cursor.piece.source == s) {
       d.tokens -= cursor.piece.end - cursor.piece.begin - cursor.offset;
       if (cursor.piece.begin == 0 && cursor.offset == 0) --d.examples;

@@ -33,6 +33,7 @@ struct SourceDelivery {
   double token_fraction = 0;    // of all delivered tokens
   double example_fraction = 0;  // of all delivered documents
   int64_t epoch = 0;            // complete passes over its training documents drawn
+  bool exhausted = false;       // on_exhausted stop: every training document drawn
 };
 
 class TrainStream {

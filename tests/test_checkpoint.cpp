@@ -500,6 +500,25 @@ TEST(Metrics, ProgressLinePlainEveryNStepsWithRateAndEta) {
   EXPECT_EQ(progress.snapshot().step, 20);
 }
 
+// Evaluations and checkpoints are left out of tokens/s and the ETA: 3 steps of 2 s with 1000
+// tokens each, and 30 s of evaluation before the first and between the steps.
+TEST(Metrics, ProgressLineLeavesOtherWorkOutOfRateAndEta) {
+  std::FILE* out = std::tmpfile();
+  double now = 0.0;
+  ProgressLine progress(10, 0, 1, out, /*is_tty=*/false, [&] { return now; });
+  now += 30.0;  // the evaluation before step 1
+  progress.exclude_time(30.0);
+  for (int64_t step = 1; step <= 3; ++step) {
+    now += 2.0;
+    progress.update(step, 1.0, 1e-4, 1000);
+    now += 10.0;  // an evaluation or a checkpoint
+    progress.exclude_time(10.0);
+  }
+  EXPECT_DOUBLE_EQ(progress.snapshot().tokens_per_second, 500.0);
+  EXPECT_DOUBLE_EQ(progress.snapshot().eta_seconds, 14.0);  // 7 steps of 2 s
+  std::fclose(out);
+}
+
 TEST(Metrics, ProgressLineRewritesInPlaceOnATerminal) {
   std::FILE* out = std::tmpfile();
   double now = 0.0;

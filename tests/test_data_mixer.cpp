@@ -231,7 +231,11 @@ TEST(DataMixer, StopEndsTheStreamWhenASourceRunsOut) {
   EXPECT_GE(d[0].tokens + 1, small->num_tokens() + small->num_documents());
   EXPECT_EQ(d[0].examples, 10);
   EXPECT_NEAR(d[0].token_fraction, 0.5, 0.05);
-  EXPECT_EQ(d[0].epoch, 0);
+  // One complete pass over the small source, which ran out; the big one did not.
+  EXPECT_EQ(d[0].epoch, 1);
+  EXPECT_TRUE(d[0].exhausted);
+  EXPECT_EQ(d[1].epoch, 0);
+  EXPECT_FALSE(d[1].exhausted);
 }
 
 TEST(DataMixer, WeightZeroSourcesAreNotTrainedOn) {

@@ -109,7 +109,7 @@ void ProgressLine::update(int64_t step, double loss, double lr, int64_t tokens, 
   tokens_ += tokens;
   last_.grad_norm = grad_norm;
   last_.rss_mb = rss_mb;
-  const double elapsed = clock_() - start_time_;
+  const double elapsed = clock_() - start_time_ - excluded_;
   const int64_t done = step - start_step_;
   last_.step = step;
   last_.loss = loss;

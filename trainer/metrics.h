@@ -61,6 +61,8 @@ class ProgressLine {
   // After step `step` completed, having trained on `tokens` tokens in it.
   void update(int64_t step, double loss, double lr, int64_t tokens, double grad_norm = -1,
               double rss_mb = -1);
+  // Leaves `seconds` of other work (an evaluation, a checkpoint) out of tokens/s and the ETA.
+  void exclude_time(double seconds) { excluded_ += seconds; }
   // Prints a whole line (an eval result, a warning) without garbling the progress line.
   void message(const std::string& line);
   // Ends an in-place line with a newline.
@@ -78,6 +80,7 @@ class ProgressLine {
   bool tty_;
   Clock clock_;
   double start_time_;
+  double excluded_ = 0;
   int64_t tokens_ = 0;
   size_t line_width_ = 0;  // of the in-place line now shown (0: none)
   ProgressSnapshot last_;

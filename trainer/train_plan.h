@@ -117,8 +117,11 @@ struct SourceEval {
 struct TrainResult {
   int64_t steps_done = 0;     // optimizer steps completed (skipped ones included)
   int64_t skipped_steps = 0;  // in all, over the whole run
-  bool stopped = false;       // stopped early (non-finite steps, data ended)
+  bool stopped = false;       // stopped early by repeated non-finite steps (an error)
   std::string stop_reason;    // the diagnostic when stopped
+  // data.on_exhausted: stop ended the data before train.steps (a normal end): which source ran
+  // out, at which step; empty otherwise.
+  std::string data_ended;
   double first_loss = 0, last_loss = 0;  // training loss of the first / last step run here
   std::vector<SourceEval> eval_before, eval_after;
   double tokens_per_second = 0;

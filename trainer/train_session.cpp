@@ -486,6 +486,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     std::string refused;
     size_t n_refused = 0;
     for (const RecipeChange& c : recipe_changes(ck.recipe_yaml, plan.recipe_yaml, *resume_path)) {
+      if (c.key == "resume") continue;  // resuming is what this run does: nothing to note
       if (resume_may_change(c.key) || options.allow_recipe_change) {
         out.print("note:          {} (changed on resume)\n", c.str());
       } else {
@@ -530,6 +531,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     std::vector<SourceEval> evals = evaluate_sources(model, lora, data, plan);
     nlohmann::json rec = {{"type", "eval"}, {"step", at_step}, {"sources", evals_json(evals)},
                           {"seconds", now_seconds() - te}};
+    if (progress) progress->exclude_time(now_seconds() - te);  // tokens/s and ETA: training only
     metrics.write(rec);
     message(fmt::format("eval @ step {}: {}", at_step, evals_text(evals)));
     return evals;
@@ -544,6 +546,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     // The save holds the optimizer state's copy and the file's bytes in memory for a moment
     // (trainer/hdf5_file.h); the cached activation blocks are handed back first, so that the
     // save does not raise the run's peak (the next step maps them again: ~30 ms).
+    const double t_save = now_seconds();
     trim_block_cache();
     Checkpoint ck;
     ck.step = at_step;
@@ -564,6 +567,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     CheckpointSaveOptions so;
     so.keep_last = plan.keep_last;
     result.last_checkpoint = save_checkpoint(paths.checkpoints, ck, so);
+    if (progress) progress->exclude_time(now_seconds() - t_save);
     return result.last_checkpoint;
   };
 
@@ -576,26 +580,35 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   int64_t tokens_this_run = 0, last_checkpoint_step = -1, last_eval_step = step == 0 && plan.eval_at_start ? 0 : -1;
   bool first = true;
   std::vector<Batch> micro(static_cast<size_t>(plan.grad_accum));
+  std::string data_ended;  // set when data.on_exhausted: stop ended the data
   while (step < plan.steps) {
     const double ts = now_seconds();
     bool ended = false;
+    size_t fetched = 0;  // micro-batches of this step (fewer only when the data ends)
     int64_t targets = 0, tokens = 0;
     for (Batch& b : micro) {
       if (!data.stream->next(b)) {
         ended = true;
         break;
       }
+      ++fetched;
       targets += b.counted_targets();
-      tokens += b.batch * b.seq_len;
+      tokens += b.real_tokens();  // padding is not counted
     }
     if (ended) {
-      result.stopped = true;
-      result.stop_reason = fmt::format("the data ended at step {} (data.on_exhausted: stop)", step);
-      break;
+      // data.on_exhausted: stop. What was fetched is still trained on, as one last (smaller)
+      // step; the run then ends normally.
+      std::string ran_out;
+      for (const SourceDelivery& d : data.stream->delivered())
+        if (d.exhausted) ran_out += fmt::format("{}'{}'", ran_out.empty() ? "" : ", ", d.name);
+      data_ended = fmt::format(
+          "the data ended at step {} (data.on_exhausted: stop): {} ran out of training documents",
+          step + (fetched > 0 ? 1 : 0), ran_out.empty() ? std::string("a source") : ran_out);
+      if (fetched == 0) break;
     }
     lora.zero_grad();
     double loss_sum = 0;
-    for (size_t m = 0; m < micro.size(); ++m) {
+    for (size_t m = 0; m < fetched; ++m) {
       const Batch& b = micro[m];
       lora.set_dropout_step(static_cast<uint64_t>(step) * static_cast<uint64_t>(plan.grad_accum) + m);
       TokenBatch tb;
@@ -646,8 +659,10 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     first = false;
     result.last_loss = loss;
 
+    // The delivered share of each source, in the unit the mix counts (data.mix_by).
     nlohmann::json mix = nlohmann::json::object();
-    for (const SourceDelivery& d : data.stream->delivered()) mix[d.name] = d.token_fraction;
+    for (const SourceDelivery& d : data.stream->delivered())
+      mix[d.name] = plan.mix_by == "examples" ? d.example_fraction : d.token_fraction;
     metrics.write({{"type", "train"},
                    {"step", step},
                    {"loss", loss},
@@ -661,7 +676,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
                    {"peak_rss_mb", peak_rss_bytes() / 1048576.0},
                    {"mix", mix}});
     if (progress) progress->update(step, loss, lr, tokens, norm.norm, rss_bytes() / 1048576.0);
-    if (result.stopped) break;
+    if (result.stopped || !data_ended.empty()) break;
 
     if (plan.eval_every > 0 && step % plan.eval_every == 0 && step < plan.steps) {
       run_eval(step);
@@ -681,6 +696,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
 
   result.steps_done = step;
   result.skipped_steps = skipped_total;
+  result.data_ended = data_ended;
   result.tokens_per_second = train_seconds > 0 ? tokens_this_run / train_seconds : 0;
   result.peak_rss_bytes = peak_rss_bytes();
   result.wall_seconds = wall_before + (now_seconds() - t_start);
@@ -691,8 +707,12 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   // Training tokens each source actually delivered over the whole run (resumes included).
   nlohmann::json delivered = nlohmann::json::object();
   for (const SourceDelivery& d : data.stream->delivered())
-    delivered[d.name] = {{"tokens", d.tokens}, {"examples", d.examples},
-                         {"token_fraction", d.token_fraction}, {"epochs", d.epoch}};
+    delivered[d.name] = {{"tokens", d.tokens},
+                         {"examples", d.examples},
+                         {"token_fraction", d.token_fraction},
+                         {"example_fraction", d.example_fraction},
+                         {"epochs", d.epoch},
+                         {"exhausted", d.exhausted}};
   nlohmann::json summary = {
       {"recipe", plan.recipe_source},
       {"model", plan.model_path},
@@ -702,6 +722,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       {"skipped_steps", skipped_total},
       {"stopped", result.stopped},
       {"stop_reason", result.stop_reason},
+      {"data_ended", result.data_ended},
       {"first_loss_this_process", result.first_loss},
       {"final_loss", result.last_loss},
       {"eval", per_source},
@@ -725,6 +746,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
               b ? b->perplexity : std::nan(""), e.perplexity, b ? b->loss : std::nan(""), e.loss);
   }
   if (result.stopped) out.print("STOPPED: {}\n", result.stop_reason);
+  if (!result.data_ended.empty()) out.print("data:          {}\n", result.data_ended);
   out.print("done: {} steps ({} skipped), loss {:.4f} -> {:.4f}, {:.0f} tokens/s, peak RSS {:.0f} MB, "
             "{}\n",
             step, skipped_total, result.first_loss, result.last_loss, result.tokens_per_second,
