@@ -363,7 +363,8 @@ const std::vector<Field<Recipe>>& recipe_fields() {
       field<R>("data.mix_by", LOOM_MEMBER(data.mix_by), "mix weights count tokens or examples"),
       field<R>("data.seq_len", LOOM_MEMBER(data.seq_len), "tokens per training sequence"),
       field<R>("data.on_exhausted", LOOM_MEMBER(data.on_exhausted),
-               "when a source runs out: start it again, or stop the run"),
+               "when a source runs out: start it again (repeat), or end the run there (stop: "
+               "the last batches are trained, the run ends normally before train.steps)"),
       field<R>("data.train_on_prompt", LOOM_MEMBER(data.train_on_prompt),
                "instruct/chat: count the loss on prompt tokens too"),
       field<R>("data.packing", LOOM_MEMBER(data.packing),
