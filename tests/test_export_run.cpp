@@ -145,7 +145,8 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
     FAIL() << "an empty folder was accepted as an adapter";
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("not an adapter loom can read"), std::string::npos) << err.what();
-    EXPECT_NE(std::string(err.what()).find("; found an empty folder"), std::string::npos) << err.what();
+    EXPECT_NE(std::string(err.what()).find("; found an empty folder"), std::string::npos)
+        << err.what();
   }
   {
     // A loom adapter folder that lost its loom_adapter.json: the error says what is there.
@@ -180,8 +181,9 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
       load_adapted_model(copy.string(), "");
       FAIL() << "a missing base was accepted";
     } catch (const Error& err) {
-      EXPECT_NE(std::string(err.what()).find("base model 'relative/base/folder' (base_model in "
-                                             "loom_adapter.json"),
+      EXPECT_NE(std::string(err.what())
+                    .find("base model 'relative/base/folder' (base_model in "
+                          "loom_adapter.json"),
                 std::string::npos)
           << err.what();
       EXPECT_NE(std::string(err.what()).find("--model"), std::string::npos) << err.what();
@@ -200,8 +202,10 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
       load_adapted_model(copy.string(), base);
       FAIL() << "an adapter with tensors for block 7 was attached to a 2-block base";
     } catch (const Error& err) {
-      EXPECT_NE(std::string(err.what()).find("the adapter has tensors for block 7, but the base "
-                                             "model " + base + " has 2 blocks (0..1)"),
+      EXPECT_NE(std::string(err.what())
+                    .find("the adapter has tensors for block 7, but the base "
+                          "model " +
+                          base + " has 2 blocks (0..1)"),
                 std::string::npos)
           << err.what();
     }
@@ -227,7 +231,8 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
     export_adapter(am, req, [](const std::string&) {});
     FAIL() << "a format given twice was accepted";
   } catch (const Error& err) {
-    EXPECT_NE(std::string(err.what()).find("export format 'peft' is given twice"), std::string::npos)
+    EXPECT_NE(std::string(err.what()).find("export format 'peft' is given twice"),
+              std::string::npos)
         << err.what();
   }
   EXPECT_FALSE(fs::exists(req.out_dir));

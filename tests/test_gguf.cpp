@@ -525,9 +525,9 @@ TEST_F(GgufTest, CountsLargerThanTheFile) {
   Layout v = small_valid_file();
   const uint64_t far = uint64_t{1} << 40;
   std::memcpy(v.bytes.data() + v.infos_end - 8, &far, 8);  // tensor #1's data offset
-  expect_error("far_offset.gguf", v.bytes,
-               {"tensor 'b.weight' has data offset 1099511627776, past the",
-                "the tensor table is corrupt"});
+  expect_error(
+      "far_offset.gguf", v.bytes,
+      {"tensor 'b.weight' has data offset 1099511627776, past the", "the tensor table is corrupt"});
 }
 
 TEST_F(GgufTest, UnsupportedTensorTypes) {

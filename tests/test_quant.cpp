@@ -412,7 +412,8 @@ TEST(QuantGemv, SingleRowsTakeTheRowKernelsAtEveryPrecision) {
   if (!quant::use_avx2()) GTEST_SKIP() << "SKIPPED: no AVX2 + FMA + F16C on this CPU";
   for (DType t : {DType::NF4, DType::Q4_1, DType::Q4_K}) {
     const int64_t rows = 64, cols = 512;
-    const std::vector<uint8_t> raw = quantize(t, gaussian(rows * cols, 3, 0.05f).data(), rows * cols);
+    const std::vector<uint8_t> raw =
+        quantize(t, gaussian(rows * cols, 3, 0.05f).data(), rows * cols);
     const std::vector<float> x = gaussian(cols, 4, 1.0f);
     const WeightView W{t, raw.data(), rows, cols};
     std::vector<float> y32(rows), y16(rows), yauto(rows);

@@ -136,7 +136,10 @@ TEST(Recipe, WrongTypeSaysExpectedAndFound) {
   EXPECT_HAS(msg, "`eval` is a section: expected a map of its keys");
   msg = parse_error("model: {path: m.gguf\n");
   EXPECT_HAS(msg, "not valid YAML");
-  msg = parse_error(std::string("model:\n  path: \x7f" "ELF\x02\x01\x01", 20));
+  msg =
+      parse_error(std::string("model:\n  path: \x7f"
+                              "ELF\x02\x01\x01",
+                              20));
   EXPECT_HAS(msg, "recipes/test.yaml:2: not a text file: control byte 0x02 at offset 19");
   msg = parse_error(std::string("\xff\xfem\0o\0d\0", 8));
   EXPECT_HAS(msg, "recipes/test.yaml: is UTF-16 or UTF-32 text (byte-order mark FF FE)");
@@ -251,7 +254,8 @@ TEST(Recipe, TargetRegexAloneReplacesTheDefaultTargets) {
   // Regexes that do not compile are named with their line before any model loads.
   msg = parse_error(std::string(kMinimal) + "lora:\n  target_regex: \"model\\\\.(\"\n");
   EXPECT_HAS(msg, "recipes/test.yaml:11");
-  EXPECT_HAS(msg, "lora.target_regex 'model\\.(' is not a valid regex: missing closing parenthesis");
+  EXPECT_HAS(msg,
+             "lora.target_regex 'model\\.(' is not a valid regex: missing closing parenthesis");
   msg = parse_error(std::string(kMinimal) + "lora:\n  rank_pattern:\n    \"q_[\": 4\n");
   EXPECT_HAS(msg, "lora.rank_pattern.q_[ 'q_[' is not a valid regex");
   msg = parse_error(R"(model:

@@ -405,11 +405,13 @@ TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
   save_checkpoint(dir, ck, {.keep_last = 2, .after_dataset = {}});
   TrainOptions again;
   again.resume_from = (old.dir / "run").string();
-  EXPECT_THROW(old.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0",
-                               "train.decay_dora_magnitude=true"},
+  EXPECT_THROW(old.run("run",
+                       {"train.steps=6", "eval.every=0", "eval.batches=0",
+                        "train.decay_dora_magnitude=true"},
                        again),
                Error);
-  EXPECT_EQ(old.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0"}, again).steps_done, 6);
+  EXPECT_EQ(old.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0"}, again).steps_done,
+            6);
 }
 
 TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
@@ -472,8 +474,9 @@ TEST(TrainLoop, QloraNf4BaseTrains) {
 // stem adapt exactly the projections they name (the adapter's tensors say which).
 TEST(TrainLoop, PeftStyleTargetEntriesAdaptTheModulesTheyName) {
   TinyRun t;
-  const TrainResult r = t.run("names", {"lora.targets=[self_attn.q_proj, model.layers.1.mlp.up_proj, attn_v]",
-                                        "train.steps=1", "eval.batches=0"});
+  const TrainResult r =
+      t.run("names", {"lora.targets=[self_attn.q_proj, model.layers.1.mlp.up_proj, attn_v]",
+                      "train.steps=1", "eval.batches=0"});
   std::vector<std::string> modules;
   for (const AdapterTensor& a : read_adapter_tensors(r.adapter_dir)) {
     const size_t cut = a.name.find(".lora_A");
@@ -482,11 +485,12 @@ TEST(TrainLoop, PeftStyleTargetEntriesAdaptTheModulesTheyName) {
   std::sort(modules.begin(), modules.end());
   const std::vector<std::string> expected = {
       "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
-      "model.layers.1.mlp.up_proj",      "model.layers.1.self_attn.q_proj",
+      "model.layers.1.mlp.up_proj", "model.layers.1.self_attn.q_proj",
       "model.layers.1.self_attn.v_proj"};
   ASSERT_EQ(modules.size(), expected.size()) << ::testing::PrintToString(modules);
   for (size_t i = 0; i < expected.size(); ++i)
-    EXPECT_NE(modules[i].find(expected[i]), std::string::npos) << modules[i] << " vs " << expected[i];
+    EXPECT_NE(modules[i].find(expected[i]), std::string::npos)
+        << modules[i] << " vs " << expected[i];
   // An entry that names no projection of this model is refused when the model is known.
   try {
     t.run("none", {"lora.targets=[model.layers.7.mlp.up_proj]", "train.steps=1"});
@@ -508,9 +512,10 @@ TEST(TrainLoop, PeftStyleTargetEntriesAdaptTheModulesTheyName) {
 // initial magnitude, computed here from the safetensors weights in double); A and B are equal.
 TEST(TrainLoop, DoraMagnitudeDecayFollowsTheRecipe) {
   TinyRun t;
-  const std::vector<std::string> common = {
-      "lora.use_dora=true", "lora.dropout=0", "train.weight_decay=0.5", "train.lr=0.01",
-      "train.schedule=constant", "train.warmup_steps=0", "train.steps=1", "eval.batches=0"};
+  const std::vector<std::string> common = {"lora.use_dora=true",      "lora.dropout=0",
+                                           "train.weight_decay=0.5",  "train.lr=0.01",
+                                           "train.schedule=constant", "train.warmup_steps=0",
+                                           "train.steps=1",           "eval.batches=0"};
   std::vector<std::string> with_decay = common;
   with_decay.push_back("train.decay_dora_magnitude=true");
   const auto kept = adapter_of(t.run("kept", common).adapter_dir);
@@ -548,9 +553,9 @@ TEST(TrainLoop, DoraMagnitudeDecayFollowsTheRecipe) {
 // tokens it trained on (padding not counted) are the tokens the sources delivered.
 TEST(TrainLoop, DataEndedUnderStopTrainsTheLastMicroBatchesAndEndsNormally) {
   TinyRun t;
-  const TrainResult r = t.run("stop", {"data.on_exhausted=stop", "train.grad_accum=3",
-                                       "train.steps=100000", "eval.batches=0",
-                                       "checkpoint.every=0", "data.packing=false"});
+  const TrainResult r =
+      t.run("stop", {"data.on_exhausted=stop", "train.grad_accum=3", "train.steps=100000",
+                     "eval.batches=0", "checkpoint.every=0", "data.packing=false"});
   EXPECT_FALSE(r.stopped) << r.stop_reason;
   EXPECT_NE(r.data_ended.find("data.on_exhausted: stop"), std::string::npos) << r.data_ended;
   const nlohmann::json summary = nlohmann::json::parse(read_text(r.summary_path));
@@ -578,9 +583,9 @@ TEST(TrainLoop, DataEndedUnderStopTrainsTheLastMicroBatchesAndEndsNormally) {
     }
     return n;
   };
-  const TrainResult one = t.run("stop1", {"data.on_exhausted=stop", "train.grad_accum=1",
-                                          "train.steps=100000", "eval.batches=0",
-                                          "checkpoint.every=0", "data.packing=false"});
+  const TrainResult one =
+      t.run("stop1", {"data.on_exhausted=stop", "train.grad_accum=1", "train.steps=100000",
+                      "eval.batches=0", "checkpoint.every=0", "data.packing=false"});
   const int64_t trained = trained_tokens(r.metrics_path);
   EXPECT_EQ(trained, trained_tokens(one.metrics_path));
   EXPECT_GE(delivered - trained, 0);
@@ -638,7 +643,8 @@ TEST(TrainLoop, DamagedLatestCheckpointPointsAtTheOlderOne) {
     t.run("run", {"eval.batches=0"}, resume);
     FAIL() << "a truncated checkpoint was resumed from";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(older + ": cannot be read"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(older + ": cannot be read"), std::string::npos)
+        << e.what();
     EXPECT_EQ(std::string(e.what()).find("An older checkpoint"), std::string::npos) << e.what();
   }
 }

@@ -85,8 +85,8 @@ namespace {
 // "a folder holding a.txt, b.bin", ...
 std::string describe_path(const fs::path& p) {
   std::error_code ec;
-  if (!fs::exists(p, ec)) return ec ? "a path that cannot be read (" + ec.message() + ")"
-                                     : "no such file or folder";
+  if (!fs::exists(p, ec))
+    return ec ? "a path that cannot be read (" + ec.message() + ")" : "no such file or folder";
   if (fs::is_regular_file(p, ec)) return fmt::format("a file of {} bytes", fs::file_size(p, ec));
   if (!fs::is_directory(p, ec)) return "neither a regular file nor a folder";
   std::vector<std::string> names;
@@ -133,9 +133,10 @@ AdaptedModel load_adapted_model(const std::string& adapter_path, const std::stri
     }
     const int64_t n_layers = am.base.model->config().n_layers;
     if (top_block >= n_layers)
-      throw Error(fmt::format("{}: the adapter has tensors for block {}, but the base model {} "
-                              "has {} blocks (0..{}): it was trained on another model",
-                              loom_dir.string(), top_block, am.base_path, n_layers, n_layers - 1));
+      throw Error(
+          fmt::format("{}: the adapter has tensors for block {}, but the base model {} "
+                      "has {} blocks (0..{}): it was trained on another model",
+                      loom_dir.string(), top_block, am.base_path, n_layers, n_layers - 1));
     try {
       am.lora->load_parameters(values, /*strict=*/true);
     } catch (const Error& e) {

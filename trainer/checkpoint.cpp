@@ -24,7 +24,6 @@ constexpr const char* kPrefix = "checkpoint-";
 constexpr const char* kSuffix = ".h5";
 constexpr const char* kTmpSuffix = ".tmp";
 
-
 void fsync_or_throw(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
   if (fd < 0) throw Error(fmt::format("{}: cannot open to sync: {}", path, std::strerror(errno)));

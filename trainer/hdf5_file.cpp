@@ -176,8 +176,7 @@ Hdf5Writer::Hdf5Writer(std::string path) : path_(std::move(path)) {
   };
   callbacks.image_memcpy = [](void* dest, const void* src, size_t size, H5FD_file_image_op_t,
                               void*) -> void* { return std::memcpy(dest, src, size); };
-  callbacks.image_realloc = [](void* ptr, size_t size, H5FD_file_image_op_t,
-                               void* udata) -> void* {
+  callbacks.image_realloc = [](void* ptr, size_t size, H5FD_file_image_op_t, void* udata) -> void* {
     auto* image = static_cast<Image*>(udata);
     void* grown = std::realloc(ptr, size);
     if (grown != nullptr && ptr == image->memory) {
@@ -335,8 +334,8 @@ void Hdf5Writer::close() {
   checked_status(size < 0 ? -1 : 0, path_, "H5Fget_file_image");
   checked_status(file_.reset(), path_, "closing the file");
   if (image_->memory == nullptr || image_->capacity < static_cast<size_t>(size))
-    throw Error(fmt::format("{}: HDF5 closed the file without handing back its {} bytes", path_,
-                            size));
+    throw Error(
+        fmt::format("{}: HDF5 closed the file without handing back its {} bytes", path_, size));
   const auto* bytes = static_cast<const char*>(image_->memory);
   // The bytes go out with plain stdio, each call checked; the caller (save_checkpoint) writes to
   // a temporary name and removes it when this throws.
@@ -352,8 +351,8 @@ void Hdf5Writer::close() {
   image_->memory = nullptr;
   image_->capacity = 0;
   if (err != 0 || written != want)
-    throw Error(fmt::format("{}: writing the file failed after {} of {} bytes: {}", path_,
-                            written, want, err != 0 ? std::strerror(err) : "short write"));
+    throw Error(fmt::format("{}: writing the file failed after {} of {} bytes: {}", path_, written,
+                            want, err != 0 ? std::strerror(err) : "short write"));
 }
 
 // ---- Hdf5Reader ---------------------------------------------------------------------------

@@ -344,16 +344,18 @@ Recipe parse_recipe(std::string_view yaml_text, const std::string& source_name,
   // A binary file would otherwise reach the YAML parser, whose message echoes raw bytes.
   const auto starts = [&](std::string_view bom) { return yaml_text.substr(0, bom.size()) == bom; };
   if (starts(std::string_view("\x00\x00\xfe\xff", 4)) || starts("\xff\xfe") || starts("\xfe\xff"))
-    throw Error(fmt::format("{}: is UTF-16 or UTF-32 text (byte-order mark {}); save the recipe "
-                            "as UTF-8",
-                            source_name, starts("\xff\xfe") ? "FF FE" : "FE FF"));
+    throw Error(
+        fmt::format("{}: is UTF-16 or UTF-32 text (byte-order mark {}); save the recipe "
+                    "as UTF-8",
+                    source_name, starts("\xff\xfe") ? "FF FE" : "FE FF"));
   for (size_t i = 0, line = 1; i < yaml_text.size(); ++i) {
     const auto b = static_cast<unsigned char>(yaml_text[i]);
     if (b == '\n') ++line;
     if (b < 0x20 && b != '\n' && b != '\r' && b != '\t')
-      throw Error(fmt::format("{}:{}: not a text file: control byte 0x{:02x} at offset {}; a "
-                              "recipe is YAML text",
-                              source_name, line, b, i));
+      throw Error(
+          fmt::format("{}:{}: not a text file: control byte 0x{:02x} at offset {}; a "
+                      "recipe is YAML text",
+                      source_name, line, b, i));
   }
   YAML::Node root;
   try {

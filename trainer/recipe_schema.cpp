@@ -299,13 +299,13 @@ const std::vector<Field<Recipe>>& recipe_fields() {
     if (item == "all-linear") return "";
     const size_t dot = item.rfind('.');
     const std::string last = dot == std::string::npos ? item : item.substr(dot + 1);
-    if (std::find(target_stems.begin(), target_stems.end(), last) != target_stems.end())
-      return "";
+    if (std::find(target_stems.begin(), target_stems.end(), last) != target_stems.end()) return "";
     if (last == "lm_head" || last == "embed_tokens" || last == "output" || last == "token_embd")
-      return fmt::format("'{}' is the LM head or the token embedding, which loom cannot adapt: "
-                         "adapters go on the seven projections of the blocks ({}, or "
-                         "all-linear)",
-                         item, join(llama_linear_modules()));
+      return fmt::format(
+          "'{}' is the LM head or the token embedding, which loom cannot adapt: "
+          "adapters go on the seven projections of the blocks ({}, or "
+          "all-linear)",
+          item, join(llama_linear_modules()));
     return fmt::format(
         "expected a projection name ({}), a dotted module path ending in one "
         "(e.g. self_attn.q_proj), a GGUF stem (attn_q, ..., ffn_down) or all-linear; found "

@@ -134,9 +134,11 @@ void check_lora(Recipe& r, const Checker& c) {
       validate_targets(t);
     });
   for (const auto& [pattern, rank] : l.rank_pattern)
-    compiles("lora.rank_pattern." + pattern, pattern, [&, key = pattern] { validate_pattern_keys({key}, "rank_pattern"); });
+    compiles("lora.rank_pattern." + pattern, pattern,
+             [&, key = pattern] { validate_pattern_keys({key}, "rank_pattern"); });
   for (const auto& [pattern, alpha] : l.alpha_pattern)
-    compiles("lora.alpha_pattern." + pattern, pattern, [&, key = pattern] { validate_pattern_keys({key}, "alpha_pattern"); });
+    compiles("lora.alpha_pattern." + pattern, pattern,
+             [&, key = pattern] { validate_pattern_keys({key}, "alpha_pattern"); });
   for (const auto& [pattern, rank] : l.rank_pattern)
     if (rank < 1)
       c.fail("lora.rank_pattern." + pattern, fmt::format("must be >= 1, found {}", rank));

@@ -246,9 +246,10 @@ static void refuse_to_overwrite_a_run(const RunPaths& paths, const TrainOptions&
       continue;
     }
     if (!fs::is_directory(p, ec))
-      throw Error(fmt::format("output.dir {}: {} is a file, not a folder: train into another "
-                              "folder (output.dir=...)",
-                              paths.dir, p.string()));
+      throw Error(
+          fmt::format("output.dir {}: {} is a file, not a folder: train into another "
+                      "folder (output.dir=...)",
+                      paths.dir, p.string()));
     break;
   }
   if (options.resume) return;
@@ -371,15 +372,15 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
             plan.seq_len, plan.batch_size, plan.grad_accum, tokens_per_step,
             plan.packing ? "documents packed (document mask)" : "one document per row (padded)",
             plan.train_on_prompt ? ", loss on prompts too" : "");
-  out.print("  schedule:    {} steps, AdamW lr {:g} {} (warmup {}, min ratio {:g}), weight decay "
-            "{:g}{}, betas ({:g}, {:g}), eps {:g}, clip {}\n",
-            plan.steps, plan.lr, plan.schedule, plan.warmup_steps, plan.min_lr_ratio,
-            plan.weight_decay,
-            plan.dora && plan.weight_decay > 0
-                ? (plan.decay_dora_magnitude ? " (DoRA magnitudes too)" : " (not DoRA magnitudes)")
-                : "",
-            plan.adam_beta1, plan.adam_beta2, plan.adam_eps,
-            plan.clip_grad_norm > 0 ? fmt::format("grad norm {:g}", plan.clip_grad_norm) : "off");
+  out.print(
+      "  schedule:    {} steps, AdamW lr {:g} {} (warmup {}, min ratio {:g}), weight decay "
+      "{:g}{}, betas ({:g}, {:g}), eps {:g}, clip {}\n",
+      plan.steps, plan.lr, plan.schedule, plan.warmup_steps, plan.min_lr_ratio, plan.weight_decay,
+      plan.dora && plan.weight_decay > 0
+          ? (plan.decay_dora_magnitude ? " (DoRA magnitudes too)" : " (not DoRA magnitudes)")
+          : "",
+      plan.adam_beta1, plan.adam_beta2, plan.adam_eps,
+      plan.clip_grad_norm > 0 ? fmt::format("grad norm {:g}", plan.clip_grad_norm) : "off");
   if (plan.eval_batches > 0)
     out.print("  eval:        {}{}at the end, {} batches per source\n",
               plan.eval_at_start ? "at step 0, " : "",
@@ -506,8 +507,8 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   std::error_code dir_error;
   fs::create_directories(paths.dir, dir_error);
   if (dir_error)
-    throw Error(fmt::format("output.dir {}: cannot create the folder: {}", paths.dir,
-                            dir_error.message()));
+    throw Error(
+        fmt::format("output.dir {}: cannot create the folder: {}", paths.dir, dir_error.message()));
   write_file_atomic(paths.recipe, plan.recipe_yaml);
   if (resume_path) drop_metrics_after(paths.metrics, step);
   MetricsWriter metrics(paths.metrics, /*truncate=*/!resume_path.has_value());
