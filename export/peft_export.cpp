@@ -58,9 +58,6 @@ std::vector<ModuleInfo> module_infos(const LoraModel& lora) {
   return out;
 }
 
-constexpr Projection kProjections[] = {Projection::Q,   Projection::K,    Projection::V,
-                                       Projection::O,   Projection::Gate, Projection::Up,
-                                       Projection::Down};
 
 // target_modules (+ layers_to_transform): a list of names over a layer set when the adapted
 // modules are a full product of the two, else a regex naming every module.
@@ -73,7 +70,7 @@ void write_targets(const std::vector<ModuleInfo>& modules, int64_t n_layers, jso
   }
   if (modules.size() == kinds.size() * layers.size()) {
     json names = json::array();
-    for (Projection p : kProjections)
+    for (Projection p : kAllProjections)
       if (kinds.count(p)) names.push_back(std::string(projection_hf_name(p)));
     j["target_modules"] = names;
     j["layers_to_transform"] = static_cast<int64_t>(layers.size()) == n_layers
@@ -96,7 +93,7 @@ void write_targets(const std::vector<ModuleInfo>& modules, int64_t n_layers, jso
 template <class T, class Get>
 json value_pattern(const std::vector<ModuleInfo>& modules, T fallback, Get get) {
   json pattern = json::object();
-  for (Projection p : kProjections) {
+  for (Projection p : kAllProjections) {
     std::vector<const ModuleInfo*> of_kind;
     for (const ModuleInfo& m : modules)
       if (m.kind == p) of_kind.push_back(&m);

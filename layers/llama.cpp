@@ -27,9 +27,6 @@ constexpr ProjectionNames kProjectionNames[] = {
     {"self_attn.v_proj", "v_proj", "attn_v"},   {"self_attn.o_proj", "o_proj", "attn_output"},
     {"mlp.gate_proj", "gate_proj", "ffn_gate"}, {"mlp.up_proj", "up_proj", "ffn_up"},
     {"mlp.down_proj", "down_proj", "ffn_down"}};
-constexpr Projection kProjections[] = {Projection::Q,   Projection::K,    Projection::V,
-                                       Projection::O,   Projection::Gate, Projection::Up,
-                                       Projection::Down};
 
 const ProjectionNames& names_of(Projection p) {
   return kProjectionNames[static_cast<size_t>(p)];
@@ -37,7 +34,7 @@ const ProjectionNames& names_of(Projection p) {
 
 // Fills in what a projection is from its slot in a block: the kind, layer and names.
 void name_projections(LlamaBlock& b, int64_t layer) {
-  for (Projection kind : kProjections) {
+  for (Projection kind : kAllProjections) {
     Linear& p = *b.projections()[static_cast<size_t>(kind)];
     p.kind = kind;
     p.layer = layer;

@@ -39,6 +39,9 @@ struct Linear;
 
 // The seven projections of a block, in the order LlamaBlock::projections() lists them.
 enum class Projection : uint8_t { Q, K, V, O, Gate, Up, Down };
+inline constexpr Projection kAllProjections[] = {Projection::Q,   Projection::K,    Projection::V,
+                                                 Projection::O,   Projection::Gate, Projection::Up,
+                                                 Projection::Down};
 // Hugging Face module name ("q_proj", ..., "down_proj"), as PEFT's target_modules use them.
 std::string_view projection_hf_name(Projection p);
 // GGUF tensor stem ("attn_q", ..., "ffn_down"), as llama.cpp adapters name them.

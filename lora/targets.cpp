@@ -16,9 +16,6 @@ namespace loom {
 namespace {
 
 constexpr std::string_view kAllLinear = "all-linear";
-constexpr Projection kAllProjections[] = {Projection::Q,   Projection::K,    Projection::V,
-                                          Projection::O,   Projection::Gate, Projection::Up,
-                                          Projection::Down};
 
 // A compiled Python-style regex (PCRE2), matched anchored at the start, and optionally at the
 // end too (re.fullmatch) -- or only by its own `$` (re.match).

@@ -286,9 +286,7 @@ const std::vector<Field<Recipe>>& recipe_fields() {
   }();
   static const std::vector<std::string> target_stems = [] {
     std::vector<std::string> names = llama_linear_modules();
-    for (Projection p : {Projection::Q, Projection::K, Projection::V, Projection::O,
-                         Projection::Gate, Projection::Up, Projection::Down})
-      names.emplace_back(projection_gguf_name(p));
+    for (Projection p : kAllProjections) names.emplace_back(projection_gguf_name(p));
     return names;
   }();
   // PEFT's target_modules entries: a module name or a dotted suffix of one ("q_proj",
