@@ -58,7 +58,6 @@ std::vector<ModuleInfo> module_infos(const LoraModel& lora) {
   return out;
 }
 
-
 // target_modules (+ layers_to_transform): a list of names over a layer set when the adapted
 // modules are a full product of the two, else a regex naming every module.
 void write_targets(const std::vector<ModuleInfo>& modules, int64_t n_layers, json& j) {
