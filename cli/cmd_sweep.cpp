@@ -42,6 +42,8 @@ void run_sweep_command(const SweepArgs& a) {
     return;
   }
   const SweepOutcome outcome = run_sweep(plan);
+  // The shell's convention for a command ended by a signal (130 for Ctrl-C).
+  if (outcome.interrupted_by != 0) throw CLI::RuntimeError(128 + outcome.interrupted_by);
   if (!outcome.stopped.empty()) {
     std::string list;
     for (const std::string& s : outcome.stopped) list += "\n  " + s;

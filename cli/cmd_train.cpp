@@ -42,6 +42,8 @@ void run_train(const TrainArgs& a) {
   opt.allow_recipe_change = a.allow_recipe_change;
   const TrainResult r = train_recipe_file(recipe, overrides, opt);
   if (r.stopped) throw Error(r.stop_reason);
+  // The shell's convention for a command ended by a signal (130 for Ctrl-C).
+  if (r.interrupted_by != 0) throw CLI::RuntimeError(128 + r.interrupted_by);
 }
 
 // The first line of a recipe's header comment ("# QLoRA on SmolLM2-135M ..." -> the text).
@@ -89,6 +91,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--allow-recipe-change", args->allow_recipe_change,
                 "Resume even if the recipe changes data, model, lora or optimizer keys of the "
                 "checkpoint's run (refused otherwise)");
+  cmd->footer(
+      "Ctrl-C (or SIGTERM) stops after the current step, saves its checkpoint and adapter and "
+      "exits 130 (143); continue with --resume DIR. A second Ctrl-C quits at once.");
   cmd->callback([args] { run_reporting_errors([&] { run_train(*args); }); });
 
   auto dir = std::make_shared<std::string>("recipes");

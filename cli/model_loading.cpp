@@ -80,6 +80,8 @@ std::string precision_label(Precision p) {
 void run_reporting_errors(const std::function<void()>& fn) {
   try {
     fn();
+  } catch (const CLI::Error&) {
+    throw;  // an exit status the command chose (e.g. 130 after Ctrl-C), already reported
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "loom: error: %s\n", e.what());

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <csignal>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -667,6 +668,37 @@ TEST(SweepRun, TableAndPlotFromRealRunsThenSkipResumeAndRefuse) {
   EXPECT_NE(e.find("holds a run of a different recipe"), std::string::npos) << e;
   EXPECT_NE(e.find(plan.points[0].dir), std::string::npos) << e;
   EXPECT_NE(e.find("lr:"), std::string::npos) << e;
+}
+
+// Ctrl-C during a sweep (a real SIGINT, raised after step 3 of the first run): that run saves
+// its checkpoint, the sweep runs nothing further and says so; the same sweep again resumes the
+// run from step 3, then runs the second point.
+TEST(SweepRun, CtrlCEndsTheSweepAfterTheRunsCheckpointAndTheSameSweepContinues) {
+  TinySweep t;
+  const SweepPlan plan = make_sweep_plan(t.request({"mix.animals=0,1"}));
+  SweepOptions options;
+  options.quiet = true;
+  options.after_step = [](int64_t step) {
+    if (step == 3) std::raise(SIGINT);
+  };
+  const SweepOutcome cut = run_sweep(plan, options);
+  EXPECT_EQ(cut.interrupted_by, SIGINT);
+  EXPECT_EQ(cut.ran, 1);
+  EXPECT_TRUE(cut.table.runs.empty());
+  const fs::path run1 = plan.points[0].dir;
+  EXPECT_FALSE(fs::exists(run1 / "summary.json"));
+  EXPECT_TRUE(fs::exists(run1 / "checkpoints/checkpoint-3.h5"));
+  EXPECT_FALSE(fs::exists(plan.points[1].dir)) << "the sweep went on after Ctrl-C";
+  const SweepPointState state = sweep_point_state(plan.points[0]);
+  EXPECT_EQ(state.kind, SweepPointState::Kind::Partial);
+  EXPECT_EQ(state.checkpoint_step, 3);
+
+  options.after_step = nullptr;
+  const SweepOutcome rest = run_sweep(plan, options);
+  EXPECT_EQ(rest.interrupted_by, 0);
+  EXPECT_EQ(rest.ran, 2);
+  ASSERT_EQ(rest.table.runs.size(), 2u);
+  for (const RunOutcome& r : rest.table.runs) EXPECT_EQ(r.steps, 4) << r.name;
 }
 
 TEST(SweepResults, SummaryErrorsNameTheFile) {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +27,7 @@
 #include "trainer/adapter_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/clip.h"
+#include "trainer/interrupt.h"
 #include "trainer/optimizer.h"
 #include "trainer/train_session.h"
 
@@ -240,6 +242,65 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
   // metrics.jsonl reads as one run: steps 5..8 of the interrupted process are not kept twice,
   // and the cut record is gone (every line parses).
   EXPECT_EQ(train_steps_in(metrics), (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+}
+
+// Ctrl-C in the middle of a run (a real SIGINT through the handler the loop installs, raised
+// after step 3): the run stops there, saves the checkpoint and adapter of step 3 (checkpoints
+// are every 4 steps otherwise), writes no summary.json, restores the handler it replaced; resumed,
+// it ends bit-identical to a run never interrupted.
+TEST(TrainLoop, CtrlCStopsAfterTheStepSavesItAndResumesBitIdentical) {
+  TinyRun t;
+  const TrainResult a = t.run("a");
+  TrainOptions cut;
+  cut.after_step = [](int64_t step) {
+    if (step == 3) std::raise(SIGINT);
+  };
+  const TrainResult b = t.run("b", {}, cut);
+  EXPECT_EQ(b.interrupted_by, SIGINT);
+  EXPECT_EQ(b.steps_done, 3);
+  EXPECT_FALSE(b.stopped);
+  EXPECT_TRUE(fs::exists(t.dir / "b/checkpoints/checkpoint-3.h5"));
+  EXPECT_FALSE(fs::exists(t.dir / "b/checkpoints/checkpoint-4.h5"));
+  EXPECT_FALSE(fs::exists(t.dir / "b/summary.json"));
+  EXPECT_EQ(train_steps_in(t.dir / "b/metrics.jsonl"), (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(load_checkpoint((t.dir / "b/checkpoints/checkpoint-3.h5").string()).step, 3);
+  // The adapter of step 3 is saved and loads (export or eval can use it).
+  EXPECT_EQ(adapter_of((t.dir / "b/adapter").string()).size(), adapter_of(a.adapter_dir).size());
+  struct sigaction now;
+  sigaction(SIGINT, nullptr, &now);
+  EXPECT_EQ(now.sa_handler, SIG_DFL) << "the run left its SIGINT handler installed";
+
+  TrainOptions resume;
+  resume.resume_from = (t.dir / "b").string();
+  const TrainResult c = t.run("b", {}, resume);
+  EXPECT_EQ(c.interrupted_by, 0);
+  EXPECT_EQ(c.steps_done, 8);
+  expect_bit_identical(adapter_of(a.adapter_dir), adapter_of(c.adapter_dir));
+  EXPECT_TRUE(fs::exists(t.dir / "b/summary.json"));
+  EXPECT_EQ(train_steps_in(t.dir / "b/metrics.jsonl"),
+            (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+}
+
+// The first signal only asks the loop to stop; a second one ends the process at once, as if no
+// handler were there (for when the step or the save is what the user wants out of).
+TEST(Interrupt, SecondSignalEndsTheProcessAtOnce) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        const InterruptGuard guard;
+        std::raise(SIGINT);
+        if (guard.signal() != SIGINT) std::_Exit(3);
+        std::raise(SIGINT);
+        std::_Exit(4);  // not reached: the second signal ends the process
+      },
+      testing::KilledBySignal(SIGINT), "interrupted: finishing this step");
+  EXPECT_EXIT(
+      {
+        const InterruptGuard guard;
+        std::raise(SIGTERM);
+        std::_Exit(guard.signal() == SIGTERM ? 0 : 5);
+      },
+      testing::ExitedWithCode(0), "");
 }
 
 // Gradient accumulation: two micro-batches of 2 rows make the same optimizer step as one batch

@@ -567,10 +567,19 @@ SweepOutcome run_sweep(const SweepPlan& plan, const SweepOptions& options) {
     TrainOptions train_options;
     train_options.resume = true;  // from the latest checkpoint when there is one
     train_options.quiet = options.quiet;
+    train_options.after_step = options.after_step;
     const double t0 = now_seconds();
-    train_recipe_file(plan.recipe_path, p.overrides, train_options);
+    const TrainResult r = train_recipe_file(plan.recipe_path, p.overrides, train_options);
     ++outcome.ran;
     write_results();
+    if (r.interrupted_by != 0) {
+      outcome.interrupted_by = r.interrupted_by;
+      out.print(
+          "sweep {}/{}: {} interrupted at step {}; run the same `loom sweep` command again "
+          "to continue (finished runs are skipped, this one resumes from its checkpoint)\n",
+          i + 1, n, p.name, r.steps_done);
+      return outcome;
+    }
     out.print("sweep {}/{}: {} done in {}; {} of {} runs finished, {} elapsed; {}\n", i + 1, n,
               p.name, format_duration(now_seconds() - t0), outcome.table.runs.size(), n,
               format_duration(now_seconds() - t_start), estimate_text(plan, outcome.table));

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -93,6 +94,7 @@ std::string describe_sweep_plan(const SweepPlan& plan);
 
 struct SweepOptions {
   bool quiet = false;  // no plan, banners or progress on the console (tests)
+  std::function<void(int64_t step)> after_step;  // passed to every run (TrainOptions; tests)
 };
 
 struct SweepOutcome {
@@ -101,11 +103,15 @@ struct SweepOutcome {
   SweepTable table;
   std::string results_csv, results_md, plot_svg;  // paths written
   std::vector<std::string> stopped;               // "name: reason" of runs that stopped early
+  // SIGINT / SIGTERM when a signal stopped the run in progress (it saved a checkpoint; the
+  // sweep ran no further points; the same command continues it); 0 otherwise.
+  int interrupted_by = 0;
 };
 
 // Runs the plan: skips finished points, runs (or resumes) the others in order, rewriting the
 // results after each. A run that throws ends the sweep (the results of the runs before it stay
-// written); a run that stops early (non-finite steps) is recorded and the sweep goes on.
+// written); a run that stops early (non-finite steps) is recorded and the sweep goes on; a run
+// interrupted by Ctrl-C or SIGTERM (trainer/interrupt.h) ends the sweep after its checkpoint.
 SweepOutcome run_sweep(const SweepPlan& plan, const SweepOptions& options = {});
 
 // The table of the plan's finished runs (the ones with summary.json), as run_sweep writes it.

@@ -100,8 +100,11 @@ namespace {
 TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& options) {
   TrainResult result = run_training(plan, options);
   if (plan.export_formats.empty()) return result;
-  if (result.stopped) {
-    fmt::print("export: skipped, the run stopped ({})\n", result.stop_reason);
+  if (result.stopped || result.interrupted_by != 0) {
+    if (!options.quiet)
+      fmt::print("export: skipped, the run {}\n",
+                 result.stopped ? fmt::format("stopped ({})", result.stop_reason)
+                                : std::string("was interrupted"));
     return result;
   }
   AdaptedModel am = load_adapted_model(plan.output_dir, "");

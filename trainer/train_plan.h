@@ -105,6 +105,9 @@ struct TrainOptions {
   // (data, model, lora, optimizer); by default that is an error naming the keys.
   bool allow_recipe_change = false;
   bool quiet = false;              // no banner / progress on the console (tests)
+  // Called after each step with the number of steps done (tests interrupt a run at a known
+  // step with it).
+  std::function<void(int64_t step)> after_step;
 };
 
 struct SourceEval {
@@ -122,6 +125,10 @@ struct TrainResult {
   // data.on_exhausted: stop ended the data before train.steps (a normal end): which source ran
   // out, at which step; empty otherwise.
   std::string data_ended;
+  // SIGINT or SIGTERM when a signal stopped the run between steps (trainer/interrupt.h): the
+  // checkpoint and adapter of steps_done are saved, no final evaluation or summary.json; 0
+  // otherwise.
+  int interrupted_by = 0;
   double first_loss = 0, last_loss = 0;  // training loss of the first / last step run here
   std::vector<SourceEval> eval_before, eval_after;
   double tokens_per_second = 0;

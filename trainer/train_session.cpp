@@ -23,6 +23,7 @@
 #include "trainer/adapter_load.h"
 #include "trainer/checkpoint.h"
 #include "trainer/clip.h"
+#include "trainer/interrupt.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/recipe.h"
@@ -582,7 +583,8 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   bool first = true;
   std::vector<Batch> micro(static_cast<size_t>(plan.grad_accum));
   std::string data_ended;  // set when data.on_exhausted: stop ended the data
-  while (step < plan.steps) {
+  const InterruptGuard interrupt;  // Ctrl-C / SIGTERM: stop between steps, save, say how to go on
+  while (step < plan.steps && interrupt.signal() == 0) {
     const double ts = now_seconds();
     bool ended = false;
     size_t fetched = 0;  // micro-batches of this step (fewer only when the data ends)
@@ -677,7 +679,8 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
                    {"peak_rss_mb", peak_rss_bytes() / 1048576.0},
                    {"mix", mix}});
     if (progress) progress->update(step, loss, lr, tokens, norm.norm, rss_bytes() / 1048576.0);
-    if (result.stopped || !data_ended.empty()) break;
+    if (options.after_step) options.after_step(step);
+    if (result.stopped || !data_ended.empty() || interrupt.signal() != 0) break;
 
     if (plan.eval_every > 0 && step % plan.eval_every == 0 && step < plan.steps) {
       run_eval(step);
@@ -689,6 +692,28 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     }
   }
   if (progress) progress->finish();
+
+  // ---- interrupted: the checkpoint and adapter of this step, then out -------------------------
+  if (interrupt.signal() != 0) {
+    if (last_checkpoint_step != step) save(step);
+    save_adapter(paths.adapter, lora, model, plan.model_path, step);
+    // summary.json stands for a finished run (a sweep skips a run that has one): one left by an
+    // earlier finish of this folder no longer tells the truth.
+    std::error_code ec;
+    fs::remove(paths.summary, ec);
+    result.interrupted_by = interrupt.signal();
+    result.steps_done = step;
+    result.skipped_steps = skipped_total;
+    result.tokens_per_second = train_seconds > 0 ? tokens_this_run / train_seconds : 0;
+    result.peak_rss_bytes = peak_rss_bytes();
+    result.wall_seconds = wall_before + (now_seconds() - t_start);
+    out.print("interrupted:   by {} after step {} of {}; no final evaluation\n",
+              interrupt_signal_name(result.interrupted_by), step, plan.steps);
+    out.print("saved:         checkpoint {}\n               adapter    {}/ (of step {})\n",
+              result.last_checkpoint, paths.adapter, step);
+    out.print("continue with: loom train --resume {}\n", paths.dir);
+    return result;
+  }
 
   // ---- the end ----------------------------------------------------------------------------
   if (last_eval_step != step && !data.sources.empty()) result.eval_after = run_eval(step);
