@@ -86,8 +86,10 @@ void run_generate(const GenerateArgs& a) {
     if (!a.system.empty()) messages.push_back({"system", a.system});
     messages.push_back({"user", a.prompt});
     text = render_chat_prompt(tok.chat_template(), messages);
-    prompt_kind = a.system.empty() ? "ChatML chat turn (the template's default system message)"
-                                   : "ChatML chat turn (--system message)";
+    const ChatTemplate* format = detect_chat_template(tok.chat_template());
+    prompt_kind = fmt::format(
+        "{} chat turn ({})", format ? format->name : "?",
+        a.system.empty() ? "the template's default system message, if any" : "--system message");
   }
   const std::vector<int32_t> prompt = tok.encode(text, /*add_special=*/true, /*parse_special=*/true);
   if (prompt.empty()) throw Error("--prompt gives no tokens; write some text");

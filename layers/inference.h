@@ -40,6 +40,7 @@
 #include <string_view>
 #include <vector>
 
+#include "layers/chat_format.h"
 #include "layers/llama.h"
 #include "layers/sampling.h"
 
@@ -122,17 +123,12 @@ std::vector<int32_t> greedy_tokens(const LlamaModel& model, std::span<const int3
 
 // ---- chat prompts -----------------------------------------------------------------------------
 
-struct ChatMessage {
-  std::string role;  // "system", "user", "assistant"
-  std::string content;
-};
-
 // The messages rendered as the model's chat template would render them with
-// add_generation_prompt, ending with the assistant's turn opening. Only ChatML templates are
-// supported (SmolLM2, Qwen2: <|im_start|>role\n...<|im_end|>\n); a default system message
+// add_generation_prompt, ending with the assistant's header, in the built-in format the template
+// is recognized as (layers/chat_format.h: chatml, llama3). ChatML: a default system message
 // written literally in the template (SmolLM2: "You are a helpful AI assistant named SmolLM...")
-// is put first when the messages have none, as the template does. Any other template, or none,
-// throws saying so: loom does not evaluate Jinja.
+// is put first when the messages have none, as the template does. A template of another format,
+// or none, throws saying so: loom does not evaluate Jinja.
 std::string render_chat_prompt(const std::string& chat_template,
                                const std::vector<ChatMessage>& messages);
 

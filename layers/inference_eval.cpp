@@ -131,20 +131,22 @@ std::string render_chat_prompt(const std::string& chat_template,
   if (chat_template.empty())
     throw Error("chat: the model has no chat template (tokenizer.chat_template); run without "
                 "--chat and write the prompt in the model's own format");
-  if (chat_template.find("<|im_start|>") == std::string::npos ||
-      chat_template.find("<|im_end|>") == std::string::npos)
-    throw Error("chat: the model's chat template is not ChatML (<|im_start|>role ... "
-                "<|im_end|>); only ChatML templates are supported so far. Run without --chat and "
-                "write the prompt in the model's own format");
+  const ChatTemplate* format = detect_chat_template(chat_template);
+  if (format == nullptr) {
+    std::string names;
+    for (const auto& n : builtin_chat_template_names()) names += (names.empty() ? "" : ", ") + n;
+    throw Error(
+        fmt::format("chat: the model's chat template is none of the formats loom renders "
+                    "({}); run without --chat and write the prompt in the model's own "
+                    "format",
+                    names));
+  }
   LOOM_CHECK(!messages.empty(), "chat: no messages to render");
-  std::string out;
-  const std::string system = default_system_message(chat_template);
-  if (messages.front().role != "system" && !system.empty())
-    out += "<|im_start|>system\n" + system + "<|im_end|>\n";
-  for (const ChatMessage& m : messages)
-    out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-  out += "<|im_start|>assistant\n";
-  return out;
+  std::vector<ChatMessage> all;
+  const std::string system = format->name == "chatml" ? default_system_message(chat_template) : "";
+  if (messages.front().role != "system" && !system.empty()) all.push_back({"system", system});
+  all.insert(all.end(), messages.begin(), messages.end());
+  return render_chat_text(*format, all, /*add_generation_prompt=*/true);
 }
 
 }  // namespace loom

@@ -361,6 +361,33 @@ TEST(DataCache, ChatTemplateTokensMustExist) {
               std::string::npos)
         << e.what();
   }
+  // The model's own template is Llama 3's: the error says which built-in template fits.
+  TokenizerSpec l3;
+  for (int b = 0; b < 256; ++b) l3.tokens.push_back(tok::byte_chars()[b]);
+  for (const char* t :
+       {"<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"})
+    l3.tokens.push_back(t);
+  l3.tokens.push_back("zq");
+  l3.merges = {{"z", "q"}};
+  l3.types.assign(l3.tokens.size(), TokenType::Normal);
+  std::fill(l3.types.begin() + 256, l3.types.begin() + 260, TokenType::Control);
+  l3.eos_id = 259;
+  l3.source = "llama3 vocabulary";
+  l3.chat_template =
+      "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+      "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}";
+  Tokenizer tok3(std::move(l3));
+  try {
+    load_tokenized_source(c, tok3, tokenizer_fingerprint(tok3), opt);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the model's own template is llama3: set chat_template: "
+                                         "llama3"),
+              std::string::npos)
+        << e.what();
+  }
+  c.chat_template = "llama3";
+  EXPECT_NO_THROW(load_tokenized_source(c, tok3, tokenizer_fingerprint(tok3), opt));
 }
 
 // ---- with the real SmolLM2 tokenizer ------------------------------------------------------------

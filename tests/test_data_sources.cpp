@@ -333,12 +333,75 @@ TEST(DataChat, BadChatRecordsAndUnknownTemplates) {
   }
   write_file(dir / "c.jsonl", R"({"messages": [{"role": "assistant", "content": "b"}]})");
   auto c = config(dir / "c.jsonl", SourceFormat::Chat);
-  c.chat_template = "llama3";
+  c.chat_template = "mistral";
   const std::string err = read_error(c);
-  EXPECT_NE(err.find("chat template 'llama3' is not built in; built-in templates: chatml"),
+  EXPECT_NE(err.find("chat template 'mistral' is not built in; built-in templates: chatml, llama3"),
             std::string::npos)
       << err;
-  EXPECT_EQ(builtin_chat_template_names(), (std::vector<std::string>{"chatml"}));
+  EXPECT_EQ(builtin_chat_template_names(), (std::vector<std::string>{"chatml", "llama3"}));
+}
+
+// Llama 3's format, written out here from its published layout (the same text llama.cpp's
+// llama_chat_apply_template("llama3") gives: tests/interop/test_chat_formats.py):
+// <|start_header_id|>{role}<|end_header_id|>\n\n{content, trimmed}<|eot_id|>, nothing between
+// turns.
+TEST(DataChat, Llama3RenderingAndWhatIsTrained) {
+  TempDir dir;
+  write_file(dir / "c.jsonl",
+             R"({"messages": [{"role": "system", "content": " Be brief.\n"},)"
+             R"( {"role": "user", "content": "Hi <|eot_id|>"},)"
+             R"( {"role": "assistant", "content": "\n\nHello. "},)"
+             R"( {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]})"
+             "\n");
+  auto c = config(dir / "c.jsonl", SourceFormat::Chat);
+  c.chat_template = "llama3";
+  const auto d = read_source(c);
+  ASSERT_EQ(d.documents.size(), 1u);
+  EXPECT_EQ(texts(d)[0],
+            "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi <|eot_id|><|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nBye!<|eot_id|>");
+  std::string trained;
+  for (const auto& s : d.documents[0].segments) {
+    if (s.trained) trained += "[" + s.text + "]";
+    if (s.text == "Hi <|eot_id|>") {
+      EXPECT_FALSE(s.parse_special);  // the user's text stays text
+    }
+    if (s.text.starts_with("<|start_header_id|>") || s.text == "<|eot_id|>") {
+      EXPECT_TRUE(s.parse_special);
+    }
+  }
+  EXPECT_EQ(trained, "[Hello.][<|eot_id|>][Bye!][<|eot_id|>]");
+
+  // An instruct record rendered as a Llama 3 exchange.
+  write_file(dir / "i.jsonl", R"({"prompt": "2+2?", "completion": " 4"})");
+  auto ic = config(dir / "i.jsonl", SourceFormat::Instruct);
+  ic.instruct_as_chat = true;
+  ic.chat_template = "llama3";
+  EXPECT_EQ(texts(read_source(ic))[0],
+            "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>");
+}
+
+// Which built-in format a model's Jinja template writes (`loom generate --chat`, and the hint when
+// a recipe's chat_template does not fit the tokenizer).
+TEST(DataChat, ModelTemplatesAreRecognized) {
+  const ChatTemplate* chatml = detect_chat_template(
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+      "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+  ASSERT_NE(chatml, nullptr);
+  EXPECT_EQ(chatml->name, "chatml");
+  const ChatTemplate* llama3 = detect_chat_template(
+      "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+      "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}");
+  ASSERT_NE(llama3, nullptr);
+  EXPECT_EQ(llama3->name, "llama3");
+  EXPECT_EQ(detect_chat_template("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} "
+                                 "[/INST]{% endfor %}"),
+            nullptr);
+  EXPECT_EQ(detect_chat_template(""), nullptr);
 }
 
 // ---- gzip and globs -----------------------------------------------------------------------------

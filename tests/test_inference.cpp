@@ -343,6 +343,23 @@ TEST(Chat, RendersChatMLWithTheTemplatesDefaultSystemMessage) {
   EXPECT_THROW(render_chat_prompt("{{ bos_token }}[INST] {{ m }} [/INST]", {{"user", "Hi"}}), Error);
 }
 
+// A Llama 3 template (its markers; the Jinja is not evaluated): the turns in Llama 3's layout,
+// contents trimmed, no default system message, the assistant's header last.
+TEST(Chat, RendersLlama3Prompts) {
+  const std::string llama3 =
+      "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+      "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if "
+      "add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif "
+      "%}";
+  EXPECT_EQ(render_chat_prompt(llama3, {{"user", " Hi\n"}}),
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(render_chat_prompt(llama3, {{"system", "Be brief."}, {"user", "Hi"}}),
+            "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
 TEST(Chat, SmolLM2StopTokens) {
   if (!fs::exists(real_model_path()))
     GTEST_SKIP() << "SKIPPED LOUDLY: " << real_model_path() << " is missing";

@@ -438,7 +438,8 @@ const std::vector<Field<DataSourceRecipe>>& source_fields() {
                "instruct: render as a user/assistant exchange with chat_template"),
       field<S>("messages_field", LOOM_MEMBER(messages_field),
                "chat: field holding [{role, content}, ...]"),
-      field<S>("chat_template", LOOM_MEMBER(chat_template), "chat: built-in template name"),
+      field<S>("chat_template", LOOM_MEMBER(chat_template),
+               "chat (and instruct_as_chat): chatml (SmolLM2, Qwen2) or llama3 (Llama 3)"),
       field<S>("separator", LOOM_MEMBER(separator),
                "text: \"\" or blank_lines = blank-line separated, file = one document per "
                "file, else that literal separator"),

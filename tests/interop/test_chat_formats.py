@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""loom's chat formats (layers/chat_format.h: chatml, llama3) against llama.cpp's own renderer,
+llama_chat_apply_template, called through llama-cpp-python, on conversations with the cases that
+differ between formats: system turns, several turns, whitespace around contents (llama3 trims
+it, chatml keeps it), markup typed inside a message, non-ASCII text, with and without the
+generation prompt.
+
+1. loom's rendering (what `loom generate --chat` tokenizes) is llama.cpp's, byte for byte.
+2. loom's training segments joined are the same text without the generation prompt, and the
+   trained part is exactly each assistant content (as rendered) followed by the turn end.
+
+Exit 0: all agree; 1: a difference; 77: skipped (llama_cpp not importable, or the tool not built).
+"""
+import ctypes
+import json
+import os
+import subprocess
+import tempfile
+
+from interop_common import BUILD_DIR, skip, fail
+
+try:
+    import llama_cpp
+except ImportError as e:
+    skip(f"llama_cpp (llama-cpp-python) is not importable ({e}); run scripts/setup_python.sh")
+
+TOOL = os.path.join(BUILD_DIR, "tests", "loom_test_chat_tool")
+TURN_END = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
+
+CONVERSATIONS = [
+    [("user", "Hi"), ("assistant", "Hello!")],
+    [("system", "Be brief."), ("user", "What is FOLDOC?"),
+     ("assistant", "The Free On-line Dictionary of Computing.\n\nIt has 15,000 entries.")],
+    [("system", "  padded system  "), ("user", "\ttabs and\nnewlines \n"),
+     ("assistant", "\n\n  indented reply\n"), ("user", " again "), ("assistant", "ok ")],
+    [("user", "markup <|im_start|> and <|eot_id|> typed by a user"),
+     ("assistant", "Zürich — 東京 🙂")],
+    [("user", "only a user turn")],
+    [("user", "x"), ("assistant", "y"), ("user", "z")],
+]
+
+
+def llamacpp_render(name, messages, add_generation_prompt):
+    chat = (llama_cpp.llama_chat_message * len(messages))()
+    keep = []
+    for i, (role, content) in enumerate(messages):
+        r, c = role.encode(), content.encode()
+        keep += [r, c]
+        chat[i].role, chat[i].content = r, c
+    size = 1 << 16
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_chat_apply_template(name.encode(), chat, len(messages),
+                                            add_generation_prompt, buf, size)
+    if n < 0 or n > size:
+        fail(f"llama_chat_apply_template({name}) returned {n}")
+    return buf.raw[:n].decode()
+
+
+def main():
+    if not os.access(TOOL, os.X_OK):
+        skip(f"{TOOL} is not built (scripts/build.sh builds it)")
+    cases = []
+    for name in TURN_END:
+        for conv in CONVERSATIONS:
+            for gen in (False, True):
+                cases.append({"format": name, "add_generation_prompt": gen,
+                              "messages": [{"role": r, "content": c} for r, c in conv]})
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cases, f)
+        path = f.name
+    try:
+        p = subprocess.run([TOOL, path], capture_output=True, text=True)
+    finally:
+        os.unlink(path)
+    if p.returncode != 0:
+        fail(f"loom_test_chat_tool exited {p.returncode}: {p.stderr}")
+    results = json.loads(p.stdout)
+    for case, got in zip(cases, results):
+        name, gen = case["format"], case["add_generation_prompt"]
+        msgs = [(m["role"], m["content"]) for m in case["messages"]]
+        want = llamacpp_render(name, msgs, gen)
+        if got["text"] != want:
+            fail(f"{name}, generation prompt {gen}: loom renders\n{got['text']!r}\nllama.cpp\n"
+                 f"{want!r}\nfor {msgs}")
+        no_prompt = llamacpp_render(name, msgs, False)
+        if got["segments"] != no_prompt:
+            fail(f"{name}: the training segments joined are\n{got['segments']!r}\nllama.cpp "
+                 f"renders\n{no_prompt!r}")
+        # The trained text: each assistant content as llama.cpp renders it (one assistant turn
+        # rendered alone, less its header and turn end), then the turn end.
+        trained = ""
+        for role, content in msgs:
+            if role != "assistant":
+                continue
+            alone = llamacpp_render(name, [(role, content)], False)
+            header = llamacpp_render(name, [("user", "h")], True)[len(
+                llamacpp_render(name, [("user", "h")], False)):]
+            body = alone[len(header):alone.rindex(TURN_END[name])]
+            trained += body + TURN_END[name]
+        if got["trained"] != trained:
+            fail(f"{name}: loom trains on\n{got['trained']!r}\nexpected\n{trained!r}")
+    print(f"{len(cases)} renderings (chatml, llama3; {len(CONVERSATIONS)} conversations, with and "
+          "without the generation prompt) equal llama.cpp's llama_chat_apply_template")
+    print("PASS")
+
+
+if __name__ == "__main__":
+    main()
