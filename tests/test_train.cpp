@@ -301,6 +301,15 @@ TEST(Interrupt, SecondSignalEndsTheProcessAtOnce) {
         std::_Exit(guard.signal() == SIGTERM ? 0 : 5);
       },
       testing::ExitedWithCode(0), "");
+  // Ignored before (a background job of a shell, nohup): still ignored while the guard is up.
+  EXPECT_EXIT(
+      {
+        std::signal(SIGINT, SIG_IGN);
+        const InterruptGuard guard;
+        std::raise(SIGINT);
+        std::_Exit(guard.signal() == 0 ? 0 : 6);
+      },
+      testing::ExitedWithCode(0), "");
 }
 
 // Gradient accumulation: two micro-batches of 2 rows make the same optimizer step as one batch

@@ -48,6 +48,10 @@ InterruptGuard::InterruptGuard() {
   sa.sa_flags = SA_RESTART;  // a read or write the signal lands in goes on
   sigaction(SIGINT, &sa, &g_old_int);
   sigaction(SIGTERM, &sa, &g_old_term);
+  // A signal the process was started ignoring stays ignored (a shell starts background jobs
+  // with SIGINT ignored, so that Ctrl-C at the terminal does not reach them; nohup likewise).
+  if (g_old_int.sa_handler == SIG_IGN) sigaction(SIGINT, &g_old_int, nullptr);
+  if (g_old_term.sa_handler == SIG_IGN) sigaction(SIGTERM, &g_old_term, nullptr);
 }
 
 InterruptGuard::~InterruptGuard() {

@@ -12,7 +12,8 @@
 namespace loom {
 
 // Installs the handler for SIGINT and SIGTERM for its lifetime and restores the handlers that
-// were there before. Guards do not nest (the second one's constructor throws).
+// were there before; a signal that was ignored stays ignored. Guards do not nest (the second
+// one's constructor throws).
 class InterruptGuard {
  public:
   InterruptGuard();

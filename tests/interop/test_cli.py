@@ -64,9 +64,12 @@ def perplexity(out):
 def start_training(run, steps):
     """`loom train RECIPE` in the background, returned once its first 30 steps are in
     metrics.jsonl (the training loop, not the model load, is then running)."""
+    # As a foreground process at a terminal: SIGINT at its default (a test run in the background
+    # of a non-interactive shell inherits it ignored, and loom leaves an ignored SIGINT ignored).
     p = subprocess.Popen([LOOM, "train", RECIPE, f"output.dir={run}", f"train.steps={steps}"],
                          cwd=SOURCE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
+                         text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and p.poll() is None:
         try:
