@@ -452,6 +452,21 @@ TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
     EXPECT_NE(m.find("--allow-recipe-change"), std::string::npos) << m;
     EXPECT_EQ(m.find("train.steps"), std::string::npos) << "train.steps may change: " << m;
   }
+  // Keys whose change would otherwise fail later as a shape or data-position mismatch are named
+  // the same way (the comparison comes before anything is restored).
+  for (const std::string& change : {std::string("lora.rank=8"), std::string("mix.animals=0.5")}) {
+    try {
+      t.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0", change}, resume);
+      FAIL() << "a resume with " << change << " was accepted";
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      const std::string key = change.starts_with("lora") ? "lora.rank: checkpoint `4`, now `8`"
+                                                         : "data.sources.animals.weight";
+      EXPECT_NE(m.find(key), std::string::npos) << m;
+      EXPECT_EQ(m.find("shape"), std::string::npos) << m;
+      EXPECT_EQ(m.find("saved position"), std::string::npos) << m;
+    }
+  }
   EXPECT_FALSE(fs::exists(t.dir / "run/checkpoints/checkpoint-6.h5"));
   const std::string recipe = read_text(t.dir / "run/recipe.yaml");
   EXPECT_NE(recipe.find("packing: true"), std::string::npos) << "the refused resume rewrote the run's recipe";
@@ -462,6 +477,14 @@ TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
                   resume)
                 .steps_done,
             6);
+  // Another mix, allowed: the saved data position belongs to the old mix, so the stream starts
+  // afresh with the new one (it was a "saved position ... another data configuration" error).
+  EXPECT_EQ(t.run("run",
+                  {"train.steps=8", "eval.every=0", "eval.batches=0", "data.packing=false",
+                   "mix.animals=0.5", "mix.more=0.5"},
+                  resume)
+                .steps_done,
+            8);
 
   // A checkpoint written before a key existed (its saved recipe lacks the key) resumes when the
   // run leaves the key at its default, and is refused when the run sets another value.
@@ -482,6 +505,58 @@ TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
                Error);
   EXPECT_EQ(old.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0"}, again).steps_done,
             6);
+}
+
+// --resume on a finished run changes nothing (no second final evaluation, export or summary);
+// a checkpoint past train.steps is refused naming both; a folder whose run stopped before its
+// first checkpoint starts over, unless it holds a trained adapter.
+TEST(TrainLoop, ResumeOfAFinishedRunChangesNothingAndStepsAreChecked) {
+  TinyRun t;
+  t.run("run", {"eval.every=0"});
+  const std::string summary = read_text(t.dir / "run/summary.json");
+  const std::string metrics = read_text(t.dir / "run/metrics.jsonl");
+  const auto adapter = adapter_of((t.dir / "run/adapter").string());
+  TrainOptions resume;
+  resume.resume_from = (t.dir / "run").string();
+  const TrainResult again = t.run("run", {"eval.every=0"}, resume);
+  EXPECT_TRUE(again.already_finished);
+  EXPECT_EQ(again.steps_done, 8);
+  EXPECT_EQ(read_text(t.dir / "run/summary.json"), summary);
+  EXPECT_EQ(read_text(t.dir / "run/metrics.jsonl"), metrics);
+  expect_bit_identical(adapter, adapter_of((t.dir / "run/adapter").string()));
+
+  try {
+    t.run("run", {"eval.every=0", "train.steps=6"}, resume);
+    FAIL() << "a resume with train.steps below the checkpoint's step was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the checkpoint is at step 8, past train.steps 6"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(read_text(t.dir / "run/summary.json"), summary);
+  // Raised: it trains further.
+  EXPECT_EQ(t.run("run", {"eval.every=0", "train.steps=10"}, resume).steps_done, 10);
+
+  // Stopped before its first checkpoint (only metrics.jsonl and recipe.yaml there): --resume
+  // starts over rather than sending the user back to a fresh start that is refused.
+  t.run("early", {"train.steps=2", "checkpoint.every=0", "eval.batches=0"});
+  fs::remove_all(t.dir / "early/checkpoints");
+  fs::remove_all(t.dir / "early/adapter");
+  fs::remove(t.dir / "early/summary.json");
+  TrainOptions resume_early;
+  resume_early.resume_from = (t.dir / "early").string();
+  EXPECT_EQ(t.run("early", {"train.steps=2", "checkpoint.every=0", "eval.batches=0"}, resume_early)
+                .steps_done,
+            2);
+  // ... but a folder holding a trained adapter and no checkpoint is not overwritten.
+  fs::remove_all(t.dir / "early/checkpoints");
+  try {
+    t.run("early", {"train.steps=2", "checkpoint.every=0", "eval.batches=0"}, resume_early);
+    FAIL() << "a resume without a checkpoint overwrote a trained run";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("but no checkpoint to continue from"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
@@ -689,6 +764,7 @@ TEST(TrainLoop, DamagedLatestCheckpointPointsAtTheOlderOne) {
   const fs::path latest = t.dir / "run/checkpoints/checkpoint-8.h5";
   fs::resize_file(latest, fs::file_size(latest) / 2);
   fs::remove_all(t.dir / "run/adapter");
+  fs::remove(t.dir / "run/summary.json");  // killed while writing its last checkpoint
   TrainOptions resume;
   resume.resume = true;
   const std::string older = (t.dir / "run/checkpoints/checkpoint-4.h5").string();

@@ -99,7 +99,7 @@ namespace {
 // <output.dir>/export/ (replacing what an earlier run of the same directory exported there).
 TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& options) {
   TrainResult result = run_training(plan, options);
-  if (plan.export_formats.empty()) return result;
+  if (plan.export_formats.empty() || result.already_finished) return result;
   if (result.stopped || result.interrupted_by != 0) {
     if (!options.quiet)
       fmt::print("export: skipped, the run {}\n",

@@ -129,6 +129,8 @@ struct TrainResult {
   // checkpoint and adapter of steps_done are saved, no final evaluation or summary.json; 0
   // otherwise.
   int interrupted_by = 0;
+  // Resumed at its last step with summary.json there: nothing was run or written.
+  bool already_finished = false;
   double first_loss = 0, last_loss = 0;  // training loss of the first / last step run here
   std::vector<SourceEval> eval_before, eval_after;
   double tokens_per_second = 0;

@@ -154,15 +154,24 @@ std::string evals_text(const std::vector<SourceEval>& evals) {
   return s;
 }
 
-// The resolved recipe as dotted key -> value (a list, or a map inside a list, is one value in
-// flow style), so a checkpoint's recipe and this run's can be compared key by key.
+// The resolved recipe as dotted key -> value, so a checkpoint's recipe and this run's can be
+// compared key by key. A list of named maps (data.sources) is keyed by name
+// (data.sources.foldoc.weight, as overrides spell it); any other list is one value in flow style.
 void flatten_recipe(const YAML::Node& node, const std::string& prefix,
                     std::map<std::string, std::string>& out) {
+  auto key = [&](const std::string& k) { return prefix.empty() ? k : prefix + "." + k; };
   if (node.IsMap()) {
-    for (const auto& kv : node)
-      flatten_recipe(kv.second, prefix.empty() ? kv.first.as<std::string>()
-                                               : prefix + "." + kv.first.as<std::string>(),
-                     out);
+    for (const auto& kv : node) flatten_recipe(kv.second, key(kv.first.as<std::string>()), out);
+    return;
+  }
+  bool named = node.IsSequence() && node.size() > 0;
+  std::set<std::string> names;
+  for (size_t i = 0; named && i < node.size(); ++i)
+    named = node[i].IsMap() && node[i]["name"] && node[i]["name"].IsScalar() &&
+            names.insert(node[i]["name"].Scalar()).second;
+  if (named) {
+    for (size_t i = 0; i < node.size(); ++i)
+      flatten_recipe(node[i], key(node[i]["name"].Scalar()), out);
     return;
   }
   if (node.IsScalar()) {
@@ -306,6 +315,52 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   const int threads = num_threads();
   refuse_to_overwrite_a_run(paths, options);
 
+  // ---- resume: which checkpoint, checked before the model loads ------------------------------
+  std::optional<std::string> resume_path;
+  bool restarting = false;  // resume asked, the folder has no checkpoint: start at step 0
+  if (options.resume) {
+    const bool file_named =
+        !options.resume_from.empty() && fs::is_regular_file(options.resume_from);
+    if (file_named || latest_checkpoint(paths.checkpoints)) {
+      resume_path = find_resume_checkpoint(options.resume_from, paths);
+    } else {
+      // Nothing to resume (stopped before its first checkpoint): start over, unless the folder
+      // holds a trained adapter that starting over would replace.
+      for (const std::string& p : {paths.summary, paths.adapter})
+        if (fs::exists(p))
+          throw Error(fmt::format(
+              "resume: {} holds {} but no checkpoint to continue from (looked for "
+              "checkpoints/checkpoint-<step>.h5); train into another folder (output.dir=...), or "
+              "remove it to start over",
+              paths.dir, fs::path(p).filename().string()));
+      restarting = fs::exists(paths.metrics);
+    }
+  }
+  if (resume_path) {
+    const int64_t at = step_of_filename(fs::path(*resume_path).filename().string());
+    if (at > plan.steps)
+      throw Error(fmt::format(
+          "{}: the checkpoint is at step {}, past train.steps {}: set train.steps to {} or more to "
+          "train further (or leave it as the run had it: loom train --resume {})",
+          *resume_path, at, plan.steps, at, paths.dir));
+    if (at == plan.steps && fs::exists(paths.summary)) {
+      out.print(
+          "loom train: {} finished at step {} of {} ({}): nothing to do. To train it further, "
+          "raise train.steps (loom train --resume {} train.steps=N); to use it: loom export "
+          "{} ...\n",
+          paths.dir, at, plan.steps, paths.summary, paths.dir, paths.dir);
+      TrainResult done;
+      done.already_finished = true;
+      done.steps_done = at;
+      done.output_dir = paths.dir;
+      done.adapter_dir = paths.adapter;
+      done.metrics_path = paths.metrics;
+      done.summary_path = paths.summary;
+      done.last_checkpoint = *resume_path;
+      return done;
+    }
+  }
+
   // ---- what the run will do -----------------------------------------------------------------
   TrainingModel tm = load_training_model(plan.model_path);
   LlamaModel& model = *tm.model;
@@ -426,14 +481,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   int64_t step = 0, skipped_total = 0, consecutive_skipped = 0, tokens_seen = 0;
   double wall_before = 0;
   std::vector<SourceEval> eval_before;
-  const bool explicit_resume = !options.resume_from.empty();
-  std::optional<std::string> resume_path;
-  if (options.resume) {
-    if (explicit_resume || latest_checkpoint(paths.checkpoints))
-      resume_path = find_resume_checkpoint(options.resume_from, paths);
-    else
-      out.print("resume:        no checkpoint in {}; starting at step 0\n", paths.checkpoints);
-  }
+  if (restarting)
+    out.print(
+        "resume:        no checkpoint in {} (the run there stopped before its first); "
+        "starting at step 0\n",
+        paths.checkpoints);
   if (resume_path) {
     const Checkpoint ck = [&] {
       try {
@@ -453,9 +505,47 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
                                 why, older));
       }
     }();
+    out.print("resume:        {} (step {} of {}, {} tokens seen)\n", *resume_path, ck.step,
+              plan.steps, ck.tokens_seen);
+    // A run resumed with other data, adapters, model or optimizer settings is not the run
+    // the checkpoint belongs to (and would not be bit-identical to it): refused, naming the keys,
+    // unless the caller allows it.
+    // Checked before anything is restored, so that a changed key is named rather than failing
+    // as a shape or data-position mismatch.
+    std::string refused;
+    size_t n_refused = 0;
+    bool data_changed = false;
+    for (const RecipeChange& c : recipe_changes(ck.recipe_yaml, plan.recipe_yaml, *resume_path)) {
+      if (c.key == "resume") continue;  // resuming is what this run does: nothing to note
+      if (c.key.starts_with("data.")) data_changed = true;
+      if (resume_may_change(c.key) || options.allow_recipe_change) {
+        out.print("note:          {} (changed on resume)\n", c.str());
+      } else {
+        refused += "\n  " + c.str();
+        ++n_refused;
+      }
+    }
+    if (n_refused > 0)
+      throw Error(fmt::format(
+          "{}: this run's recipe differs from the one the checkpoint was trained with in {} "
+          "key(s) that change the training:{}\nResume with the run's own recipe (`loom train "
+          "--resume {}`), set these keys back, or pass --allow-recipe-change to continue with the "
+          "new values (the result is then not the run the checkpoint belongs to).",
+          *resume_path, n_refused, refused, paths.dir));
+    if (ck.step > plan.steps)
+      throw Error(
+          fmt::format("{}: the checkpoint is at step {}, past train.steps {}: set "
+                      "train.steps to {} or more to train further",
+                      *resume_path, ck.step, plan.steps, ck.step));
     restore_adapters(ck, *resume_path, params);
     optimizer.load_state(ck.optimizer);
-    data.stream->restore(TrainStreamPosition::from_ints(bytes_to_ints(ck.data_position, *resume_path)));
+    if (data_changed)  // allowed above: the saved position belongs to the old data settings
+      out.print(
+          "note:          the data settings changed, so the checkpoint's data position does "
+          "not apply: the data stream starts from its beginning with the new settings\n");
+    else
+      data.stream->restore(
+          TrainStreamPosition::from_ints(bytes_to_ints(ck.data_position, *resume_path)));
     if (ck.rng_state.size() != 2 || ck.rng_state[0] != plan.seed)
       throw Error(fmt::format("{}: rng_state is for seed {}, this run's train.seed is {}; resume "
                               "with the recipe the checkpoint was made with",
@@ -476,33 +566,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
                                std::exp(scalar("eval_before." + s.name + ".loss", 0))});
     }
     const int saved_threads = static_cast<int>(scalar("threads", threads));
-    out.print("resume:        {} (step {} of {}, {} tokens seen)\n", *resume_path, step, plan.steps,
-              tokens_seen);
     if (saved_threads != threads)
-      out.print("warning:       the checkpoint was made with {} threads, this run has {}: the "
-                "result will not be bit-identical to an uninterrupted run\n",
-                saved_threads, threads);
-    // A run resumed with other data, adapters, model or optimizer settings is not the run
-    // the checkpoint belongs to (and would not be bit-identical to it): refused, naming the keys,
-    // unless the caller allows it.
-    std::string refused;
-    size_t n_refused = 0;
-    for (const RecipeChange& c : recipe_changes(ck.recipe_yaml, plan.recipe_yaml, *resume_path)) {
-      if (c.key == "resume") continue;  // resuming is what this run does: nothing to note
-      if (resume_may_change(c.key) || options.allow_recipe_change) {
-        out.print("note:          {} (changed on resume)\n", c.str());
-      } else {
-        refused += "\n  " + c.str();
-        ++n_refused;
-      }
-    }
-    if (n_refused > 0)
-      throw Error(fmt::format(
-          "{}: this run's recipe differs from the one the checkpoint was trained with in {} "
-          "key(s) that change the training:{}\nResume with the run's own recipe (`loom train "
-          "--resume {}`), set these keys back, or pass --allow-recipe-change to continue with the "
-          "new values (the result is then not the run the checkpoint belongs to).",
-          *resume_path, n_refused, refused, paths.dir));
+      out.print(
+          "warning:       the checkpoint was made with {} threads, this run has {}: the "
+          "result will not be bit-identical to an uninterrupted run\n",
+          saved_threads, threads);
   }
 
   std::error_code dir_error;
