@@ -90,7 +90,7 @@ void run_eval(const EvalArgs& args) {
   fmt::print("  model:    {} ({}, {} layers, hidden {}, vocab {})\n", model_name, c.architecture,
              c.n_layers, c.hidden_size, c.vocab_size);
   if (!a.adapter.empty())
-    fmt::print("  adapter:  {} ({}): {}\n", a.adapter, am.kind, am.lora->config().describe());
+    fmt::print("  adapter:  {} ({}): {}\n", a.adapter, am.kind, am.lora->config().summary());
   fmt::print("  weights:  {}\n", describe_dtype_mix(model));
   fmt::print("  compute:  {}\n", precision_label(opt.precision));
   fmt::print("  text:     {} ({} bytes, {} tokens, tokenized in {:.3f} s{})\n", a.text, text.size(),

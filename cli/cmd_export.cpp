@@ -49,7 +49,7 @@ void run_export(const ExportArgs& a) {
 
   const ModelConfig& c = am.base.model->config();
   fmt::print("loom export\n");
-  fmt::print("  adapter:  {} ({}): {}\n", a.source, am.kind, am.lora->config().describe());
+  fmt::print("  adapter:  {} ({}): {}\n", a.source, am.kind, am.lora->config().summary());
   fmt::print("  base:     {} ({}, {} layers, hidden {}, vocab {})\n", am.base_path, c.architecture,
              c.n_layers, c.hidden_size, c.vocab_size);
   fmt::print("  weights:  {}\n", describe_dtype_mix(*am.base.model));

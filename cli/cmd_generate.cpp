@@ -114,7 +114,8 @@ void run_generate(const GenerateArgs& a) {
              a.adapter.empty() ? a.model : am.base_path, c.architecture, c.n_layers,
              c.hidden_size, c.n_heads, c.n_kv_heads, c.vocab_size);
   if (!a.adapter.empty())
-    fmt::print(stderr, "  adapter:    {} ({}): {}\n", a.adapter, am.kind, am.lora->config().describe());
+    fmt::print(stderr, "  adapter:    {} ({}): {}\n", a.adapter, am.kind,
+               am.lora->config().summary());
   fmt::print(stderr, "  weights:    {}\n", describe_dtype_mix(model));
   fmt::print(stderr, "  compute:    {}, KV cache f32\n", precision_label(precision));
   fmt::print(stderr, "  prompt:     {} tokens, {}\n", prompt.size(), prompt_kind);

@@ -71,8 +71,15 @@ void run_recipes(const std::string& dir) {
   size_t width = 0;
   for (const auto& f : files) width = std::max(width, f.string().size());
   for (const auto& f : files) fmt::print("{:<{}}  {}\n", f.string(), width, recipe_title(f));
-  if (files.empty()) fmt::print("no recipes in {}\n", dir);
-  else fmt::print("\nrun one with: loom train {} [key=value ...]\n", files.front().string());
+  if (files.empty()) {
+    fmt::print("no recipes in {}\n", dir);
+    return;
+  }
+  // The quickstart recipe when it is there (the sweep recipe sorts first but is for loom sweep).
+  fs::path example = files.front();
+  for (const auto& f : files)
+    if (f.stem() == "quickstart_qlora") example = f;
+  fmt::print("\nrun one with: loom train {} [key=value ...]\n", example.string());
 }
 
 }  // namespace

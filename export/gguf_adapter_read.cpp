@@ -4,12 +4,14 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <optional>
 #include <unordered_map>
 
 #include "autograd/check.h"
 #include "export/gguf_qk_order.h"
 #include "export/gguf_writer.h"
 #include "layers/gguf.h"
+#include "lora/targets.h"
 
 namespace loom {
 
@@ -147,9 +149,18 @@ GgufAdapterContents read_gguf_adapter(const std::string& path, const LlamaModel&
   c.alpha = out.alpha > 0 ? out.alpha : static_cast<double>(default_rank);
   c.rslora = false;
   c.dora = false;
-  c.targets.modules.clear();
+  // Targets as projection names over layers when the modules are their full product (as PEFT
+  // writes them), else each module's path.
+  std::vector<const Linear*> linears;
+  for (const ReadModule& m : modules) linears.push_back(m.linear);
+  if (std::optional<LoraTargets> t = product_targets(linears, model.config().n_layers)) {
+    c.targets = std::move(*t);
+  } else {
+    c.targets = LoraTargets{};
+    c.targets.modules.clear();
+    for (const ReadModule& m : modules) c.targets.modules.push_back(m.linear->hf_name);
+  }
   for (const ReadModule& m : modules) {
-    c.targets.modules.push_back(m.linear->hf_name);
     if (m.rank == default_rank) continue;
     const std::string key = regex_escape(m.linear->hf_name);
     c.rank_pattern.emplace_back(key, m.rank);

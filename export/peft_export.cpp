@@ -43,8 +43,8 @@ std::string regex_escape(std::string_view s) {
 }
 
 struct ModuleInfo {
+  const Linear* linear;
   Projection kind;
-  int64_t layer;
   std::string hf_name;
   int64_t rank;
   double alpha;
@@ -53,28 +53,19 @@ struct ModuleInfo {
 std::vector<ModuleInfo> module_infos(const LoraModel& lora) {
   std::vector<ModuleInfo> out;
   for (const LoraModule& m : lora.modules())
-    out.push_back({m.linear->kind, m.linear->layer, m.linear->hf_name, m.adapter->rank(),
-                   m.adapter->alpha()});
+    out.push_back(
+        {m.linear, m.linear->kind, m.linear->hf_name, m.adapter->rank(), m.adapter->alpha()});
   return out;
 }
 
 // target_modules (+ layers_to_transform): a list of names over a layer set when the adapted
-// modules are a full product of the two, else a regex naming every module.
+// modules are a full product of the two (lora/targets.h), else a regex naming every module.
 void write_targets(const std::vector<ModuleInfo>& modules, int64_t n_layers, json& j) {
-  std::set<Projection> kinds;
-  std::set<int64_t> layers;
-  for (const ModuleInfo& m : modules) {
-    kinds.insert(m.kind);
-    layers.insert(m.layer);
-  }
-  if (modules.size() == kinds.size() * layers.size()) {
-    json names = json::array();
-    for (Projection p : kAllProjections)
-      if (kinds.count(p)) names.push_back(std::string(projection_hf_name(p)));
-    j["target_modules"] = names;
-    j["layers_to_transform"] = static_cast<int64_t>(layers.size()) == n_layers
-                                   ? json(nullptr)
-                                   : json(std::vector<int64_t>(layers.begin(), layers.end()));
+  std::vector<const Linear*> linears;
+  for (const ModuleInfo& m : modules) linears.push_back(m.linear);
+  if (const std::optional<LoraTargets> t = product_targets(linears, n_layers)) {
+    j["target_modules"] = t->modules;
+    j["layers_to_transform"] = t->layers.empty() ? json(nullptr) : json(t->layers);
     return;
   }
   std::string regex;

@@ -157,6 +157,10 @@ struct GgufModelSummary {
   uint32_t version = 0;
   std::string architecture;  // empty if general.architecture is missing
   std::string name;          // general.name, if present
+  // general.type = "adapter" (a llama.cpp LoRA adapter): its "adapter.*" keys, and no
+  // hyper-parameters or tokenizer (an adapter carries neither).
+  bool adapter = false;
+  std::vector<std::pair<std::string, std::string>> adapter_keys;
   std::vector<std::pair<std::string, std::string>> hparams;  // "<arch>.*" key -> display value
   struct TokenizerKey {
     std::string key;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <span>
 
 #include "layers/gguf.h"
 
@@ -52,18 +53,25 @@ GgufModelSummary summarize_gguf(const GgufFile& file) {
   if (const GgufValue* name = file.find("general.name"); name && name->type() == GgufType::STRING)
     s.name = name->as_string("general.name");
 
-  if (!s.architecture.empty()) {
+  if (const GgufValue* type = file.find("general.type");
+      type && type->type() == GgufType::STRING && type->as_string("general.type") == "adapter") {
+    s.adapter = true;
+    for (const auto& [key, value] : file.metadata())
+      if (key.starts_with("adapter.")) s.adapter_keys.emplace_back(key, value.to_display());
+  }
+  if (!s.architecture.empty() && !s.adapter) {
     std::string prefix = s.architecture + ".";
     for (const auto& [key, value] : file.metadata())
       if (key.starts_with(prefix)) s.hparams.emplace_back(key, value.to_display());
   }
 
-  for (std::string_view key : kTokenizerKeys) {
+  for (std::string_view key : s.adapter ? std::span<const std::string_view>()
+                                        : std::span<const std::string_view>(kTokenizerKeys)) {
     const GgufValue* v = file.find(key);
     s.tokenizer_keys.push_back({std::string(key), v != nullptr, v ? tokenizer_display(*v) : ""});
   }
   for (const auto& [key, value] : file.metadata()) {
-    if (!key.starts_with("tokenizer.")) continue;
+    if (s.adapter || !key.starts_with("tokenizer.")) continue;
     if (std::find(std::begin(kTokenizerKeys), std::end(kTokenizerKeys), key) !=
         std::end(kTokenizerKeys))
       continue;
@@ -89,6 +97,18 @@ std::string format_gguf_summary(const GgufModelSummary& s) {
                      s.architecture.empty() ? "(general.architecture missing)" : s.architecture);
   if (!s.name.empty()) out += fmt::format("name:          {}\n", s.name);
 
+  if (s.adapter) {
+    out +=
+        "type:          LoRA adapter (general.type = adapter), for a base model of the "
+        "architecture above; apply it with loom eval / generate --adapter, or llama.cpp --lora\n";
+    for (const auto& [key, value] : s.adapter_keys) out += fmt::format("  {}  {}\n", key, value);
+    out += fmt::format(
+        "tensors:       {} tensors ({} A/B pairs), {} parameters, {} bytes of data\n",
+        s.tensor_count, s.tensor_count / 2, human_count(s.parameter_count), s.tensor_bytes);
+    for (const auto& [dtype, n] : s.tensor_type_counts)
+      out += fmt::format("  {:<6}  {}\n", dtype, n);
+    return out;
+  }
   size_t width = 0;
   for (const auto& [key, _] : s.hparams) width = std::max(width, key.size());
   for (const auto& t : s.tokenizer_keys) width = std::max(width, t.key.size());

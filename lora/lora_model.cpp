@@ -95,6 +95,21 @@ std::string LoraConfig::describe() const {
   return s;
 }
 
+std::string LoraConfig::summary() const {
+  std::vector<std::string> layer_list;
+  for (int64_t l : targets.layers) layer_list.push_back(std::to_string(l));
+  return fmt::format(
+      "{} r={} alpha={} (scale {} = {:.6g}) on {} in {}{}", dora ? "DoRA" : "LoRA", rank, alpha,
+      rslora ? "alpha/sqrt(r)" : "alpha/r", lora_scale(alpha, rank, rslora),
+      targets.regex.empty() ? fmt::format("[{}]", join(targets.modules)) : "regex " + targets.regex,
+      layer_list.empty() ? std::string("every layer")
+                         : fmt::format("layers [{}]", join(layer_list)),
+      rank_pattern.empty() && alpha_pattern.empty()
+          ? std::string()
+          : fmt::format(" ({} rank / {} alpha patterns)", rank_pattern.size(),
+                        alpha_pattern.size()));
+}
+
 LoraModel::LoraModel(LlamaModel& model, LoraConfig config)
     : model_(&model), config_(std::move(config)), runtime_(std::make_shared<LoraRuntime>()) {
   config_.validate();

@@ -64,6 +64,8 @@ struct LoraConfig {
   void validate() const;
   // "key: value" lines of every field, as a run prints them at its start.
   std::string describe() const;
+  // One line: "LoRA r=16 alpha=32 (scale alpha/r = 2) on [q_proj, v_proj] in every layer".
+  std::string summary() const;
 };
 
 struct LoraModule {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <memory>
+#include <set>
 
 #include "autograd/check.h"
 
@@ -193,6 +194,28 @@ std::optional<size_t> match_pattern_key(const std::vector<std::string>& keys,
     if (re.matches(module_key, /*full=*/false)) return i;
   }
   return std::nullopt;
+}
+
+std::optional<LoraTargets> product_targets(const std::vector<const Linear*>& modules,
+                                           int64_t n_layers) {
+  std::set<Projection> kinds;
+  std::set<int64_t> layers;
+  std::set<std::pair<Projection, int64_t>> pairs;
+  for (const Linear* m : modules) {
+    kinds.insert(m->kind);
+    layers.insert(m->layer);
+    pairs.insert({m->kind, m->layer});
+  }
+  if (modules.empty() || pairs.size() != modules.size() ||
+      modules.size() != kinds.size() * layers.size())
+    return std::nullopt;
+  LoraTargets t;
+  t.modules.clear();
+  for (Projection p : kAllProjections)
+    if (kinds.count(p)) t.modules.emplace_back(projection_hf_name(p));
+  if (static_cast<int64_t>(layers.size()) != n_layers)
+    t.layers.assign(layers.begin(), layers.end());
+  return t;
 }
 
 }  // namespace loom

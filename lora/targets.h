@@ -51,6 +51,13 @@ void validate_pattern_keys(const std::vector<std::string>& keys, std::string_vie
 std::vector<Linear*> select_targets(const std::vector<Linear*>& projections,
                                     const LoraTargets& targets, int64_t n_layers);
 
+// Targets naming exactly `modules` (projections of a model with n_layers blocks), as compactly
+// as PEFT's target_modules can: projection names ("q_proj", ...) over a layer set (layers empty
+// for every block) when the modules are the full product of the two; otherwise nullopt (the
+// caller lists or matches each module by name).
+std::optional<LoraTargets> product_targets(const std::vector<const Linear*>& modules,
+                                           int64_t n_layers);
+
 // The first key of `keys` matching module_key the PEFT way (see NamePatterns), if any.
 std::optional<size_t> match_pattern_key(const std::vector<std::string>& keys,
                                         std::string_view module_key);

@@ -691,6 +691,23 @@ TEST(GgufAdapterExport, RoundTripIntoALoraModel) {
   EXPECT_EQ(contents.config.rank, 4);
   EXPECT_EQ(contents.config.alpha, 16.0);
   EXPECT_EQ(back.modules().size(), 14u);
+  // All seven projections of both blocks: read back as the seven names over every layer (as
+  // PEFT's target_modules would say it), not 14 module paths.
+  EXPECT_EQ(contents.config.targets.modules,
+            (std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                      "up_proj", "down_proj"}));
+  EXPECT_TRUE(contents.config.targets.layers.empty());
+  // `loom inspect` says it is an adapter, without the (absent) tokenizer and hyper-parameters.
+  const GgufModelSummary summary = summarize_gguf(GgufFile::open(dir / "a32.gguf"));
+  EXPECT_TRUE(summary.adapter);
+  EXPECT_TRUE(summary.tokenizer_keys.empty());
+  EXPECT_TRUE(summary.hparams.empty());
+  std::map<std::string, std::string> keys(summary.adapter_keys.begin(), summary.adapter_keys.end());
+  EXPECT_EQ(keys["adapter.type"], "\"lora\"");
+  EXPECT_EQ(keys["adapter.lora.alpha"], "16");
+  const std::string text = format_gguf_summary(summary);
+  EXPECT_NE(text.find("LoRA adapter"), std::string::npos) << text;
+  EXPECT_NE(text.find("28 tensors (14 A/B pairs)"), std::string::npos) << text;
   for (const LoraParameter& p : lora.parameters())
     EXPECT_EQ(back.parameter(p.name).to_vector(), p.tensor.to_vector()) << p.name;
   EXPECT_LT(max_abs_diff(logits_of(fresh), expected), 1e-5f);
@@ -870,6 +887,7 @@ TEST(GgufAdapterRead, ConverterLayoutAndClearErrors) {
     return dir / name;
   };
   GgufAdapterContents c = read_gguf_adapter(adapter("ok.gguf", "llama", "", true), model);
+  // Not a full product of projections and layers: each module's path.
   EXPECT_EQ(c.config.targets.modules, (std::vector<std::string>{"model.layers.0.self_attn.k_proj",
                                                                 "model.layers.1.mlp.up_proj"}));
   EXPECT_EQ(c.config.rank, 8);  // first of the tied ranks

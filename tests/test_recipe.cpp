@@ -166,7 +166,11 @@ TEST(Recipe, ValidationNamesTheKeyAndWhereItWasSet) {
   msg = parse_error(std::string(kMinimal) + "  lr: -0.1\n");
   EXPECT_HAS(msg, "recipes/test.yaml:10: train.lr must be positive, found -0.1");
   msg = parse_error(std::string(kMinimal) + "  warmup_steps: 50\n");
-  EXPECT_HAS(msg, "train.warmup_steps (50) is more than train.steps (20)");
+  EXPECT_HAS(msg,
+             "train.warmup_steps (50) is more than train.steps (20, set at recipes/test.yaml:");
+  // The other key of the pair, set on the command line, is named where it was set.
+  msg = parse_error(std::string(kMinimal) + "  warmup_steps: 5\n", {"train.steps=1"});
+  EXPECT_HAS(msg, "is more than train.steps (1, set at command-line override `train.steps=1`)");
   msg = parse_error(kMinimal, {"lora.dropout=1.5"});
   EXPECT_HAS(msg, "command-line override `lora.dropout=1.5`: lora.dropout must be in [0, 1)");
   msg = parse_error(std::string(kMinimal) + "  mix:\n    wikk: 0.5\n", {});

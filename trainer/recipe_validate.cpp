@@ -197,7 +197,9 @@ void check_train(const Recipe& r, const Checker& c) {
   c.at_least<int64_t>("train.warmup_steps", t.warmup_steps, 0);
   if (t.warmup_steps > t.steps)
     c.fail("train.warmup_steps",
-           fmt::format("({}) is more than train.steps ({})", t.warmup_steps, t.steps));
+           fmt::format("({}) is more than train.steps ({}, set at {}); lower train.warmup_steps "
+                       "too (train.warmup_steps=N)",
+                       t.warmup_steps, t.steps, c.where("train.steps")));
   c.in_range("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0, true);
   c.at_least("train.weight_decay", t.weight_decay, 0.0);
   c.in_range("train.adam_beta1", t.adam_beta1, 0.0, 1.0, false);

@@ -400,7 +400,8 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   out.print(
       "  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {} in {}{}\n",
       lc.dora ? "DoRA" : "LoRA", lc.rank, lc.alpha, lc.rslora ? "alpha/sqrt(r)" : "alpha/r",
-      lora_scale(lc.alpha, lc.rank, lc.rslora), lc.dropout, lora_init_name(lc.init),
+      lora_scale(lc.alpha, lc.rank, lc.rslora), lc.dropout,
+      init_from ? std::string("from init_from") : std::string(lora_init_name(lc.init)),
       lc.targets.regex.empty() ? fmt::format("[{}]", join_items(lc.targets.modules))
                                : "regex " + lc.targets.regex,
       lc.targets.layers.empty() ? "every layer"
@@ -647,6 +648,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   fwd.precision = plan.precision;
   fwd.attention_precision = plan.precision;  // bf16 attention products in the training step
   double train_seconds = 0;
+  const int64_t first_step = step;  // > 0 when resumed
   int64_t tokens_this_run = 0, last_checkpoint_step = -1, last_eval_step = step == 0 && plan.eval_at_start ? 0 : -1;
   bool first = true;
   std::vector<Batch> micro(static_cast<size_t>(plan.grad_accum));
@@ -841,10 +843,15 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   }
   if (result.stopped) out.print("STOPPED: {}\n", result.stop_reason);
   if (!result.data_ended.empty()) out.print("data:          {}\n", result.data_ended);
-  out.print("done: {} steps ({} skipped), loss {:.4f} -> {:.4f}, {:.0f} tokens/s, peak RSS {:.0f} MB, "
-            "{}\n",
-            step, skipped_total, result.first_loss, result.last_loss, result.tokens_per_second,
-            result.peak_rss_bytes / 1048576.0, format_duration(result.wall_seconds));
+  out.print(
+      "done: {} steps ({} skipped), loss {:.4f} -> {:.4f}{}, {:.0f} tokens/s, peak RSS {:.0f} "
+      "MB, {}\n",
+      step, skipped_total, result.first_loss, result.last_loss,
+      first_step == step ? std::string(" (no steps left to run in this process)")
+      : first_step > 0   ? fmt::format(" (steps {}-{}, run in this process)", first_step + 1, step)
+                         : std::string(),
+      result.tokens_per_second, result.peak_rss_bytes / 1048576.0,
+      format_duration(result.wall_seconds));
   out.print("outputs:       adapter {}/ (adapter_model.safetensors, loom_adapter.json)\n"
             "               metrics {}\n               summary {}\n               checkpoint {}\n"
             "               recipe  {}\n",
