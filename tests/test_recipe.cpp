@@ -229,6 +229,10 @@ TEST(Recipe, OverridesOfEveryType) {
   EXPECT_EQ(r.train.steps, 20);  // a section override keeps the keys it does not name
   EXPECT_TRUE(r.resume);
 
+  // An index in brackets, as Python / jq write it, is the same key as the dotted index.
+  const Recipe br = parse(kMinimal, {"data.sources[0].heldout_fraction=0.25"});
+  EXPECT_DOUBLE_EQ(br.data.sources[0].heldout_fraction, 0.25);
+
   // all-linear expands to the seven projections; later overrides win.
   EXPECT_EQ(parse(kMinimal, {"lora.targets=all-linear"}).lora.targets, llama_linear_modules());
   EXPECT_EQ(parse(kMinimal, {"train.lr=1e-3", "train.lr=5e-4"}).train.lr, 5e-4);

@@ -244,6 +244,17 @@ void apply_override(Recipe& recipe, const std::string& text, Origins& origins) {
   std::string key = trim(text.substr(0, eq));
   const std::string value = text.substr(eq + 1);
   if (starts_with(key, "mix.")) key = "data." + key;  // the short form of data.mix.<name>
+  // data.sources[1].path is read as data.sources.1.path (the index spelled as in Python / jq).
+  for (size_t open = key.find('['); open != std::string::npos; open = key.find('[', open)) {
+    const size_t close = key.find(']', open);
+    const bool digits = close != std::string::npos && close > open + 1 &&
+                        std::all_of(key.begin() + static_cast<std::ptrdiff_t>(open) + 1,
+                                    key.begin() + static_cast<std::ptrdiff_t>(close),
+                                    [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits) break;
+    key =
+        key.substr(0, open) + "." + key.substr(open + 1, close - open - 1) + key.substr(close + 1);
+  }
   const Origin origin{.file = "", .override_text = text};
   ReadContext ctx{origin, origins};
 
