@@ -674,6 +674,7 @@ TEST(SweepRun, TableAndPlotFromRealRunsThenSkipResumeAndRefuse) {
 // its checkpoint, the sweep runs nothing further and says so; the same sweep again resumes the
 // run from step 3, then runs the second point.
 TEST(SweepRun, CtrlCEndsTheSweepAfterTheRunsCheckpointAndTheSameSweepContinues) {
+  std::signal(SIGINT, SIG_DFL);  // as at a terminal, not ignored as in a background job
   TinySweep t;
   const SweepPlan plan = make_sweep_plan(t.request({"mix.animals=0,1"}));
   SweepOptions options;

@@ -249,6 +249,9 @@ TEST(TrainLoop, DeterministicAndResumeIsBitIdentical) {
 // are every 4 steps otherwise), writes no summary.json, restores the handler it replaced; resumed,
 // it ends bit-identical to a run never interrupted.
 TEST(TrainLoop, CtrlCStopsAfterTheStepSavesItAndResumesBitIdentical) {
+  // As at a terminal: a test run from the background of a non-interactive shell inherits SIGINT
+  // ignored, which the run rightly leaves ignored.
+  std::signal(SIGINT, SIG_DFL);
   TinyRun t;
   const TrainResult a = t.run("a");
   TrainOptions cut;
@@ -285,6 +288,7 @@ TEST(TrainLoop, CtrlCStopsAfterTheStepSavesItAndResumesBitIdentical) {
 // handler were there (for when the step or the save is what the user wants out of).
 TEST(Interrupt, SecondSignalEndsTheProcessAtOnce) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::signal(SIGINT, SIG_DFL);  // as at a terminal (see above)
   EXPECT_EXIT(
       {
         const InterruptGuard guard;
