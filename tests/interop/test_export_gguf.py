@@ -253,8 +253,10 @@ def part_b():
     out = WORK / "read_back"
     tool("read-adapter", MODEL, path, out)
     meta = json.loads((out / "adapter.json").read_text())
-    check(meta["targets"] == ["model.layers.3.self_attn.q_proj", "model.layers.3.mlp.down_proj"],
-          "loom targets the two projections", f"{meta['targets']}")
+    # q and down of layer 3: the full product of {q_proj, down_proj} and {3}, so loom reads the
+    # targets back as PEFT would write them, names over layers_to_transform.
+    check(meta["targets"] == ["q_proj", "down_proj"] and meta["layers"] == [3],
+          "loom targets the two projections of layer 3", f"{meta['targets']} in layers {meta['layers']}")
     check(meta["file_alpha"] == 32.0 and meta["alpha"] == 32.0, "alpha 32 read", f"{meta}")
     check(meta["ignored"] == ["blk.3.attn_norm.weight"], "the norm is skipped, as llama.cpp skips it")
     names = meta["parameters"]

@@ -296,6 +296,7 @@ int read_adapter(const std::string& model_path, const std::string& adapter,
   j["alpha"] = c.config.alpha;
   j["file_alpha"] = c.alpha;
   j["targets"] = c.config.targets.modules;
+  j["layers"] = c.config.targets.layers;
   j["rank_pattern"] = c.config.rank_pattern;
   j["ignored"] = c.ignored;
   json names = json::array();
