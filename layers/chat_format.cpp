@@ -42,15 +42,19 @@ std::vector<std::string> builtin_chat_template_names() {
   return names;
 }
 
+std::string builtin_chat_template_list() {
+  std::string names;
+  for (const auto& n : builtin_chat_template_names()) names += (names.empty() ? "" : ", ") + n;
+  return names;
+}
+
 const ChatTemplate& find_chat_template(std::string_view name, std::string_view what) {
   for (const auto& t : templates())
     if (t.name == name) return t;
-  std::string names;
-  for (const auto& n : builtin_chat_template_names()) names += (names.empty() ? "" : ", ") + n;
   throw Error(
       fmt::format("{}: chat template '{}' is not built in; built-in templates: {} (a "
                   "model's own Jinja template is not interpreted)",
-                  what, name, names));
+                  what, name, builtin_chat_template_list()));
 }
 
 const ChatTemplate* detect_chat_template(std::string_view jinja) {

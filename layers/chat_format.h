@@ -34,6 +34,7 @@ struct ChatTemplate {
 };
 
 std::vector<std::string> builtin_chat_template_names();
+std::string builtin_chat_template_list();  // "chatml, llama3"
 // Throws naming `what` and listing the built-in names when `name` is not one of them.
 const ChatTemplate& find_chat_template(std::string_view name, std::string_view what);
 // The built-in format a model's Jinja template (tokenizer.chat_template) writes, or nullptr.

@@ -132,15 +132,12 @@ std::string render_chat_prompt(const std::string& chat_template,
     throw Error("chat: the model has no chat template (tokenizer.chat_template); run without "
                 "--chat and write the prompt in the model's own format");
   const ChatTemplate* format = detect_chat_template(chat_template);
-  if (format == nullptr) {
-    std::string names;
-    for (const auto& n : builtin_chat_template_names()) names += (names.empty() ? "" : ", ") + n;
+  if (format == nullptr)
     throw Error(
         fmt::format("chat: the model's chat template is none of the formats loom renders "
                     "({}); run without --chat and write the prompt in the model's own "
                     "format",
-                    names));
-  }
+                    builtin_chat_template_list()));
   LOOM_CHECK(!messages.empty(), "chat: no messages to render");
   std::vector<ChatMessage> all;
   const std::string system = format->name == "chatml" ? default_system_message(chat_template) : "";

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "autograd/check.h"
-#include "trainer/checkpoint.h"
 #include "trainer/train_session.h"
 
 namespace loom {
@@ -51,17 +50,6 @@ std::string resume_recipe_path(const std::string& resume_from) {
                             "the recipe too: loom train RECIPE --resume {}",
                             resume_from, path, resume_from));
   return path;
-}
-
-std::string find_resume_checkpoint(const std::string& resume_from, const RunPaths& paths) {
-  if (!resume_from.empty() && fs::is_regular_file(resume_from)) return resume_from;
-  const std::optional<std::string> latest = latest_checkpoint(paths.checkpoints);
-  if (!latest)
-    throw Error(fmt::format("resume: no checkpoint in {} (looked for checkpoint-<step>.h5); start "
-                            "the run without resume, or point --resume at a run directory "
-                            "that has one",
-                            paths.checkpoints));
-  return *latest;
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {

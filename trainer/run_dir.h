@@ -15,10 +15,6 @@ struct RunPaths {
   static RunPaths of(const std::string& dir);
 };
 
-// The checkpoint a resumed run starts from: resume_from as a file, else the latest checkpoint in
-// the run directory. Throws naming what was searched when there is none.
-std::string find_resume_checkpoint(const std::string& resume_from, const RunPaths& paths);
-
 // Writes text to path through a temporary file, flushed and renamed.
 void write_file_atomic(const std::string& path, const std::string& text);
 

@@ -319,10 +319,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   std::optional<std::string> resume_path;
   bool restarting = false;  // resume asked, the folder has no checkpoint: start at step 0
   if (options.resume) {
-    const bool file_named =
-        !options.resume_from.empty() && fs::is_regular_file(options.resume_from);
-    if (file_named || latest_checkpoint(paths.checkpoints)) {
-      resume_path = find_resume_checkpoint(options.resume_from, paths);
+    // --resume naming a checkpoint file, else the run directory's latest checkpoint.
+    if (!options.resume_from.empty() && fs::is_regular_file(options.resume_from)) {
+      resume_path = options.resume_from;
+    } else if (std::optional<std::string> latest = latest_checkpoint(paths.checkpoints)) {
+      resume_path = std::move(latest);
     } else {
       // Nothing to resume (stopped before its first checkpoint): start over, unless the folder
       // holds a trained adapter that starting over would replace.
