@@ -8,6 +8,7 @@
 #include <set>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "autograd/kernels/gemm.h"
 #include "cli/commands.h"
 #include "layers/gguf.h"
@@ -82,6 +83,10 @@ void run_reporting_errors(const std::function<void()>& fn) {
     fn();
   } catch (const CLI::Error&) {
     throw;  // an exit status the command chose (e.g. 130 after Ctrl-C), already reported
+  } catch (const Interrupted& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "loom: %s\n", e.what());
+    throw CLI::RuntimeError(128 + e.signal());
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "loom: error: %s\n", e.what());

@@ -12,6 +12,7 @@
 #include <system_error>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 
 namespace loom {
 
@@ -86,6 +87,7 @@ void AtomicFileWriter::flush_buffer() {
 void AtomicFileWriter::write(const void* data, size_t n) {
   LOOM_CHECK(fd_ >= 0 && !committed_, "AtomicFileWriter: write to {} after commit or failure",
              path_);
+  throw_if_interrupted();  // Ctrl-C during an export: the destructor removes the temporary
   const char* p = static_cast<const char*>(data);
   if (buffer_.size() + n > kBufferBytes) flush_buffer();
   if (n > kBufferBytes)

@@ -3,8 +3,11 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -23,6 +26,33 @@ void fsync_dir(const fs::path& dir) {
   if (fd < 0) return;  // best effort: some filesystems refuse to open directories
   ::fsync(fd);
   ::close(fd);
+}
+
+// Removes ".<name>.partial-<pid>" and ".<name>.old-<pid>" folders next to `final_path` that a
+// process no longer running left behind (killed, or a second Ctrl-C during an export).
+void remove_stale_staging(const fs::path& final_path) {
+  const fs::path parent =
+      final_path.parent_path().empty() ? fs::path(".") : final_path.parent_path();
+  const std::string stem = fmt::format(".{}.", final_path.filename().string());
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(parent, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(stem, 0) != 0) continue;
+    const std::string rest = name.substr(stem.size());
+    std::string digits;
+    if (rest.rfind("partial-", 0) == 0)
+      digits = rest.substr(8);
+    else if (rest.rfind("old-", 0) == 0)
+      digits = rest.substr(4);
+    else
+      continue;
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const long pid = std::strtol(digits.c_str(), nullptr, 10);
+    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) {
+      std::error_code rm;
+      fs::remove_all(e.path(), rm);
+    }
+  }
 }
 
 }  // namespace
@@ -51,6 +81,7 @@ StagingDir::StagingDir(std::string final_dir, bool replace_existing)
   if (!parent.empty()) fs::create_directories(parent);
   staging_ =
       (parent / fmt::format(".{}.partial-{}", final_path.filename().string(), ::getpid())).string();
+  remove_stale_staging(final_path);
   fs::remove_all(staging_);  // a leftover of a crashed export with the same pid
   fs::create_directory(staging_);
   report_.dir = final_;

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "autograd/tape.h"
 #include "layers/inference.h"
 
@@ -77,6 +78,7 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const in
   PerplexityResult result;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t w0 = 0; w0 < n_windows; w0 += options.batch) {
+    throw_if_interrupted();  // inside an export's Ctrl-C guard (autograd/interrupt.h)
     const int64_t nb = std::min(options.batch, n_windows - w0);
     std::vector<int32_t> ids(tokens.begin() + w0 * ctx, tokens.begin() + (w0 + nb) * ctx);
     if (options.first_token_override >= 0)

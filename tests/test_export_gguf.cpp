@@ -10,17 +10,22 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "autograd/quant/quant.h"
 #include "autograd/tape.h"
 #include "export/atomic_file.h"
+#include "export/export_dir.h"
 #include "export/gguf_adapter_read.h"
 #include "export/gguf_export.h"
 #include "export/gguf_qk_order.h"
@@ -376,6 +381,66 @@ TEST(AtomicFileWriter, WithoutCommitNothingRemains) {
   out.commit();
   EXPECT_EQ(fs::file_size(dir / "x.bin"), 8u);
   EXPECT_FALSE(fs::exists(dir / "x.bin.tmp"));
+}
+
+// Ctrl-C under an export's guard (autograd/interrupt.h): the next write throws Interrupted and
+// the temporary goes with the writer. Outside such a guard, or under the training loop's (which
+// only asks the loop to stop after its step), writes go on.
+TEST(AtomicFileWriter, CtrlCUnderAnExportGuardRemovesTheTemporary) {
+  std::signal(SIGINT, SIG_DFL);  // as at a terminal (ctest's background jobs start it ignored)
+  TempDir dir;
+  const std::string path = dir / "big.gguf";
+  try {
+    const InterruptGuard guard(InterruptMode::Cancel);
+    AtomicFileWriter out(path);
+    out.write("abc", 3);
+    std::raise(SIGINT);
+    out.write("def", 3);
+    FAIL() << "a write after Ctrl-C went on";
+  } catch (const Interrupted& e) {
+    EXPECT_EQ(e.signal(), SIGINT);
+    EXPECT_NE(std::string(e.what()).find("interrupted by SIGINT (Ctrl-C)"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(fs::is_empty(dir.path())) << "a temporary file was left behind";
+  EXPECT_EQ(std::signal(SIGINT, SIG_DFL), SIG_DFL) << "the guard did not restore the handler";
+  {
+    const InterruptGuard guard(InterruptMode::FinishStep);
+    AtomicFileWriter out(path);
+    std::raise(SIGINT);
+    EXPECT_EQ(guard.signal(), SIGINT);
+    out.write("abc", 3);  // the training loop polls the signal itself; a checkpoint is saved
+    out.commit();
+  }
+  EXPECT_EQ(fs::file_size(path), 3u);
+  EXPECT_NO_THROW(throw_if_interrupted());  // no guard: nothing to cancel
+}
+
+// A staging folder a dead process left (killed, or a second Ctrl-C) is removed by the next
+// export of the same name; one of a live process is not touched.
+TEST(StagingDir, LeftoversOfProcessesThatAreGoneAreRemoved) {
+  TempDir dir;
+  const pid_t child = ::fork();
+  if (child == 0) std::_Exit(0);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);  // its pid now names no process
+  const fs::path dead = dir / fmt::format(".merged.partial-{}", child);
+  const fs::path dead_old = dir / fmt::format(".merged.old-{}", child);
+  const fs::path live = dir / fmt::format(".merged.partial-{}", ::getppid());
+  const fs::path other = dir / fmt::format(".peft.partial-{}", child);
+  for (const fs::path& p : {dead, dead_old, live, other}) {
+    fs::create_directories(p);
+    std::ofstream(p / "model.safetensors") << "half";
+  }
+  StagingDir stage(dir / "merged", false);
+  stage.write_text("config.json", "{}");
+  stage.commit();
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_FALSE(fs::exists(dead_old));
+  EXPECT_TRUE(fs::exists(live)) << "the staging folder of a running process was removed";
+  EXPECT_TRUE(fs::exists(other)) << "another export's folder was removed";
+  EXPECT_TRUE(fs::exists(dir / "merged/config.json"));
 }
 
 // ---- q/k row order ----------------------------------------------------------------------------

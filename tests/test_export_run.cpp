@@ -10,17 +10,19 @@
 
 #include <atomic>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "autograd/tape.h"
+#include "tests/test_helpers.h"
 #include "trainer/adapter_load.h"
 #include "trainer/export_run.h"
 #include "trainer/train_session.h"
-#include "tests/test_helpers.h"
 
 namespace loom {
 namespace {
@@ -243,6 +245,56 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
   EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
   EXPECT_FALSE(fs::exists(other.path() / "a")) << "the failed export left a/b/ behind";
   EXPECT_TRUE(fs::exists(other.path())) << "the failed export removed a folder it did not make";
+}
+
+// Ctrl-C during an export (here raised as the second format starts): the command stops, the
+// first format stays complete, nothing half-written is left, and the message says which formats
+// are complete and which were not written.
+TEST(ExportRun, CtrlCStopsTheExportLeavingOnlyCompleteFiles) {
+  ExportedRun e;
+  std::signal(SIGINT, SIG_DFL);  // as at a terminal (ctest's background jobs start it ignored)
+  AdaptedModel am = load_adapted_model(e.run.string(), "");
+  TempDir other;
+  ExportRequest req;
+  req.formats = {"gguf-adapter", "merged-safetensors-f32", "peft"};
+  req.out_dir = (other.path() / "x").string();
+  int started = 0;
+  try {
+    export_adapter(am, req, [&](const std::string& line) {
+      if (line.rfind("export ", 0) == 0 && ++started == 2) std::raise(SIGINT);
+    });
+    FAIL() << "the export went on after Ctrl-C";
+  } catch (const Interrupted& err) {
+    EXPECT_EQ(err.signal(), SIGINT);
+    const std::string m = err.what();
+    EXPECT_NE(m.find("interrupted by SIGINT (Ctrl-C): the export stopped, nothing half-written "
+                     "is left in " +
+                     req.out_dir),
+              std::string::npos)
+        << m;
+    EXPECT_NE(m.find("complete: gguf-adapter; not written: merged-safetensors-f32, peft"),
+              std::string::npos)
+        << m;
+  }
+  std::vector<std::string> left;
+  for (const fs::directory_entry& d : fs::directory_iterator(req.out_dir))
+    left.push_back(d.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"adapter-f32.gguf"});
+  for (const fs::directory_entry& d : fs::directory_iterator(other.path()))
+    EXPECT_EQ(d.path().filename(), "x") << "left next to the export folder";
+  EXPECT_EQ(std::signal(SIGINT, SIG_DFL), SIG_DFL) << "the guard did not restore the handler";
+  // The complete file is the whole adapter: it attaches and gives the run's logits.
+  std::vector<int32_t> ids(16);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(30 + (i * 7) % 90);
+  const AdaptedModel gguf =
+      load_adapted_model((fs::path(req.out_dir) / "adapter-f32.gguf").string(),
+                         (source_dir() / "tests/golden/hf_llama").string());
+  EXPECT_LT(max_rel_diff(logits_of(am, ids), logits_of(gguf, ids)), 1e-6);
+  // Run again, the export completes (the finished file is replaced with --force).
+  req.force = true;
+  const ExportSummary s = export_adapter(am, req, [](const std::string&) {});
+  EXPECT_EQ(s.items.size(), 3u);
+  EXPECT_TRUE(fs::exists(fs::path(req.out_dir) / "quantization_cost.json"));
 }
 
 }  // namespace

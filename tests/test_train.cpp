@@ -21,13 +21,13 @@
 #include <vector>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "layers/llama.h"
 #include "layers/safetensors.h"
 #include "lora/lora_model.h"
 #include "trainer/adapter_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/clip.h"
-#include "trainer/interrupt.h"
 #include "trainer/optimizer.h"
 #include "trainer/train_session.h"
 

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "data/file_io.h"
 #include "export/gguf_adapter_read.h"
 #include "export/gguf_export.h"
@@ -149,8 +150,11 @@ void check_export_formats(const std::vector<std::string>& formats) {
   }
 }
 
-ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
-                             const std::function<void(const std::string&)>& log) {
+namespace {
+
+ExportSummary export_adapter_unguarded(AdaptedModel& am, const ExportRequest& req,
+                                       const std::function<void(const std::string&)>& log,
+                                       std::vector<std::string>& written) {
   check_export_formats(req.formats);
   LOOM_CHECK(!req.out_dir.empty(), "export: no output folder given");
   if (am.lora->merged()) am.lora->unmerge();
@@ -198,6 +202,7 @@ ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
       throw;
     }
     item.bytes = size_of(item.path);
+    written.push_back(item.format);
     for (const std::string& n : item.notes) log("  note: " + n);
     log(fmt::format("  wrote {:.1f} MB", static_cast<double>(item.bytes) / 1048576.0));
     summary.items.push_back(std::move(item));
@@ -255,6 +260,31 @@ ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
   write_file_atomic(summary.cost_table_path, md);
   write_file_atomic((fs::path(req.out_dir) / "quantization_cost.json").string(), j.dump(2) + "\n");
   return summary;
+}
+
+}  // namespace
+
+ExportSummary export_adapter(AdaptedModel& am, const ExportRequest& req,
+                             const std::function<void(const std::string&)>& log) {
+  // Ctrl-C / SIGTERM: the write or evaluation in progress throws, its temporary file or staging
+  // folder is removed on the way out, and the message says what is complete.
+  const InterruptGuard interrupt(InterruptMode::Cancel);
+  std::vector<std::string> written;
+  try {
+    return export_adapter_unguarded(am, req, log, written);
+  } catch (const Interrupted& e) {
+    std::vector<std::string> missing;
+    for (const std::string& f : req.formats)
+      if (std::find(written.begin(), written.end(), f) == written.end()) missing.push_back(f);
+    std::string what = fmt::format("{}: the export stopped, nothing half-written is left in {}",
+                                   e.what(), req.out_dir);
+    if (!written.empty()) what += fmt::format("; complete: {}", recipe_detail::join(written));
+    if (!missing.empty())
+      what += fmt::format("; not written: {}", recipe_detail::join(missing));
+    else if (req.evaluate)
+      what += "; the quantization cost table was not written";
+    throw Interrupted(e.signal(), what);
+  }
 }
 
 std::string cost_table_markdown(const std::vector<CostRow>& rows) {

@@ -111,7 +111,7 @@ struct SweepOutcome {
 // Runs the plan: skips finished points, runs (or resumes) the others in order, rewriting the
 // results after each. A run that throws ends the sweep (the results of the runs before it stay
 // written); a run that stops early (non-finite steps) is recorded and the sweep goes on; a run
-// interrupted by Ctrl-C or SIGTERM (trainer/interrupt.h) ends the sweep after its checkpoint.
+// interrupted by Ctrl-C or SIGTERM (autograd/interrupt.h) ends the sweep after its checkpoint.
 SweepOutcome run_sweep(const SweepPlan& plan, const SweepOptions& options = {});
 
 // The table of the plan's finished runs (the ones with summary.json), as run_sweep writes it.

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "trainer/export_run.h"
 #include "trainer/schedule.h"
 #include "trainer/train_session.h"
@@ -114,11 +115,21 @@ TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& o
   req.force = true;
   req.precision = plan.precision;
   const bool quiet = options.quiet;
-  const ExportSummary s = export_adapter(am, req, [quiet](const std::string& line) {
-    if (quiet) return;
-    fmt::print("{}\n", line);
-    std::fflush(stdout);
-  });
+  ExportSummary s;
+  try {
+    s = export_adapter(am, req, [quiet](const std::string& line) {
+      if (quiet) return;
+      fmt::print("{}\n", line);
+      std::fflush(stdout);
+    });
+  } catch (const Interrupted& e) {
+    std::string redo = "loom export " + plan.output_dir;
+    for (const std::string& f : plan.export_formats) redo += " -f " + f;
+    throw Interrupted(e.signal(),
+                      fmt::format("{}. The training itself is finished and saved ({}/adapter, "
+                                  "summary.json); redo the export with: {} --force",
+                                  e.what(), plan.output_dir, redo));
+  }
   if (quiet) return result;
   if (!s.cost.empty())
     fmt::print("quantization cost {}:\n{}", s.cost_note, cost_table_markdown(s.cost));

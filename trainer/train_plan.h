@@ -125,7 +125,7 @@ struct TrainResult {
   // data.on_exhausted: stop ended the data before train.steps (a normal end): which source ran
   // out, at which step; empty otherwise.
   std::string data_ended;
-  // SIGINT or SIGTERM when a signal stopped the run between steps (trainer/interrupt.h): the
+  // SIGINT or SIGTERM when a signal stopped the run between steps (autograd/interrupt.h): the
   // checkpoint and adapter of steps_done are saved, no final evaluation or summary.json; 0
   // otherwise.
   int interrupted_by = 0;

@@ -1,5 +1,5 @@
-// SIGINT / SIGTERM during training (trainer/interrupt.h).
-#include "trainer/interrupt.h"
+// SIGINT / SIGTERM during training and exports (autograd/interrupt.h).
+#include "autograd/interrupt.h"
 
 #include <unistd.h>
 
@@ -15,6 +15,7 @@ namespace {
 
 std::atomic<int> g_signal{0};
 std::atomic<bool> g_installed{false};
+std::atomic<InterruptMode> g_mode{InterruptMode::FinishStep};
 struct sigaction g_old_int, g_old_term;
 
 void write_stderr(const char* text) {
@@ -26,9 +27,14 @@ void write_stderr(const char* text) {
 extern "C" void on_interrupt(int sig) {
   int expected = 0;
   if (g_signal.compare_exchange_strong(expected, sig)) {
-    write_stderr(
-        "\nloom: interrupted: finishing this step, then saving a checkpoint and the adapter "
-        "(send it again to stop at once, losing the steps since the last checkpoint)\n");
+    if (g_mode.load() == InterruptMode::Cancel)
+      write_stderr(
+          "\nloom: interrupted: stopping and removing what is half written (send it again to "
+          "quit at once, leaving it)\n");
+    else
+      write_stderr(
+          "\nloom: interrupted: finishing this step, then saving a checkpoint and the adapter "
+          "(send it again to stop at once, losing the steps since the last checkpoint)\n");
     return;
   }
   // The second signal: the default action (end the process), as if no handler were there.
@@ -38,9 +44,10 @@ extern "C" void on_interrupt(int sig) {
 
 }  // namespace
 
-InterruptGuard::InterruptGuard() {
+InterruptGuard::InterruptGuard(InterruptMode mode) {
   LOOM_CHECK(!g_installed.exchange(true), "InterruptGuard: a guard is already installed");
   g_signal = 0;
+  g_mode = mode;
   struct sigaction sa;
   std::memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_interrupt;
@@ -62,6 +69,12 @@ InterruptGuard::~InterruptGuard() {
 
 int InterruptGuard::signal() const {
   return g_signal.load();
+}
+
+void throw_if_interrupted() {
+  const int sig = g_signal.load(std::memory_order_relaxed);
+  if (sig == 0 || !g_installed.load() || g_mode.load() != InterruptMode::Cancel) return;
+  throw Interrupted(sig, std::string("interrupted by ") + interrupt_signal_name(sig));
 }
 
 const char* interrupt_signal_name(int signal) {
