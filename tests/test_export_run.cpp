@@ -297,5 +297,26 @@ TEST(ExportRun, CtrlCStopsTheExportLeavingOnlyCompleteFiles) {
   EXPECT_TRUE(fs::exists(fs::path(req.out_dir) / "quantization_cost.json"));
 }
 
+// Ctrl-C after the last step (during the final evaluation, which goes on): the run finishes
+// (summary.json), the exports it would make next are skipped, and the result says both.
+TEST(ExportRun, CtrlCDuringTheFinalEvaluationFinishesTheRunAndSkipsTheExports) {
+  TempDir t;
+  write_corpus(t.path() / "a.txt", 300, 3);
+  std::ofstream(t.path() / "r.yaml") << recipe_text(t.path());
+  std::signal(SIGINT, SIG_DFL);  // as at a terminal (ctest's background jobs start it ignored)
+  TrainOptions o;
+  o.quiet = true;
+  o.at_final_evaluation = [] { std::raise(SIGINT); };
+  const TrainResult r = train_recipe_file((t.path() / "r.yaml").string(), {}, o);
+  EXPECT_EQ(r.interrupted_by, SIGINT);
+  EXPECT_TRUE(r.finished);
+  EXPECT_EQ(r.steps_done, 6);
+  EXPECT_FALSE(r.eval_after.empty()) << "the final evaluation did not run to its end";
+  EXPECT_TRUE(fs::exists(t.path() / "run/summary.json"));
+  EXPECT_TRUE(fs::exists(t.path() / "run/adapter/adapter_model.safetensors"));
+  EXPECT_FALSE(fs::exists(t.path() / "run/export")) << "the exports ran after Ctrl-C";
+  EXPECT_EQ(std::signal(SIGINT, SIG_DFL), SIG_DFL) << "the guard did not restore the handler";
+}
+
 }  // namespace
 }  // namespace loom

@@ -102,10 +102,19 @@ TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& o
   TrainResult result = run_training(plan, options);
   if (plan.export_formats.empty() || result.already_finished) return result;
   if (result.stopped || result.interrupted_by != 0) {
-    if (!options.quiet)
-      fmt::print("export: skipped, the run {}\n",
-                 result.stopped ? fmt::format("stopped ({})", result.stop_reason)
-                                : std::string("was interrupted"));
+    if (!options.quiet) {
+      std::string redo = "loom export " + plan.output_dir;
+      for (const std::string& f : plan.export_formats) redo += " -f " + f;
+      if (result.stopped)
+        fmt::print("export: skipped, the run stopped ({})\n", result.stop_reason);
+      else if (result.finished)
+        fmt::print("export: skipped (interrupted); make the exports with: {}\n", redo);
+      else
+        fmt::print(
+            "export: skipped, the run was interrupted; `loom train --resume {}` exports "
+            "when it finishes\n",
+            plan.output_dir);
+    }
     return result;
   }
   AdaptedModel am = load_adapted_model(plan.output_dir, "");

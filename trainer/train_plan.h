@@ -108,6 +108,8 @@ struct TrainOptions {
   // Called after each step with the number of steps done (tests interrupt a run at a known
   // step with it).
   std::function<void(int64_t step)> after_step;
+  // Called as the final evaluation starts (tests send a signal there).
+  std::function<void()> at_final_evaluation;
 };
 
 struct SourceEval {
@@ -127,8 +129,10 @@ struct TrainResult {
   std::string data_ended;
   // SIGINT or SIGTERM when a signal stopped the run between steps (autograd/interrupt.h): the
   // checkpoint and adapter of steps_done are saved, no final evaluation or summary.json; 0
-  // otherwise.
+  // otherwise. Also set (with `finished`) when the signal came after the last step, during the
+  // final evaluation or save, which went on: what would follow (exports) is skipped.
   int interrupted_by = 0;
+  bool finished = false;  // the final evaluation ran and summary.json was written
   // Resumed at its last step with summary.json there: nothing was run or written.
   bool already_finished = false;
   double first_loss = 0, last_loss = 0;  // training loss of the first / last step run here

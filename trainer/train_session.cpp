@@ -787,6 +787,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   }
 
   // ---- the end ----------------------------------------------------------------------------
+  if (options.at_final_evaluation) options.at_final_evaluation();
   if (last_eval_step != step && !data.sources.empty()) result.eval_after = run_eval(step);
   if (last_checkpoint_step != step) save(step);
   save_adapter(paths.adapter, lora, model, plan.model_path, step);
@@ -834,6 +835,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       {"last_checkpoint", result.last_checkpoint},
   };
   write_file_atomic(paths.summary, summary.dump(2) + "\n");
+  result.finished = true;
 
   for (const SourceEval& e : result.eval_after) {
     const SourceEval* b = nullptr;
@@ -857,6 +859,13 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
             "               metrics {}\n               summary {}\n               checkpoint {}\n"
             "               recipe  {}\n",
             paths.adapter, paths.metrics, paths.summary, result.last_checkpoint, paths.recipe);
+  if (interrupt.signal() != 0) {
+    // Came during the final evaluation or save, which went on: the run is finished, but what
+    // the caller would do next (exports, the sweep's next run) is not wanted now.
+    result.interrupted_by = interrupt.signal();
+    out.print("interrupted:   by {} after the last step; the run itself is finished\n",
+              interrupt_signal_name(result.interrupted_by));
+  }
   return result;
 }
 
