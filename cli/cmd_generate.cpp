@@ -6,14 +6,15 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "autograd/check.h"
 #include "cli/commands.h"
-#include "trainer/adapter_load.h"
 #include "layers/inference.h"
 #include "layers/sampling.h"
+#include "trainer/adapter_load.h"
 
 namespace loom::cli {
 
@@ -29,7 +30,7 @@ struct GenerateArgs {
   int32_t top_k = 0;
   uint64_t seed = 0;
   bool chat = false;
-  std::string system;
+  std::optional<std::string> system;  // --system "" : no system message
   int64_t ctx = 0;
   std::string precision = "f32";
 };
@@ -65,7 +66,7 @@ void run_generate(const GenerateArgs& a) {
   sampling.seed = a.seed;
   sampling.validate();
   if (a.max_tokens < 1) throw Error(fmt::format("--max-tokens must be >= 1, got {}", a.max_tokens));
-  if (!a.system.empty() && !a.chat) throw Error("--system needs --chat");
+  if (a.system && !a.chat) throw Error("--system needs --chat");
   const Precision precision = parse_precision_option(a.precision);
 
   if (a.model.empty() && a.adapter.empty()) throw Error("give --model, --adapter or both");
@@ -83,13 +84,18 @@ void run_generate(const GenerateArgs& a) {
   std::string prompt_kind = "raw text (special tokens written in it are parsed)";
   if (a.chat) {
     std::vector<ChatMessage> messages;
-    if (!a.system.empty()) messages.push_back({"system", a.system});
+    if (a.system && !a.system->empty()) messages.push_back({"system", *a.system});
     messages.push_back({"user", a.prompt});
-    text = render_chat_prompt(tok.chat_template(), messages);
+    text = render_chat_prompt(tok.chat_template(), messages, /*default_system=*/!a.system);
     const ChatTemplate* format = detect_chat_template(tok.chat_template());
+    const std::string default_system = template_default_system(tok.chat_template());
     prompt_kind = fmt::format(
         "{} chat turn ({})", format ? format->name : "?",
-        a.system.empty() ? "the template's default system message, if any" : "--system message");
+        a.system ? (a.system->empty() ? std::string("no system message (--system \"\")")
+                                      : std::string("--system message"))
+        : default_system.empty()
+            ? std::string("no system message: the template has no default one")
+            : fmt::format("the template's default system message \"{}\"", default_system));
   }
   const std::vector<int32_t> prompt = tok.encode(text, /*add_special=*/true, /*parse_special=*/true);
   if (prompt.empty()) throw Error("--prompt gives no tokens; write some text");
@@ -181,8 +187,11 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", args->seed, "Random seed of the sampler")->capture_default_str();
   cmd->add_flag("--chat", args->chat,
-                "Wrap the prompt in the model's chat template (ChatML only so far)");
-  cmd->add_option("--system", args->system, "System message for --chat (default: the template's)");
+                "Wrap the prompt in the model's chat template (ChatML or Llama 3's format, "
+                "recognized in the template)");
+  cmd->add_option("--system", args->system,
+                  "System message for --chat (default: the template's own default one, if any; "
+                  "--system \"\" for none)");
   cmd->add_option("--ctx", args->ctx, "KV cache positions; 0 = prompt + --max-tokens")
       ->capture_default_str();
   cmd->add_option("--precision", args->precision, "Matrix products: f32, bf16 or auto")

@@ -138,7 +138,11 @@ std::string describe_data_config(const DataConfig& c) {
                              s.instruct_as_chat ? ", rendered with " + s.chat_template : "");
         break;
       case SourceFormat::Chat:
-        reader = fmt::format("messages_field '{}', template {}", s.messages_field, s.chat_template);
+        reader = fmt::format("messages_field '{}', template {}, default system message {}",
+                             s.messages_field, s.chat_template,
+                             s.default_system.empty()
+                                 ? std::string("none")
+                                 : fmt::format("\"{}\"", escaped(s.default_system)));
         break;
       case SourceFormat::Dictd:
         reader = "one document per entry";

@@ -48,6 +48,9 @@ struct SourceConfig {
   // Chat
   std::string messages_field = "messages";
   std::string chat_template = "chatml";  // a built-in template name (chat_template.h)
+  // Chat and instruct_as_chat: put first as a system message in a conversation that has none
+  // ("": nothing). The trainer resolves the recipe's default_system into it.
+  std::string default_system;
 
   // A bad record (malformed JSON line, missing field, invalid UTF-8, empty document, broken
   // dictd index line) is an error naming file and line; with skip_bad_records it is left out,

@@ -86,7 +86,7 @@ void chat_document(const ReadContext& ctx, const json& obj, Document& doc) {
     throw RecordError{"no message has role \"assistant\": nothing to train on"};
   }
   try {
-    render_chat(tmpl, messages, doc.segments);
+    render_chat(tmpl, with_default_system(messages, c.default_system), doc.segments);
   } catch (const Error& e) {
     throw RecordError{e.what()};
   }
@@ -98,7 +98,9 @@ void instruct_document(const ReadContext& ctx, const json& obj, Document& doc) {
   const std::string& completion = string_field(obj, c.completion_field, false);
   if (c.instruct_as_chat) {
     const ChatTemplate& tmpl = find_chat_template(c.chat_template, source_label(c));
-    render_chat(tmpl, {{"user", prompt}, {"assistant", completion}}, doc.segments);
+    render_chat(
+        tmpl, with_default_system({{"user", prompt}, {"assistant", completion}}, c.default_system),
+        doc.segments);
   } else {
     if (!prompt.empty()) doc.segments.push_back({prompt, false, false});
     doc.segments.push_back({completion, true, false});

@@ -61,11 +61,15 @@ uint64_t reader_options_hash(const SourceConfig& c) {
       h.update_string(c.prompt_field);
       h.update_string(c.completion_field);
       h.update_u64(c.instruct_as_chat ? 1 : 0);
-      if (c.instruct_as_chat) h.update_string(c.chat_template);
+      if (c.instruct_as_chat) {
+        h.update_string(c.chat_template);
+        h.update_string(c.default_system);
+      }
       break;
     case SourceFormat::Chat:
       h.update_string(c.messages_field);
       h.update_string(c.chat_template);
+      h.update_string(c.default_system);
       break;
     case SourceFormat::Dictd:
       break;

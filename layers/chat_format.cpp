@@ -66,6 +66,30 @@ const ChatTemplate* detect_chat_template(std::string_view jinja) {
   return nullptr;
 }
 
+std::string template_default_system(std::string_view jinja) {
+  const ChatTemplate* format = detect_chat_template(jinja);
+  if (format == nullptr || format->name != "chatml") return "";
+  constexpr std::string_view open = "<|im_start|>system\n";
+  const size_t at = jinja.find(open);
+  if (at == std::string_view::npos) return "";
+  const size_t begin = at + open.size();
+  const size_t end = jinja.find("<|im_end|>", begin);
+  if (end == std::string_view::npos) return "";
+  const std::string_view text = jinja.substr(begin, end - begin);
+  for (const char* markup : {"{{", "{%", "'", "\""})
+    if (text.find(markup) != std::string_view::npos) return "";
+  return std::string(text);
+}
+
+std::vector<ChatMessage> with_default_system(const std::vector<ChatMessage>& messages,
+                                             const std::string& system) {
+  std::vector<ChatMessage> all;
+  if (!system.empty() && (messages.empty() || messages.front().role != "system"))
+    all.push_back({"system", system});
+  all.insert(all.end(), messages.begin(), messages.end());
+  return all;
+}
+
 std::string chat_content(const ChatTemplate& tmpl, const std::string& content) {
   if (!tmpl.trim_content) return content;
   size_t begin = 0, end = content.size();

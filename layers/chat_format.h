@@ -40,6 +40,17 @@ const ChatTemplate& find_chat_template(std::string_view name, std::string_view w
 // The built-in format a model's Jinja template (tokenizer.chat_template) writes, or nullptr.
 const ChatTemplate* detect_chat_template(std::string_view jinja);
 
+// The default system message a model's Jinja template inserts when a conversation has none, as
+// Hugging Face's apply_chat_template and llama.cpp's --jinja mode render it; "" when it has none
+// that loom can read. Read only when written literally in a ChatML template
+// ('<|im_start|>system\n' + text + '<|im_end|>', no Jinja inside the text: SmolLM2's "You are a
+// helpful AI assistant named SmolLM, trained by Hugging Face").
+std::string template_default_system(std::string_view jinja);
+// The messages with {"system", system} put first when `system` is not empty and the first
+// message is not a system message.
+std::vector<ChatMessage> with_default_system(const std::vector<ChatMessage>& messages,
+                                             const std::string& system);
+
 // A message's content as the format writes it (trimmed for llama3).
 std::string chat_content(const ChatTemplate& tmpl, const std::string& content);
 // The messages as text; with add_generation_prompt, then the assistant's header. Throws (a plain

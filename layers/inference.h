@@ -127,10 +127,11 @@ std::vector<int32_t> greedy_tokens(const LlamaModel& model, std::span<const int3
 // add_generation_prompt, ending with the assistant's header, in the built-in format the template
 // is recognized as (layers/chat_format.h: chatml, llama3). ChatML: a default system message
 // written literally in the template (SmolLM2: "You are a helpful AI assistant named SmolLM...")
-// is put first when the messages have none, as the template does. A template of another format,
-// or none, throws saying so: loom does not evaluate Jinja.
+// is put first when the messages have none, as the template does (unless default_system is
+// false). A template of another format, or none, throws saying so: loom does not evaluate Jinja.
 std::string render_chat_prompt(const std::string& chat_template,
-                               const std::vector<ChatMessage>& messages);
+                               const std::vector<ChatMessage>& messages,
+                               bool default_system = true);
 
 // ---- perplexity -------------------------------------------------------------------------------
 

@@ -109,27 +109,8 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const in
 
 // ---- chat prompts -----------------------------------------------------------------------------
 
-namespace {
-
-// A default system message written literally in a ChatML template:
-// '<|im_start|>system\n' + text + '<|im_end|>' with no Jinja inside the text.
-std::string default_system_message(const std::string& tmpl) {
-  const std::string open = "<|im_start|>system\n";
-  const size_t at = tmpl.find(open);
-  if (at == std::string::npos) return "";
-  const size_t begin = at + open.size();
-  const size_t end = tmpl.find("<|im_end|>", begin);
-  if (end == std::string::npos) return "";
-  const std::string text = tmpl.substr(begin, end - begin);
-  for (const char* jinja : {"{{", "{%", "'", "\""})
-    if (text.find(jinja) != std::string::npos) return "";
-  return text;
-}
-
-}  // namespace
-
 std::string render_chat_prompt(const std::string& chat_template,
-                               const std::vector<ChatMessage>& messages) {
+                               const std::vector<ChatMessage>& messages, bool default_system) {
   if (chat_template.empty())
     throw Error("chat: the model has no chat template (tokenizer.chat_template); run without "
                 "--chat and write the prompt in the model's own format");
@@ -141,11 +122,9 @@ std::string render_chat_prompt(const std::string& chat_template,
                     "format",
                     builtin_chat_template_list()));
   LOOM_CHECK(!messages.empty(), "chat: no messages to render");
-  std::vector<ChatMessage> all;
-  const std::string system = format->name == "chatml" ? default_system_message(chat_template) : "";
-  if (messages.front().role != "system" && !system.empty()) all.push_back({"system", system});
-  all.insert(all.end(), messages.begin(), messages.end());
-  return render_chat_text(*format, all, /*add_generation_prompt=*/true);
+  const std::string system = default_system ? template_default_system(chat_template) : "";
+  return render_chat_text(*format, with_default_system(messages, system),
+                          /*add_generation_prompt=*/true);
 }
 
 }  // namespace loom

@@ -311,6 +311,42 @@ TEST(DataChat, ChatMlRenderingAndWhatIsTrained) {
   EXPECT_EQ(trained, "[Hello.][<|im_end|>][Bye!][<|im_end|>]");
 }
 
+// default_system: put first, as a prompt (never trained) system turn, in a conversation without
+// a system message (a model's template does so: SmolLM2's), also for instruct_as_chat; a
+// conversation that has one keeps it.
+TEST(DataChat, DefaultSystemMessageGoesFirstWhereThereIsNone) {
+  TempDir dir;
+  write_file(
+      dir / "c.jsonl",
+      R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]})"
+      "\n"
+      R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo."}]})"
+      "\n");
+  SourceConfig c = config(dir / "c.jsonl", SourceFormat::Chat);
+  c.default_system = "You are SmolLM";
+  const auto d = read_source(c);
+  ASSERT_EQ(d.documents.size(), 2u);
+  EXPECT_EQ(texts(d)[0],
+            "<|im_start|>system\nYou are SmolLM<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\nHello.<|im_end|>\n");
+  EXPECT_EQ(texts(d)[1],
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\nYo.<|im_end|>\n");
+  for (const auto& s : d.documents[0].segments)
+    if (s.text.find("SmolLM") != std::string::npos) {
+      EXPECT_FALSE(s.trained) << s.text;
+    }
+
+  write_file(dir / "i.jsonl", R"({"prompt": "2+2?", "completion": "4"})"
+                              "\n");
+  SourceConfig i = config(dir / "i.jsonl", SourceFormat::Instruct);
+  i.instruct_as_chat = true;
+  i.default_system = "Answer.";
+  EXPECT_EQ(texts(read_source(i))[0],
+            "<|im_start|>system\nAnswer.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+            "<|im_start|>assistant\n4<|im_end|>\n");
+}
+
 TEST(DataChat, BadChatRecordsAndUnknownTemplates) {
   TempDir dir;
   const std::vector<std::pair<std::string, std::string>> cases = {

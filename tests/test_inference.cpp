@@ -339,6 +339,11 @@ TEST(Chat, RendersChatMLWithTheTemplatesDefaultSystemMessage) {
   EXPECT_EQ(render_chat_prompt(smollm2, {{"system", "Be brief."}, {"user", "Hi"}}),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
             "<|im_start|>assistant\n");
+  // `loom generate --chat --system ""`: no system message at all.
+  EXPECT_EQ(render_chat_prompt(smollm2, {{"user", "Hi"}}, /*default_system=*/false),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(template_default_system(smollm2),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   EXPECT_THROW(render_chat_prompt("", {{"user", "Hi"}}), Error);
   EXPECT_THROW(render_chat_prompt("{{ bos_token }}[INST] {{ m }} [/INST]", {{"user", "Hi"}}), Error);
 }

@@ -183,6 +183,24 @@ TEST(Recipe, ValidationNamesTheKeyAndWhereItWasSet) {
   EXPECT_HAS(msg, "may only hold letters");
   msg = parse_error(kMinimal, {"checkpoint.keep_last=0"});
   EXPECT_HAS(msg, "checkpoint.keep_last must be at least 1, found 0");
+  // A chat setting on a source that renders no chat would be silently ignored: refused.
+  msg = parse_error(kMinimal,
+                    {"data.sources.0.format=instruct", "data.sources.0.chat_template=llama3"});
+  EXPECT_HAS(msg,
+             "data.sources.0.chat_template applies to format chat, or instruct with "
+             "instruct_as_chat: true; source 'wiki' is format instruct without instruct_as_chat");
+  msg = parse_error(kMinimal, {"data.sources.0.default_system=none"});
+  EXPECT_HAS(msg, "data.sources.0.default_system applies to format chat");
+  // The defaults, as a printed recipe lists them for every source, are not an error.
+  parse(kMinimal, {"data.sources.0.chat_template=chatml", "data.sources.0.default_system=model"});
+  msg = parse_error(kMinimal, {"data.sources.0.default_system=Be brief."});
+  EXPECT_HAS(msg, "data.sources.0.default_system applies to format chat");
+  EXPECT_EQ(
+      parse(kMinimal, {"data.sources.0.format=instruct", "data.sources.0.instruct_as_chat=true",
+                       "data.sources.0.chat_template=llama3"})
+          .data.sources[0]
+          .chat_template,
+      "llama3");
 }
 
 TEST(Recipe, OverridesOfEveryType) {

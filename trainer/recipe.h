@@ -82,6 +82,9 @@ struct DataSourceRecipe {
   bool instruct_as_chat = false;  // instruct: render as a user/assistant exchange (chat_template)
   std::string messages_field = "messages";  // chat: [{role, content}, ...]
   std::string chat_template = "chatml";     // chat: a built-in template name
+  // chat / instruct_as_chat: the system message of a conversation that has none: "model" (the
+  // model's template's own default, as apply_chat_template inserts it), "none", or the text
+  std::string default_system = "model";
   double weight = 1.0;                      // relative share of the mix (data.mix overrides)
   double heldout_fraction = 0.01;           // share of documents kept out of training for eval
   // text: "" or "blank_lines" = documents separated by blank lines, "file" = one document per

@@ -440,6 +440,10 @@ const std::vector<Field<DataSourceRecipe>>& source_fields() {
                "chat: field holding [{role, content}, ...]"),
       field<S>("chat_template", LOOM_MEMBER(chat_template),
                "chat (and instruct_as_chat): chatml (SmolLM2, Qwen2) or llama3 (Llama 3)"),
+      field<S>("default_system", LOOM_MEMBER(default_system),
+               "chat (and instruct_as_chat): system message of conversations without one: model "
+               "= the model template's own default (SmolLM2 has one; as Hugging Face and "
+               "llama.cpp --jinja render it), none, or the text itself"),
       field<S>("separator", LOOM_MEMBER(separator),
                "text: \"\" or blank_lines = blank-line separated, file = one document per "
                "file, else that literal separator"),

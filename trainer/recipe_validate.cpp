@@ -164,6 +164,25 @@ void check_data(Recipe& r, const Checker& c) {
       c.fail(key + ".name",
              fmt::format("\"{}\" names two data sources; names must be unique", s.name));
     if (s.path.empty()) c.fail(key + ".path", "is required: the file or glob to read");
+    const bool renders_chat =
+        s.format == DataSourceRecipe::Format::Chat ||
+        (s.format == DataSourceRecipe::Format::Instruct && s.instruct_as_chat);
+    // Only a value other than the default: a printed recipe (a run's recipe.yaml) lists every
+    // key of every source.
+    const DataSourceRecipe defaults;
+    for (const char* k : {"chat_template", "default_system"})
+      if (!renders_chat &&
+          (k == std::string_view("chat_template") ? s.chat_template != defaults.chat_template
+                                                  : s.default_system != defaults.default_system))
+        c.fail(key + "." + k,
+               fmt::format("applies to format chat, or instruct with instruct_as_chat: true; "
+                           "source '{}' is format {}{}",
+                           s.name, to_string(s.format),
+                           s.format == DataSourceRecipe::Format::Instruct
+                               ? " without instruct_as_chat, where the prompt and completion "
+                                 "are joined as they are (set instruct_as_chat: true to render "
+                                 "them as a user / assistant exchange)"
+                               : ""));
     c.at_least(key + ".weight", s.weight, 0.0);
     c.in_range(key + ".heldout_fraction", s.heldout_fraction, 0.0, 1.0, false);
   }

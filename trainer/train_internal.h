@@ -51,6 +51,10 @@ struct TrainData {
   std::vector<std::vector<int64_t>> heldout;  // per source, the held-out documents
 };
 TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer);
+// A source's default_system ("model", "none" or the text) as the system message its reader puts
+// first in conversations without one: "model" is the model template's own default (empty when it
+// has none loom can read, or its format is not the source's chat_template).
+std::string resolve_default_system(const TrainSourcePlan& s, const Tokenizer& tokenizer);
 
 // Mean loss and perplexity on each source's held-out documents, at most `batches` batches per
 // source, in eval mode (no dropout) and without recording. Leaves the model in train mode.

@@ -51,6 +51,7 @@ TrainPlan make_train_plan(const Recipe& recipe) {
     sp.instruct_as_chat = s.instruct_as_chat;
     sp.messages_field = s.messages_field;
     sp.chat_template = s.chat_template;
+    sp.default_system = s.default_system;
     sp.weight = s.weight;
     sp.heldout_fraction = s.heldout_fraction;
     sp.separator = s.separator;

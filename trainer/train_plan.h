@@ -27,6 +27,7 @@ struct TrainSourcePlan {
   bool instruct_as_chat = false;
   std::string messages_field = "messages";
   std::string chat_template = "chatml";
+  std::string default_system = "model";  // "model", "none" or the text
   double weight = 1.0;
   double heldout_fraction = 0.01;
   std::string separator;

@@ -425,6 +425,21 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     out.print("  {}{} ({}, {}): mix {:.3f} of {}, {:.1f}% held out for eval\n",
               i == 0 ? "data:        " : "             ", s.name, s.format, s.path,
               weight_sum > 0 ? s.weight / weight_sum : 0.0, plan.mix_by, 100 * s.heldout_fraction);
+    if (s.format == "instruct" && !s.instruct_as_chat)
+      out.print(
+          "               {}: prompt and completion joined as they are, no chat template "
+          "(instruct_as_chat: true renders them as a user / assistant exchange)\n",
+          s.name);
+    if (s.format == "chat" || (s.format == "instruct" && s.instruct_as_chat)) {
+      const std::string system = resolve_default_system(s, *tm.tokenizer);
+      out.print(
+          "               {}: rendered as {}; conversations without a system message get {}\n",
+          s.name, s.chat_template,
+          system.empty() ? std::string("none (default_system: ") + s.default_system + ")"
+                         : fmt::format("\"{}\" (default_system: {})", system,
+                                       s.default_system == "model" ? "model, the model's own"
+                                                                   : "the recipe's"));
+    }
   }
   out.print("  batches:     seq_len {}, batch {}, grad accum {} -> {} tokens per step, {}{}\n",
             plan.seq_len, plan.batch_size, plan.grad_accum, tokens_per_step,

@@ -10,7 +10,9 @@
 #include "data/source_config.h"
 #include "data/token_cache.h"
 #include "data/tokenize.h"
+#include "layers/chat_format.h"
 #include "layers/gguf.h"
+#include "layers/tokenizer.h"
 #include "lora/targets.h"
 #include "trainer/train_internal.h"
 
@@ -169,6 +171,15 @@ AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& confi
   return n;
 }
 
+std::string resolve_default_system(const TrainSourcePlan& s, const Tokenizer& tokenizer) {
+  if (s.default_system == "none") return "";
+  if (s.default_system != "model") return s.default_system;
+  // The model's own default only where its template is the format the source renders with.
+  const ChatTemplate* format = detect_chat_template(tokenizer.chat_template());
+  if (format == nullptr || format->name != s.chat_template) return "";
+  return template_default_system(tokenizer.chat_template());
+}
+
 TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
   TrainData d;
   const uint64_t tok_hash = tokenizer_fingerprint(tokenizer);
@@ -186,6 +197,7 @@ TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
     sc.instruct_as_chat = s.instruct_as_chat;
     sc.messages_field = s.messages_field;
     sc.chat_template = s.chat_template;
+    sc.default_system = resolve_default_system(s, tokenizer);
     sc.skip_bad_records = s.skip_bad_records;
     sc.weight = s.weight;
     sc.heldout_fraction = s.heldout_fraction;

@@ -8,6 +8,10 @@ generation prompt.
 1. loom's rendering (what `loom generate --chat` tokenizes) is llama.cpp's, byte for byte.
 2. loom's training segments joined are the same text without the generation prompt, and the
    trained part is exactly each assistant content (as rendered) followed by the turn end.
+3. With SmolLM2's own Jinja template (read from the GGUF with the gguf package) rendered by
+   jinja2 as Hugging Face's apply_chat_template renders it, a conversation without a system
+   message gets the template's default one; loom's training rendering with `default_system:
+   model` is that text, byte for byte (conversations with a system message: unchanged).
 
 Exit 0: all agree; 1: a difference; 77: skipped (llama_cpp not importable, or the tool not built).
 """
@@ -17,7 +21,7 @@ import os
 import subprocess
 import tempfile
 
-from interop_common import BUILD_DIR, skip, fail
+from interop_common import BUILD_DIR, SOURCE_DIR, skip, fail
 
 try:
     import llama_cpp
@@ -56,15 +60,8 @@ def llamacpp_render(name, messages, add_generation_prompt):
     return buf.raw[:n].decode()
 
 
-def main():
-    if not os.access(TOOL, os.X_OK):
-        skip(f"{TOOL} is not built (scripts/build.sh builds it)")
-    cases = []
-    for name in TURN_END:
-        for conv in CONVERSATIONS:
-            for gen in (False, True):
-                cases.append({"format": name, "add_generation_prompt": gen,
-                              "messages": [{"role": r, "content": c} for r, c in conv]})
+def run_tool(cases):
+    """loom's renderings of the cases (tests/tools/chat_tool.cpp)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cases, f)
         path = f.name
@@ -74,7 +71,19 @@ def main():
         os.unlink(path)
     if p.returncode != 0:
         fail(f"loom_test_chat_tool exited {p.returncode}: {p.stderr}")
-    results = json.loads(p.stdout)
+    return json.loads(p.stdout)
+
+
+def main():
+    if not os.access(TOOL, os.X_OK):
+        skip(f"{TOOL} is not built (scripts/build.sh builds it)")
+    cases = []
+    for name in TURN_END:
+        for conv in CONVERSATIONS:
+            for gen in (False, True):
+                cases.append({"format": name, "add_generation_prompt": gen,
+                              "messages": [{"role": r, "content": c} for r, c in conv]})
+    results = run_tool(cases)
     for case, got in zip(cases, results):
         name, gen = case["format"], case["add_generation_prompt"]
         msgs = [(m["role"], m["content"]) for m in case["messages"]]
@@ -101,7 +110,53 @@ def main():
             fail(f"{name}: loom trains on\n{got['trained']!r}\nexpected\n{trained!r}")
     print(f"{len(cases)} renderings (chatml, llama3; {len(CONVERSATIONS)} conversations, with and "
           "without the generation prompt) equal llama.cpp's llama_chat_apply_template")
+    check_model_default_system()
     print("PASS")
+
+
+def hf_render(template, messages, add_generation_prompt):
+    """A Jinja chat template rendered as transformers' apply_chat_template does (sandboxed
+    environment, trim_blocks and lstrip_blocks, raise_exception)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=[{"role": r, "content": c} for r, c in messages],
+        add_generation_prompt=add_generation_prompt, bos_token="", eos_token="")
+
+
+def check_model_default_system():
+    """Section 3 of the module docstring."""
+    model = os.path.join(SOURCE_DIR, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(model):
+        fail(f"{model} is missing: run scripts/fetch_models.sh")
+    try:
+        import gguf
+    except ImportError as e:
+        fail(f"the gguf package is not importable ({e}); run scripts/setup_python.sh")
+    field = gguf.GGUFReader(model).fields["tokenizer.chat_template"]
+    template = bytes(field.parts[field.data[0]]).decode()
+    cases = [{"format": "chatml", "add_generation_prompt": False, "model_template": template,
+              "messages": [{"role": r, "content": c} for r, c in conv]}
+             for conv in CONVERSATIONS if any(r == "assistant" for r, _ in conv)]
+    results = run_tool(cases)
+    with_default = 0
+    for case, got in zip(cases, results):
+        msgs = [(m["role"], m["content"]) for m in case["messages"]]
+        want = hf_render(template, msgs, False)
+        if got["segments"] != want:
+            fail(f"SmolLM2's template: loom trains on the text\n{got['segments']!r}\n"
+                 f"apply_chat_template renders\n{want!r}")
+        with_default += msgs[0][0] != "system"
+    if with_default == 0 or "You are a helpful AI assistant named SmolLM" not in results[0]["segments"]:
+        fail("no case exercised SmolLM2's default system message")
+    print(f"{len(cases)} conversations ({with_default} without a system message) rendered for "
+          "training with SmolLM2's default system message equal its Jinja template's rendering")
 
 
 if __name__ == "__main__":

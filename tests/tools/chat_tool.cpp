@@ -6,7 +6,10 @@
 // "add_generation_prompt": true}, ...]. Prints a JSON array with, per case, {"text": the
 // rendering (layers/chat_format.h), "segments": the training segments' texts joined
 // (data/chat_template.h; the same messages, no generation prompt), "trained": the trained
-// segments' texts joined}.
+// segments' texts joined}. A case with "model_template" (a model's Jinja chat template) has the
+// messages rendered as training with `default_system: model` renders them: the template's own
+// default system message put first when they have none (template_default_system,
+// with_default_system, as the JSONL reader calls them).
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -28,6 +31,9 @@ int main(int argc, char** argv) {
       std::vector<loom::ChatMessage> messages;
       for (const auto& m : c.at("messages"))
         messages.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
+      if (c.contains("model_template"))
+        messages = loom::with_default_system(
+            messages, loom::template_default_system(c.at("model_template").get<std::string>()));
       std::vector<loom::Segment> segments;
       loom::render_chat(tmpl, messages, segments);
       std::string joined, trained;
