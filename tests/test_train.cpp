@@ -561,6 +561,18 @@ TEST(TrainLoop, ResumeOfAFinishedRunChangesNothingAndStepsAreChecked) {
     EXPECT_NE(std::string(e.what()).find("but no checkpoint to continue from"), std::string::npos)
         << e.what();
   }
+  // A newer checkpoint file that is not the finished run's (here garbage) is not taken for a
+  // finished run because of its name: it is read, and refused naming the file.
+  t.run("garbage", {"train.steps=2", "eval.batches=0"});
+  std::ofstream(t.dir / "garbage/checkpoints/checkpoint-3.h5") << std::string(1000, 'x');
+  TrainOptions resume_garbage;
+  resume_garbage.resume_from = (t.dir / "garbage").string();
+  try {
+    t.run("garbage", {"train.steps=3", "eval.batches=0"}, resume_garbage);
+    FAIL() << "a garbage checkpoint-3.h5 passed for a run finished at step 3";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint-3.h5"), std::string::npos) << e.what();
+  }
 }
 
 TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
@@ -575,6 +587,27 @@ TEST(TrainLoop, FreshRunIntoAnExistingRunIsRefused) {
   TrainOptions resume;
   resume.resume = true;
   EXPECT_EQ(t.run("run", {"train.steps=3", "eval.batches=0"}, resume).steps_done, 3);
+  // A run that failed before it saved anything (recipe.yaml and metrics.jsonl only) blocks
+  // nothing: the same command starts over there.
+  fs::create_directories(t.dir / "failed");
+  fs::copy_file(t.dir / "run/recipe.yaml", t.dir / "failed/recipe.yaml");
+  fs::copy_file(t.dir / "run/metrics.jsonl", t.dir / "failed/metrics.jsonl");
+  EXPECT_EQ(t.run("failed", {"train.steps=2", "eval.batches=0"}).steps_done, 2);
+  EXPECT_EQ(train_steps_in(t.dir / "failed/metrics.jsonl"), (std::vector<int64_t>{1, 2}));
+  // Refused for the sizes that cannot work, before any folder is made: a rank above what a
+  // projection can use, a sequence longer than the model's context (256 here).
+  for (const auto& [bad, message] : std::vector<std::pair<std::string, std::string>>{
+           {"lora.rank=100", "is more than min(in, out) = 64, the most a low-rank update"},
+           {"data.seq_len=1000",
+            "data.seq_len 1000 is more than the model's context length 256"}}) {
+    try {
+      t.run("too_big", {bad, "train.steps=2"});
+      FAIL() << bad << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(t.dir / "too_big")) << bad;
+  }
   // output.dir naming a file, or below one: the key is named, not a bare filesystem error.
   std::ofstream(t.dir / "a_file") << "x";
   for (const char* out : {"a_file", "a_file/run"}) {

@@ -263,8 +263,11 @@ static void refuse_to_overwrite_a_run(const RunPaths& paths, const TrainOptions&
     break;
   }
   if (options.resume) return;
+  // What a run leaves that is worth keeping. A folder with only recipe.yaml and metrics.jsonl is
+  // a run that failed or was stopped before it saved anything (a full disk at the first
+  // checkpoint, a bad token, a kill): nothing to continue, so a fresh run starts over there.
   std::vector<std::string> found;
-  for (const std::string& p : {paths.summary, paths.metrics, paths.adapter})
+  for (const std::string& p : {paths.summary, paths.adapter})
     if (fs::exists(p)) found.push_back(fs::path(p).filename().string());
   if (fs::is_directory(paths.checkpoints) && !fs::is_empty(paths.checkpoints)) found.push_back("checkpoints/");
   if (found.empty()) return;
@@ -344,7 +347,17 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
           "{}: the checkpoint is at step {}, past train.steps {}: set train.steps to {} or more to "
           "train further (or leave it as the run had it: loom train --resume {})",
           *resume_path, at, plan.steps, at, paths.dir));
-    if (at == plan.steps && fs::exists(paths.summary)) {
+    // Finished: summary.json written at the end of this very checkpoint's step (a checkpoint file
+    // that appeared later, or a damaged summary, goes through the checks of a normal resume).
+    const auto summary_steps = [&]() -> int64_t {
+      std::ifstream in(paths.summary);
+      const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("steps") ||
+          !j["steps"].is_number_integer())
+        return -1;
+      return j["steps"].get<int64_t>();
+    };
+    if (at == plan.steps && fs::exists(paths.summary) && summary_steps() == at) {
       out.print(
           "loom train: {} finished at step {} of {} ({}): nothing to do. To train it further, "
           "raise train.steps (loom train --resume {} train.steps=N); to use it: loom export "
@@ -380,6 +393,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     init_from_notes = recipe_structure_not_used(lora_config, c, model);
     lora_config = std::move(c);
   }
+  if (mc.max_position_embeddings > 0 && plan.seq_len > mc.max_position_embeddings)
+    throw Error(fmt::format(
+        "data.seq_len {} is more than the model's context length {} ({}): positions beyond "
+        "it were never trained (and the step's memory grows with it); lower data.seq_len",
+        plan.seq_len, mc.max_position_embeddings, plan.model_path));
   const AdapterCount count = count_adapter_parameters(model, lora_config);
   const int64_t tokens_per_step = plan.batch_size * plan.seq_len * plan.grad_accum;
 

@@ -1,6 +1,7 @@
 // Setting up a training run: the model and its tokenizer, the adapter config, the data streams.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -165,6 +166,15 @@ AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& confi
       select_targets(model.projections(), config.targets, model.config().n_layers);
   for (const Linear* l : targets) {
     const int64_t r = pattern_value(config.rank_pattern, l->hf_name, config.rank);
+    // B A has rank at most min(in, out): a larger r only adds parameters (and memory: a rank in
+    // the thousands would not fit), never expressiveness.
+    const int64_t most = std::min(l->in_features(), l->out_features());
+    if (r > most)
+      throw Error(fmt::format(
+          "lora.rank: rank {} for {} ({} -> {}) is more than min(in, out) = {}, the most a "
+          "low-rank update of that projection can use; lower lora.rank (or give that module "
+          "a rank_pattern entry)",
+          r, l->hf_name, l->in_features(), l->out_features(), most));
     n.modules += 1;
     n.parameters += r * (l->in_features() + l->out_features()) + (config.dora ? l->out_features() : 0);
   }
