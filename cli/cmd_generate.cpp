@@ -104,6 +104,11 @@ void run_generate(const GenerateArgs& a) {
   dopt.precision = precision;
   const int64_t wanted = static_cast<int64_t>(prompt.size()) + a.max_tokens;
   const int64_t model_max = c.max_position_embeddings > 0 ? c.max_position_embeddings : wanted;
+  if (a.ctx < 0)
+    throw Error(fmt::format("--ctx must be 0 (prompt + --max-tokens) or more, got {}", a.ctx));
+  if (c.max_position_embeddings > 0 && a.ctx > c.max_position_embeddings)
+    throw Error(fmt::format("--ctx {} is more than the model's context length {}", a.ctx,
+                            c.max_position_embeddings));
   dopt.context_size = a.ctx > 0 ? a.ctx : std::min(wanted, model_max);
   if (static_cast<int64_t>(prompt.size()) >= dopt.context_size)
     throw Error(fmt::format("the prompt has {} tokens, which leaves no room in a context of {} "

@@ -41,6 +41,11 @@ namespace {
 void check_options(const PerplexityOptions& o) {
   if (o.ctx < 2) throw Error(fmt::format("eval: --ctx must be at least 2 tokens, got {}", o.ctx));
   if (o.batch < 1) throw Error(fmt::format("eval: --batch must be at least 1, got {}", o.batch));
+  if (o.scoring == PerplexityScoring::SecondHalf && o.ctx - 1 - o.ctx / 2 < 1)
+    throw Error(
+        fmt::format("eval: --ctx {} scores no token (the second half of each window is "
+                    "scored, each position predicting the next); use --ctx 3 or more",
+                    o.ctx));
   LOOM_CHECK(o.max_windows >= 0, "eval: max_windows {} must be >= 0", o.max_windows);
 }
 

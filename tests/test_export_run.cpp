@@ -241,6 +241,23 @@ TEST(ExportRun, BadInputsAreRefusedClearly) {
   req.formats = {"merged-gguf-q8_0"};  // a GGUF from this Hugging Face base is refused
   EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
   EXPECT_FALSE(fs::exists(req.out_dir)) << "the failed export left its empty folder";
+  // A text for the cost that cannot serve is refused before any export is written.
+  req.formats = {"peft"};
+  std::ofstream(other.path() / "empty.txt").flush();
+  req.eval_text = (other.path() / "empty.txt").string();
+  req.evaluate = true;
+  try {
+    export_adapter(am, req, [](const std::string&) {});
+    FAIL() << "an empty --eval-text was accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("--eval-text " + req.eval_text + ": 0 tokens"),
+              std::string::npos)
+        << err.what();
+  }
+  EXPECT_FALSE(fs::exists(req.out_dir)) << "the export was written before --eval-text was read";
+  req.eval_text.clear();
+  req.evaluate = false;
+  req.formats = {"merged-gguf-q8_0"};
   req.out_dir = (other.path() / "a/b/c").string();  // and the folders above it that it made
   EXPECT_THROW(export_adapter(am, req, [](const std::string&) {}), Error);
   EXPECT_FALSE(fs::exists(other.path() / "a")) << "the failed export left a/b/ behind";

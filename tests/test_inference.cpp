@@ -407,6 +407,13 @@ TEST(Perplexity, ScoresTheWindowsAsDocumented) {
     EXPECT_NEAR(r2.nll_sum, expected, 1e-3);
     EXPECT_EQ(r2.window_nll.size(), 3u);
   }
+  // A window that scores nothing would print "perplexity nan": refused (second half of 2
+  // positions: none; of 3: one).
+  PerplexityOptions o;
+  o.ctx = 2;
+  EXPECT_THROW(evaluate_perplexity(model, ids, o), Error);
+  o.ctx = 3;
+  EXPECT_EQ(evaluate_perplexity(model, ids, o).tokens_scored, (3 * ctx + 5) / 3);
 }
 
 // ---- llama.cpp parity (SmolLM2-135M-Instruct Q4_1) --------------------------------------------

@@ -92,7 +92,19 @@ std::vector<HeldoutTokens> heldout_streams(const AdaptedModel& am, int64_t max_t
 std::vector<HeldoutTokens> text_stream(const AdaptedModel& am, const std::string& path, int64_t max_tokens) {
   HeldoutTokens s;
   s.source = fs::path(path).filename().string();
-  s.tokens = am.base.tokenizer->encode(read_file_bytes(path));
+  if (!fs::is_regular_file(path))
+    throw Error(fmt::format(
+        "--eval-text {}: not a file (the text the export's cost is measured on)", path));
+  try {
+    s.tokens = am.base.tokenizer->encode(read_file_bytes(path));
+  } catch (const Error& e) {
+    throw Error(fmt::format("--eval-text {}: {}", path, e.what()));
+  }
+  if (s.tokens.size() < 2)
+    throw Error(
+        fmt::format("--eval-text {}: {} token{}; measuring the cost needs a text of at "
+                    "least a few hundred words",
+                    path, s.tokens.size(), s.tokens.size() == 1 ? "" : "s"));
   if (static_cast<int64_t>(s.tokens.size()) > max_tokens) s.tokens.resize(static_cast<size_t>(max_tokens));
   s.ctx = 512;
   return {s};
@@ -168,6 +180,20 @@ ExportSummary export_adapter_unguarded(AdaptedModel& am, const ExportRequest& re
     if (fs::exists(path) && !req.force)
       throw Error(fmt::format("{} exists: remove it, or pass --force to replace it", path));
   }
+  // The text the cost is measured on, read (and checked) before anything is written.
+  std::vector<HeldoutTokens> streams;
+  if (req.evaluate && !req.eval_text.empty()) {
+    streams = text_stream(am, req.eval_text, req.eval_tokens);
+    summary.cost_note = fmt::format("on {} (first {} tokens)", req.eval_text, req.eval_tokens);
+  } else if (req.evaluate && !am.run_dir.empty()) {
+    streams = heldout_streams(am, req.eval_tokens);
+    summary.cost_note = fmt::format(
+        "on the run's held-out documents (at most {} tokens per source)", req.eval_tokens);
+  } else if (req.evaluate) {
+    summary.cost_note =
+        "not measured: no held-out data (the adapter is not a loom run); pass "
+        "--eval-text FILE";
+  }
   // Folders this call creates are removed again when an export fails and leaves them empty
   // (each export is staged and renamed into place, so nothing partial is ever in them).
   // `created`: the outermost folder of out_dir that does not exist yet (empty when none).
@@ -208,18 +234,7 @@ ExportSummary export_adapter_unguarded(AdaptedModel& am, const ExportRequest& re
     summary.items.push_back(std::move(item));
   }
   if (!req.evaluate) return summary;
-
-  std::vector<HeldoutTokens> streams;
-  if (!req.eval_text.empty()) {
-    streams = text_stream(am, req.eval_text, req.eval_tokens);
-    summary.cost_note = fmt::format("on {} (first {} tokens)", req.eval_text, req.eval_tokens);
-  } else if (!am.run_dir.empty()) {
-    streams = heldout_streams(am, req.eval_tokens);
-    summary.cost_note = fmt::format("on the run's held-out documents (at most {} tokens per source)",
-                                    req.eval_tokens);
-  } else {
-    summary.cost_note = "not measured: no held-out data (the adapter is not a loom run); pass "
-                        "--eval-text FILE";
+  if (streams.empty()) {
     log("quantization cost " + summary.cost_note);
     return summary;
   }
