@@ -183,7 +183,11 @@ LoraModel load_gguf_adapter(const std::string& path, LlamaModel& model,
                             GgufAdapterContents* contents) {
   GgufAdapterContents read = read_gguf_adapter(path, model);
   LoraModel lora(model, read.config);
-  lora.load_parameters(read.values, /*strict=*/true);
+  try {
+    lora.load_parameters(read.values, /*strict=*/true);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", path, e.what()));
+  }
   lora.set_training(false);
   if (contents) *contents = std::move(read);
   return lora;

@@ -224,6 +224,14 @@ void LoraModel::load_parameters(
       throw Error(fmt::format("lora: parameter '{}' is {} ({} values), {} values given", name,
                               shape_str(t.shape()), t.numel(), v.size()));
     if (++seen[name] > 1) throw Error(fmt::format("lora: parameter '{}' given twice", name));
+    // A NaN or Inf would not fail anything later: evaluations would print a number (or nan),
+    // generation would print nothing, and training would skip every step.
+    for (size_t i = 0; i < v.size(); ++i)
+      if (!std::isfinite(v[i]))
+        throw Error(
+            fmt::format("lora: parameter '{}' holds {} at index {} (of {} values): the "
+                        "adapter is damaged, or the training that made it diverged",
+                        name, v[i], i, v.size()));
     targets.push_back(t);
   }
   if (strict) {

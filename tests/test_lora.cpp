@@ -743,6 +743,15 @@ TEST(LoraModel, ParametersGetSetAndLoadByName) {
   lora2.load_parameters(state, /*strict=*/false);
   state.emplace_back(state[0]);
   EXPECT_CONTAINS(expect_error([&] { lora2.load_parameters(state, false); }), "given twice");
+  state.pop_back();
+  // A NaN or Inf (a damaged adapter file, a diverged run) is refused naming the tensor.
+  for (const float bad : {std::nanf(""), INFINITY}) {
+    auto damaged = state;
+    damaged[1].second[2] = bad;
+    EXPECT_CONTAINS(
+        expect_error([&] { lora2.load_parameters(damaged, false); }),
+        "parameter '" + damaged[1].first + "' holds " + fmt::format("{}", bad) + " at index 2");
+  }
   // Attaching twice is refused.
   EXPECT_CONTAINS(expect_error([&] { LoraModel again(model, c); }), "already has an adapter");
   lora.detach();

@@ -150,6 +150,13 @@ TEST(Recipe, WrongTypeSaysExpectedAndFound) {
   EXPECT_EQ(parse(crlf).train.steps, 20);
 }
 
+// yaml-cpp's Load reads the first document only: the second would be ignored without a word.
+TEST(Recipe, ASecondYamlDocumentIsAnError) {
+  const std::string msg = parse_error(std::string(kMinimal) + "---\ntrain:\n  steps: 99\n");
+  EXPECT_HAS(msg, "recipes/test.yaml:11: a second YAML document");
+  EXPECT_EQ(parse(std::string("---\n") + kMinimal).train.steps, 20);  // a leading '---' is fine
+}
+
 TEST(Recipe, DuplicateKeyIsAnError) {
   const std::string msg = parse_error(std::string(kMinimal) + "  steps: 30\n");
   EXPECT_HAS(msg, "recipes/test.yaml:10");

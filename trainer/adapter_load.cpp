@@ -210,10 +210,15 @@ AdapterToTrain read_adapter_to_train(const std::string& path, const LlamaModel& 
 
 void load_adapter_to_train(const AdapterToTrain& adapter, LoraModel& lora,
                            const LlamaModel& model) {
-  if (adapter.kind == "peft")
+  if (adapter.kind == "peft") {
     load_peft_tensors(adapter.path, lora, model);
-  else
+    return;
+  }
+  try {
     lora.load_parameters(adapter.values, /*strict=*/true);
+  } catch (const Error& e) {
+    throw Error(fmt::format("lora.init_from {}: {}", adapter.path, e.what()));
+  }
 }
 
 }  // namespace loom

@@ -370,7 +370,13 @@ Recipe parse_recipe(std::string_view yaml_text, const std::string& source_name,
   }
   YAML::Node root;
   try {
-    root = YAML::Load(std::string(yaml_text));
+    const std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml_text));
+    if (docs.size() > 1)
+      throw Error(
+          fmt::format("{}:{}: a second YAML document (after a '---' line): a recipe file "
+                      "holds one recipe; put each in its own file",
+                      source_name, docs[1].Mark().line + 1));
+    if (!docs.empty()) root = docs[0];
   } catch (const YAML::Exception& e) {
     throw Error(fmt::format("{}:{}: not valid YAML: {}", source_name, e.mark.line + 1, e.msg));
   }
