@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -375,6 +376,23 @@ GgufFile GgufFile::open(const std::string& path) {
       data_end = end;
       last = &t;
     }
+  }
+  // No two tensors share bytes (llama.cpp refuses such a file too): a wrong type or shape in
+  // the table makes a tensor run into the next one, which would then be read as garbage.
+  std::vector<const GgufTensorInfo*> by_offset;
+  for (const GgufTensorInfo& t : f.tensors_)
+    if (t.nbytes > 0) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const GgufTensorInfo* a, const GgufTensorInfo* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const GgufTensorInfo& a = *by_offset[i - 1];
+    const GgufTensorInfo& b = *by_offset[i];
+    if (a.offset + static_cast<uint64_t>(a.nbytes) > b.offset)
+      throw Error(fmt::format(
+          "gguf: {}: tensor '{}' ({} {}, {} bytes at data offset {}) runs into tensor '{}' at "
+          "data offset {}: the tensor table is corrupt (a wrong type or shape?)",
+          path, a.name, dtype_name(a.dtype), shape_str(a.shape), a.nbytes, a.offset, b.name,
+          b.offset));
   }
   // Only for the message: a file that holds its tensors' bytes loads whatever their offsets.
   if (last && data_end > map.size && last->offset > packed)

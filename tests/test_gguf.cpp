@@ -574,6 +574,15 @@ TEST_F(GgufTest, BadLayoutValues) {
   expect_error("misaligned.gguf", l.bytes,
                {"tensor 'b.weight'", "data offset 8", "expected a multiple of the alignment 32"});
 
+  // b.weight's offset moved into a.weight's 40 bytes (aligned, inside the file): refused.
+  Layout overlap = small_valid_file();
+  uint64_t inside_a = 32;
+  std::memcpy(overlap.bytes.data() + overlap.infos_end - 8, &inside_a, 8);
+  expect_error("overlap.gguf", overlap.bytes,
+               {"tensor 'a.weight' (q4_1 [2, 32], 40 bytes at data offset 0) runs into tensor "
+                "'b.weight' at data offset 32",
+                "the tensor table is corrupt"});
+
   Layout five = build_gguf(3, {}, {{"t5", {1, 1, 1, 1, 1}, 0, pattern_bytes(4, 1)}});
   expect_error("dims.gguf", five.bytes, {"tensor 't5'", "has 5 dims, expected at most 4"});
 
