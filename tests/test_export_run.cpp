@@ -114,6 +114,32 @@ TEST(ExportRun, RecipeExportsEveryFormatAndMergedMatchesAdapter) {
   EXPECT_NEAR(merged / adapter, 1.0, 1e-5) << "adapter " << adapter << " merged " << merged;
 }
 
+// The run names its base by an absolute path (usable from any working directory); the PEFT
+// export names it by output.base_model_name when the recipe gives one (a Hugging Face id).
+TEST(ExportRun, BaseModelNamesInTheAdapterFiles) {
+  TempDir t;
+  write_corpus(t.path() / "a.txt", 300, 3);
+  std::ofstream(t.path() / "r.yaml") << recipe_text(t.path());
+  TrainOptions o;
+  o.quiet = true;
+  const fs::path cwd = fs::current_path();
+  fs::current_path(t.path());  // the recipe's model path relative to the working directory
+  const std::string rel = fs::relative(source_dir() / "tests/golden/hf_llama").string();
+  train_recipe_file(
+      "r.yaml", {"model.path=" + rel, "output.export=[peft]", "output.base_model_name=org/tiny"},
+      o);
+  fs::current_path(cwd);
+  const auto loom =
+      nlohmann::json::parse(std::ifstream(t.path() / "run/adapter/loom_adapter.json"));
+  EXPECT_EQ(loom["base_model"],
+            (source_dir() / "tests/golden/hf_llama").lexically_normal().string());
+  const auto peft =
+      nlohmann::json::parse(std::ifstream(t.path() / "run/export/peft/adapter_config.json"));
+  EXPECT_EQ(peft["base_model_name_or_path"], "org/tiny");
+  // From another working directory the run still finds its base.
+  EXPECT_NO_THROW(load_adapted_model((t.path() / "run").string(), ""));
+}
+
 TEST(ExportRun, EveryAdapterLayoutAttachesToTheSameLogits) {
   ExportedRun e;
   std::vector<int32_t> ids(24);

@@ -72,7 +72,9 @@ void save_adapter(const std::string& dir, const LoraModel& lora, const LlamaMode
   nlohmann::json j;
   j["format"] = "loom-lora";
   j["version"] = kAdapterFormatVersion;
-  j["base_model"] = model_path;
+  // Absolute: the run is then usable (loom eval / generate / export --adapter RUN) from any
+  // working directory, not only the one training ran in.
+  j["base_model"] = std::filesystem::absolute(model_path).lexically_normal().string();
   j["architecture"] = arch;
   j["base_dtype"] = std::string(base_dtype_name(c.base_dtype));
   j["rank"] = c.rank;

@@ -145,6 +145,9 @@ struct CheckpointRecipe {
 struct OutputRecipe {
   std::string dir;                          // default: runs/<recipe file name without extension>
   std::vector<std::string> export_formats;  // YAML key `export`
+  // The PEFT export's base_model_name_or_path (a Hugging Face model id, as `loom export
+  // --base-model-name`); empty: the base model's path
+  std::string base_model_name;
   int64_t log_every = 10;  // progress/metrics line interval when stderr is not a terminal
   bool operator==(const OutputRecipe&) const = default;
 };

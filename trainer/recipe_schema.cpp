@@ -412,6 +412,9 @@ const std::vector<Field<Recipe>>& recipe_fields() {
       field<R>("output.export", LOOM_MEMBER(output.export_formats),
                "formats written at the end of the run",
                {.choices = known_export_formats(), .required = false}),
+      field<R>("output.base_model_name", LOOM_MEMBER(output.base_model_name),
+               "the peft export's base_model_name_or_path: the Hugging Face id of the base "
+               "(e.g. HuggingFaceTB/SmolLM2-135M-Instruct); empty = the base model's path"),
       field<R>("output.log_every", LOOM_MEMBER(output.log_every),
                "steps between progress lines when stderr is not a terminal"),
 

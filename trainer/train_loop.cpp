@@ -91,6 +91,7 @@ TrainPlan make_train_plan(const Recipe& recipe) {
   p.keep_last = recipe.checkpoint.keep_last;
   p.output_dir = recipe.output.dir;
   p.export_formats = recipe.output.export_formats;
+  p.base_model_name = recipe.output.base_model_name;
   p.log_every = recipe.output.log_every;
   return p;
 }
@@ -121,6 +122,7 @@ TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& o
   AdaptedModel am = load_adapted_model(plan.output_dir, "");
   ExportRequest req;
   req.formats = plan.export_formats;
+  req.base_model_name = plan.base_model_name;
   req.out_dir = (std::filesystem::path(plan.output_dir) / "export").string();
   req.force = true;
   req.precision = plan.precision;

@@ -95,6 +95,7 @@ struct TrainPlan {
   // output
   std::string output_dir;
   std::vector<std::string> export_formats;
+  std::string base_model_name;  // output.base_model_name
   int64_t log_every = 10;
 };
 
