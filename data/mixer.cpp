@@ -80,10 +80,15 @@ Mixer::Mixer(std::vector<MixSource> sources, MixerConfig config)
     splits_.push_back(
         split_documents(s.data->num_documents(), s.heldout_fraction, config_.split_seed, what));
     if (s.weight > 0 && splits_.back().train.empty()) {
-      throw Error(
-          fmt::format("{}: weight {} but no training documents ({} documents, "
-                      "heldout_fraction {}); lower heldout_fraction or set weight 0",
-                      what, s.weight, s.data->num_documents(), s.heldout_fraction));
+      throw Error(fmt::format(
+          "{}: weight {} but no training documents: all {} of its documents are held out for "
+          "evaluation (heldout_fraction {} holds out at least one){}; lower heldout_fraction "
+          "(0 trains on everything) or set weight 0",
+          what, s.weight, s.data->num_documents(), s.heldout_fraction,
+          s.data->num_documents() <= 2
+              ? ". A text source is cut into documents at blank lines (a file without any is "
+                "one document; see the source's separator key)"
+              : ""));
     }
     name_hash_.push_back(hash64(s.data->name()));
     h.update_string(s.data->name());

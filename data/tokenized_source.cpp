@@ -20,7 +20,7 @@ namespace loom {
 namespace {
 
 constexpr char kMagic[8] = {'L', 'O', 'O', 'M', 'T', 'O', 'K', 'C'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: the body checksum
 constexpr uint64_t kHeaderBytes = 128;
 
 struct Header {
@@ -32,7 +32,7 @@ struct Header {
   uint64_t offsets_at, tokens_at, mask_at, notes_at, notes_bytes;
   uint64_t file_bytes;
   uint64_t header_hash;
-  uint64_t reserved;
+  uint64_t body_hash;  // of the sections (body_checksum)
 };
 static_assert(sizeof(Header) == kHeaderBytes);
 
@@ -50,6 +50,16 @@ std::string join_notes(const std::vector<std::string>& notes) {
     for (char c : n) out += c == '\n' ? ' ' : c;  // one message per line
   }
   return out;
+}
+
+// Of the offsets, tokens, mask and notes: a token id changed on disk would otherwise be trained
+// on as it is (every id is in range for the tokenizer, so nothing else would notice).
+uint64_t body_checksum(std::span<const uint64_t> offsets, std::span<const int32_t> tokens,
+                       std::span<const uint8_t> mask, std::string_view notes) {
+  uint64_t h = hash64(offsets.data(), offsets.size_bytes());
+  h = hash_combine(h, hash64(tokens.data(), tokens.size_bytes()));
+  h = hash_combine(h, hash64(mask.data(), mask.size_bytes()));
+  return hash_combine(h, hash64(notes));
 }
 
 }  // namespace
@@ -115,6 +125,7 @@ void write_token_cache(const std::string& path, const TokenCacheKey& key,
   h.notes_bytes = notes.size();
   h.file_bytes = h.notes_at + notes.size();
   h.header_hash = hash64(&h, offsetof(Header, header_hash));
+  h.body_hash = body_checksum(docs.offsets, docs.tokens, docs.mask, notes);
 
   namespace fs = std::filesystem;
   const fs::path target(path);
@@ -235,6 +246,12 @@ std::shared_ptr<const TokenizedSource> TokenizedSource::map_file(const std::stri
   s->offsets_ = reinterpret_cast<const uint64_t*>(base + h.offsets_at);
   s->tokens_ = reinterpret_cast<const int32_t*>(base + h.tokens_at);
   s->mask_ = reinterpret_cast<const uint8_t*>(base + h.mask_at);
+  if (h.body_hash != body_checksum({s->offsets_, h.n_documents + 1}, {s->tokens_, h.n_tokens},
+                                   {s->mask_, mask_bytes(h.n_tokens)},
+                                   {base + h.notes_at, h.notes_bytes}))
+    throw bad(
+        "the checksum of its tokens does not match (the file was changed after it was "
+        "written)");
   if (s->offsets_[0] != 0 || s->offsets_[h.n_documents] != h.n_tokens) {
     throw bad("the document offsets do not cover the tokens");
   }

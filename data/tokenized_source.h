@@ -1,10 +1,10 @@
 // A tokenized source: every document's token ids (int32) and loss-mask bits, held in memory or
 // mapped read-only from a token cache file.
 //
-// Cache file format (version 1, little-endian, every section 8-byte aligned):
+// Cache file format (version 2, little-endian, every section 8-byte aligned):
 //   offset  size  field
 //        0     8  magic "LOOMTOKC"
-//        8     4  u32 version (1)
+//        8     4  u32 version (2)
 //       12     4  u32 header size (128)
 //       16     8  u64 tokenizer hash     } the cache key (TokenCacheKey); the file name
 //       24     8  u64 content hash       } carries their combination, the header the parts
@@ -20,7 +20,7 @@
 //       96     8  u64 notes_bytes
 //      104     8  u64 file size (a truncation check)
 //      112     8  u64 hash64 of header bytes 0..111
-//      120     8  reserved, 0
+//      120     8  u64 checksum of the offsets, tokens, mask and notes (checked on every map)
 // BOS / EOS are not stored: packing adds them (packing.h), so one cache serves any framing.
 #pragma once
 

@@ -220,7 +220,7 @@ TEST(DataCache, FileLayoutAsDocumented) {
   };
   ASSERT_GE(bytes.size(), 128u);
   EXPECT_EQ(bytes.substr(0, 8), "LOOMTOKC");
-  EXPECT_EQ(u32(8), 1u);
+  EXPECT_EQ(u32(8), 2u);
   EXPECT_EQ(u32(12), 128u);
   EXPECT_EQ(u64(16), src->key().tokenizer);
   EXPECT_EQ(u64(24), src->key().content);
@@ -241,6 +241,7 @@ TEST(DataCache, FileLayoutAsDocumented) {
   EXPECT_EQ(u64(112), hash64(bytes.data(), 112));
   EXPECT_EQ(u64(u64(88)), u64(u64(88)));  // notes section exists (empty here)
   EXPECT_EQ(u64(96), 0u);
+  EXPECT_NE(u64(120), 0u);  // the body checksum
 }
 
 TEST(DataCache, DamagedFileIsReportedAndRebuilt) {
@@ -263,6 +264,24 @@ TEST(DataCache, DamagedFileIsReportedAndRebuilt) {
   EXPECT_NE(warnings[0].find("truncated"), std::string::npos) << warnings[0];
   EXPECT_NE(warnings[0].find("rebuilding"), std::string::npos) << warnings[0];
   EXPECT_EQ(all_tokens(*rebuilt), expected);
+  // A token id changed in place (still a valid id, the header intact): caught by the checksum.
+  rebuilt.reset();
+  warnings.clear();
+  {
+    std::fstream f(rep.path, std::ios::in | std::ios::out | std::ios::binary);
+    uint64_t tokens_at = 0;
+    f.seekg(72);
+    f.read(reinterpret_cast<char*>(&tokens_at), 8);
+    const int32_t other = 'z';
+    f.seekp(static_cast<std::streamoff>(tokens_at + 4 * 7));
+    f.write(reinterpret_cast<const char*>(&other), 4);
+  }
+  auto again = load_tokenized_source(jsonl_source(dir / "a.jsonl"), *tok, fp, opt, &rep);
+  EXPECT_FALSE(rep.hit);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("the checksum of its tokens does not match"), std::string::npos)
+      << warnings[0];
+  EXPECT_EQ(all_tokens(*again), expected);
   // Not a cache file at all.
   write_file(dir / "junk.tokens", std::string(200, 'x'));
   try {
