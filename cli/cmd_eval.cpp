@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -116,6 +117,11 @@ void run_eval(const EvalArgs& args) {
              r.perplexity(), r.tokens_scored, r.nll_sum / static_cast<double>(r.tokens_scored));
   fmt::print("tokens:     {} run in {:.2f} s: {:.1f} tokens/s\n", r.tokens_evaluated, r.seconds,
              r.tokens_per_second());
+  if (!std::isfinite(r.nll_sum))
+    throw Error(
+        fmt::format("the perplexity is not finite ({}): the model{} gives non-finite "
+                    "logits; its weights may hold a NaN or Inf",
+                    r.perplexity(), a.adapter.empty() ? "" : " with the adapter"));
 }
 
 }  // namespace

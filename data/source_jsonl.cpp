@@ -2,6 +2,7 @@
 // (instruct), or chat messages (chat). Blank lines are allowed; every other line is a record.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "autograd/check.h"
@@ -83,7 +84,15 @@ void chat_document(const ReadContext& ctx, const json& obj, Document& doc) {
     }
   }
   if (!any_assistant) {
-    throw RecordError{"no message has role \"assistant\": nothing to train on"};
+    std::vector<std::string> seen;
+    std::string roles;
+    for (const ChatMessage& m : messages) {
+      if (std::find(seen.begin(), seen.end(), m.role) != seen.end()) continue;
+      roles += fmt::format("{}\"{}\"", seen.empty() ? "" : ", ", m.role);
+      seen.push_back(m.role);
+    }
+    throw RecordError{fmt::format(
+        "no message has role \"assistant\" (the roles are {}): nothing to train on", roles)};
   }
   try {
     render_chat(tmpl, with_default_system(messages, c.default_system), doc.segments);

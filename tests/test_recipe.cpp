@@ -190,6 +190,11 @@ TEST(Recipe, ValidationNamesTheKeyAndWhereItWasSet) {
   EXPECT_HAS(msg, "may only hold letters");
   msg = parse_error(kMinimal, {"checkpoint.keep_last=0"});
   EXPECT_HAS(msg, "checkpoint.keep_last must be at least 1, found 0");
+  // An error a command-line override causes names the override, not the recipe file.
+  msg = parse_error(kMinimal, {"mix.wiki=0"});
+  EXPECT_HAS(msg, "command-line override `mix.wiki=0`: data.mix gives every source weight 0");
+  msg = parse_error(kMinimal, {"model.path="});
+  EXPECT_HAS(msg, "command-line override `model.path=`: model.path is required");
   // A chat setting on a source that renders no chat would be silently ignored: refused.
   msg = parse_error(kMinimal,
                     {"data.sources.0.format=instruct", "data.sources.0.chat_template=llama3"});

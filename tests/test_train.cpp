@@ -791,6 +791,26 @@ TEST(TrainLoop, NonFiniteStepsAreSkippedThenStopTheRun) {
   EXPECT_EQ(ck.skipped_steps, 2);
   for (const AdapterTensor& a : adapter_of(r.adapter_dir))
     for (float v : a.values) ASSERT_TRUE(std::isfinite(v)) << a.name;
+
+  // Fewer non-finite steps than max_skipped_steps, but every step of the process: nothing was
+  // trained, which is not a finished run either. (Step 1 is finite, 2-3 are not; the resumed
+  // process runs 4-5, both non-finite.)
+  const std::vector<std::string> big = {"train.lr=1e30", "train.schedule=constant",
+                                        "train.warmup_steps=0", "train.max_skipped_steps=10",
+                                        "eval.batches=0"};
+  auto with = [&](std::vector<std::string> v, const char* steps) {
+    v.push_back(steps);
+    return v;
+  };
+  EXPECT_FALSE(t.run("all", with(big, "train.steps=3")).stopped);
+  TrainOptions resume;
+  resume.resume = true;
+  const TrainResult r2 = t.run("all", with(big, "train.steps=5"), resume);
+  ASSERT_TRUE(r2.stopped);
+  EXPECT_NE(r2.stop_reason.find("every step run (2, 4-5) was non-finite and skipped: nothing was "
+                                "trained"),
+            std::string::npos)
+      << r2.stop_reason;
 }
 
 // A damaged latest checkpoint (cut short): the error says so and names the older one to resume

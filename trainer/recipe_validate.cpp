@@ -22,6 +22,17 @@ class Checker {
   // Where `key` was set: its own origin, else the nearest enclosing one (a data source's
   // item), else the recipe file (a default).
   std::string where(const std::string& key) const {
+    // A key set through its children only (data.mix by mix.a=0): where the last of them was
+    // set, so that an override is blamed, not the recipe file.
+    if (origins_.find(key) == origins_.end()) {
+      const std::string prefix = key + ".";
+      std::string found;
+      for (auto it = origins_.lower_bound(prefix);
+           it != origins_.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+        if (found.empty() || it->second.find("command-line override") != std::string::npos)
+          found = it->second;
+      if (!found.empty()) return found;
+    }
     for (std::string k = key;;) {
       if (auto it = origins_.find(k); it != origins_.end()) return it->second;
       const size_t dot = k.rfind('.');
@@ -49,6 +60,8 @@ class Checker {
            fmt::format("must be in [{}, {}{}, found {}", lo, hi, hi_included ? "]" : ")", value));
   }
   void required(const std::string& key, bool present, const std::string& what) const {
+    if (!present && was_set(key))  // emptied by an override (model.path=, data.sources=[])
+      throw Error(fmt::format("{}: {} is required ({}) but was set empty", where(key), key, what));
     if (!present)
       throw Error(
           fmt::format("{}: {} is required ({}); set it in the recipe or on the command "

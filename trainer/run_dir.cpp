@@ -30,6 +30,13 @@ RunPaths RunPaths::of(const std::string& dir) {
 std::string resume_run_dir(const std::string& resume_from) {
   const fs::path p(resume_from);
   if (fs::is_regular_file(p)) {  // .../checkpoints/checkpoint-N.h5
+    const std::string name = p.filename().string();
+    if (name.rfind("checkpoint-", 0) != 0 || p.extension() != ".h5")
+      throw Error(
+          fmt::format("--resume {}: a file, but not a checkpoint (expected a run directory, "
+                      "the output.dir of an earlier run, or a checkpoint-<step>.h5 in "
+                      "its checkpoints/)",
+                      resume_from));
     const fs::path folder = p.parent_path();
     return (folder.filename() == "checkpoints" ? folder.parent_path() : folder).string();
   }

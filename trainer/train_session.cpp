@@ -683,6 +683,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   fwd.attention_precision = plan.precision;  // bf16 attention products in the training step
   double train_seconds = 0;
   const int64_t first_step = step;  // > 0 when resumed
+  const int64_t skipped_before = skipped_total;
   int64_t tokens_this_run = 0, last_checkpoint_step = -1, last_eval_step = step == 0 && plan.eval_at_start ? 0 : -1;
   bool first = true;
   std::vector<Batch> micro(static_cast<size_t>(plan.grad_accum));
@@ -796,6 +797,14 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     }
   }
   if (progress) progress->finish();
+  if (!result.stopped && step > first_step && skipped_total - skipped_before == step - first_step) {
+    // Fewer steps than train.max_skipped_steps, all of them non-finite: nothing was trained.
+    result.stopped = true;
+    result.stop_reason = fmt::format(
+        "every step run ({}, {}-{}) was non-finite and skipped: nothing was trained. Check the "
+        "model and adapter weights (a NaN or Inf in them) and the data, or lower train.lr",
+        step - first_step, first_step + 1, step);
+  }
 
   // ---- interrupted: the checkpoint and adapter of this step, then out -------------------------
   if (interrupt.signal() != 0) {
