@@ -98,6 +98,14 @@ TrainPlan make_train_plan(const Recipe& recipe) {
 
 namespace {
 
+// The `loom export` command that makes the recipe's exports of a finished run.
+std::string export_command(const TrainPlan& plan) {
+  std::string cmd = "loom export " + plan.output_dir;
+  for (const std::string& f : plan.export_formats) cmd += " -f " + f;
+  if (!plan.base_model_name.empty()) cmd += " --base-model-name " + plan.base_model_name;
+  return cmd;
+}
+
 // run_training, then the exports output.export asks for, from the adapter just saved, into
 // <output.dir>/export/ (replacing what an earlier run of the same directory exported there).
 TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& options) {
@@ -105,12 +113,11 @@ TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& o
   if (plan.export_formats.empty() || result.already_finished) return result;
   if (result.stopped || result.interrupted_by != 0) {
     if (!options.quiet) {
-      std::string redo = "loom export " + plan.output_dir;
-      for (const std::string& f : plan.export_formats) redo += " -f " + f;
       if (result.stopped)
         fmt::print("export: skipped, the run stopped ({})\n", result.stop_reason);
       else if (result.finished)
-        fmt::print("export: skipped (interrupted); make the exports with: {}\n", redo);
+        fmt::print("export: skipped (interrupted); make the exports with: {}\n",
+                   export_command(plan));
       else
         fmt::print(
             "export: skipped, the run was interrupted; `loom train --resume {}` exports "
@@ -135,12 +142,10 @@ TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& o
       std::fflush(stdout);
     });
   } catch (const Interrupted& e) {
-    std::string redo = "loom export " + plan.output_dir;
-    for (const std::string& f : plan.export_formats) redo += " -f " + f;
     throw Interrupted(e.signal(),
                       fmt::format("{}. The training itself is finished and saved ({}/adapter, "
                                   "summary.json); redo the export with: {} --force",
-                                  e.what(), plan.output_dir, redo));
+                                  e.what(), plan.output_dir, export_command(plan)));
   }
   if (quiet) return result;
   if (!s.cost.empty())
