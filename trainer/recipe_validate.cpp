@@ -183,19 +183,19 @@ void check_data(Recipe& r, const Checker& c) {
     // Only a value other than the default: a printed recipe (a run's recipe.yaml) lists every
     // key of every source.
     const DataSourceRecipe defaults;
-    for (const char* k : {"chat_template", "default_system"})
-      if (!renders_chat &&
-          (k == std::string_view("chat_template") ? s.chat_template != defaults.chat_template
-                                                  : s.default_system != defaults.default_system))
-        c.fail(key + "." + k,
-               fmt::format("applies to format chat, or instruct with instruct_as_chat: true; "
-                           "source '{}' is format {}{}",
-                           s.name, to_string(s.format),
-                           s.format == DataSourceRecipe::Format::Instruct
-                               ? " without instruct_as_chat, where the prompt and completion "
-                                 "are joined as they are (set instruct_as_chat: true to render "
-                                 "them as a user / assistant exchange)"
-                               : ""));
+    const auto chat_only = [&](const std::string& field) {
+      c.fail(key + "." + field,
+             fmt::format("applies to format chat, or instruct with instruct_as_chat: true; "
+                         "source '{}' is format {}{}",
+                         s.name, to_string(s.format),
+                         s.format == DataSourceRecipe::Format::Instruct
+                             ? " without instruct_as_chat, where the prompt and completion are "
+                               "joined as they are (set instruct_as_chat: true to render them "
+                               "as a user / assistant exchange)"
+                             : ""));
+    };
+    if (!renders_chat && s.chat_template != defaults.chat_template) chat_only("chat_template");
+    if (!renders_chat && s.default_system != defaults.default_system) chat_only("default_system");
     c.at_least(key + ".weight", s.weight, 0.0);
     c.in_range(key + ".heldout_fraction", s.heldout_fraction, 0.0, 1.0, false);
   }
