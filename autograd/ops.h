@@ -150,12 +150,22 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed);
 bool dropout_keeps(uint64_t seed, int64_t index, float p);  // the mask, for tests
 
 // ---- cross-entropy over a large vocabulary (ops/cross_entropy.cpp) ---------------------------
+// A trainable low-rank update of the output weight (LoRA on the LM head), as linear_low_rank
+// takes it: logits = hidden . W^T + scale (x_lr . A^T) . B^T. x_lr has hidden's shape (hidden
+// itself, or dropout(hidden)); A [r, D] and B [V, r] are f32, and their products run in f32.
+struct LowRankTerm {
+  Tensor x_lr, a, b;
+  float scale = 1.0f;
+};
 struct CrossEntropyOptions {
   // Rows of logits alive at a time (chunk_rows x V floats). 0 picks about 64 MB: 16M / V rows,
   // between 16 and 1024 (341 rows for a 49152 vocabulary).
   int64_t chunk_rows = 0;
   int32_t ignore_index = -100;
   Precision precision = Precision::Auto;  // of the hidden . W^T products
+  // When set, added to every chunk's logits (u = x_lr A^T is made per chunk, [rows x r]); the
+  // gradients of A, B and x_lr come from the same pass.
+  std::optional<LowRankTerm> low_rank;
 };
 struct CrossEntropyResult {
   Tensor loss;           // scalar []: mean over counted targets (0 when none)

@@ -42,7 +42,7 @@ std::string describe_dtype_mix(const LlamaModel& model) {
   };
   const LlamaWeights& w = model.weights();
   add(w.token_embd);
-  add(w.output);
+  add(w.output.weight);
   add(w.output_norm);
   for (const LlamaBlock& b : w.blocks) {
     add(b.attn_norm);
@@ -56,9 +56,9 @@ std::string describe_dtype_mix(const LlamaModel& model) {
   for (const auto& [name, c] : by_dtype)
     out += fmt::format("{}{}: {} tensor{}, {:.2f}M weights", out.empty() ? "" : "; ", name,
                        c.tensors, c.tensors == 1 ? "" : "s", static_cast<double>(c.elements) / 1e6);
-  out += fmt::format(" (embedding {}, output {})", dtype_name(w.token_embd.dtype()),
-                     model.config().tie_word_embeddings ? "tied to it"
-                                                        : std::string(dtype_name(w.output.dtype())));
+  out += fmt::format(
+      " (embedding {}, output {})", dtype_name(w.token_embd.dtype()),
+      model.output_tied() ? "tied to it" : std::string(dtype_name(w.output.weight.dtype())));
   return out;
 }
 

@@ -98,6 +98,10 @@ GgufAdapterContents read_gguf_adapter(const std::string& path, const LlamaModel&
   std::unordered_map<std::string, const Linear*> by_name;
   for (const LlamaBlock& block : model.weights().blocks)
     for (const Linear* p : block.projections()) by_name[p->gguf_name + ".weight"] = p;
+  // The LM head, where the base has an output.weight of its own (llama.cpp applies nothing to
+  // the output of a model that ties it to the embedding).
+  const Linear& head = model.weights().output;
+  if (!model.config().tie_word_embeddings) by_name[head.gguf_name + ".weight"] = &head;
 
   const std::map<std::string, Pair> pairs = tensor_pairs(f, out.ignored);
   if (pairs.empty())
@@ -106,11 +110,17 @@ GgufAdapterContents read_gguf_adapter(const std::string& path, const LlamaModel&
   for (const auto& [base, p] : pairs) {
     const auto it = by_name.find(base);
     if (it == by_name.end()) {
-      if (base == "token_embd.weight" || base == "output.weight")
+      if (base == "token_embd.weight")
         throw Error(fmt::format(
-            "gguf adapter: {} adapts '{}'; loom adapts only the seven projections of each block, "
-            "so it cannot load this adapter",
+            "gguf adapter: {} adapts the token embedding '{}'; loom adapts the seven projections "
+            "of each block and the LM head, so it cannot load this adapter",
             path, base));
+      if (base == "output.weight")
+        throw Error(fmt::format(
+            "gguf adapter: {} adapts 'output.weight', but the base model ({}) ties its output "
+            "to the token embedding and has no output.weight (llama.cpp would not load it "
+            "either; wrong base model?)",
+            path, model.config().source));
       throw Error(
           fmt::format("gguf adapter: {}: '{}' is not a projection of the base model ({}; "
                       "wrong base model?)",
@@ -139,6 +149,11 @@ GgufAdapterContents read_gguf_adapter(const std::string& path, const LlamaModel&
         modules.push_back({p, r});
         ++rank_counts[r];
       }
+  if (const auto it = found.find(&head); it != found.end()) {
+    const int64_t r = it->second.second->shape[1];
+    modules.push_back({&head, r});
+    ++rank_counts[r];
+  }
   int64_t default_rank = modules.front().rank;
   for (const auto& [r, n] : rank_counts)
     if (n > rank_counts[default_rank]) default_rank = r;

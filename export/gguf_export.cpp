@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <unordered_map>
 
 #include "autograd/check.h"
@@ -80,7 +81,16 @@ std::unordered_map<std::string, ModelTensor> model_tensors(const LlamaModel& mod
   std::unordered_map<std::string, ModelTensor> out;
   out["token_embd.weight"] = {&w.token_embd};
   out["output_norm.weight"] = {&w.output_norm};
-  if (!model.config().tie_word_embeddings) out["output.weight"] = {&w.output};
+  // The LM head: its own output.weight unless it is the embedding's tensor and stays so (an
+  // adapter on it is merged into a weight of its own; the embedding is unchanged).
+  const auto head = adapters.find(&w.output);
+  const LoraAdapter* head_adapter = head == adapters.end() ? nullptr : head->second;
+  if (!head_adapter && w.output.adapter && !model.output_tied())
+    throw Error(
+        "gguf export: the LM head has an adapter attached that the LoraModel given does not "
+        "hold; pass the LoraModel the adapter belongs to");
+  if (head_adapter || !model.output_tied())
+    out["output.weight"] = {&w.output.weight, &w.output, head_adapter};
   for (size_t l = 0; l < w.blocks.size(); ++l) {
     const LlamaBlock& b = w.blocks[l];
     out[fmt::format("blk.{}.attn_norm.weight", l)] = {&b.attn_norm};
@@ -232,10 +242,10 @@ std::vector<std::string> mismatches(const std::unordered_map<std::string, ModelT
 
 // Adds one model tensor as the merged model stores it: its bytes when they already are what the
 // file needs, else its (merged, reordered) values quantized when the file is written.
+// `tied`: token_embd.weight is the output projection too (the file has no output.weight).
 void add_model_tensor(GgufWriter& w, const LlamaModel& model, const ModelTensor& m,
-                      const GgufTensorInfo& info, DType type, Fallbacks& fallbacks,
+                      const GgufTensorInfo& info, DType type, bool tied, Fallbacks& fallbacks,
                       std::vector<std::string>& notes) {
-  const bool tied = model.config().tie_word_embeddings;
   const DType intended = intended_type(info.name, info.shape, type, tied);
   const DType stored = with_fallback(intended, info.shape.back());
   if (stored != intended) fallbacks.add(intended, stored, info.name, info.shape.back());
@@ -260,7 +270,15 @@ GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lo
                                     const MergedGgufOptions& options) {
   check_allowed(merged_gguf_types(), options.type, "merged model");
   check_source(model, source);
-  const std::unordered_map<std::string, ModelTensor> ours = model_tensors(model, lora);
+  std::unordered_map<std::string, ModelTensor> ours = model_tensors(model, lora);
+  // A tied model whose LM head was adapted gets an output.weight its source does not have,
+  // written after token_embd.weight (llama.cpp then stops using the embedding as the output).
+  std::optional<ModelTensor> added_head;
+  if (ours.count("output.weight") && source.find_tensor("output.weight") == nullptr) {
+    added_head = ours.at("output.weight");
+    ours.erase("output.weight");
+  }
+  const bool tied = !ours.count("output.weight") && !added_head;
   if (const std::vector<std::string> bad = mismatches(ours, source); !bad.empty())
     throw Error(fmt::format(
         "gguf export: the model does not match its source {} ({}); pass the file the base was "
@@ -283,7 +301,17 @@ GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lo
       continue;
     }
     if (it->second.adapter) ++result.merged_modules;
-    add_model_tensor(w, model, it->second, info, options.type, fallbacks, result.notes);
+    add_model_tensor(w, model, it->second, info, options.type, tied, fallbacks, result.notes);
+    if (added_head && info.name == "token_embd.weight") {
+      GgufTensorInfo head = info;
+      head.name = "output.weight";
+      if (added_head->adapter) ++result.merged_modules;
+      add_model_tensor(w, model, *added_head, head, options.type, tied, fallbacks, result.notes);
+      result.notes.push_back(fmt::format(
+          "the LM head{} is written as an output.weight of its own: the source ties it to "
+          "token_embd.weight, which is written unchanged",
+          added_head->adapter ? " (with its adapter merged)" : ""));
+    }
   }
   LOOM_CHECK(!lora || result.merged_modules == static_cast<int64_t>(lora->modules().size()),
              "gguf export: merged {} of {} adapted projections", result.merged_modules,
@@ -322,6 +350,14 @@ DType parse_gguf_adapter_type(std::string_view name) {
   return parse_from(gguf_adapter_types(), name, "GGUF adapter");
 }
 
+std::string gguf_tied_head_adapter_reason() {
+  return "the adapter has an LM head (lm_head) module, but the model ties its output "
+         "projection to the token embedding, so its GGUF has no output.weight and llama.cpp "
+         "finds nothing to apply output.weight.lora_a/b to. Export a merged GGUF instead "
+         "(merged-gguf-*: the LM head gets a weight of its own), or a PEFT adapter, or train "
+         "without lm_head in lora.targets";
+}
+
 double gguf_adapter_alpha(const LoraModel& lora) {
   const LoraConfig& c = lora.config();
   return c.rslora ? c.alpha * std::sqrt(static_cast<double>(c.rank)) : c.alpha;
@@ -340,6 +376,8 @@ GgufExportResult export_gguf_adapter(const LlamaModel& model, const LoraModel& l
         "magnitude vector, so the trained result cannot be reproduced. Export a merged model "
         "instead (DoRA merges exactly), or a PEFT adapter");
   if (lora.modules().empty()) throw Error("gguf export: the LoRA model has no adapted modules");
+  if (lora.head_module() != nullptr && model.config().tie_word_embeddings)
+    throw Error(fmt::format("gguf export: {}", gguf_tied_head_adapter_reason()));
 
   const double alpha = gguf_adapter_alpha(lora);
   const float alpha_f32 = static_cast<float>(alpha);

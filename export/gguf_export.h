@@ -107,6 +107,10 @@ struct GgufAdapterOptions {
 };
 
 // The value written as adapter.lora.alpha for this adapter (see above).
+// Why a GGUF adapter cannot hold an LM head adapter of a model with tied embeddings
+// (SmolLM2): llama.cpp's model has no output.weight for the adapter to attach to.
+std::string gguf_tied_head_adapter_reason();
+
 double gguf_adapter_alpha(const LoraModel& lora);
 
 // Writes `lora` (attached to `model`) as a llama.cpp LoRA adapter. Throws for DoRA.

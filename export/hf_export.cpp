@@ -64,6 +64,13 @@ void check_adapter(const Linear& p, const LoraAdapter* from_lora) {
                   p.hf_name, foreign ? " and is not merged" : ""));
 }
 
+// True when the export writes the LM head as its own lm_head.weight although the model's config
+// ties it to the embedding: an adapter on it is merged into it (or a merge already untied it).
+bool unties_head(const LlamaModel& model, const LoraModel* lora) {
+  return model.config().tie_word_embeddings &&
+         (!model.output_tied() || (lora != nullptr && lora->head_module() != nullptr));
+}
+
 struct Source {
   bool hf_folder = false;
   std::optional<GgufFile> gguf;
@@ -164,8 +171,13 @@ std::vector<HfTensor> hf_model_tensors(const LlamaModel& model, const LoraModel*
         {prefix + "post_attention_layernorm.weight", b.ffn_norm.shape(), plain_values(b.ffn_norm)});
   }
   out.push_back({"model.norm.weight", w.output_norm.shape(), plain_values(w.output_norm)});
-  if (!c.tie_word_embeddings)
-    out.push_back({"lm_head.weight", w.output.shape(), plain_values(w.output)});
+  // An adapted LM head of a tied model gets its own (merged) weight; the embedding stays.
+  const auto head = adapters.find(&w.output);
+  const LoraAdapter* head_adapter = head == adapters.end() ? nullptr : head->second;
+  check_adapter(w.output, head_adapter);
+  if (!c.tie_word_embeddings || unties_head(model, lora))
+    out.push_back(
+        {"lm_head.weight", w.output.weight.shape(), projection_values(c, w.output, head_adapter)});
   return out;
 }
 
@@ -184,6 +196,8 @@ ExportReport export_hf_model(const LlamaModel& model, const LoraModel* lora,
     gguf_tokenizer = load_tokenizer(*source.gguf);
   }
   const std::vector<HfTensor> tensors = hf_model_tensors(model, lora);
+  nlohmann::ordered_json config_out = config;
+  if (unties_head(model, lora)) config_out["tie_word_embeddings"] = false;
 
   StagingDir dir(out_dir, options.replace_existing);
   ExportReport& report = dir.report();
@@ -193,7 +207,7 @@ ExportReport export_hf_model(const LlamaModel& model, const LoraModel* lora,
   const uint64_t bytes = write_safetensors(dir.file(kModelFile), entries, {{"format", "pt"}},
                                            [&](size_t i) { return tensors[i].values(); });
   dir.add_written(kModelFile, bytes);
-  dir.write_text("config.json", config.dump(2) + "\n");
+  dir.write_text("config.json", config_out.dump(2) + "\n");
 
   const fs::path src(source_path);
   if (source.hf_folder) {
@@ -235,6 +249,10 @@ ExportReport export_hf_model(const LlamaModel& model, const LoraModel* lora,
   if (qk_rows_in_gguf_order(model.config()))
     report.notes.push_back(
         "q/k projection rows put back from llama.cpp's GGUF order into Hugging Face's");
+  if (unties_head(model, lora))
+    report.notes.push_back(
+        "the LM head's adapter is merged into its own lm_head.weight, so config.json says "
+        "tie_word_embeddings: false (the token embedding is unchanged)");
   report.notes.push_back(fmt::format("weights from {} storage, written as {}", dtype_mix(model),
                                      merge_dtype_name(options.dtype)));
   dir.commit();

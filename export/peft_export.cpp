@@ -83,7 +83,9 @@ void write_targets(const std::vector<ModuleInfo>& modules, int64_t n_layers, jso
 template <class T, class Get>
 json value_pattern(const std::vector<ModuleInfo>& modules, T fallback, Get get) {
   json pattern = json::object();
-  for (Projection p : kAllProjections) {
+  std::vector<Projection> kinds(std::begin(kAllProjections), std::end(kAllProjections));
+  kinds.push_back(Projection::Output);
+  for (Projection p : kinds) {
     std::vector<const ModuleInfo*> of_kind;
     for (const ModuleInfo& m : modules)
       if (m.kind == p) of_kind.push_back(&m);

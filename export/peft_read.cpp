@@ -294,7 +294,7 @@ void load_tensors(const SafetensorsFile& file, LoraModel& lora, const ModelConfi
     if (info.name.find("lora_embedding_") != std::string::npos)
       throw Error(
           fmt::format("{}: tensor '{}' adapts an embedding; loom adapts the seven "
-                      "projections only",
+                      "projections of each block and the LM head only",
                       file.path(), info.name));
     const std::string name = loom_name(info.name);
     const auto slot = slots.find(name);

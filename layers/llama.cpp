@@ -23,10 +23,14 @@ struct ProjectionNames {
   std::string_view gguf;       // under blk.N.
 };
 constexpr ProjectionNames kProjectionNames[] = {
-    {"self_attn.q_proj", "q_proj", "attn_q"},   {"self_attn.k_proj", "k_proj", "attn_k"},
-    {"self_attn.v_proj", "v_proj", "attn_v"},   {"self_attn.o_proj", "o_proj", "attn_output"},
-    {"mlp.gate_proj", "gate_proj", "ffn_gate"}, {"mlp.up_proj", "up_proj", "ffn_up"},
-    {"mlp.down_proj", "down_proj", "ffn_down"}};
+    {"self_attn.q_proj", "q_proj", "attn_q"},
+    {"self_attn.k_proj", "k_proj", "attn_k"},
+    {"self_attn.v_proj", "v_proj", "attn_v"},
+    {"self_attn.o_proj", "o_proj", "attn_output"},
+    {"mlp.gate_proj", "gate_proj", "ffn_gate"},
+    {"mlp.up_proj", "up_proj", "ffn_up"},
+    {"mlp.down_proj", "down_proj", "ffn_down"},
+    {"lm_head", "lm_head", "output"}};  // Projection::Output: not under a block
 
 const ProjectionNames& names_of(Projection p) {
   return kProjectionNames[static_cast<size_t>(p)];
@@ -43,6 +47,13 @@ void name_projections(LlamaBlock& b, int64_t layer) {
   }
 }
 
+void name_output(Linear& output) {
+  output.kind = Projection::Output;
+  output.layer = -1;
+  output.gguf_name = std::string(names_of(Projection::Output).gguf);
+  output.hf_name = std::string(names_of(Projection::Output).hf_module);
+}
+
 }  // namespace
 
 std::string_view projection_hf_name(Projection p) {
@@ -56,6 +67,13 @@ Tensor LinearAdapter::forward(const Linear& base, const Tensor& x, Precision pre
                               OutputUse) const {
   // apply() may read the base output's values (DoRA rescales it): always computed.
   return apply(base, x, linear(x, base.weight, base.bias, precision), precision);
+}
+
+std::optional<LowRankTerm> LinearAdapter::low_rank_term(const Linear& base, const Tensor&) const {
+  throw Error(fmt::format(
+      "llama: the adapter on '{}' is not a plain low-rank update (LoRA), which is all the "
+      "chunked loss can add to the LM head",
+      base.hf_name));
 }
 
 Tensor Linear::forward(const Tensor& x, Precision precision, OutputUse use) const {
@@ -104,8 +122,10 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights)
   check_tensor(weights_.output_norm, label(weights_.output_norm, "final norm"), {D}, src,
                fmt::format("hidden {}", D));
   check_norm_dtype(weights_.output_norm, label(weights_.output_norm, "final norm"), src);
-  check_tensor(weights_.output, label(weights_.output, "output"), {V, D}, src,
+  check_tensor(weights_.output.weight, label(weights_.output.weight, "output"), {V, D}, src,
                fmt::format("vocab {} x hidden {}", V, D));
+  LOOM_CHECK(!weights_.output.bias.defined(), "llama: {}: the output projection has no bias", src);
+  name_output(weights_.output);
   if (static_cast<int64_t>(weights_.blocks.size()) != c.n_layers)
     throw Error(fmt::format("llama: {}: {} blocks given, the config says {}", src,
                             weights_.blocks.size(), c.n_layers));
@@ -143,6 +163,7 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights)
           why = fmt::format("intermediate {} by hidden {}", I, D);
           break;
         case Projection::Down:
+        case Projection::Output:  // not in a block
           expected = {D, I};
           why = fmt::format("hidden {} by intermediate {}", D, I);
           break;
@@ -171,6 +192,16 @@ std::vector<Linear*> LlamaModel::projections() {
   for (LlamaBlock& b : weights_.blocks)
     for (Linear* p : b.projections()) out.push_back(p);
   return out;
+}
+
+std::vector<Linear*> LlamaModel::adaptable() {
+  std::vector<Linear*> out = projections();
+  out.push_back(&weights_.output);
+  return out;
+}
+
+bool LlamaModel::output_tied() const {
+  return weights_.output.weight.impl() == weights_.token_embd.impl();
 }
 
 // ---- loading ----------------------------------------------------------------------------------
@@ -213,10 +244,10 @@ LlamaWeights load_weights(const ModelConfig& c, const Naming& n, const Getter& g
   LlamaWeights w;
   w.token_embd = required(n.embed(), "token embedding");
   w.output_norm = required(n.final_norm(), "final norm");
-  w.output = c.tie_word_embeddings ? w.token_embd
-                                   : required(n.output(),
-                                              "output projection; the config says "
-                                              "the embeddings are not tied");
+  w.output.weight = c.tie_word_embeddings ? w.token_embd
+                                          : required(n.output(),
+                                                     "output projection; the config says "
+                                                     "the embeddings are not tied");
   for (int64_t l = 0; l < c.n_layers; ++l) {
     LlamaBlock b;
     b.attn_norm = required(n.attn_norm(l), "attention norm");
@@ -407,11 +438,13 @@ CrossEntropyResult LlamaModel::loss(const Tensor& hidden, std::span<const int32_
   o.ignore_index = ignore_index;
   o.precision = precision;
   o.chunk_rows = chunk_rows;
-  return cross_entropy_chunked(hidden, weights_.output, targets, o);
+  const Linear& head = weights_.output;
+  if (head.adapter) o.low_rank = head.adapter->low_rank_term(head, hidden);
+  return cross_entropy_chunked(hidden, head.weight, targets, o);
 }
 
 Tensor LlamaModel::logits(const Tensor& hidden, Precision precision) const {
-  return linear(hidden, weights_.output, Tensor(), precision);
+  return weights_.output.forward(hidden, precision);
 }
 
 }  // namespace loom

@@ -16,7 +16,9 @@
 // only the blocks' inputs are kept, and each block is recomputed during backward. The model must
 // stay alive (and not be moved) until backward has run: the recorded blocks refer to it.
 //
-// LoRA attaches to any of the seven projections through Linear::adapter (see LinearAdapter).
+// LoRA attaches to any of the seven projections, and to the LM head (the output projection,
+// weights().output), through Linear::adapter (see LinearAdapter). An adapter on the LM head
+// enters the chunked loss as a low-rank term (LinearAdapter::low_rank_term).
 // Q/K row order: see layers/model_config.h (GGUF llama weights are permuted for llama.cpp's
 // interleaved rope; config().rope.style says which layout the loaded weights have).
 #pragma once
@@ -24,6 +26,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,8 +40,9 @@ namespace loom {
 class GgufFile;
 struct Linear;
 
-// The seven projections of a block, in the order LlamaBlock::projections() lists them.
-enum class Projection : uint8_t { Q, K, V, O, Gate, Up, Down };
+// The seven projections of a block, in the order LlamaBlock::projections() lists them, and the
+// LM head (Output: Hugging Face "lm_head", GGUF "output"; not in kAllProjections).
+enum class Projection : uint8_t { Q, K, V, O, Gate, Up, Down, Output };
 inline constexpr Projection kAllProjections[] = {Projection::Q,   Projection::K,    Projection::V,
                                                  Projection::O,   Projection::Gate, Projection::Up,
                                                  Projection::Down};
@@ -61,6 +65,11 @@ class LinearAdapter {
   // linear(): GraphOnly allows (does not require) skipping the output's values.
   virtual Tensor forward(const Linear& base, const Tensor& x, Precision precision,
                          OutputUse use = OutputUse::Read) const;
+  // On the LM head: the adapter's part of the output as a low-rank term x_lr, A, B, scale (the
+  // output is base(x) + scale (x_lr A^T) B^T), which the chunked loss adds chunk by chunk.
+  // nullopt when the adapter adds nothing now (merged into the weight). The default throws: an
+  // adapter not of that form cannot go on the LM head.
+  virtual std::optional<LowRankTerm> low_rank_term(const Linear& base, const Tensor& x) const;
 };
 
 // One projection: a frozen weight of any storage dtype, an optional f32 bias, an optional
@@ -98,7 +107,9 @@ struct LlamaWeights {
   Tensor token_embd;  // [V, D]
   std::vector<LlamaBlock> blocks;
   Tensor output_norm;  // [D]
-  Tensor output;       // [V, D]; the same tensor as token_embd when the config says tied
+  // The LM head: weight [V, D], the same tensor as token_embd when the embeddings are tied (a
+  // merged LM head adapter replaces it with its own tensor: unties it). kind Output, layer -1.
+  Linear output;
   // Per-frequency divisors of the rope angles (GGUF rope_freqs.weight, how llama.cpp stores
   // Llama-3.1 scaling), [rotary_dim / 2]; empty when none.
   std::vector<float> rope_freq_factors;
@@ -139,6 +150,10 @@ class LlamaModel {
   LlamaWeights& weights() { return weights_; }
   // Every block's seven projections, block by block: where adapters are attached.
   std::vector<Linear*> projections();
+  // Every Linear an adapter can go on: projections() and then the LM head (weights().output).
+  std::vector<Linear*> adaptable();
+  // True when the LM head's weight is the token embedding's tensor (tied and not merged).
+  bool output_tied() const;
 
   // Token embeddings [B, T, D] (f32).
   Tensor embed(const TokenBatch& batch) const;

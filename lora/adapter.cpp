@@ -87,6 +87,15 @@ Tensor LoraAdapter::forward(const Linear& base, const Tensor& x, Precision preci
                          static_cast<float>(scale_), precision, use);
 }
 
+std::optional<LowRankTerm> LoraAdapter::low_rank_term(const Linear& base, const Tensor& x) const {
+  if (is_dora())
+    throw Error(
+        fmt::format("lora: the DoRA adapter on '{}' is not a plain low-rank update", base.hf_name));
+  if (merged()) return std::nullopt;
+  check_call(base, x);
+  return LowRankTerm{dropped_input(x), a_, b_, static_cast<float>(scale_)};
+}
+
 void LoraAdapter::init_kaiming_uniform(uint64_t seed) {
   // kaiming_uniform_(a = sqrt(5)) on [rank, in]: gain sqrt(2 / (1 + 5)), bound gain * sqrt(3 / in)
   // = 1 / sqrt(in).

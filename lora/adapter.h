@@ -63,6 +63,8 @@ class LoraAdapter : public LinearAdapter {
   // The same output as apply() on the base output, as one linear_low_rank op (the training path).
   Tensor forward(const Linear& base, const Tensor& x, Precision precision,
                  OutputUse use = OutputUse::Read) const override;
+  // {dropout(x), A, B, s} (nullopt while merged): the LM head's term in the chunked loss.
+  std::optional<LowRankTerm> low_rank_term(const Linear& base, const Tensor& x) const override;
 
   // PEFT's default init (init_lora_weights=True): A Kaiming-uniform with a = sqrt(5), i.e.
   // U(-1/sqrt(in), 1/sqrt(in)), and B = 0, so the adapted model starts equal to the base.

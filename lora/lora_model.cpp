@@ -113,17 +113,32 @@ std::string LoraConfig::summary() const {
 LoraModel::LoraModel(LlamaModel& model, LoraConfig config)
     : model_(&model), config_(std::move(config)), runtime_(std::make_shared<LoraRuntime>()) {
   config_.validate();
-  const std::vector<Linear*> projections = model.projections();
+  const std::vector<Linear*> projections = model.adaptable();
   const std::vector<Linear*> targets =
       select_targets(projections, config_.targets, model.config().n_layers);
-  for (Linear* p : targets)
+  for (Linear* p : targets) {
     if (p->adapter)
       throw Error(
           fmt::format("lora: projection '{}' already has an adapter; detach it first", p->hf_name));
+    if (p->kind != Projection::Output) continue;
+    // The LM head (often the token embedding's tensor too) keeps its weight: no init that
+    // rewrites the base, no DoRA (its row norms over a vocabulary-sized weight).
+    if (config_.dora)
+      throw Error(
+          "lora: DoRA on the LM head (lm_head) is not supported: use plain LoRA there, or leave "
+          "lm_head out of the targets");
+    if (config_.init == LoraInit::Pissa)
+      throw Error(
+          "lora: PiSSA init on the LM head (lm_head) is not supported (it would rewrite the "
+          "output weight, which SmolLM2-style models share with the token embedding): use "
+          "init kaiming or gaussian, or leave lm_head out of the targets");
+  }
   for (Linear* p : projections) {
+    // The LM head is never converted (base_dtype applies to the blocks' projections).
+    const bool head = p->kind == Projection::Output;
     const DType before = p->weight.dtype();
-    conversion_.bytes_before += storage_bytes(before, p->weight.numel());
-    const DType storage = base_storage_dtype(config_.base_dtype, before);
+    if (!head) conversion_.bytes_before += storage_bytes(before, p->weight.numel());
+    const DType storage = head ? before : base_storage_dtype(config_.base_dtype, before);
     const bool targeted = std::find(targets.begin(), targets.end(), p) != targets.end();
     if (!targeted) {
       p->weight = convert_weight(p->weight, storage);
@@ -159,9 +174,16 @@ LoraModel::LoraModel(LlamaModel& model, LoraConfig config)
       }
       modules_.push_back(std::move(module));
     }
+    if (head) continue;
     conversion_.bytes_after += storage_bytes(p->weight.dtype(), p->weight.numel());
     if (p->weight.dtype() != before) ++conversion_.converted;
   }
+}
+
+const LoraModule* LoraModel::head_module() const {
+  for (const LoraModule& m : modules_)
+    if (m.linear->kind == Projection::Output) return &m;
+  return nullptr;
 }
 
 std::vector<LoraParameter> LoraModel::parameters() const {

@@ -11,12 +11,17 @@
 //   4. DoRA: the magnitude vector from the final base weight and A, B.
 //
 // Parameter names (PEFT's adapter_model.safetensors keys), in a stable order -- by layer, then
-// q, k, v, o, gate, up, down, then lora_A, lora_B, lora_magnitude_vector:
+// q, k, v, o, gate, up, down, the LM head last, then lora_A, lora_B, lora_magnitude_vector:
 //   base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight   [r, in]
 //   base_model.model.model.layers.N.self_attn.q_proj.lora_B.weight   [out, r]
 //   base_model.model.model.layers.N.self_attn.q_proj.lora_magnitude_vector   [out] (DoRA)
+//   base_model.model.lm_head.lora_A.weight / lora_B.weight   [r, D] / [V, r] (target lm_head)
 // For a GGUF-loaded llama the q/k rows (B's rows, the magnitude) are in llama.cpp's permuted
 // order (layers/model_config.h): an export for Hugging Face must un-permute them.
+//
+// An adapter on the LM head of a model with tied embeddings adapts the output only: merging
+// and merged exports give the LM head its own weight (tie_word_embeddings false), the token
+// embedding stays as it was.
 //
 // The model must outlive the LoraModel and not move: LoraModel keeps pointers to its Linear
 // slots. Destroying the LoraModel leaves the adapters attached (call detach() to remove them).
@@ -94,6 +99,8 @@ class LoraModel {
 
   const LoraConfig& config() const { return config_; }
   const std::vector<LoraModule>& modules() const { return modules_; }
+  // The LM head's module when lm_head is targeted, else null.
+  const LoraModule* head_module() const;
   const BaseConversion& base_conversion() const { return conversion_; }
 
   // Every trainable tensor with its PEFT name, in the stable order above.

@@ -98,6 +98,8 @@ std::string valid_names_hint(std::string_view entry, const std::vector<Linear*>&
   std::vector<std::string_view> names;
   for (Projection p : kAllProjections) names.push_back(projection_hf_name(p));
   for (Projection p : kAllProjections) names.push_back(projection_gguf_name(p));
+  names.push_back(projection_hf_name(Projection::Output));
+  names.push_back(projection_gguf_name(Projection::Output));
   // A dotted path whose last part is a projection name: the path itself is what is wrong.
   const size_t dot = entry.rfind('.');
   if (dot != std::string_view::npos &&
@@ -114,8 +116,8 @@ std::string valid_names_hint(std::string_view entry, const std::vector<Linear*>&
   for (Projection p : kAllProjections)
     list += fmt::format("{}{}", list.empty() ? "" : ", ", projection_hf_name(p));
   return fmt::format(
-      "did you mean '{}'? Valid names: {} (or GGUF stems attn_q, ..., ffn_down, "
-      "a longer suffix such as 'self_attn.q_proj', or 'all-linear')",
+      "did you mean '{}'? Valid names: {}, lm_head (or GGUF stems attn_q, ..., ffn_down, "
+      "output, a longer suffix such as 'self_attn.q_proj', or 'all-linear')",
       nearest, list);
 }
 
@@ -171,17 +173,31 @@ std::vector<Linear*> select_targets(const std::vector<Linear*>& projections, con
   }
   const bool all = is_all_linear(t.modules[0]);
   if (!all)
-    for (const std::string& m : t.modules)
+    for (const std::string& m : t.modules) {
       if (std::none_of(projections.begin(), projections.end(),
                        [&](const Linear* p) { return entry_matches(*p, m); }))
         throw Error(fmt::format("lora: target module '{}' matches no projection; {}", m,
                                 valid_names_hint(m, projections, n_layers)));
+      // PEFT drops a module without a layer index when layers_to_transform is given; an entry
+      // that names only the LM head would be ignored without a word.
+      if (!t.layers.empty() &&
+          std::all_of(projections.begin(), projections.end(), [&](const Linear* p) {
+            return !entry_matches(*p, m) || p->kind == Projection::Output;
+          }))
+        throw Error(fmt::format(
+            "lora: target module '{}' is the LM head, which is in no layer: layers ({}) would "
+            "leave it out (PEFT's layers_to_transform does); drop the layers, or name the "
+            "modules of those layers in a regex and the LM head with '|lm_head'",
+            m, t.layers.size()));
+    }
   for (Linear* p : projections) {
     if (!t.layers.empty() &&
         std::find(t.layers.begin(), t.layers.end(), p->layer) == t.layers.end())
       continue;
-    if (all || std::any_of(t.modules.begin(), t.modules.end(),
-                           [&](const std::string& m) { return entry_matches(*p, m); }))
+    // all-linear is PEFT's: every linear layer but the output layer.
+    if ((all && p->kind != Projection::Output) ||
+        (!all && std::any_of(t.modules.begin(), t.modules.end(),
+                             [&](const std::string& m) { return entry_matches(*p, m); })))
       out.push_back(p);
   }
   return out;
@@ -196,25 +212,40 @@ std::optional<size_t> match_pattern_key(const std::vector<std::string>& keys,
   return std::nullopt;
 }
 
-std::optional<LoraTargets> product_targets(const std::vector<const Linear*>& modules,
+std::optional<LoraTargets> product_targets(const std::vector<const Linear*>& all_modules,
                                            int64_t n_layers) {
-  std::set<Projection> kinds;
-  std::set<int64_t> layers;
-  std::set<std::pair<Projection, int64_t>> pairs;
-  for (const Linear* m : modules) {
-    kinds.insert(m->kind);
-    layers.insert(m->layer);
-    pairs.insert({m->kind, m->layer});
+  // The LM head is named on its own; it cannot go with a layer set (see select_targets).
+  std::vector<const Linear*> modules;
+  size_t heads = 0;
+  for (const Linear* m : all_modules) {
+    if (m->kind == Projection::Output)
+      ++heads;
+    else
+      modules.push_back(m);
   }
-  if (modules.empty() || pairs.size() != modules.size() ||
-      modules.size() != kinds.size() * layers.size())
-    return std::nullopt;
+  if (heads > 1) return std::nullopt;
   LoraTargets t;
   t.modules.clear();
-  for (Projection p : kAllProjections)
-    if (kinds.count(p)) t.modules.emplace_back(projection_hf_name(p));
-  if (static_cast<int64_t>(layers.size()) != n_layers)
-    t.layers.assign(layers.begin(), layers.end());
+  if (!modules.empty()) {
+    std::set<Projection> kinds;
+    std::set<int64_t> layers;
+    std::set<std::pair<Projection, int64_t>> pairs;
+    for (const Linear* m : modules) {
+      kinds.insert(m->kind);
+      layers.insert(m->layer);
+      pairs.insert({m->kind, m->layer});
+    }
+    if (pairs.size() != modules.size() || modules.size() != kinds.size() * layers.size())
+      return std::nullopt;
+    for (Projection p : kAllProjections)
+      if (kinds.count(p)) t.modules.emplace_back(projection_hf_name(p));
+    if (static_cast<int64_t>(layers.size()) != n_layers) {
+      if (heads > 0) return std::nullopt;
+      t.layers.assign(layers.begin(), layers.end());
+    }
+  }
+  if (heads > 0) t.modules.emplace_back(projection_hf_name(Projection::Output));
+  if (t.modules.empty()) return std::nullopt;
   return t;
 }
 

@@ -21,7 +21,8 @@ struct LoraTargets {
   // or ends with "." + entry ("q_proj", "self_attn.q_proj", "layers.0.mlp.up_proj"). GGUF stems
   // ("attn_q", "ffn_down") match the GGUF name ("blk.3.attn_q") the same way. The single entry
   // "all-linear" targets all seven projections of every block (PEFT's shorthand: every linear
-  // layer but the lm head, which loom never adapts). Every entry must match some projection.
+  // layer but the LM head). The LM head is targeted by name: "lm_head" (GGUF "output"). Every
+  // entry must match some projection.
   std::vector<std::string> modules = {"q_proj", "v_proj"};
   // PEFT target_modules given as a string: a regex that must match the WHOLE key
   // (re.fullmatch). When non-empty it replaces `modules`, and must match some projection.

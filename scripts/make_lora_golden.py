@@ -25,6 +25,9 @@ Cases:
               alpha_pattern (PEFT >= 0.15 matching), dropout 0
   lora_regex  hf_llama, a regex target over both layers, rsLoRA (alpha / sqrt(r)), r 8
   dora        hf_llama_tied (q/k/v/o biases, tied embeddings), all-linear, DoRA, r 4
+  lm_head_tied  hf_llama_tied, q_proj, v_proj and the LM head (tied to the embedding: PEFT
+              adapts the output only), lm_head with its own rank and alpha
+  lm_head     hf_llama (untied), the LM head alone, rsLoRA, r 3
 
 Run with the repo's environment:  .venv/bin/python3 scripts/make_lora_golden.py
 Needs torch, transformers and peft. PEFT declares torch>=1.13.0, which Debian's 1.13.0a0 does not
@@ -60,6 +63,11 @@ CASES = {
         target_modules=r"model\.layers\.(0\.self_attn\.(q|v)_proj|1\.mlp\.(gate|down)_proj)")),
     "dora": dict(model_dir="hf_llama_tied", seed=13, peft=dict(
         r=4, lora_alpha=8.0, use_dora=True, target_modules="all-linear")),
+    "lm_head_tied": dict(model_dir="hf_llama_tied", seed=14, peft=dict(
+        r=4, lora_alpha=8.0, target_modules=["q_proj", "v_proj", "lm_head"],
+        rank_pattern={"lm_head": 2}, alpha_pattern={"lm_head": 6.0})),
+    "lm_head": dict(model_dir="hf_llama", seed=15, peft=dict(
+        r=3, lora_alpha=4.0, use_rslora=True, target_modules=["lm_head"])),
 }
 
 
@@ -147,7 +155,9 @@ def run_case(name, case):
     config = peft.LoraConfig(lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", **case["peft"])
     model = peft.get_peft_model(base, config)
     values = set_adapter_values(model, case["seed"])
-    saved = peft.get_peft_model_state_dict(model)
+    # Only the adapter: with lm_head among the targets PEFT would also save the LM head's base
+    # weight ("auto" save_embedding_layers), which the base model already has.
+    saved = peft.get_peft_model_state_dict(model, save_embedding_layers=False)
     assert sorted(saved) == sorted(values), (sorted(saved), sorted(values))
 
     model = model.double().eval()

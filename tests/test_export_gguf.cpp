@@ -556,6 +556,104 @@ TEST(GgufMergedExport, F32MergeEqualsTheMergeFormulaAndTheAdapterModel) {
   EXPECT_LT(max_abs_diff(logits_of(reread), adapter_logits), 2e-4f);
 }
 
+LoraConfig with_head(int64_t rank, double alpha) {
+  LoraConfig c = all_linear(rank, alpha);
+  c.targets.modules = {"q_proj", "v_proj", "lm_head"};
+  return c;
+}
+
+// A tied model (SmolLM2's layout) with an adapted LM head: the merged file gets an output.weight
+// of its own (W_embd + s B A), the embedding is written unchanged, and llama.cpp's rule for the
+// output projection now applies to output.weight.
+TEST(GgufMergedExport, AnAdaptedLmHeadOfATiedModelGetsItsOwnOutputWeight) {
+  TempDir dir;
+  write_tiny_llama(dir / "base.gguf", TinyDims{});
+  const GgufFile source = GgufFile::open(dir / "base.gguf");
+  ASSERT_EQ(source.find_tensor("output.weight"), nullptr);
+  LlamaModel model = LlamaModel::from_gguf(source);
+  ASSERT_TRUE(model.output_tied());
+  LoraModel lora(model, with_head(4, 8.0));
+  ASSERT_NE(lora.head_module(), nullptr);
+  randomize_adapters(lora, 78);
+  lora.set_training(false);
+  const std::vector<float> adapter_logits = logits_of(model);
+  const std::vector<float> base_logits = logits_of(LlamaModel::from_gguf(source));
+
+  MergedGgufOptions o;
+  o.type = DType::F32;
+  const GgufExportResult r = export_merged_gguf(model, &lora, source, dir / "merged.gguf", o);
+  EXPECT_EQ(r.merged_modules, 5);  // q and v of two blocks, the LM head
+  EXPECT_EQ(r.tensors, static_cast<int64_t>(source.tensors().size()) + 1);
+  const GgufFile merged = GgufFile::open(dir / "merged.gguf");
+  EXPECT_EQ(merged.tensor("token_embd.weight").to_vector(),
+            source.tensor("token_embd.weight").to_vector());
+  const std::vector<float> head =
+      merge_formula(*lora.head_module()->adapter, source.tensor("token_embd.weight").to_vector());
+  EXPECT_LE(max_abs_diff(merged.tensor("output.weight").to_vector(), head), 1e-6f);
+  const LlamaModel reread = LlamaModel::from_gguf(merged);
+  EXPECT_FALSE(reread.output_tied());
+  EXPECT_LT(max_abs_diff(logits_of(reread), adapter_logits), 2e-4f);
+  EXPECT_GT(max_abs_diff(base_logits, adapter_logits), 0.05f);  // the adapters act
+
+  // q4_k: the output projection gets llama-quantize's q6_k; the embedding, no longer the
+  // output, takes the plain type (tied, it would be q6_k too).
+  o.type = DType::Q4_K;
+  export_merged_gguf(model, &lora, source, dir / "merged_q4k.gguf", o);
+  const GgufFile q = GgufFile::open(dir / "merged_q4k.gguf");
+  EXPECT_EQ(q.tensor_info("output.weight").dtype, DType::Q6_K);
+  EXPECT_EQ(q.tensor_info("token_embd.weight").dtype, DType::Q4_K);
+
+  // A llama.cpp adapter cannot hold it: llama.cpp's tied model has no output.weight.
+  try {
+    export_gguf_adapter(model, lora, dir / "a.gguf");
+    ADD_FAILURE() << "a tied LM head adapter was written as a GGUF adapter";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no output.weight"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "a.gguf"));
+}
+
+// An untied model: the LM head adapter goes into the GGUF adapter as output.weight.lora_a/b
+// (llama.cpp's name) and reads back.
+TEST(GgufAdapterExport, AnLmHeadAdapterOfAnUntiedModelRoundTrips) {
+  TempDir dir;
+  TinyDims d;
+  d.tied = false;
+  write_tiny_llama(dir / "base.gguf", d);
+  LlamaModel model = LlamaModel::from_gguf(dir / "base.gguf");
+  LoraConfig c = with_head(4, 8.0);
+  c.rank_pattern = {{"lm_head", 2}};
+  LoraModel lora(model, c);
+  randomize_adapters(lora, 79);
+  lora.set_training(false);
+  const std::vector<float> expected = logits_of(model);
+  export_gguf_adapter(model, lora, dir / "a.gguf");
+  const GgufFile f = GgufFile::open(dir / "a.gguf");
+  EXPECT_EQ(f.tensor_info("output.weight.lora_a").shape, (Shape{2, d.hidden}));
+  EXPECT_EQ(f.tensor_info("output.weight.lora_b").shape, (Shape{d.vocab, 2}));
+  lora.detach();
+
+  LlamaModel fresh = LlamaModel::from_gguf(dir / "base.gguf");
+  GgufAdapterContents contents;
+  LoraModel back = load_gguf_adapter(dir / "a.gguf", fresh, &contents);
+  EXPECT_EQ(contents.config.targets.modules,
+            (std::vector<std::string>{"q_proj", "v_proj", "lm_head"}));
+  ASSERT_NE(back.head_module(), nullptr);
+  EXPECT_EQ(back.head_module()->adapter->rank(), 2);
+  EXPECT_LT(max_abs_diff(logits_of(fresh), expected), 1e-5f);
+  back.detach();
+
+  // The same file on a tied base: refused, naming why.
+  write_tiny_llama(dir / "tied.gguf", TinyDims{});
+  LlamaModel tied = LlamaModel::from_gguf(dir / "tied.gguf");
+  try {
+    load_gguf_adapter(dir / "a.gguf", tied);
+    ADD_FAILURE() << "an output.weight adapter was applied to a tied model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has no output.weight"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GgufMergedExport, QuantizedTypesStoreTheQuantizedMerge) {
   TempDir dir;
   write_tiny_llama(dir / "base.gguf", TinyDims{});

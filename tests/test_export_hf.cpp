@@ -349,6 +349,64 @@ TEST(HfExport, GgufDoraRsloraOnQkOfOneLayer) {
   check_gguf_case(c);
 }
 
+TEST(HfExport, GgufLoraWithTheLmHead) {
+  GgufCase c;
+  c.lora.rank = 4;
+  c.lora.alpha = 8;
+  c.lora.targets.modules = {"v_proj", "lm_head"};
+  c.lora.rank_pattern = {{"lm_head", 2}};
+  check_gguf_case(c);
+}
+
+// A tied model (SmolLM2's layout) with an adapted LM head: the merged folder unties it (its own
+// lm_head.weight, tie_word_embeddings false, the embedding unchanged); the PEFT adapter names
+// lm_head and, loaded on the tied base, gives the adapter model's logits.
+TEST(HfExport, AnAdaptedLmHeadOfATiedModelIsUntiedInTheMergedFolder) {
+  TempDir tmp;
+  const std::string src = (golden_dir() / "hf_llama_tied").string();
+  LlamaModel model = LlamaModel::from_hf(src);
+  ASSERT_TRUE(model.output_tied());
+  LoraConfig c;
+  c.rank = 4;
+  c.alpha = 8;
+  c.targets.modules = {"q_proj", "lm_head"};
+  c.rank_pattern = {{"lm_head", 2}};
+  c.alpha_pattern = {{"lm_head", 3.0}};
+  LoraModel lora(model, c);
+  randomize(lora, 9);
+  const std::vector<float> ref = logits_of(model, kIds);
+  const std::vector<float> base_ref = logits_of(LlamaModel::from_hf(src), kIds);
+  EXPECT_GT(rel_diff(ref, base_ref), 1e-3);
+
+  const ExportReport merged = export_hf_model(model, &lora, src, tmp / "merged");
+  const json config = read_json(tmp / "merged/config.json");
+  EXPECT_EQ(config["tie_word_embeddings"], false);
+  const LlamaModel hf = LlamaModel::from_hf(tmp / "merged");
+  EXPECT_FALSE(hf.output_tied());
+  EXPECT_EQ(hf.weights().token_embd.to_vector(), model.weights().token_embd.to_vector());
+  EXPECT_LE(rel_diff(logits_of(hf, kIds), ref), 1e-5);
+  bool noted = false;
+  for (const std::string& n : merged.notes)
+    noted |= n.find("tie_word_embeddings: false") != std::string::npos;
+  EXPECT_TRUE(noted);
+
+  const ExportReport peft = export_peft_adapter(tmp / "peft", lora, model, src);
+  const json j = read_json(tmp / "peft/adapter_config.json");
+  EXPECT_EQ(j["target_modules"], json({"q_proj", "lm_head"}));
+  EXPECT_TRUE(j["layers_to_transform"].is_null());
+  EXPECT_EQ(j["rank_pattern"], json({{"lm_head", 2}}));
+  EXPECT_EQ(j["alpha_pattern"], json({{"lm_head", 3}}));
+  const SafetensorsFile st = SafetensorsFile::open(tmp / "peft/adapter_model.safetensors");
+  EXPECT_TRUE(st.find("base_model.model.lm_head.lora_A.weight"));
+  EXPECT_TRUE(st.find("base_model.model.lm_head.lora_B.weight"));
+  LlamaModel base = LlamaModel::from_hf(src);
+  LoraModel back = load_peft_adapter(tmp / "peft", base);
+  back.set_training(false);
+  ASSERT_NE(back.head_module(), nullptr);
+  EXPECT_TRUE(base.output_tied());  // attaching adapts the output only
+  EXPECT_LE(rel_diff(logits_of(base, kIds), ref), 1e-6);
+}
+
 // ---- adapter_config.json
 // -------------------------------------------------------------------------
 

@@ -469,6 +469,79 @@ TEST(Gradcheck, CrossEntropyFrozenQuantizedWeight3dHidden) {
       {param({2, 3, 32}, 1, -0.3f, 0.3f)}, kCeTol);
 }
 
+TEST(Gradcheck, CrossEntropyLowRankTermSharedInput) {
+  // LoRA on the LM head: logits = h W^T + s (h A^T) B^T with a frozen Q8_0 W; dH sums both
+  // paths; dA, dB checked; chunk 3 over 7 counted rows, 3 ignored.
+  Tensor w = Tensor::quantized_from({7, 32}, DType::Q8_0, random_values(7 * 32, 5));
+  const std::vector<int32_t> targets = {2, -100, 0, 6, 6, -100, 1, 3, -100, 5};
+  EXPECT_GRADCHECK(
+      [w, targets](const std::vector<Tensor>& in) {
+        CrossEntropyOptions opt;
+        opt.chunk_rows = 3;
+        opt.precision = Precision::F32;
+        opt.low_rank = LowRankTerm{in[0], in[1], in[2], 1.5f};
+        return cross_entropy_chunked(in[0], w, targets, opt).loss;
+      },
+      {param({2, 5, 32}, 1, -0.3f, 0.3f), param({3, 32}, 2), param({7, 3}, 3)}, kCeTol);
+}
+
+TEST(Gradcheck, CrossEntropyLowRankTermSeparateInputTrainableWeight) {
+  // The low-rank input is its own tensor (as dropout(h) is): its gradient goes to it alone.
+  const std::vector<int32_t> targets = {4, 0, -100, 3, 1, 1};
+  EXPECT_GRADCHECK(
+      [targets](const std::vector<Tensor>& in) {
+        CrossEntropyOptions opt;
+        opt.chunk_rows = 4;
+        opt.precision = Precision::F32;
+        opt.low_rank = LowRankTerm{in[2], in[3], in[4], -0.75f};
+        return cross_entropy_chunked(in[0], in[1], targets, opt).loss;
+      },
+      {param({6, 4}, 1), param({5, 4}, 2), param({6, 4}, 3), param({2, 4}, 4), param({5, 2}, 5)},
+      kCeTol);
+}
+
+TEST(Gradcheck, CrossEntropyLowRankTermEqualsTheFullLogits) {
+  // The chunked loss with the term equals log-softmax of linear_low_rank's full logits, and its
+  // gradients equal those through that composition (an independent path: full logits, then
+  // log_softmax and a pick).
+  const int64_t N = 9, V = 11, D = 8, R = 3;
+  const std::vector<int32_t> targets = {3, 10, -100, 0, 7, 7, 2, -100, 5};
+  Tensor w = random_tensor({V, D}, 1);
+  auto run = [&](bool chunked) {
+    Tensor h = param({N, D}, 2), a = param({R, D}, 3), b = param({V, R}, 4);
+    Tensor loss;
+    if (chunked) {
+      CrossEntropyOptions opt;
+      opt.chunk_rows = 2;
+      opt.precision = Precision::F32;
+      opt.low_rank = LowRankTerm{h, a, b, 0.5f};
+      loss = cross_entropy_chunked(h, w, targets, opt).loss;
+    } else {
+      const Tensor logp =
+          log_softmax(linear_low_rank(h, w, Tensor(), h, a, b, 0.5f, Precision::F32));
+      std::vector<float> pick(static_cast<size_t>(N * V), 0.0f);
+      int64_t count = 0;
+      for (int64_t i = 0; i < N; ++i)
+        if (targets[i] >= 0) {
+          pick[i * V + targets[i]] = 1.0f;
+          ++count;
+        }
+      loss = scale(sum(mul(logp, Tensor::from_vector({N, V}, pick))), -1.0f / count);
+    }
+    loss.backward();
+    return std::vector<std::vector<float>>{
+        {loss.item()}, h.grad().to_vector(), a.grad().to_vector(), b.grad().to_vector()};
+  };
+  const auto got = run(true), want = run(false);
+  const char* names[] = {"loss", "dh", "da", "db"};
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].size(), want[i].size()) << names[i];
+    for (size_t j = 0; j < got[i].size(); ++j)
+      EXPECT_NEAR(got[i][j], want[i][j], 1e-6 + 1e-5 * std::fabs(want[i][j]))
+          << names[i] << "[" << j << "]";
+  }
+}
+
 TEST(Gradcheck, CrossEntropyAllIgnoredGivesZeroLossAndZeroGradients) {
   Tensor h = param({3, 4}, 1), w = param({5, 4}, 2);
   CrossEntropyResult r = cross_entropy_chunked(h, w, std::vector<int32_t>{-100, -100, -100});

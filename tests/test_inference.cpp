@@ -61,7 +61,7 @@ LlamaModel tiny_quantized_model() {
   LlamaWeights w;
   w.token_embd = Tensor::quantized_from({c.vocab_size, D}, DType::Q8_0, values(c.vocab_size * D, 1.0));
   w.token_embd.set_name("token_embd.weight");
-  w.output = w.token_embd;
+  w.output.weight = w.token_embd;
   w.output_norm = Tensor::full({D}, 1.0f);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     LlamaBlock b;

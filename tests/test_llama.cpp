@@ -189,7 +189,7 @@ INSTANTIATE_TEST_SUITE_P(Golden, HfParity,
 TEST(LlamaModel, LoadsWhatTheGoldenConfigsSay) {
   const LlamaModel tied = LlamaModel::from_hf((golden_dir() / "hf_llama_tied").string());
   EXPECT_TRUE(tied.config().tie_word_embeddings);
-  EXPECT_EQ(tied.weights().output.impl(), tied.weights().token_embd.impl());
+  EXPECT_EQ(tied.weights().output.weight.impl(), tied.weights().token_embd.impl());
   EXPECT_TRUE(tied.config().attention_out_bias);
   const LlamaModel l3 = LlamaModel::from_hf((golden_dir() / "hf_llama3").string());
   ASSERT_TRUE(l3.config().rope.llama3_scaling.has_value());
@@ -327,7 +327,7 @@ std::vector<GgufTensorData> llama3_as_gguf() {
   std::vector<GgufTensorData> out = {
       {"token_embd.weight", w.token_embd.shape(), w.token_embd.to_vector()},
       {"output_norm.weight", w.output_norm.shape(), w.output_norm.to_vector()},
-      {"output.weight", w.output.shape(), w.output.to_vector()}};
+      {"output.weight", w.output.weight.shape(), w.output.weight.to_vector()}};
   RopeConfig plain = c.rope;
   plain.llama3_scaling.reset();
   const std::vector<float> unscaled = rope_inv_freq(plain, c.head_dim);
@@ -676,7 +676,7 @@ TEST(LlamaModel, RealSmolLM2FromGguf) {
   EXPECT_EQ(wq.dtype(), DType::Q4_1);
   EXPECT_EQ(wq.storage()->nbytes(), storage_bytes(DType::Q4_1, wq.numel()));
   EXPECT_EQ(model.weights().token_embd.dtype(), DType::Q8_0);
-  EXPECT_EQ(model.weights().output.dtype(), DType::Q8_0);
+  EXPECT_EQ(model.weights().output.weight.dtype(), DType::Q8_0);
 
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(file);
   const std::string text =

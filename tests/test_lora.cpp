@@ -485,7 +485,7 @@ TEST(Dora, DropoutRecomputesTheBaseOnTheDroppedInput) {
 
 std::vector<std::string> target_names(LlamaModel& model, const LoraTargets& t) {
   std::vector<std::string> out;
-  for (const Linear* p : select_targets(model.projections(), t, model.config().n_layers))
+  for (const Linear* p : select_targets(model.adaptable(), t, model.config().n_layers))
     out.push_back(p->hf_name);
   return out;
 }
@@ -517,6 +517,39 @@ TEST(LoraTargets, ByNamesRegexAllLinearAndLayers) {
   EXPECT_EQ(target_names(model, t).size(), 3u);
   t.regex = R"(.*\.(q|k)_proj)";
   EXPECT_EQ(target_names(model, t).size(), 4u);
+  // The LM head: by name (PEFT's lm_head, GGUF's output) or regex; never by all-linear.
+  t.regex = R"(model\.layers\.0\.self_attn\.q_proj|lm_head)";
+  EXPECT_EQ(target_names(model, t),
+            (std::vector<std::string>{"model.layers.0.self_attn.q_proj", "lm_head"}));
+  t.regex.clear();
+  t.modules = {"v_proj", "lm_head"};
+  EXPECT_EQ(target_names(model, t),
+            (std::vector<std::string>{"model.layers.0.self_attn.v_proj",
+                                      "model.layers.1.self_attn.v_proj", "lm_head"}));
+  t.modules = {"output"};
+  EXPECT_EQ(target_names(model, t), (std::vector<std::string>{"lm_head"}));
+  t.modules = {"all-linear"};
+  for (const std::string& n : target_names(model, t)) EXPECT_NE(n, "lm_head");
+  // PEFT's target_modules for these: names over every layer, plus lm_head; with a layer subset
+  // there is no such list (layers_to_transform would drop lm_head).
+  {
+    std::vector<const Linear*> mods;
+    for (Linear* p : model.adaptable())
+      if (p->kind == Projection::V || p->kind == Projection::Output) mods.push_back(p);
+    const std::optional<LoraTargets> pt = product_targets(mods, 2);
+    ASSERT_TRUE(pt.has_value());
+    EXPECT_EQ(pt->modules, (std::vector<std::string>{"v_proj", "lm_head"}));
+    EXPECT_TRUE(pt->layers.empty());
+    mods.erase(mods.begin());  // layer 1's v_proj and lm_head
+    EXPECT_FALSE(product_targets(mods, 2).has_value());
+    EXPECT_EQ(product_targets({&model.weights().output}, 2)->modules,
+              (std::vector<std::string>{"lm_head"}));
+  }
+  t.modules = {"q_proj", "lm_head"};
+  t.layers = {0};
+  EXPECT_CONTAINS(expect_error([&] { target_names(model, t); }),
+                  "target module 'lm_head' is the LM head, which is in no layer");
+  t.layers.clear();
 
   // Errors name the problem and what would be valid.
   LoraTargets bad;
@@ -667,7 +700,7 @@ TEST(LoraModel, AttachesToTheGoldenModelsAndOnlyAdaptersGetGradients) {
     }
     // Nothing of the base is trainable or got a gradient.
     const LlamaWeights& w = model.weights();
-    for (const Tensor* t : {&w.token_embd, &w.output, &w.output_norm}) {
+    for (const Tensor* t : {&w.token_embd, &w.output.weight, &w.output_norm}) {
       EXPECT_FALSE(t->requires_grad());
       EXPECT_FALSE(t->grad().defined());
     }
@@ -827,7 +860,7 @@ TEST(Qlora, ConvertsTheBaseOneMatrixAtATime) {
   EXPECT_LT(s.bytes_after * 3, s.bytes_before);  // ~4.1 bits vs 16 per weight
   s = convert_base(model, BaseDType::Keep);
   EXPECT_EQ(s.converted, 0);
-  EXPECT_EQ(model.weights().output.dtype(), DType::F32);  // the lm head is never converted
+  EXPECT_EQ(model.weights().output.weight.dtype(), DType::F32);  // the lm head is never converted
   // Rows that NF4 blocks cannot tile are refused with the tensor's name.
   Tensor odd = Tensor::from_vector({2, 40}, random_values(80, 1));
   odd.set_name("blk.0.odd.weight");
@@ -1110,7 +1143,9 @@ TEST_P(LoraGolden, LogitsLossAndAdapterGradientsMatchPeft) {
       name.c_str(), dl.rel(), names.size(), worst);
 }
 
-INSTANTIATE_TEST_SUITE_P(Peft, LoraGolden, ::testing::Values("lora", "lora_regex", "dora"));
+INSTANTIATE_TEST_SUITE_P(Peft, LoraGolden,
+                         ::testing::Values("lora", "lora_regex", "dora", "lm_head_tied",
+                                           "lm_head"));
 
 }  // namespace
 }  // namespace loom

@@ -126,8 +126,10 @@ TEST(Recipe, WrongTypeSaysExpectedAndFound) {
   msg = parse_error(std::string(kMinimal) + "lora:\n  targets: [self_attn.q_prj]\n");
   EXPECT_HAS(msg, "recipes/test.yaml:11");
   EXPECT_HAS(msg, "found \"self_attn.q_prj\" (did you mean q_proj?)");
-  msg = parse_error(std::string(kMinimal) + "lora:\n  targets: [q_proj, lm_head]\n");
-  EXPECT_HAS(msg, "lora.targets: 'lm_head' is the LM head or the token embedding");
+  msg = parse_error(std::string(kMinimal) + "lora:\n  targets: [q_proj, embed_tokens]\n");
+  EXPECT_HAS(msg, "lora.targets: 'embed_tokens' is the token embedding, which loom cannot adapt");
+  EXPECT_EQ(parse(kMinimal, {"lora.targets=[q_proj, lm_head]"}).lora.targets,
+            (std::vector<std::string>{"q_proj", "lm_head"}));
   // PEFT's other spellings of a projection: a dotted suffix, a whole name, a GGUF stem.
   EXPECT_EQ(parse(kMinimal, {"lora.targets=[self_attn.q_proj, model.layers.3.mlp.up_proj, attn_v]"})
                 .lora.targets,

@@ -180,6 +180,11 @@ ExportSummary export_adapter_unguarded(AdaptedModel& am, const ExportRequest& re
     if (fs::exists(path) && !req.force)
       throw Error(fmt::format("{} exists: remove it, or pass --force to replace it", path));
   }
+  for (const FormatSpec& spec : specs)
+    if (spec.kind == "gguf-adapter" && am.lora->head_module() != nullptr &&
+        am.base.model->config().tie_word_embeddings)
+      throw Error(fmt::format("export: {} cannot hold this adapter: {}", spec.output,
+                              gguf_tied_head_adapter_reason()));
   // The text the cost is measured on, read (and checked) before anything is written.
   std::vector<HeldoutTokens> streams;
   if (req.evaluate && !req.eval_text.empty()) {

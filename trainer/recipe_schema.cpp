@@ -281,32 +281,36 @@ const std::vector<Field<Recipe>>& recipe_fields() {
   using R = Recipe;
   static const std::vector<std::string> targets = [] {
     std::vector<std::string> names = llama_linear_modules();
+    names.emplace_back(projection_hf_name(Projection::Output));
     names.push_back("all-linear");
     return names;
   }();
   static const std::vector<std::string> target_stems = [] {
     std::vector<std::string> names = llama_linear_modules();
     for (Projection p : kAllProjections) names.emplace_back(projection_gguf_name(p));
+    names.emplace_back(projection_hf_name(Projection::Output));
+    names.emplace_back(projection_gguf_name(Projection::Output));
     return names;
   }();
   // PEFT's target_modules entries: a module name or a dotted suffix of one ("q_proj",
   // "self_attn.q_proj", "model.layers.3.mlp.up_proj"), a GGUF stem ("attn_q", "blk.3.attn_q"),
-  // or all-linear. Here only the last component is checked; which projections an entry matches
-  // is decided against the model (lora/targets.h), which names an entry that matches none.
+  // lm_head / output (the LM head), or all-linear. Here only the last component is checked; which
+  // projections an entry matches is decided against the model (lora/targets.h), which names an
+  // entry that matches none.
   auto check_target = [](const std::string& item) -> std::string {
     if (item == "all-linear") return "";
     const size_t dot = item.rfind('.');
     const std::string last = dot == std::string::npos ? item : item.substr(dot + 1);
     if (std::find(target_stems.begin(), target_stems.end(), last) != target_stems.end()) return "";
-    if (last == "lm_head" || last == "embed_tokens" || last == "output" || last == "token_embd")
+    if (last == "lm_head" || last == "output") return "";  // the LM head
+    if (last == "embed_tokens" || last == "token_embd")
       return fmt::format(
-          "'{}' is the LM head or the token embedding, which loom cannot adapt: "
-          "adapters go on the seven projections of the blocks ({}, or "
-          "all-linear)",
+          "'{}' is the token embedding, which loom cannot adapt: adapters go on the seven "
+          "projections of the blocks ({}, or all-linear) and the LM head (lm_head)",
           item, join(llama_linear_modules()));
     return fmt::format(
         "expected a projection name ({}), a dotted module path ending in one "
-        "(e.g. self_attn.q_proj), a GGUF stem (attn_q, ..., ffn_down) or all-linear; found "
+        "(e.g. self_attn.q_proj), a GGUF stem (attn_q, ..., ffn_down, output) or all-linear; found "
         "\"{}\" (did you mean {}?)",
         join(targets), item, nearest_key(last, target_stems));
   };
@@ -329,7 +333,7 @@ const std::vector<Field<Recipe>>& recipe_fields() {
       field<R>("lora.targets", LOOM_MEMBER(lora.targets),
                "projections to adapt, PEFT's way: names (q_proj, ..., down_proj), dotted "
                "suffixes of module paths (self_attn.q_proj, model.layers.0.mlp.up_proj), GGUF "
-               "stems (attn_q, ..., ffn_down); all-linear = all seven",
+               "stems (attn_q, ..., ffn_down); all-linear = all seven; lm_head = the LM head",
                {.choices = targets, .required = false, .check_item = check_target}),
       field<R>("lora.target_regex", LOOM_MEMBER(lora.target_regex),
                "adapt the projections whose full path matches this regex (PEFT's target_modules "

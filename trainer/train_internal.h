@@ -40,6 +40,7 @@ LoraConfig lora_config_from_plan(const TrainPlan& plan);
 struct AdapterCount {
   int64_t modules = 0;
   int64_t parameters = 0;
+  bool head = false;  // the LM head is among the targets
 };
 AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& config);
 

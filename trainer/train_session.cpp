@@ -20,6 +20,7 @@
 #include "autograd/interrupt.h"
 #include "autograd/kernels/cpu.h"
 #include "autograd/tape.h"
+#include "export/gguf_export.h"
 #include "trainer/adapter_file.h"
 #include "trainer/adapter_load.h"
 #include "trainer/checkpoint.h"
@@ -54,7 +55,7 @@ std::vector<std::string> recipe_structure_not_used(const LoraConfig& recipe,
   const auto targeted = [&](const LoraConfig& c) -> std::string {
     try {
       return std::to_string(
-          select_targets(model.projections(), c.targets, model.config().n_layers).size());
+          select_targets(model.adaptable(), c.targets, model.config().n_layers).size());
     } catch (const Error&) {
       return "(none: the recipe's targets do not fit this model)";
     }
@@ -90,7 +91,7 @@ std::string describe_storage(const LlamaModel& model) {
   };
   const LlamaWeights& w = model.weights();
   add(w.token_embd);
-  add(w.output);
+  add(w.output.weight);
   add(w.output_norm);
   for (const LlamaBlock& b : w.blocks) {
     add(b.attn_norm);
@@ -399,6 +400,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
         "it were never trained (and the step's memory grows with it); lower data.seq_len",
         plan.seq_len, mc.max_position_embeddings, plan.model_path));
   const AdapterCount count = count_adapter_parameters(model, lora_config);
+  if (count.head && mc.tie_word_embeddings)
+    for (const std::string& f : plan.export_formats)
+      if (f.rfind("gguf-adapter", 0) == 0)
+        throw Error(fmt::format("output.export lists {}, which cannot hold this run's adapter: {}",
+                                f, gguf_tied_head_adapter_reason()));
   const int64_t tokens_per_step = plan.batch_size * plan.seq_len * plan.grad_accum;
 
   out.print("loom train {}\n", plan.recipe_source);

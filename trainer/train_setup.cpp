@@ -163,7 +163,7 @@ LoraConfig lora_config_from_plan(const TrainPlan& plan) {
 AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& config) {
   AdapterCount n;
   const std::vector<Linear*> targets =
-      select_targets(model.projections(), config.targets, model.config().n_layers);
+      select_targets(model.adaptable(), config.targets, model.config().n_layers);
   for (const Linear* l : targets) {
     const int64_t r = pattern_value(config.rank_pattern, l->hf_name, config.rank);
     // B A has rank at most min(in, out): a larger r only adds parameters (and memory: a rank in
@@ -176,6 +176,7 @@ AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& confi
           "a rank_pattern entry)",
           r, l->hf_name, l->in_features(), l->out_features(), most));
     n.modules += 1;
+    n.head = n.head || l->kind == Projection::Output;
     n.parameters += r * (l->in_features() + l->out_features()) + (config.dora ? l->out_features() : 0);
   }
   return n;

@@ -6,7 +6,10 @@
 // The gradient is computed in the same pass when it will be needed (grad mode on and an input
 // requires grad): with each chunk's logits at hand,
 //   dLogits = (softmax - onehot) / count,   dH = dLogits . W,   dW += dLogits^T . H
-// and the backward only multiplies dH (and dW) by the incoming scalar. That costs no more memory
+// and the backward only multiplies dH (and dW) by the incoming scalar. With a low-rank term (LoRA
+// on the output weight) each chunk's logits get scale (X_lr A^T) B^T added, and with
+//   t = dLogits . B [n x r]:  dA += scale t^T X_lr,  dB += scale dLogits^T u,  dX_lr = scale t A
+// (into dH when X_lr is H itself). That costs no more memory
 // than the gradients themselves and saves recomputing every chunk's logits in backward (a third
 // of the op's GEMM work, which is the vocabulary-sized product).
 #include <cmath>
@@ -34,6 +37,33 @@ void gather_chunk(const CeState& st, const float* hidden, int64_t c0, int64_t n,
   for (int64_t r = 0; r < n; ++r)
     std::memcpy(x + r * st.D, hidden + st.rows[static_cast<size_t>(c0 + r)] * st.D,
                 static_cast<size_t>(st.D) * sizeof(float));
+}
+
+// Adds dense rows x [n x D] into counted rows [c0, c0 + n) of out (the inverse of gather_chunk).
+void scatter_add_chunk(const CeState& st, const float* x, int64_t c0, int64_t n, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    float* dst = out + st.rows[static_cast<size_t>(c0 + r)] * st.D;
+    const float* src = x + r * st.D;
+    for (int64_t j = 0; j < st.D; ++j) dst[j] += src[j];
+  }
+}
+
+// Checks a low-rank term against hidden [..., D] and weight [V, D]; returns its rank.
+int64_t check_low_rank(const LowRankTerm& lr, const Tensor& hidden, int64_t V, int64_t D) {
+  const char* op = "cross_entropy_chunked";
+  check_f32(op, "low_rank.x_lr", lr.x_lr);
+  check_f32(op, "low_rank.a", lr.a);
+  check_f32(op, "low_rank.b", lr.b);
+  LOOM_CHECK(lr.x_lr.shape() == hidden.shape(), "{}: low-rank input {} must have hidden's shape {}",
+             op, shape_str(lr.x_lr.shape()), shape_str(hidden.shape()));
+  LOOM_CHECK(lr.a.dim() == 2 && lr.a.size(1) == D && lr.a.size(0) > 0,
+             "{}: low-rank a '{}' is {}, expected [rank, {}]", op, lr.a.name(),
+             shape_str(lr.a.shape()), D);
+  const int64_t R = lr.a.size(0);
+  LOOM_CHECK(lr.b.dim() == 2 && lr.b.size(0) == V && lr.b.size(1) == R,
+             "{}: low-rank b '{}' is {}, expected [{}, {}] (vocab x rank)", op, lr.b.name(),
+             shape_str(lr.b.shape()), V, R);
+  return R;
 }
 
 }  // namespace
@@ -82,23 +112,53 @@ CrossEntropyResult cross_entropy_chunked(const Tensor& hidden_in, const Tensor& 
 
   const Tensor hidden = contiguous(hidden_in);
   const Tensor weight = weight_in.dtype() == DType::F32 ? contiguous(weight_in) : weight_in;
-  const bool need_h = hidden.requires_grad(), need_w = weight.requires_grad();
-  const bool with_grad = needs_grad({&hidden, &weight});
   const int64_t V = st->V, D = st->D;
+  // The low-rank term, if any: its input (hidden itself, or e.g. dropout(hidden)) and factors.
+  const bool has_lr = options.low_rank.has_value();
+  const int64_t R = has_lr ? check_low_rank(*options.low_rank, hidden_in, V, D) : 0;
+  const bool same_input = has_lr && options.low_rank->x_lr.impl() == hidden_in.impl();
+  const Tensor x_lr = !has_lr ? Tensor() : same_input ? hidden : contiguous(options.low_rank->x_lr);
+  const Tensor a = has_lr ? contiguous(options.low_rank->a) : Tensor();
+  const Tensor b = has_lr ? contiguous(options.low_rank->b) : Tensor();
+  const float lr_scale = has_lr ? options.low_rank->scale : 0.0f;
+
+  const bool with_grad = needs_grad({&hidden, &weight, &x_lr, &a, &b});
+  const bool need_h = with_grad && hidden.requires_grad();
+  const bool need_w = with_grad && weight.requires_grad();
+  const bool need_lr_in = with_grad && has_lr && (same_input ? need_h : x_lr.requires_grad());
+  const bool need_a = with_grad && has_lr && a.requires_grad();
+  const bool need_b = with_grad && has_lr && b.requires_grad();
   const WeightView wv{weight.dtype(), weight.data_bytes(), V, D};
-  Tensor dh = with_grad && need_h ? new_f32(hidden.shape()) : Tensor();
-  Tensor dw = with_grad && need_w ? new_f32({V, D}) : Tensor();
+  Tensor dh = need_h ? new_f32(hidden.shape()) : Tensor();
+  Tensor dw = need_w ? new_f32({V, D}) : Tensor();
+  Tensor dx_lr = need_lr_in && !same_input ? new_f32(x_lr.shape()) : Tensor();
+  Tensor da = need_a ? new_f32({R, D}) : Tensor();
+  Tensor db = need_b ? new_f32({V, R}) : Tensor();
   const float inv_count = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
 
   const int64_t chunk = std::min<int64_t>(st->chunk, std::max<int64_t>(count, 1));
-  std::vector<float> x(static_cast<size_t>(chunk * D)), dx(with_grad && need_h ? x.size() : 0);
+  std::vector<float> x(static_cast<size_t>(chunk * D)), dx(need_h ? x.size() : 0);
   std::vector<float> logits(static_cast<size_t>(chunk * V));
+  // Low-rank buffers: the chunk's x_lr rows (when not hidden's), u = x_lr A^T, t = dLogits B,
+  // and scale t A (the gradient reaching x_lr) when it is not added into dx.
+  std::vector<float> z(has_lr && !same_input ? x.size() : 0);
+  std::vector<float> u(static_cast<size_t>(chunk * R)), t(with_grad ? u.size() : 0);
+  std::vector<float> dz(need_lr_in && !same_input ? x.size() : 0);
   std::vector<double> row_loss(static_cast<size_t>(count));
   const VecKernels& vk = vec_kernels();
   for (int64_t c0 = 0; c0 < count; c0 += chunk) {
     const int64_t n = std::min(chunk, count - c0);
     gather_chunk(*st, hidden.data_f32(), c0, n, x.data());
     linear_forward(x.data(), n, D, wv, logits.data(), V, false, st->precision);
+    const float* zc = x.data();  // the chunk's low-rank input rows
+    if (has_lr) {
+      if (!same_input) {
+        gather_chunk(*st, x_lr.data_f32(), c0, n, z.data());
+        zc = z.data();
+      }
+      sgemm(false, true, n, R, D, 1.0f, zc, D, a.data_f32(), D, 0.0f, u.data(), R);
+      sgemm(false, true, n, V, R, lr_scale, u.data(), R, b.data_f32(), R, 1.0f, logits.data(), V);
+    }
 #pragma omp parallel for schedule(static) if (n * V >= kParallelMinElements)
     for (int64_t r = 0; r < n; ++r) {
       float* lr = logits.data() + r * V;
@@ -112,13 +172,25 @@ CrossEntropyResult cross_entropy_chunked(const Tensor& hidden_in, const Tensor& 
       }
     }
     if (!with_grad) continue;
+    if (has_lr)  // t [n x r] = dLogits . B, the gradient reaching u (unscaled)
+      sgemm(false, false, n, R, V, 1.0f, logits.data(), V, b.data_f32(), R, 0.0f, t.data(), R);
     if (need_h) {
       linear_backward_input(logits.data(), n, V, wv, dx.data(), D, false, st->precision);
+      if (same_input && need_lr_in)
+        sgemm(false, false, n, D, R, lr_scale, t.data(), R, a.data_f32(), D, 1.0f, dx.data(), D);
       float* pdh = dh.data_f32();
       for (int64_t r = 0; r < n; ++r)
         std::memcpy(pdh + st->rows[static_cast<size_t>(c0 + r)] * D, dx.data() + r * D,
                     static_cast<size_t>(D) * sizeof(float));
     }
+    if (need_lr_in && !same_input) {
+      sgemm(false, false, n, D, R, lr_scale, t.data(), R, a.data_f32(), D, 0.0f, dz.data(), D);
+      scatter_add_chunk(*st, dz.data(), c0, n, dx_lr.data_f32());
+    }
+    if (need_a)  // dA [r x D] += scale t^T . X_lr
+      sgemm(true, false, R, D, n, lr_scale, t.data(), R, zc, D, 1.0f, da.data_f32(), D);
+    if (need_b)  // dB [V x r] += scale dLogits^T . u
+      sgemm(true, false, V, R, n, lr_scale, logits.data(), V, u.data(), R, 1.0f, db.data_f32(), R);
     if (need_w)  // dW [V x D] += dLogits^T [V x n] . X [n x D]
       sgemm(true, false, V, D, n, 1.0f, logits.data(), V, x.data(), D, 1.0f, dw.data_f32(), D);
   }
@@ -132,18 +204,22 @@ CrossEntropyResult cross_entropy_chunked(const Tensor& hidden_in, const Tensor& 
   // The saved gradients are those of the loss itself: scale them by the incoming gradient.
   // With nothing counted they are zeros.
   // The tape runs a vjp once, so the saved tensors are handed over rather than copied.
-  result.loss = record(loss, "cross_entropy_chunked", {hidden, weight}, [dh, dw](const Tensor& g, const Tensor&) mutable {
-    const float factor = g.data_f32()[0];
-    std::vector<Tensor> grads{std::move(dh), std::move(dw)};
-    for (Tensor& t : grads) {
-      if (!t.defined() || factor == 1.0f) continue;
-      float* p = t.data_f32();
-      const int64_t n = t.numel();
+  // x_lr is recorded only when it is not hidden (hidden's gradient already holds its part).
+  std::vector<Tensor> inputs{hidden, weight, same_input ? Tensor() : x_lr, a, b};
+  result.loss = record(loss, "cross_entropy_chunked", std::move(inputs),
+                       [dh, dw, dx_lr, da, db](const Tensor& g, const Tensor&) mutable {
+                         const float factor = g.data_f32()[0];
+                         std::vector<Tensor> grads{std::move(dh), std::move(dw), std::move(dx_lr),
+                                                   std::move(da), std::move(db)};
+                         for (Tensor& t : grads) {
+                           if (!t.defined() || factor == 1.0f) continue;
+                           float* p = t.data_f32();
+                           const int64_t n = t.numel();
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMinElements)
-      for (int64_t i = 0; i < n; ++i) p[i] *= factor;
-    }
-    return grads;
-  });
+                           for (int64_t i = 0; i < n; ++i) p[i] *= factor;
+                         }
+                         return grads;
+                       });
   return result;
 }
 
