@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -287,10 +289,51 @@ std::string loom_name(const std::string& key) {
   return key;
 }
 
+// PEFT's save_pretrained of an adapter with lm_head among its targets also writes the LM head's
+// base weight (save_embedding_layers "auto", for a resized vocabulary). loom uses the base
+// model's own weight: the saved one must be that weight, else the adapter is refused.
+void check_saved_head_weight(const SafetensorsFile& file, const SafetensorsTensorInfo& info,
+                             const LoraModel& lora) {
+  const LoraModule* head = lora.head_module();
+  if (head == nullptr)
+    throw Error(
+        fmt::format("{}: tensor '{}' is an LM head weight, but adapter_config.json does "
+                    "not target lm_head",
+                    file.path(), info.name));
+  const Tensor& w =
+      head->adapter->merged() ? head->adapter->unmerged_weight() : head->linear->weight;
+  if (info.shape != w.shape())
+    throw Error(fmt::format(
+        "{}: tensor '{}' is {}, but the base model's LM head is {}: the adapter was saved with a "
+        "resized vocabulary, which loom cannot load",
+        file.path(), info.name, shape_str(info.shape), shape_str(w.shape())));
+  const std::vector<float> saved = file.tensor(info.name).to_vector();
+  const std::vector<float> base = w.to_vector();
+  double worst = 0.0, scale = 0.0;
+  for (size_t i = 0; i < saved.size(); ++i) {
+    worst = std::max(worst, std::fabs(static_cast<double>(saved[i]) - base[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(base[i])));
+  }
+  // The same weight in another storage (bf16 of an f32 base, a dequantized GGUF) rounds by at
+  // most ~1% of the largest value (q4 blocks, bf16's 8 bits); a trained or resized head differs
+  // by more.
+  if (!(worst <= 0.02 * scale))
+    throw Error(fmt::format(
+        "{}: tensor '{}' (the LM head weight PEFT saved with the adapter) differs from the base "
+        "model's LM head by up to {:.4g} (largest value {:.4g}): the adapter was saved on another "
+        "base or with a changed head, which loom does not load",
+        file.path(), info.name, worst, scale));
+}
+
 void load_tensors(const SafetensorsFile& file, LoraModel& lora, const ModelConfig& config) {
   const std::map<std::string, ParameterSlot> slots = parameter_slots(lora);
   std::vector<std::pair<std::string, std::vector<float>>> values;
   for (const SafetensorsTensorInfo& info : file.tensors()) {
+    if (info.name == "base_model.model.lm_head.base_layer.weight" ||
+        info.name == "base_model.model.lm_head.weight") {
+      check_saved_head_weight(file, info, lora);
+      continue;
+    }
     if (info.name.find("lora_embedding_") != std::string::npos)
       throw Error(
           fmt::format("{}: tensor '{}' adapts an embedding; loom adapts the seven "

@@ -405,6 +405,43 @@ TEST(HfExport, AnAdaptedLmHeadOfATiedModelIsUntiedInTheMergedFolder) {
   ASSERT_NE(back.head_module(), nullptr);
   EXPECT_TRUE(base.output_tied());  // attaching adapts the output only
   EXPECT_LE(rel_diff(logits_of(base, kIds), ref), 1e-6);
+  back.detach();
+
+  // PEFT's own save of such an adapter also holds the LM head's base weight: read when it is
+  // the base's, refused when it is another (a resized or changed head).
+  const std::string file = tmp / "peft/adapter_model.safetensors";
+  std::vector<SafetensorsEntry> entries;
+  std::vector<std::vector<float>> values;
+  for (const SafetensorsTensorInfo& info : st.tensors()) {
+    entries.push_back({info.name, DType::F32, info.shape});
+    values.push_back(st.tensor(info.name).to_vector());
+  }
+  entries.push_back({"base_model.model.lm_head.base_layer.weight", DType::F32,
+                     model.weights().token_embd.shape()});
+  values.push_back(model.weights().token_embd.to_vector());
+  const auto rewrite = [&] {
+    write_safetensors(file, entries, {{"format", "pt"}}, [&](size_t i) { return values[i]; });
+  };
+  rewrite();
+  {
+    LlamaModel again = LlamaModel::from_hf(src);
+    LoraModel with_head = load_peft_adapter(tmp / "peft", again);
+    with_head.set_training(false);
+    EXPECT_LE(rel_diff(logits_of(again, kIds), ref), 1e-6);
+  }
+  for (float& v : values.back()) v *= 1.1f;
+  rewrite();
+  LlamaModel other = LlamaModel::from_hf(src);
+  try {
+    load_peft_adapter(tmp / "peft", other);
+    ADD_FAILURE() << "a changed LM head weight in the adapter was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lm_head.base_layer.weight"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("differs from the base model's LM head"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // ---- adapter_config.json

@@ -643,6 +643,44 @@ TEST(TrainLoop, SavedAdapterReloadsWithTheSameLogits) {
   EXPECT_GT(diff, 1e-4);
 }
 
+// The LM head among the targets (with dropout on the adapter input): the loss falls, resume is
+// bit-identical, the adapter holds lm_head's A and B and reloads with the logits training ended
+// with.
+TEST(TrainLoop, LmHeadAdapterTrainsResumesAndReloads) {
+  TinyRun t;
+  const std::vector<std::string> o = {"lora.targets=[v_proj, lm_head]", "lora.dropout=0.1"};
+  const TrainResult a = t.run("a", o);
+  EXPECT_FALSE(a.stopped) << a.stop_reason;
+  ASSERT_EQ(a.eval_after.size(), 2u);
+  EXPECT_LT(a.eval_after[0].loss, a.eval_before[0].loss);
+  bool head_a = false;
+  double moved = 0;
+  for (const AdapterTensor& x : adapter_of(a.adapter_dir)) {
+    head_a |= x.name == "base_model.model.lm_head.lora_A.weight";
+    if (x.name == "base_model.model.lm_head.lora_B.weight")
+      for (float v : x.values) moved = std::max(moved, double(std::fabs(v)));
+  }
+  EXPECT_TRUE(head_a);
+  EXPECT_GT(moved, 0.0);  // B started at zero: the head's adapter was trained
+
+  const TrainResult b = t.run("b", o);
+  fs::remove(t.dir / "b/checkpoints/checkpoint-8.h5");
+  fs::remove_all(t.dir / "b/adapter");
+  TrainOptions resume;
+  resume.resume_from = (t.dir / "b").string();
+  const TrainResult c = t.run("b", o, resume);
+  expect_bit_identical(adapter_of(a.adapter_dir), adapter_of(c.adapter_dir));
+
+  std::vector<int32_t> ids(2 * 16);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(32 + (i * 7) % 90);
+  const std::vector<float> from_file = adapter_logits(a.adapter_dir, ids, 2, 16, Precision::F32);
+  const Checkpoint ck = load_checkpoint(a.last_checkpoint);
+  std::vector<AdapterTensor> from_ck;
+  for (const NamedTensor& n : ck.adapters)
+    from_ck.push_back({n.name, n.tensor.shape(), n.tensor.to_vector()});
+  EXPECT_EQ(adapter_logits(a.adapter_dir, ids, 2, 16, Precision::F32, &from_ck), from_file);
+}
+
 TEST(TrainLoop, QloraNf4BaseTrains) {
   TinyRun t;
   const TrainResult r = t.run("nf4", {"model.base_dtype=nf4", "train.steps=4", "eval.every=0"});

@@ -403,8 +403,10 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   if (count.head && mc.tie_word_embeddings)
     for (const std::string& f : plan.export_formats)
       if (f.rfind("gguf-adapter", 0) == 0)
-        throw Error(fmt::format("output.export lists {}, which cannot hold this run's adapter: {}",
-                                f, gguf_tied_head_adapter_reason()));
+        throw Error(
+            fmt::format("output.export lists {}, which cannot hold this run's adapter (drop it, "
+                        "e.g. output.export=[merged-gguf-q8_0,peft]): {}",
+                        f, gguf_tied_head_adapter_reason()));
   const int64_t tokens_per_step = plan.batch_size * plan.seq_len * plan.grad_accum;
 
   out.print("loom train {}\n", plan.recipe_source);

@@ -41,6 +41,12 @@ D. A PiSSA adapter (q/v, rank 8, f32 residual base, B moved from B0): loom write
    as [B, -B0] [A; A0]; llama.cpp applies it to the original Q4_1 file and must score what the
    trained model (residual + adapter) scores in loom, within the 2.5% above.
 
+E. An LM head adapter on SmolLM2, whose output is tied to the token embedding (lm_head alone,
+   rank 8, seeded random B): the merged exports (f16, q8_0) get an output.weight of their own
+   (W_embd + s B A) next to the unchanged token_embd.weight. llama.cpp must use it: its
+   perplexity must match loom's adapter model within the 2.5% above, while the adapter moves the
+   perplexity by more than 3x that (llama.cpp falling back to the tied embedding would miss).
+
 Exit 0: all agree; 1: a difference or an error; 77: skipped (gguf / numpy not importable, or for
 B/C/D llama_cpp not importable or the model missing -- A still runs first and fails loudly).
 Environment: LOOM_BUILD_DIR (default <source>/build), LOOM_SOURCE_DIR.
@@ -481,6 +487,42 @@ def part_d(llama_cpp):
     check(abs(rel_ctl) > PPL_TOLERANCE, "the rank-r control misses the trained model", f"{rel_ctl:+.3%}")
 
 
+def part_e(llama_cpp):
+    """The LM head of a tied model, adapted, merged into an output.weight of its own."""
+    print("E. llama.cpp runs loom's merged exports of an LM head adapter on tied SmolLM2")
+    vocab = open_llama(llama_cpp, MODEL, logits_all=False)
+    tokens = vocab.tokenize(Path(PPL_TEXT).read_bytes(), add_bos=False, special=False)[:CTX * WINDOWS]
+    del vocab
+    request = {"rank": 8, "alpha": 16.0, "targets": ["lm_head"], "seed": 11, "b_scale": 0.1,
+               "adapter_types": [], "merged_types": ["f16", "q8_0"],
+               "evaluate": ["base", "adapter", "merged_f16", "merged_q8_0"],
+               "tokens": tokens, "ctx": CTX, "prompts": [], "n_greedy": 0}
+    req = WORK / "request_head.json"
+    req.write_text(json.dumps(request))
+    out = WORK / "head"
+    tool("smollm2", MODEL, out, req)
+    loom = json.loads((out / "loom.json").read_text())
+    names = {t.name for t in gguf.GGUFReader(out / "merged_f16.gguf").tensors}
+    source_names = {t.name for t in gguf.GGUFReader(MODEL).tensors}
+    check("output.weight" not in source_names and names == source_names | {"output.weight"},
+          "the merged file adds output.weight to the tied source's tensors")
+    base, adapted = loom["base"]["perplexity"], loom["adapter"]["perplexity"]
+    moved = abs(adapted / base - 1)
+    print(f"  loom perplexity: base {base:.4f}, with the LM head adapter {adapted:.4f} ({moved:.1%} apart)")
+    check(moved > 3 * PPL_TOLERANCE, "the LM head adapter moves the perplexity by > 3x the tolerance",
+          f"{moved:.2%}")
+    for key in ("merged_f16", "merged_q8_0"):
+        mine = loom[key]["perplexity"]
+        check(abs(mine / adapted - 1) < 1e-2, f"loom: {key} {mine:.4f} within 1% of the adapter model",
+              f"{mine / adapted - 1:+.3%}")
+        llm = open_llama(llama_cpp, out / f"{key}.gguf", None, logits_all=False)
+        ppl = llamacpp_perplexity(llm, tokens)
+        del llm
+        rel = ppl / mine - 1
+        check(abs(rel) < PPL_TOLERANCE, f"{key}: perplexity loom {mine:.4f} vs llama.cpp {ppl:.4f} "
+              f"({rel:+.3%})", f"{rel:+.3%}")
+
+
 def main():
     if not TOOL.exists():
         print(f"FAIL: {TOOL} is missing; build the tools first", file=sys.stderr)
@@ -501,6 +543,7 @@ def main():
         else:
             part_c(llama_cpp)
             part_d(llama_cpp)
+            part_e(llama_cpp)
     print(f"\n{len(failures)} failure(s), {time.time() - t0:.0f} s")
     if failures:
         print(f"FAIL: {'; '.join(failures)} (files kept in {WORK})", file=sys.stderr)

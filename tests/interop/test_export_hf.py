@@ -72,6 +72,12 @@ LOOM_CASES = [
      {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ALL}),
     ("mistral_lora", "hf_mistral",
      {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
+    ("llama_lm_head", "hf_llama",
+     {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["down_proj", "lm_head"],
+      "rank_pattern": {"lm_head": 2}}),
+    ("llama_tied_lm_head", "hf_llama_tied",
+     {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "lm_head"],
+      "alpha_pattern": {"lm_head": 3}}),
 ]
 
 # PEFT-made adapters: (name, base model, LoraConfig kwargs[, logit tolerance])
@@ -86,6 +92,8 @@ PEFT_CASES = [
     ("peft_pissa", "hf_llama",
      dict(r=4, lora_alpha=4, target_modules=["v_proj", "gate_proj"], init_lora_weights="pissa"),
      1e-4),
+    # lm_head on a tied model: save_pretrained also writes the LM head's base weight.
+    ("peft_tied_lm_head", "hf_llama_tied", dict(r=2, lora_alpha=4, target_modules=["v_proj", "lm_head"])),
 ]
 
 
@@ -157,9 +165,24 @@ def check_loom_case(tmp, name, base_name, adapter, tolerances, expected_keys, pr
         f"{d}/merged", torch_dtype=torch.float32).eval()
     merged_err = rel_err(torch_logits(merged_model), ours)
     ours_merged = load_file(f"{d}/merged/model.safetensors")
-    peft_merged = model.merge_and_unload().state_dict()
+    # An adapted LM head of a tied model: loom's merged folder unties it (its own lm_head.weight,
+    # the embedding unchanged); PEFT's merge_and_unload writes the merge into the shared tensor,
+    # changing the embedding too (PEFT warns about that), so the embedding is checked against
+    # the base instead.
+    untied_head = "lm_head" in adapter["target_modules"] and base.config.tie_word_embeddings
+    if untied_head:
+        if merged_model.config.tie_word_embeddings:
+            problems.append(f"{name}: the merged folder still ties the adapted LM head")
+        base_embed = load_base(base_name).model.embed_tokens.weight.detach().numpy()
+        if rel_err(ours_merged["model.embed_tokens.weight"].numpy(), base_embed) > 0:
+            problems.append(f"{name}: the merged folder changed the token embedding")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tied-module merge warning, expected here
+        peft_merged = model.merge_and_unload().state_dict()
     weight_err = 0.0
     for key, theirs in peft_merged.items():
+        if untied_head and key == "model.embed_tokens.weight":
+            continue  # PEFT merged the LM head's update into it (see above)
         if key == "lm_head.weight" and merged_model.config.tie_word_embeddings:
             key = "model.embed_tokens.weight"  # tied: the state dict lists the one tensor twice
         if key not in ours_merged:
