@@ -110,6 +110,20 @@ std::string LoraConfig::summary() const {
                         alpha_pattern.size()));
 }
 
+void check_lm_head_options(const LoraConfig& config) {
+  // The LM head (often the token embedding's tensor too) keeps its weight: no init that
+  // rewrites the base, no DoRA (its row norms over a vocabulary-sized weight).
+  if (config.dora)
+    throw Error(
+        "lora: DoRA on the LM head (lm_head) is not supported: use plain LoRA there, or leave "
+        "lm_head out of the targets");
+  if (config.init == LoraInit::Pissa)
+    throw Error(
+        "lora: PiSSA init on the LM head (lm_head) is not supported (it would rewrite the "
+        "output weight, which SmolLM2-style models share with the token embedding): use "
+        "init kaiming or gaussian, or leave lm_head out of the targets");
+}
+
 LoraModel::LoraModel(LlamaModel& model, LoraConfig config)
     : model_(&model), config_(std::move(config)), runtime_(std::make_shared<LoraRuntime>()) {
   config_.validate();
@@ -120,18 +134,7 @@ LoraModel::LoraModel(LlamaModel& model, LoraConfig config)
     if (p->adapter)
       throw Error(
           fmt::format("lora: projection '{}' already has an adapter; detach it first", p->hf_name));
-    if (p->kind != Projection::Output) continue;
-    // The LM head (often the token embedding's tensor too) keeps its weight: no init that
-    // rewrites the base, no DoRA (its row norms over a vocabulary-sized weight).
-    if (config_.dora)
-      throw Error(
-          "lora: DoRA on the LM head (lm_head) is not supported: use plain LoRA there, or leave "
-          "lm_head out of the targets");
-    if (config_.init == LoraInit::Pissa)
-      throw Error(
-          "lora: PiSSA init on the LM head (lm_head) is not supported (it would rewrite the "
-          "output weight, which SmolLM2-style models share with the token embedding): use "
-          "init kaiming or gaussian, or leave lm_head out of the targets");
+    if (p->kind == Projection::Output) check_lm_head_options(config_);
   }
   for (Linear* p : projections) {
     // The LM head is never converted (base_dtype applies to the blocks' projections).

@@ -73,6 +73,9 @@ struct LoraConfig {
   std::string summary() const;
 };
 
+// Throws unless `config` can go on the LM head (plain LoRA with a Kaiming or Gaussian init).
+void check_lm_head_options(const LoraConfig& config);
+
 struct LoraModule {
   Linear* linear = nullptr;
   std::shared_ptr<LoraAdapter> adapter;  // a DoraAdapter when config.dora

@@ -871,6 +871,55 @@ TEST(Qlora, ConvertsTheBaseOneMatrixAtATime) {
 
 // ---- merge -------------------------------------------------------------------------------------
 
+// The LM head of a tied model: merging gives the head a weight of its own (W_embd + s B A) and
+// leaves the embedding; the merged loss equals the adapter's; unmerging ties them again. DoRA and
+// PiSSA on the head are refused naming it.
+TEST(Merge, AnLmHeadAdapterOfATiedModelMergesIntoItsOwnWeight) {
+  LlamaModel model = LlamaModel::from_hf((golden_dir() / "hf_llama_tied").string());
+  const TensorImpl* embd = model.weights().token_embd.impl();
+  const std::vector<float> embd_values = model.weights().token_embd.to_vector();
+  LoraConfig c;
+  c.rank = 4;
+  c.alpha = 8;
+  c.targets.modules = {"lm_head"};
+  LoraModel lora(model, c);
+  ASSERT_NE(lora.head_module(), nullptr);
+  EXPECT_EQ(lora.parameters()[0].name, "base_model.model.lm_head.lora_A.weight");
+  randomize(lora, 81);
+  lora.set_training(false);
+  const Batch b = make_batch(model.config().vocab_size);
+  const StepResult adapter = run_step(model, lora, b);
+  lora.merge(MergeDType::F32);
+  EXPECT_FALSE(model.output_tied());
+  EXPECT_EQ(model.weights().token_embd.impl(), embd);
+  EXPECT_EQ(model.weights().token_embd.to_vector(), embd_values);
+  const LoraAdapter& a = *lora.head_module()->adapter;
+  const std::vector<float> merged = model.weights().output.weight.to_vector();
+  const std::vector<float> A = a.lora_a().to_vector(), B = a.lora_b().to_vector();
+  const int64_t D = a.in_features(), r = a.rank();
+  double worst = 0;
+  for (int64_t v = 0; v < a.out_features(); ++v)
+    for (int64_t j = 0; j < D; ++j) {
+      double ba = 0;
+      for (int64_t k = 0; k < r; ++k) ba += static_cast<double>(B[v * r + k]) * A[k * D + j];
+      worst =
+          std::max(worst, std::fabs(merged[v * D + j] - (embd_values[v * D + j] + a.scale() * ba)));
+    }
+  EXPECT_LT(worst, 1e-6);
+  const StepResult m = run_step(model, lora, b);
+  EXPECT_NEAR(m.loss, adapter.loss, 1e-5 * std::fabs(adapter.loss));
+  lora.unmerge();
+  EXPECT_TRUE(model.output_tied());
+  lora.detach();
+
+  c.dora = true;
+  EXPECT_CONTAINS(expect_error([&] { LoraModel l(model, c); }), "DoRA on the LM head");
+  c.dora = false;
+  c.init = LoraInit::Pissa;
+  EXPECT_CONTAINS(expect_error([&] { LoraModel l(model, c); }), "PiSSA init on the LM head");
+  EXPECT_EQ(model.weights().output.adapter, nullptr);
+}
+
 TEST(Merge, MergedForwardEqualsAdapterForwardAndUnmergeRestoresW) {
   for (bool dora : {false, true}) {
     LlamaModel model =

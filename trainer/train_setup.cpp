@@ -176,7 +176,10 @@ AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& confi
           "a rank_pattern entry)",
           r, l->hf_name, l->in_features(), l->out_features(), most));
     n.modules += 1;
-    n.head = n.head || l->kind == Projection::Output;
+    if (l->kind == Projection::Output) {
+      check_lm_head_options(config);
+      n.head = true;
+    }
     n.parameters += r * (l->in_features() + l->out_features()) + (config.dora ? l->out_features() : 0);
   }
   return n;
