@@ -190,7 +190,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass; 1 = off")->capture_default_str();
   cmd->add_option("--top-k", args->top_k, "Keep the k most likely tokens; 0 = off")
       ->capture_default_str();
-  cmd->add_option("--seed", args->seed, "Random seed of the sampler")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "Random seed of the sampler (0 or more)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--chat", args->chat,
                 "Wrap the prompt in the model's chat template (ChatML or Llama 3's format, "
                 "recognized in the template)");

@@ -85,7 +85,7 @@ std::unordered_map<std::string, ModelTensor> model_tensors(const LlamaModel& mod
   // adapter on it is merged into a weight of its own; the embedding is unchanged).
   const auto head = adapters.find(&w.output);
   const LoraAdapter* head_adapter = head == adapters.end() ? nullptr : head->second;
-  if (!head_adapter && w.output.adapter && !model.output_tied())
+  if (!head_adapter && w.output.adapter && dynamic_cast<const LoraAdapter*>(w.output.adapter.get()))
     throw Error(
         "gguf export: the LM head has an adapter attached that the LoraModel given does not "
         "hold; pass the LoraModel the adapter belongs to");

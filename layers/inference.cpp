@@ -199,6 +199,14 @@ GenerationStats generate(KvCacheDecoder& decoder, std::span<const int32_t> promp
   stats.prefill_seconds = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();
   while (stats.generated_tokens < options.max_tokens) {
+    // A NaN or Inf logit (damaged weights, an overflowing adapter) would make every sampler
+    // pick garbage or nothing: stop with the position instead.
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (!std::isfinite(logits[i]))
+        throw Error(fmt::format(
+            "generate: the logits after {} tokens hold {} (token {}): the model or adapter "
+            "weights give non-finite values; check them with `loom eval` on a text",
+            decoder.n_past(), logits[i], i));
     const int32_t next = sampler.sample(logits);
     if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) !=
         options.stop_ids.end()) {

@@ -163,9 +163,12 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights)
           why = fmt::format("intermediate {} by hidden {}", I, D);
           break;
         case Projection::Down:
-        case Projection::Output:  // not in a block
           expected = {D, I};
           why = fmt::format("hidden {} by intermediate {}", D, I);
+          break;
+        case Projection::Output:  // the LM head, never in a block
+          expected = {V, D};
+          why = fmt::format("vocab {} by hidden {}", V, D);
           break;
       }
       const std::string name = label(p->weight, p->gguf_name + ".weight");

@@ -9,7 +9,6 @@
 //   vs llama.cpp, see the LlamaCpp tests below.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -17,6 +16,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "autograd/check.h"
@@ -224,6 +225,31 @@ TEST(Generate, GreedyIsTheArgmaxOfTheFullForwardAndStopsAtStopIds) {
   EXPECT_EQ(out, std::vector<int32_t>(greedy.begin(), first_stop));
   EXPECT_TRUE(s.stopped_by_token);
   EXPECT_EQ(s.prompt_tokens, 3);
+}
+
+// Non-finite logits (a NaN in the weights) stop the generation with an error naming the
+// position, instead of sampling from garbage (which printed an empty completion).
+TEST(Generate, NonFiniteLogitsAreAnError) {
+  LlamaModel model = tiny_quantized_model();
+  LlamaWeights& w = model.weights();
+  std::vector<float> norm = w.output_norm.to_vector();
+  norm[3] = std::numeric_limits<float>::quiet_NaN();
+  w.output_norm = Tensor::from_vector(w.output_norm.shape(), norm);
+  KvCacheDecoder dec(model, {});
+  GenerationOptions g;
+  g.max_tokens = 4;
+  std::vector<int32_t> out;
+  try {
+    generate(dec, std::vector<int32_t>{5, 17, 33}, g, [&](int32_t id) {
+      out.push_back(id);
+      return true;
+    });
+    ADD_FAILURE() << "generated from NaN logits";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("logits after 3 tokens hold nan"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(out.empty());
 }
 
 // ---- sampling ---------------------------------------------------------------------------------

@@ -6,12 +6,14 @@
 // The gradient is computed in the same pass when it will be needed (grad mode on and an input
 // requires grad): with each chunk's logits at hand,
 //   dLogits = (softmax - onehot) / count,   dH = dLogits . W,   dW += dLogits^T . H
-// and the backward only multiplies dH (and dW) by the incoming scalar. With a low-rank term (LoRA
-// on the output weight) each chunk's logits get scale (X_lr A^T) B^T added, and with
-//   t = dLogits . B [n x r]:  dA += scale t^T X_lr,  dB += scale dLogits^T u,  dX_lr = scale t A
-// (into dH when X_lr is H itself). That costs no more memory
+// and the backward only multiplies dH (and dW) by the incoming scalar. That costs no more memory
 // than the gradients themselves and saves recomputing every chunk's logits in backward (a third
 // of the op's GEMM work, which is the vocabulary-sized product).
+//
+// With a low-rank term (LoRA on the LM head) each chunk's logits get s (X_lr A^T) B^T added
+// (u = X_lr A^T, [n x r], made per chunk), and with t = dLogits . B [n x r]:
+//   dA += s t^T X_lr,   dB += s dLogits^T u,   dX_lr = s t A   (into dH when X_lr is H)
+// about 2r / D of the vocabulary product's work on top (6% for r = 16 on SmolLM2).
 #include <cmath>
 
 #include "autograd/kernels/gemm.h"
@@ -206,20 +208,20 @@ CrossEntropyResult cross_entropy_chunked(const Tensor& hidden_in, const Tensor& 
   // The tape runs a vjp once, so the saved tensors are handed over rather than copied.
   // x_lr is recorded only when it is not hidden (hidden's gradient already holds its part).
   std::vector<Tensor> inputs{hidden, weight, same_input ? Tensor() : x_lr, a, b};
-  result.loss = record(loss, "cross_entropy_chunked", std::move(inputs),
-                       [dh, dw, dx_lr, da, db](const Tensor& g, const Tensor&) mutable {
-                         const float factor = g.data_f32()[0];
-                         std::vector<Tensor> grads{std::move(dh), std::move(dw), std::move(dx_lr),
-                                                   std::move(da), std::move(db)};
-                         for (Tensor& t : grads) {
-                           if (!t.defined() || factor == 1.0f) continue;
-                           float* p = t.data_f32();
-                           const int64_t n = t.numel();
+  auto vjp = [dh, dw, dx_lr, da, db](const Tensor& g, const Tensor&) mutable {
+    const float factor = g.data_f32()[0];
+    std::vector<Tensor> grads{std::move(dh), std::move(dw), std::move(dx_lr), std::move(da),
+                              std::move(db)};
+    for (Tensor& t : grads) {
+      if (!t.defined() || factor == 1.0f) continue;
+      float* p = t.data_f32();
+      const int64_t n = t.numel();
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMinElements)
-                           for (int64_t i = 0; i < n; ++i) p[i] *= factor;
-                         }
-                         return grads;
-                       });
+      for (int64_t i = 0; i < n; ++i) p[i] *= factor;
+    }
+    return grads;
+  };
+  result.loss = record(loss, "cross_entropy_chunked", std::move(inputs), std::move(vjp));
   return result;
 }
 

@@ -157,6 +157,10 @@ def check_loom_case(tmp, name, base_name, adapter, tolerances, expected_keys, pr
         warnings.simplefilter("always")
         model = peft.PeftModel.from_pretrained(base, f"{d}/peft").eval()
     for w in caught:
+        # PEFT's caution about merging an adapted tied LM head (its merge changes the embedding
+        # too; loom's merged export unties the head instead, checked below) is expected there.
+        if "lm_head" in adapter["target_modules"] and "tied_target_modules" in str(w.message):
+            continue
         problems.append(f"{name}: PeftModel.from_pretrained warned: {w.message}")
     peft_err = rel_err(torch_logits(model), ours)
     with model.disable_adapter():
