@@ -192,7 +192,12 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", args->seed, "Random seed of the sampler (0 or more)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Validator(
+          [](const std::string& value) {
+            return value.rfind('-', 0) == 0 ? fmt::format("must be 0 or more, got {}", value)
+                                            : std::string();
+          },
+          "SEED >= 0"));
   cmd->add_flag("--chat", args->chat,
                 "Wrap the prompt in the model's chat template (ChatML or Llama 3's format, "
                 "recognized in the template)");

@@ -8,6 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian's numpy and torch must be there first (scripts/install_deps.sh): otherwise pip pulls a
+# numpy that Debian's torch was not built against (llama-cpp-python depends on numpy), and
+# torch's numpy bridge fails in the reference scripts.
+if ! /usr/bin/python3 -c "import numpy, torch" 2>/dev/null; then
+  echo "setup_python: Debian's python3-numpy / python3-torch are not importable: run scripts/install_deps.sh first" >&2
+  exit 1
+fi
+
 if [ ! -x .venv/bin/python3 ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
