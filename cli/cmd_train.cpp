@@ -7,6 +7,7 @@
 
 #include "autograd/check.h"
 #include "cli/commands.h"
+#include "trainer/recipe.h"
 #include "trainer/train_session.h"
 
 namespace loom::cli {
@@ -70,7 +71,15 @@ void run_recipes(const std::string& dir) {
   std::sort(files.begin(), files.end());
   size_t width = 0;
   for (const auto& f : files) width = std::max(width, f.string().size());
-  for (const auto& f : files) fmt::print("{:<{}}  {}\n", f.string(), width, recipe_title(f));
+  for (const auto& f : files) {
+    fmt::print("{:<{}}  {}\n", f.string(), width, recipe_title(f));
+    // A recipe that does not load is listed with why, so that it is not mistaken for one to run.
+    try {
+      load_recipe(f.string());
+    } catch (const Error& e) {
+      fmt::print("{:<{}}  ! does not load: {}\n", "", width, e.what());
+    }
+  }
   if (files.empty()) {
     fmt::print("no recipes in {}\n", dir);
     return;

@@ -159,6 +159,12 @@ TEST(Recipe, ASecondYamlDocumentIsAnError) {
   EXPECT_EQ(parse(std::string("---\n") + kMinimal).train.steps, 20);  // a leading '---' is fine
 }
 
+TEST(Recipe, ATabInTheIndentationIsNamed) {
+  const std::string msg = parse_error(std::string(kMinimal) + "lora:\n\trank: 4\n");
+  EXPECT_HAS(msg, "recipes/test.yaml:11: a tab in the indentation; YAML indents with spaces only");
+  EXPECT_EQ(parse(std::string(kMinimal) + "# a\tcomment\n").train.steps, 20);  // tabs elsewhere
+}
+
 TEST(Recipe, DuplicateKeyIsAnError) {
   const std::string msg = parse_error(std::string(kMinimal) + "  steps: 30\n");
   EXPECT_HAS(msg, "recipes/test.yaml:10");

@@ -378,6 +378,18 @@ Recipe parse_recipe(std::string_view yaml_text, const std::string& source_name,
                       source_name, docs[1].Mark().line + 1));
     if (!docs.empty()) root = docs[0];
   } catch (const YAML::Exception& e) {
+    // YAML indents with spaces only; a tab there gets yaml-cpp's "illegal map value" or the
+    // like, so the first line indented with a tab is named instead.
+    int line = 1;
+    for (size_t at = 0; at < yaml_text.size(); ++line) {
+      const size_t end = std::min(yaml_text.find('\n', at), yaml_text.size());
+      const std::string_view text = yaml_text.substr(at, end - at);
+      const size_t indent_end = std::min(text.find_first_not_of(" \t"), text.size());
+      if (text.substr(0, indent_end).find('\t') != std::string_view::npos)
+        throw Error(fmt::format("{}:{}: a tab in the indentation; YAML indents with spaces only",
+                                source_name, line));
+      at = end + 1;
+    }
     throw Error(fmt::format("{}:{}: not valid YAML: {}", source_name, e.mark.line + 1, e.msg));
   }
   Recipe recipe;

@@ -137,6 +137,15 @@ def main():
         for name in sorted(os.listdir(os.path.join(SOURCE_DIR, "recipes"))):
             if name.endswith(".yaml") and name[:-5] not in out:
                 fail(f"`loom recipes` does not list {name}:\n{out}")
+        if "does not load" in out:
+            fail(f"`loom recipes` says a shipped recipe does not load:\n{out}")
+        # A recipe that does not load is listed with its error.
+        shutil.copytree(os.path.join(SOURCE_DIR, "recipes"), os.path.join(tmp, "recipes"))
+        with open(os.path.join(tmp, "recipes", "broken.yaml"), "w") as f:
+            f.write("# a typo\nmodel:\n  path: x.gguf\ntrain:\n  stepz: 3\n")
+        out = loom("recipes", "--dir", os.path.join(tmp, "recipes"))
+        if "does not load" not in out or "train.stepz" not in out:
+            fail(f"`loom recipes` lists a broken recipe without its error:\n{out}")
 
         a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
         out = loom("train", RECIPE, "--print-config", f"output.dir={a}", "lora.rank=4")
