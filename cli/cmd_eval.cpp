@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -31,6 +32,8 @@ struct EvalArgs {
 };
 
 std::string read_text_file(const std::string& path) {
+  if (std::filesystem::is_directory(path))
+    throw Error(fmt::format("--text {}: is a folder; give one UTF-8 text file", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("--text {}: cannot open the file", path));
   std::ostringstream ss;

@@ -641,6 +641,19 @@ TEST(TrainLoop, SavedAdapterReloadsWithTheSameLogits) {
   double diff = 0;
   for (size_t i = 0; i < base.size(); ++i) diff = std::max(diff, std::abs(double(base[i]) - from_file[i]));
   EXPECT_GT(diff, 1e-4);
+
+  // A loom_adapter.json cut short (a full disk, a partial copy) is named as damaged.
+  const fs::path cut = t.dir / "cut";
+  fs::create_directories(cut);
+  const std::string json = read_text(fs::path(r.adapter_dir) / "loom_adapter.json");
+  std::ofstream(cut / "loom_adapter.json") << json.substr(0, json.size() / 2);
+  try {
+    read_adapter_config(cut.string());
+    ADD_FAILURE() << "a truncated loom_adapter.json was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not valid JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the adapter folder is damaged"), std::string::npos);
+  }
 }
 
 // The LM head among the targets (with dropout on the adapter input): the loss falls, resume is

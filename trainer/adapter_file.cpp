@@ -107,8 +107,15 @@ nlohmann::json read_adapter_config(const std::string& dir) {
   const std::string path = (fs::path(dir) / kConfigFile).string();
   std::ifstream in(path);
   if (!in) throw Error(fmt::format("{}: cannot open (is {} a loom adapter folder?)", path, dir));
-  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw Error(fmt::format("{}: not a JSON object", path));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.g. "unexpected end of input" for a file cut short (a full disk, a partial copy).
+    throw Error(
+        fmt::format("{}: not valid JSON ({}); the adapter folder is damaged", path, e.what()));
+  }
+  if (!j.is_object()) throw Error(fmt::format("{}: not a JSON object", path));
   if (j.value("format", "") != "loom-lora")
     throw Error(fmt::format("{}: format is '{}', expected 'loom-lora'", path, j.value("format", "")));
   if (j.value("version", 0) != kAdapterFormatVersion)
