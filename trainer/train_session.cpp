@@ -534,13 +534,12 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       try {
         return load_checkpoint(*resume_path);
       } catch (const Error& e) {
-        // A damaged checkpoint (unreadable, or a dataset failing its CRC): point at the newest
-        // one before it.
+        // A checkpoint that cannot be loaded (unreadable, a dataset failing its CRC, missing or
+        // of the wrong type or shape): point at the newest one before it.
         const std::string why = e.what();
         const int64_t damaged = step_of_filename(fs::path(*resume_path).filename().string());
         std::string older;
-        if (damaged >= 0 && (why.find("cannot be read as an HDF5 file") != std::string::npos ||
-                             why.find("is corrupted") != std::string::npos))
+        if (damaged >= 0)
           for (const auto& [s, p] : list_checkpoints(paths.checkpoints))
             if (s < damaged) older = p;
         if (older.empty()) throw;
