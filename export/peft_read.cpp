@@ -137,6 +137,13 @@ void read_targets(const ConfigReader& r, LoraTargets& t) {
              fmt::format("is {}, expected a list of layer indices", l.type_name()));
     }
   }
+  // PEFT adapts no module without a layer index when layers_to_transform is given, so a
+  // target naming the LM head adapts nothing there: read the config as PEFT applies it (loom's
+  // own recipes refuse the pair instead, lora/targets.h).
+  if (!t.layers.empty())
+    std::erase_if(t.modules, [](const std::string& m) {
+      return m == "lm_head" || m == "output" || m.ends_with(".lm_head");
+    });
   if (r.has("layers_pattern")) {
     const ojson& p = r.at("layers_pattern");
     const bool layers = (p.is_string() && (p.get<std::string>().empty() || p == "layers")) ||

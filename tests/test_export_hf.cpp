@@ -573,6 +573,15 @@ TEST(PeftRead, UnsupportedOptionsNameTheKey) {
                                        {"eva_config", nullptr},
                                        {"some_future_flag", false}};
   EXPECT_EQ(peft_config_from_json(base, "a.json").lora.rank, 4);
+  {
+    // lm_head with layers_to_transform: PEFT adapts only the layers' modules; so does loom.
+    nlohmann::ordered_json j = base;
+    j["target_modules"] = {"q_proj", "lm_head"};
+    j["layers_to_transform"] = {1};
+    const LoraTargets t = peft_config_from_json(j, "a.json").lora.targets;
+    EXPECT_EQ(t.modules, (std::vector<std::string>{"q_proj"}));
+    EXPECT_EQ(t.layers, (std::vector<int64_t>{1}));
+  }
   const std::vector<std::pair<std::string, nlohmann::ordered_json>> bad = {
       {"peft_type", "IA3"},
       {"task_type", "SEQ_CLS"},

@@ -438,6 +438,15 @@ def part_c(llama_cpp):
         print(f"    {label:28s} {mine:9.4f} {ppl:9.4f}  {rel:+.3%}")
 
 
+def run_smollm2(request, name):
+    """loom_test_export_tool smollm2 on the request: its folder and its loom.json."""
+    req = WORK / f"request_{name}.json"
+    req.write_text(json.dumps(request))
+    out = WORK / name
+    tool("smollm2", MODEL, out, req)
+    return out, json.loads((out / "loom.json").read_text())
+
+
 def part_d(llama_cpp):
     """A PiSSA adapter exported for llama.cpp, applied by llama.cpp to the ORIGINAL base."""
     print("D. llama.cpp applies loom's export of a PiSSA adapter to the original base")
@@ -450,11 +459,7 @@ def part_d(llama_cpp):
                "adapter_types": ["f32"], "merged_types": [],
                "evaluate": ["adapter", "file_adapter_f32"],
                "tokens": tokens, "ctx": CTX, "prompts": [], "n_greedy": 0}
-    req = WORK / "request_pissa.json"
-    req.write_text(json.dumps(request))
-    out = WORK / "pissa"
-    tool("smollm2", MODEL, out, req)
-    loom = json.loads((out / "loom.json").read_text())
+    out, loom = run_smollm2(request, "pissa")
     for n in loom["exports"]["adapter_f32"]["notes"]:
         print(f"      {n}")
     ranks = {int(t.shape[0]) for t in gguf.GGUFReader(out / "adapter_f32.gguf").tensors
@@ -497,11 +502,7 @@ def part_e(llama_cpp):
                "adapter_types": [], "merged_types": ["f16", "q8_0"],
                "evaluate": ["base", "adapter", "merged_f16", "merged_q8_0"],
                "tokens": tokens, "ctx": CTX, "prompts": [], "n_greedy": 0}
-    req = WORK / "request_head.json"
-    req.write_text(json.dumps(request))
-    out = WORK / "head"
-    tool("smollm2", MODEL, out, req)
-    loom = json.loads((out / "loom.json").read_text())
+    out, loom = run_smollm2(request, "head")
     names = {t.name for t in gguf.GGUFReader(out / "merged_f16.gguf").tensors}
     source_names = {t.name for t in gguf.GGUFReader(MODEL).tensors}
     check("output.weight" not in source_names and names == source_names | {"output.weight"},
