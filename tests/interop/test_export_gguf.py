@@ -46,6 +46,9 @@ E. An LM head adapter on SmolLM2, whose output is tied to the token embedding (l
    (W_embd + s B A) next to the unchanged token_embd.weight. llama.cpp must use it: its
    perplexity must match loom's adapter model within the 2.5% above, while the adapter moves the
    perplexity by more than 3x that (llama.cpp falling back to the tied embedding would miss).
+   Then that merged f16 file, untied now, is the base of a second LM head adapter, exported as a
+   llama.cpp adapter GGUF (output.weight.lora_a/b): llama.cpp --lora must score what loom's adapter
+   model scores, within the same tolerance, while the adapter moves it by more than 3x that.
 
 Exit 0: all agree; 1: a difference or an error; 77: skipped (gguf / numpy not importable, or for
 B/C/D llama_cpp not importable or the model missing -- A still runs first and fails loudly).
@@ -438,12 +441,12 @@ def part_c(llama_cpp):
         print(f"    {label:28s} {mine:9.4f} {ppl:9.4f}  {rel:+.3%}")
 
 
-def run_smollm2(request, name):
+def run_smollm2(request, name, model=MODEL):
     """loom_test_export_tool smollm2 on the request: its folder and its loom.json."""
     req = WORK / f"request_{name}.json"
     req.write_text(json.dumps(request))
     out = WORK / name
-    tool("smollm2", MODEL, out, req)
+    tool("smollm2", model, out, req)
     return out, json.loads((out / "loom.json").read_text())
 
 
@@ -522,6 +525,25 @@ def part_e(llama_cpp):
         rel = ppl / mine - 1
         check(abs(rel) < PPL_TOLERANCE, f"{key}: perplexity loom {mine:.4f} vs llama.cpp {ppl:.4f} "
               f"({rel:+.3%})", f"{rel:+.3%}")
+
+    # An untied base (the merged f16 file): the LM head adapter as a llama.cpp adapter file.
+    untied = out / "merged_f16.gguf"
+    request = dict(request, seed=12, adapter_types=["f32"], merged_types=[],
+                   evaluate=["base", "file_adapter_f32"])
+    out2, loom2 = run_smollm2(request, "head_untied", model=untied)
+    names = {t.name for t in gguf.GGUFReader(out2 / "adapter_f32.gguf").tensors}
+    check(names == {"output.weight.lora_a", "output.weight.lora_b"},
+          "the adapter file holds output.weight.lora_a / lora_b", f"{sorted(names)}")
+    base2, mine = loom2["base"]["perplexity"], loom2["file_adapter_f32"]["perplexity"]
+    moved = abs(mine / base2 - 1)
+    check(moved > 3 * PPL_TOLERANCE, f"the adapter moves loom's perplexity {base2:.4f} -> {mine:.4f}",
+          f"{moved:.2%}")
+    llm = open_llama(llama_cpp, untied, out2 / "adapter_f32.gguf", logits_all=False)
+    ppl = llamacpp_perplexity(llm, tokens)
+    del llm
+    rel = ppl / mine - 1
+    check(abs(rel) < PPL_TOLERANCE, f"untied base + LM head adapter file: perplexity loom {mine:.4f} vs "
+          f"llama.cpp --lora {ppl:.4f} ({rel:+.3%})", f"{rel:+.3%}")
 
 
 def main():
