@@ -118,8 +118,14 @@ int64_t Mixer::next_piece_length(int s) const {
   return config_.mix_by == MixBy::Tokens ? std::min(left, config_.max_piece_tokens) : left;
 }
 
+bool Mixer::may_start_epoch(int64_t epoch) const {
+  return config_.on_exhausted == OnExhausted::Repeat &&
+         (config_.max_epochs <= 0 || epoch < config_.max_epochs);
+}
+
 bool Mixer::next(Piece& piece) {
-  if (pos_.ended) return false;
+  // An ended stream is not short-cut: the schedule picks the same exhausted source again (the
+  // cursors have not moved) and ends again, unless max_epochs now lets it start another pass.
   int best = -1;
   double best_cost = 0;
   for (int s = 0; s < num_sources(); ++s) {
@@ -133,9 +139,16 @@ bool Mixer::next(Piece& piece) {
   }
   SourceCursor& c = pos_.sources[best];
   const auto n_train = static_cast<int64_t>(order_[best].size());
-  if (c.next_doc >= n_train) {  // only under Stop: Repeat rolls over eagerly below
-    pos_.ended = true;
-    return false;
+  if (c.next_doc >= n_train) {  // Stop, or max_epochs passes done: Repeat rolls over eagerly below
+    if (!may_start_epoch(c.epoch + 1)) {
+      pos_.ended = true;
+      return false;
+    }
+    // A position saved at the end of max_epochs, resumed with more of them.
+    ++c.epoch;
+    c.next_doc = 0;
+    shuffle_epoch(best);
+    pos_.ended = false;
   }
   const int64_t doc = order_[best][c.next_doc];
   const int64_t len = framed_length(*sources_[best].data, doc, config_.framing);
@@ -151,7 +164,7 @@ bool Mixer::next(Piece& piece) {
   if (c.doc_offset == len) {
     c.doc_offset = 0;
     ++c.next_doc;
-    if (c.next_doc == n_train && config_.on_exhausted == OnExhausted::Repeat) {
+    if (c.next_doc == n_train && may_start_epoch(c.epoch + 1)) {
       ++c.epoch;
       c.next_doc = 0;
       shuffle_epoch(best);

@@ -12,8 +12,10 @@
 // Order. Each source's training documents (all but the held-out ones, heldout.h) are shuffled
 // per epoch with a seed derived from (seed, source name, epoch). A source that runs out starts
 // its next epoch, reshuffled (OnExhausted::Repeat), or ends the whole stream when the schedule
-// next picks it (OnExhausted::Stop), so that what was delivered kept the ratio. A weight of 0
-// leaves a source out of training (it is still evaluated).
+// next picks it (OnExhausted::Stop), so that what was delivered kept the ratio. With
+// max_epochs N (under Repeat), a source that has run out N times ends the stream the same way:
+// N passes over the data for one source, N passes over the one that runs out first in a mix.
+// A weight of 0 leaves a source out of training (it is still evaluated).
 //
 // Resume. MixerPosition is a few integers per source; seek() to a saved position continues the
 // exact same stream. The position carries a hash of the configuration and the sources' sizes,
@@ -44,6 +46,10 @@ struct MixSource {
 struct MixerConfig {
   MixBy mix_by = MixBy::Tokens;
   OnExhausted on_exhausted = OnExhausted::Repeat;
+  // Repeat only: the stream ends when a source it picks has run out this many times; 0 = never.
+  // Not part of the position's hash: a saved position resumes under another max_epochs (a run
+  // given more epochs goes on where it ended).
+  int64_t max_epochs = 0;
   uint64_t seed = 0;        // the shuffles
   uint64_t split_seed = 0;  // the held-out split (heldout.h)
   int64_t max_piece_tokens = 512;
@@ -90,6 +96,7 @@ class Mixer : public PieceStream {
 
  private:
   void shuffle_epoch(int s);
+  bool may_start_epoch(int64_t epoch) const;  // a source may start its pass `epoch` (0-based)
   int64_t next_piece_length(int s) const;
 
   std::vector<MixSource> sources_;

@@ -1,6 +1,7 @@
 // Data module, mixing: the delivered ratio in every 200k-token window (by tokens, with long
 // documents cut in pieces, and by examples), determinism from the seed, exact resume from a saved
-// position (mid-piece, across epochs, with Stop), per-epoch reshuffles, Stop ending the stream,
+// position (mid-piece, across epochs, with Stop), per-epoch reshuffles, Stop and max_epochs ending
+// the stream,
 // weight-0 sources, the held-out split (deterministic, never trained on, evaluated whole) and the
 // configuration errors.
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "autograd/check.h"
 #include "data/heldout.h"
@@ -236,6 +238,67 @@ TEST(DataMixer, StopEndsTheStreamWhenASourceRunsOut) {
   EXPECT_TRUE(d[0].exhausted);
   EXPECT_EQ(d[1].epoch, 0);
   EXPECT_FALSE(d[1].exhausted);
+}
+
+// max_epochs N: one source alone is drawn exactly N times over, each pass a permutation of its
+// training documents, then the stream ends; in a mix, the stream ends when the source that runs
+// out first has run out N times, and the same stream under Repeat (no limit) has the very same
+// pieces up to there. A position saved at the end, sought by a mixer allowed more epochs, goes
+// on exactly as the stream that was never limited.
+TEST(DataMixer, MaxEpochsEndsTheStreamAfterThatManyPasses) {
+  std::vector<MixSource> one = {{synthetic_source("only", 40, 1, 10, 5), 1.0, 0.1}};
+  auto three = mixer_config(2);
+  three.max_epochs = 3;
+  Mixer m(one, three);
+  std::map<int64_t, int> times;
+  Piece p;
+  int64_t pieces = 0;
+  while (m.next(p)) {
+    ++times[p.doc];
+    ++pieces;
+  }
+  const size_t n_train = m.split(0).train.size();
+  EXPECT_EQ(pieces, static_cast<int64_t>(3 * n_train));
+  EXPECT_EQ(times.size(), n_train);
+  for (const auto& [doc, n] : times) EXPECT_EQ(n, 3) << "document " << doc;
+  EXPECT_FALSE(m.next(p));
+  EXPECT_TRUE(m.position().ended);
+
+  auto small = synthetic_source("small", 12, 5, 50, 6);
+  auto big = synthetic_source("big", 400, 5, 50, 7);
+  const std::vector<MixSource> mix = {{small, 0.5, 0.0}, {big, 0.5, 0.0}};
+  auto two = mixer_config(3);
+  two.max_epochs = 2;
+  Mixer limited(mix, two), unlimited(mix, mixer_config(3));
+  Piece a, b;
+  while (limited.next(a)) {
+    ASSERT_TRUE(unlimited.next(b));
+    ASSERT_EQ(std::tie(a.source, a.doc, a.begin, a.end), std::tie(b.source, b.doc, b.begin, b.end));
+  }
+  EXPECT_EQ(limited.position().sources[0].epoch, 1);  // its second pass, drawn to the end
+  EXPECT_EQ(limited.position().sources[0].next_doc, 12);
+  EXPECT_EQ(limited.position().sources[1].epoch, 0);  // the big one is far from its end
+  TrainStream ended(mix, two, packing(64, 4));
+  Batch batch;
+  while (ended.next(batch)) {
+  }
+  const auto d = ended.delivered();
+  EXPECT_EQ(d[0].epoch, 2);
+  EXPECT_TRUE(d[0].exhausted);
+  EXPECT_EQ(d[1].epoch, 0);
+
+  auto four = mixer_config(3);
+  four.max_epochs = 4;
+  Mixer more(mix, four);
+  more.seek(limited.position());  // max_epochs is not part of the position's hash
+  int64_t small_pieces = 0;
+  while (more.next(a)) {
+    ASSERT_TRUE(unlimited.next(b));
+    ASSERT_EQ(std::tie(a.source, a.doc, a.begin, a.end), std::tie(b.source, b.doc, b.begin, b.end))
+        << small_pieces;
+    small_pieces += a.source == 0;
+  }
+  EXPECT_EQ(small_pieces, 24);  // its third and fourth passes (documents of one piece each)
 }
 
 TEST(DataMixer, WeightZeroSourcesAreNotTrainedOn) {

@@ -176,8 +176,28 @@ TEST(Recipe, ValidationNamesTheKeyAndWhereItWasSet) {
   EXPECT_HAS(msg, "model.path is required");
   msg = parse_error("model: {path: m}\ndata: {sources: [{name: a, path: b}]}\n");
   EXPECT_HAS(msg, "train.steps is required");
+  EXPECT_HAS(msg, "the number of optimizer steps to run, or set train.epochs");
   msg = parse_error("model: {path: m}\ntrain: {steps: 3}\n");
   EXPECT_HAS(msg, "data.sources is required");
+  // train.epochs instead of train.steps (which then caps it, 0 = no cap); never with stop.
+  const Recipe by_epochs =
+      parse("model: {path: m}\ndata: {sources: [{name: a, path: b}]}\ntrain: {epochs: 2}\n");
+  EXPECT_EQ(by_epochs.train.epochs, 2);
+  EXPECT_EQ(by_epochs.train.steps, 0);
+  EXPECT_EQ(parse(kMinimal, {"train.epochs=3"}).train.steps, 20);
+  EXPECT_EQ(parse(kMinimal, {"train.epochs=3", "train.steps=0"}).train.steps, 0);
+  msg = parse_error(kMinimal, {"train.steps=0"});
+  EXPECT_HAS(msg, "train.steps must be at least 1, found 0");
+  msg = parse_error(kMinimal, {"train.epochs=-1"});
+  EXPECT_HAS(msg, "train.epochs must be at least 0, found -1");
+  msg = parse_error(kMinimal, {"train.epochs=2", "data.on_exhausted=stop"});
+  EXPECT_HAS(msg,
+             "train.epochs (2) needs data.on_exhausted: repeat (set at command-line override "
+             "`data.on_exhausted=stop` to stop");
+  // A warmup cannot be checked against the data's steps here: the run does that.
+  EXPECT_EQ(parse(kMinimal, {"train.epochs=1", "train.steps=0", "train.warmup_steps=50"})
+                .train.warmup_steps,
+            50);
   msg = parse_error(std::string(kMinimal) + "  lr: -0.1\n");
   EXPECT_HAS(msg, "recipes/test.yaml:10: train.lr must be positive, found -0.1");
   msg = parse_error(std::string(kMinimal) + "  warmup_steps: 50\n");

@@ -113,9 +113,9 @@ std::string tiny_recipe(const fs::path& corpus_a, const fs::path& corpus_b) {
 struct TinyRun {
   TempDir dir;
   fs::path recipe;
-  TinyRun() {
-    write_corpus(dir / "a.txt", 200, 1);
-    write_corpus(dir / "b.txt", 100, 2);
+  explicit TinyRun(int paragraphs_a = 200, int paragraphs_b = 100) {
+    write_corpus(dir / "a.txt", paragraphs_a, 1);
+    write_corpus(dir / "b.txt", paragraphs_b, 2);
     recipe = dir / "tiny.yaml";
     std::ofstream(recipe) << tiny_recipe(dir / "a.txt", dir / "b.txt");
   }
@@ -823,6 +823,105 @@ TEST(TrainLoop, DataEndedUnderStopTrainsTheLastMicroBatchesAndEndsNormally) {
   EXPECT_EQ(trained, trained_tokens(one.metrics_path));
   EXPECT_GE(delivered - trained, 0);
   EXPECT_LT(delivered - trained, 32) << "delivered " << delivered << ", trained " << trained;
+}
+
+// train.epochs: the run ends when the data has been trained on that many times over; the steps
+// are counted before the run, so that the learning-rate schedule spans them (each step's lr is
+// Hugging Face's cosine with warmup over that total, computed here) and the summary plans them.
+// One epoch is the stream data.on_exhausted: stop trains, with the same schedule: bit-identical.
+// train.steps caps the epochs. Resumed mid-run, it ends bit-identical; resumed when finished,
+// nothing happens, unless train.epochs is raised.
+TEST(TrainLoop, EpochsEndTheRunAndTheScheduleSpansThem) {
+  TinyRun t(24, 12);
+  const std::vector<std::string> base = {"eval.batches=0", "train.steps=0", "checkpoint.every=3",
+                                         "train.schedule=cosine", "train.warmup_steps=2"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> o = base;
+    o.insert(o.end(), extra.begin(), extra.end());
+    return o;
+  };
+  auto summary_of = [&](const TrainResult& r) {
+    return nlohmann::json::parse(read_text(r.summary_path));
+  };
+  auto exhausted = [](const nlohmann::json& s) {
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (const auto& [name, d] : s["delivered"].items())
+      if (d["exhausted"].get<bool>()) out.emplace_back(name, d["epochs"].get<int64_t>());
+    return out;
+  };
+
+  const TrainResult e1 = t.run("e1", with({"train.epochs=1"}));
+  ASSERT_TRUE(e1.finished);
+  const nlohmann::json s1 = summary_of(e1);
+  EXPECT_EQ(s1["steps"], e1.steps_done);
+  EXPECT_EQ(s1["steps_planned"], e1.steps_done);
+  ASSERT_EQ(exhausted(s1).size(), 1u) << s1.dump();
+  EXPECT_EQ(exhausted(s1)[0].second, 1);
+  EXPECT_NE(e1.data_ended.find("train.epochs 1"), std::string::npos) << e1.data_ended;
+  ASSERT_GT(e1.steps_done, 6);
+
+  const TrainResult stop =
+      t.run("stop", {"eval.batches=0", "train.steps=100000", "checkpoint.every=3",
+                     "train.schedule=cosine", "train.warmup_steps=2", "data.on_exhausted=stop"});
+  EXPECT_EQ(stop.steps_done, e1.steps_done);
+  EXPECT_EQ(summary_of(stop)["steps_planned"], e1.steps_done);
+  expect_bit_identical(adapter_of(e1.adapter_dir), adapter_of(stop.adapter_dir));
+
+  const TrainResult e2 = t.run("e2", with({"train.epochs=2"}));
+  const nlohmann::json s2 = summary_of(e2);
+  const int64_t total = e2.steps_done;
+  EXPECT_EQ(s2["steps_planned"], total);
+  EXPECT_EQ(s2["epochs_planned"], 2);
+  ASSERT_EQ(exhausted(s2).size(), 1u) << s2.dump();
+  EXPECT_EQ(exhausted(s2)[0].second, 2);
+  EXPECT_NEAR(static_cast<double>(total), 2.0 * static_cast<double>(e1.steps_done), 1.0);
+  std::ifstream in(e2.metrics_path);
+  int64_t seen = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] != "train") continue;
+    const int64_t k = j["step"].get<int64_t>() - 1;  // steps already taken
+    const double expected = k < 2 ? 0.01 * static_cast<double>(k) / 2.0
+                                  : 0.01 * 0.5 *
+                                        (1.0 + std::cos(M_PI * static_cast<double>(k - 2) /
+                                                        static_cast<double>(total - 2)));
+    EXPECT_NEAR(j["lr"].get<double>(), expected, 1e-12) << "step " << k + 1;
+    ++seen;
+  }
+  EXPECT_EQ(seen, total);
+
+  const TrainResult capped = t.run("capped", with({"train.epochs=2", "train.steps=5"}));
+  EXPECT_EQ(capped.steps_done, 5);
+  EXPECT_TRUE(capped.data_ended.empty()) << capped.data_ended;
+  EXPECT_EQ(summary_of(capped)["steps_planned"], 5);
+
+  // Cut short after a mid-run checkpoint, resumed: bit-identical.
+  const TrainResult again = t.run("again", with({"train.epochs=2"}));
+  fs::remove(t.dir / ("again/checkpoints/checkpoint-" + std::to_string(total) + ".h5"));
+  fs::remove(again.summary_path);
+  fs::remove_all(again.adapter_dir);
+  TrainOptions resume;
+  resume.resume_from = (t.dir / "again").string();
+  const TrainResult resumed = t.run("again", with({"train.epochs=2"}), resume);
+  EXPECT_EQ(resumed.steps_done, total);
+  expect_bit_identical(adapter_of(e2.adapter_dir), adapter_of(resumed.adapter_dir));
+  // Finished: nothing to do; with a third epoch it goes on to the end of that one.
+  EXPECT_TRUE(t.run("again", with({"train.epochs=2"}), resume).already_finished);
+  const TrainResult third = t.run("again", with({"train.epochs=3"}), resume);
+  EXPECT_FALSE(third.already_finished);
+  EXPECT_NEAR(static_cast<double>(third.steps_done), 3.0 * static_cast<double>(e1.steps_done), 2.0);
+  ASSERT_EQ(exhausted(summary_of(third)).size(), 1u);
+  EXPECT_EQ(exhausted(summary_of(third))[0].second, 3);
+
+  // A warmup longer than the data's steps is refused before training, naming both.
+  try {
+    t.run("warm", with({"train.epochs=1", "train.warmup_steps=100000"}));
+    FAIL() << "a warmup past the data's steps was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.warmup_steps (100000) is more than the"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(TrainLoop, NonFiniteStepsAreSkippedThenStopTheRun) {

@@ -113,7 +113,8 @@ struct DataRecipe {
 struct TrainRecipe {
   int64_t batch_size = 4;
   int64_t grad_accum = 1;
-  int64_t steps = 0;  // optimizer steps; required
+  int64_t steps = 0;   // optimizer steps; required unless epochs is set (then a cap, 0 = none)
+  int64_t epochs = 0;  // passes over the data; 0 = train.steps alone decides
   double lr = 2e-4;
   LrScheduleKind schedule = LrScheduleKind::Cosine;
   int64_t warmup_steps = 0;

@@ -366,7 +366,8 @@ const std::vector<Field<Recipe>>& recipe_fields() {
       field<R>("data.seq_len", LOOM_MEMBER(data.seq_len), "tokens per training sequence"),
       field<R>("data.on_exhausted", LOOM_MEMBER(data.on_exhausted),
                "when a source runs out: start it again (repeat), or end the run there (stop: "
-               "the last batches are trained, the run ends normally before train.steps)"),
+               "the last batches are trained, the run ends normally before train.steps, the "
+               "learning-rate schedule spans the steps the data gives)"),
       field<R>("data.train_on_prompt", LOOM_MEMBER(data.train_on_prompt),
                "instruct/chat: count the loss on prompt tokens too"),
       field<R>("data.packing", LOOM_MEMBER(data.packing),
@@ -375,7 +376,14 @@ const std::vector<Field<Recipe>>& recipe_fields() {
       field<R>("train.batch_size", LOOM_MEMBER(train.batch_size), "sequences per micro-batch"),
       field<R>("train.grad_accum", LOOM_MEMBER(train.grad_accum),
                "micro-batches accumulated per optimizer step"),
-      field<R>("train.steps", LOOM_MEMBER(train.steps), "optimizer steps to run", kRequired),
+      field<R>("train.steps", LOOM_MEMBER(train.steps),
+               "optimizer steps to run (required unless train.epochs is set; then a cap, 0 = "
+               "none)"),
+      field<R>("train.epochs", LOOM_MEMBER(train.epochs),
+               "passes over the training data; the run ends when a source has been trained on "
+               "that many times over (in a mix, the one that runs out first), or at train.steps "
+               "if that comes first; the schedule spans the steps this gives; 0 = train.steps "
+               "alone"),
       field<R>("train.lr", LOOM_MEMBER(train.lr), "peak learning rate"),
       field<R>("train.schedule", LOOM_MEMBER(train.schedule),
                "learning-rate decay after warmup (as Hugging Face transformers' schedules)"),

@@ -221,13 +221,26 @@ void check_data(Recipe& r, const Checker& c) {
 
 void check_train(const Recipe& r, const Checker& c) {
   const TrainRecipe& t = r.train;
-  c.required("train.steps", c.was_set("train.steps"), "the number of optimizer steps to run");
-  c.at_least<int64_t>("train.steps", t.steps, 1);
+  c.at_least<int64_t>("train.epochs", t.epochs, 0);
+  if (t.epochs == 0) {
+    c.required("train.steps", c.was_set("train.steps"),
+               "the number of optimizer steps to run, or set train.epochs");
+    c.at_least<int64_t>("train.steps", t.steps, 1);
+  } else {
+    c.at_least<int64_t>("train.steps", t.steps, 0);
+    if (r.data.on_exhausted == DataRecipe::OnExhausted::Stop)
+      c.fail("train.epochs",
+             fmt::format("({}) needs data.on_exhausted: repeat (set at {} to stop, which ends the "
+                         "run after the first pass); leave data.on_exhausted at repeat, or drop "
+                         "train.epochs",
+                         t.epochs, c.where("data.on_exhausted")));
+  }
   c.at_least<int64_t>("train.batch_size", t.batch_size, 1);
   c.at_least<int64_t>("train.grad_accum", t.grad_accum, 1);
   c.positive("train.lr", t.lr);
   c.at_least<int64_t>("train.warmup_steps", t.warmup_steps, 0);
-  if (t.warmup_steps > t.steps)
+  // With train.epochs the step count is known once the data is read: the run checks it there.
+  if (t.steps > 0 && t.warmup_steps > t.steps)
     c.fail("train.warmup_steps",
            fmt::format("({}) is more than train.steps ({}, set at {}); lower train.warmup_steps "
                        "too (train.warmup_steps=N)",

@@ -289,7 +289,9 @@ std::string first_difference(const std::string& a, const std::string& b) {
   }
 }
 
+// -1 when not known before the run reads its data (train.epochs without train.steps).
 int64_t steps_left(const SweepPoint& p, const SweepPointState& s) {
+  if (s.kind != SweepPointState::Kind::Finished && p.recipe.train.steps <= 0) return -1;
   switch (s.kind) {
     case SweepPointState::Kind::Finished:
       return 0;
@@ -314,7 +316,11 @@ double seconds_per_step(const SweepTable& t) {
 
 std::string estimate_text(const SweepPlan& plan, const SweepTable& table) {
   int64_t left = 0;
-  for (const SweepPoint& p : plan.points) left += steps_left(p, sweep_point_state(p));
+  for (const SweepPoint& p : plan.points) {
+    const int64_t n = steps_left(p, sweep_point_state(p));
+    if (n < 0) return "unknown: a run's steps come from train.epochs and its data";
+    left += n;
+  }
   if (left == 0) return "nothing left to run";
   const double per_step = seconds_per_step(table);
   if (per_step < 0) return "unknown until the first run finishes";
@@ -524,10 +530,14 @@ std::string describe_sweep_plan(const SweepPlan& plan) {
     std::string values;
     for (const auto& [k, v] : p.values)
       values += fmt::format("{}{}={}", values.empty() ? "" : " ", k, v);
-    out +=
-        fmt::format("    {}/{}  {}: {} steps x {} tokens, in {}: {}\n", i + 1, plan.points.size(),
-                    values, t.steps, t.batch_size * t.grad_accum * p.recipe.data.seq_len, p.dir,
-                    state_text(sweep_point_state(p)));
+    out += fmt::format(
+        "    {}/{}  {}: {} x {} tokens, in {}: {}\n", i + 1, plan.points.size(), values,
+        t.epochs > 0
+            ? fmt::format("{} epoch{}{}", t.epochs, t.epochs == 1 ? "" : "s",
+                          t.steps > 0 ? fmt::format(" (at most {} steps)", t.steps) : std::string())
+            : fmt::format("{} steps", t.steps),
+        t.batch_size * t.grad_accum * p.recipe.data.seq_len, p.dir,
+        state_text(sweep_point_state(p)));
   }
   out += fmt::format("  estimate:    {}\n", estimate_text(plan, collect_sweep_table(plan)));
   out += fmt::format(

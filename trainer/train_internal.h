@@ -50,8 +50,16 @@ struct TrainData {
   PackingConfig packing;
   std::unique_ptr<TrainStream> stream;
   std::vector<std::vector<int64_t>> heldout;  // per source, the held-out documents
+  std::vector<MixSource> mix;                 // what `stream` was made of (count_data_steps)
+  MixerConfig mixer;
 };
 TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer);
+
+// The optimizer steps the data gives when its stream ends (data.on_exhausted: stop, or
+// train.epochs), counted by running a copy of the stream from its start (packing only: no model),
+// at most `cap` steps (0 = no cap); -1 when the stream never ends. A last step of fewer than
+// grad_accum micro-batches counts, as the run trains it.
+int64_t count_data_steps(const TrainData& data, const TrainPlan& plan, int64_t cap);
 // A source's default_system ("model", "none" or the text) as the system message its reader puts
 // first in conversations without one: "model" is the model template's own default (empty when it
 // has none loom can read, or its format is not the source's chat_template).

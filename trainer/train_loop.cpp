@@ -68,12 +68,17 @@ TrainPlan make_train_plan(const Recipe& recipe) {
   p.batch_size = t.batch_size;
   p.grad_accum = t.grad_accum;
   p.steps = t.steps;
+  p.epochs = t.epochs;
   p.lr = t.lr;
   p.schedule = std::string(to_string(t.schedule));
   p.warmup_steps = t.warmup_steps;
   p.min_lr_ratio = t.min_lr_ratio;
   const LrSchedule schedule = LrSchedule::from_recipe(t);
-  p.lr_at = [schedule](int64_t step) { return schedule.lr(step); };
+  p.lr_at = [schedule](int64_t step, int64_t total_steps) {
+    LrSchedule s = schedule;
+    s.total_steps = total_steps;
+    return s.lr(step);
+  };
   p.weight_decay = t.weight_decay;
   p.decay_dora_magnitude = t.decay_dora_magnitude;
   p.adam_beta1 = t.adam_beta1;

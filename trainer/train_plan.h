@@ -70,12 +70,15 @@ struct TrainPlan {
   // train
   int64_t batch_size = 4;
   int64_t grad_accum = 1;
-  int64_t steps = 0;
+  int64_t steps = 0;   // 0: as many as `epochs` passes over the data give
+  int64_t epochs = 0;  // > 0: the data stream ends after this many passes (mixer.h max_epochs)
   double lr = 2e-4;
   std::string schedule = "cosine";
   int64_t warmup_steps = 0;
   double min_lr_ratio = 0.0;
-  std::function<double(int64_t step)> lr_at;  // steps already taken -> learning rate
+  // (steps already taken, the run's total steps) -> learning rate. The total is train.steps,
+  // or fewer when the data ends first (data.on_exhausted: stop, train.epochs).
+  std::function<double(int64_t step, int64_t total_steps)> lr_at;
   double weight_decay = 0.0;
   bool decay_dora_magnitude = false;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -189,8 +190,9 @@ void flatten_recipe(const YAML::Node& node, const std::string& prefix,
 // Keys a resumed run may change: they do not change what the steps compute, or (train.steps)
 // extending or shortening a run is what resuming is for.
 bool resume_may_change(const std::string& key) {
-  for (const char* prefix : {"eval.", "checkpoint.", "output.", "resume", "train.steps",
-                             "train.max_skipped_steps", "model.checkpoint_activations"})
+  for (const char* prefix :
+       {"eval.", "checkpoint.", "output.", "resume", "train.steps", "train.epochs",
+        "train.max_skipped_steps", "model.checkpoint_activations"})
     if (key.rfind(prefix, 0) == 0) return true;
   return false;
 }
@@ -312,7 +314,8 @@ static void drop_metrics_after(const std::string& path, int64_t step) {
 TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   const double t_start = now_seconds();
   const Console out{options.quiet};
-  if (plan.steps <= 0) throw Error(fmt::format("train.steps must be > 0, got {}", plan.steps));
+  if (plan.steps < 0 || (plan.steps == 0 && plan.epochs <= 0))
+    throw Error(fmt::format("train.steps must be > 0 (or train.epochs set), got {}", plan.steps));
   if (plan.output_dir.empty()) throw Error("output.dir is empty; set it in the recipe or as output.dir=DIR");
   if (!plan.lr_at) throw Error("training plan has no learning-rate schedule (make_train_plan sets it)");
   const RunPaths paths = RunPaths::of(plan.output_dir);
@@ -343,27 +346,43 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   }
   if (resume_path) {
     const int64_t at = step_of_filename(fs::path(*resume_path).filename().string());
-    if (at > plan.steps)
+    if (plan.steps > 0 && at > plan.steps)
       throw Error(fmt::format(
           "{}: the checkpoint is at step {}, past train.steps {}: set train.steps to {} or more to "
           "train further (or leave it as the run had it: loom train --resume {})",
           *resume_path, at, plan.steps, at, paths.dir));
     // Finished: summary.json written at the end of this very checkpoint's step (a checkpoint file
     // that appeared later, or a damaged summary, goes through the checks of a normal resume).
-    const auto summary_steps = [&]() -> int64_t {
+    // A run also finished when its data ended (data.on_exhausted: stop, or the epochs it was
+    // given, unless this resume gives it more).
+    const nlohmann::json summary = [&] {
       std::ifstream in(paths.summary);
       const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-      if (j.is_discarded() || !j.is_object() || !j.contains("steps") ||
-          !j["steps"].is_number_integer())
-        return -1;
-      return j["steps"].get<int64_t>();
-    };
-    if (at == plan.steps && fs::exists(paths.summary) && summary_steps() == at) {
+      return j.is_object() ? j : nlohmann::json::object();
+    }();
+    const bool summary_at = summary.contains("steps") && summary["steps"].is_number_integer() &&
+                            summary["steps"].get<int64_t>() == at;
+    const bool data_ended_there = summary.contains("data_ended") &&
+                                  summary["data_ended"].is_string() &&
+                                  !summary["data_ended"].get<std::string>().empty() &&
+                                  summary.value("epochs_planned", int64_t{0}) == plan.epochs;
+    if (summary_at && (at == plan.steps || data_ended_there)) {
+      const std::string further =
+          !data_ended_there ? fmt::format(
+                                  "To train it further, raise train.steps (loom train "
+                                  "--resume {} train.steps=N)",
+                                  paths.dir)
+          : plan.epochs > 0 ? fmt::format(
+                                  "To train it further, raise train.epochs (loom train "
+                                  "--resume {} train.epochs=N)",
+                                  paths.dir)
+                            : std::string("Its data ran out (data.on_exhausted: stop)");
       out.print(
-          "loom train: {} finished at step {} of {} ({}): nothing to do. To train it further, "
-          "raise train.steps (loom train --resume {} train.steps=N); to use it: loom export "
-          "{} ...\n",
-          paths.dir, at, plan.steps, paths.summary, paths.dir, paths.dir);
+          "loom train: {} finished at step {} ({}{}): nothing to do. {}; to use it: loom "
+          "export {} ...\n",
+          paths.dir, at, paths.summary,
+          data_ended_there ? fmt::format(": {}", summary["data_ended"].get<std::string>()) : "",
+          further, paths.dir);
       TrainResult done;
       done.already_finished = true;
       done.steps_done = at;
@@ -424,19 +443,26 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     out.print("  init_from:   {} ({} adapter): its structure below, trained further\n",
               init_from->path, init_from->kind);
   for (const std::string& note : init_from_notes) out.print("               {}\n", note);
-  out.print(
-      "  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {} in {}{}\n",
-      lc.dora ? "DoRA" : "LoRA", lc.rank, lc.alpha, lc.rslora ? "alpha/sqrt(r)" : "alpha/r",
-      lora_scale(lc.alpha, lc.rank, lc.rslora), lc.dropout,
-      init_from ? std::string("from init_from") : std::string(lora_init_name(lc.init)),
-      lc.targets.regex.empty() ? fmt::format("[{}]", join_items(lc.targets.modules))
-                               : "regex " + lc.targets.regex,
-      lc.targets.layers.empty() ? "every layer"
-                                : fmt::format("layers [{}]", join_items(lc.targets.layers)),
-      lc.rank_pattern.empty() && lc.alpha_pattern.empty()
-          ? ""
-          : fmt::format(" ({} rank / {} alpha patterns)", lc.rank_pattern.size(),
-                        lc.alpha_pattern.size()));
+  // The LM head is in no layer: named apart from the block projections.
+  std::vector<std::string> block_targets;
+  for (const std::string& m : lc.targets.modules)
+    if (m != "lm_head" && m != "output") block_targets.push_back(m);
+  const std::string layers_text = lc.targets.layers.empty()
+                                      ? std::string("every layer")
+                                      : fmt::format("layers [{}]", join_items(lc.targets.layers));
+  std::string where =
+      !lc.targets.regex.empty() ? fmt::format("regex {} in {}", lc.targets.regex, layers_text)
+      : block_targets.empty()   ? std::string()
+                                : fmt::format("[{}] in {}", join_items(block_targets), layers_text);
+  if (count.head) where += where.empty() ? "the LM head" : ", and the LM head";
+  out.print("  adapters:    {} r={} alpha={} scale {} = {:.6g}, dropout {}, init {} on {}{}\n",
+            lc.dora ? "DoRA" : "LoRA", lc.rank, lc.alpha, lc.rslora ? "alpha/sqrt(r)" : "alpha/r",
+            lora_scale(lc.alpha, lc.rank, lc.rslora), lc.dropout,
+            init_from ? std::string("from init_from") : std::string(lora_init_name(lc.init)), where,
+            lc.rank_pattern.empty() && lc.alpha_pattern.empty()
+                ? ""
+                : fmt::format(" ({} rank / {} alpha patterns)", lc.rank_pattern.size(),
+                              lc.alpha_pattern.size()));
   out.print("               {} modules, {} trainable parameters ({:.3f}% of the model)\n",
             count.modules, count.parameters,
             100.0 * count.parameters /
@@ -472,9 +498,15 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
             plan.packing ? "documents packed (document mask)" : "one document per row (padded)",
             plan.train_on_prompt ? ", loss on prompts too" : "");
   out.print(
-      "  schedule:    {} steps, AdamW lr {:g} {} (warmup {}, min ratio {:g}), weight decay "
+      "  schedule:    {}, AdamW lr {:g} {} (warmup {}, min ratio {:g}), weight decay "
       "{:g}{}, betas ({:g}, {:g}), eps {:g}, clip {}\n",
-      plan.steps, plan.lr, plan.schedule, plan.warmup_steps, plan.min_lr_ratio, plan.weight_decay,
+      plan.epochs > 0
+          ? fmt::format(
+                "{} epoch{} of the data{}", plan.epochs, plan.epochs == 1 ? "" : "s",
+                plan.steps > 0 ? fmt::format(", at most {} steps", plan.steps) : std::string())
+      : plan.on_exhausted == "stop" ? fmt::format("{} steps or until the data runs out", plan.steps)
+                                    : fmt::format("{} steps", plan.steps),
+      plan.lr, plan.schedule, plan.warmup_steps, plan.min_lr_ratio, plan.weight_decay,
       plan.dora && plan.weight_decay > 0
           ? (plan.decay_dora_magnitude ? " (DoRA magnitudes too)" : " (not DoRA magnitudes)")
           : "",
@@ -505,6 +537,29 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   t0 = now_seconds();
   TrainData data = build_train_data(plan, *tm.tokenizer);
   for (const std::string& note : data.cache_notes) out.print("data:          {}\n", note);
+  // The steps the run will take: train.steps, or fewer when the data ends first (counted by a
+  // pass over the stream, so that the schedule decays over them and the ETA is right).
+  int64_t total_steps = plan.steps;
+  if (plan.epochs > 0 || plan.on_exhausted == "stop") {
+    t0 = now_seconds();
+    const int64_t data_steps = count_data_steps(data, plan, plan.steps);
+    if (data_steps <= 0)
+      throw Error("the training data gives no batch at all: add data, or lower data.seq_len");
+    total_steps = data_steps;
+    out.print("steps:         {} ({}{}; counted in {:.1f} s)\n", total_steps,
+              plan.steps > 0 && total_steps == plan.steps ? "train.steps; the data goes further"
+              : plan.epochs > 0
+                  ? fmt::format("what {} epoch{} of the data give{}", plan.epochs,
+                                plan.epochs == 1 ? "" : "s", plan.epochs == 1 ? "s" : "")
+                  : std::string("where the data runs out"),
+              plan.grad_accum > 1 ? fmt::format(", {} micro-batches each", plan.grad_accum) : "",
+              now_seconds() - t0);
+    if (plan.warmup_steps > total_steps)
+      throw Error(
+          fmt::format("train.warmup_steps ({}) is more than the {} steps the data gives; "
+                      "lower train.warmup_steps (train.warmup_steps=N)",
+                      plan.warmup_steps, total_steps));
+  }
 
   NamedTensors params;
   std::vector<std::string> no_decay;
@@ -548,7 +603,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       }
     }();
     out.print("resume:        {} (step {} of {}, {} tokens seen)\n", *resume_path, ck.step,
-              plan.steps, ck.tokens_seen);
+              total_steps, ck.tokens_seen);
     // A run resumed with other data, adapters, model or optimizer settings is not the run
     // the checkpoint belongs to (and would not be bit-identical to it): refused, naming the keys,
     // unless the caller allows it.
@@ -574,7 +629,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
           "--resume {}`), set these keys back, or pass --allow-recipe-change to continue with the "
           "new values (the result is then not the run the checkpoint belongs to).",
           *resume_path, n_refused, refused, paths.dir));
-    if (ck.step > plan.steps)
+    if (plan.steps > 0 && ck.step > plan.steps)
       throw Error(
           fmt::format("{}: the checkpoint is at step {}, past train.steps {}: set "
                       "train.steps to {} or more to train further",
@@ -632,7 +687,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   result.eval_before = eval_before;
 
   std::optional<ProgressLine> progress;
-  if (!options.quiet) progress.emplace(plan.steps, step, std::max<int64_t>(1, plan.log_every));
+  if (!options.quiet) progress.emplace(total_steps, step, std::max<int64_t>(1, plan.log_every));
   auto message = [&](const std::string& line) {
     if (progress) progress->message(line);
   };
@@ -696,7 +751,9 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   std::vector<Batch> micro(static_cast<size_t>(plan.grad_accum));
   std::string data_ended;  // set when data.on_exhausted: stop ended the data
   const InterruptGuard interrupt;  // Ctrl-C / SIGTERM: stop between steps, save, say how to go on
-  while (step < plan.steps && interrupt.signal() == 0) {
+  // Bounded by train.steps; a run the data ends (total_steps counted it) stops when it does.
+  const int64_t step_limit = plan.steps > 0 ? plan.steps : std::numeric_limits<int64_t>::max();
+  while (step < step_limit && interrupt.signal() == 0) {
     const double ts = now_seconds();
     bool ended = false;
     size_t fetched = 0;  // micro-batches of this step (fewer only when the data ends)
@@ -716,9 +773,12 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       std::string ran_out;
       for (const SourceDelivery& d : data.stream->delivered())
         if (d.exhausted) ran_out += fmt::format("{}'{}'", ran_out.empty() ? "" : ", ", d.name);
-      data_ended = fmt::format(
-          "the data ended at step {} (data.on_exhausted: stop): {} ran out of training documents",
-          step + (fetched > 0 ? 1 : 0), ran_out.empty() ? std::string("a source") : ran_out);
+      data_ended = fmt::format("the data ended at step {} ({}): {} ran out of training documents{}",
+                               step + (fetched > 0 ? 1 : 0),
+                               plan.epochs > 0 ? fmt::format("train.epochs {}", plan.epochs)
+                                               : std::string("data.on_exhausted: stop"),
+                               ran_out.empty() ? std::string("a source") : ran_out,
+                               plan.epochs > 1 ? fmt::format(" ({} passes)", plan.epochs) : "");
       if (fetched == 0) break;
     }
     lora.zero_grad();
@@ -741,7 +801,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
           .backward();
     }
     const double loss = targets > 0 ? loss_sum / static_cast<double>(targets) : std::nan("");
-    const double lr = plan.lr_at(step);
+    const double lr = plan.lr_at(step, total_steps);
     const GradNorm norm = clip_grad_norm(params, plan.clip_grad_norm);
     const bool skip = !std::isfinite(loss) || !norm.finite();
     if (skip) {
@@ -794,11 +854,11 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     if (options.after_step) options.after_step(step);
     if (result.stopped || !data_ended.empty() || interrupt.signal() != 0) break;
 
-    if (plan.eval_every > 0 && step % plan.eval_every == 0 && step < plan.steps) {
+    if (plan.eval_every > 0 && step % plan.eval_every == 0 && step < total_steps) {
       run_eval(step);
       last_eval_step = step;
     }
-    if (plan.checkpoint_every > 0 && step % plan.checkpoint_every == 0 && step < plan.steps) {
+    if (plan.checkpoint_every > 0 && step % plan.checkpoint_every == 0 && step < total_steps) {
       save(step);
       last_checkpoint_step = step;
     }
@@ -828,7 +888,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     result.peak_rss_bytes = peak_rss_bytes();
     result.wall_seconds = wall_before + (now_seconds() - t_start);
     out.print("interrupted:   by {} after step {} of {}; no final evaluation\n",
-              interrupt_signal_name(result.interrupted_by), step, plan.steps);
+              interrupt_signal_name(result.interrupted_by), step, total_steps);
     out.print("saved:         checkpoint {}\n               adapter    {}/ (of step {})\n",
               result.last_checkpoint, paths.adapter, step);
     out.print("continue with: loom train --resume {}\n", paths.dir);
@@ -865,7 +925,8 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       {"model", plan.model_path},
       {"base_dtype", plan.base_dtype},
       {"steps", step},
-      {"steps_planned", plan.steps},
+      {"steps_planned", total_steps},
+      {"epochs_planned", plan.epochs},
       {"skipped_steps", skipped_total},
       {"stopped", result.stopped},
       {"stop_reason", result.stop_reason},

@@ -232,6 +232,7 @@ TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
   if (plan.on_exhausted == "repeat") mc.on_exhausted = OnExhausted::Repeat;
   else if (plan.on_exhausted == "stop") mc.on_exhausted = OnExhausted::Stop;
   else throw Error(fmt::format("data.on_exhausted: '{}' is not known; expected repeat or stop", plan.on_exhausted));
+  mc.max_epochs = plan.epochs;
   mc.seed = plan.seed;
   mc.split_seed = 0;  // held-out documents do not depend on the training seed (heldout.h)
   mc.framing = framing;
@@ -244,7 +245,19 @@ TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
   d.stream = std::make_unique<TrainStream>(mix, mc, d.packing);
   for (int i = 0; i < d.stream->mixer().num_sources(); ++i)
     d.heldout.push_back(d.stream->mixer().split(i).heldout);
+  d.mix = std::move(mix);
+  d.mixer = mc;
   return d;
+}
+
+int64_t count_data_steps(const TrainData& data, const TrainPlan& plan, int64_t cap) {
+  if (data.mixer.on_exhausted == OnExhausted::Repeat && data.mixer.max_epochs <= 0) return -1;
+  TrainStream stream(data.mix, data.mixer, data.packing);
+  const int64_t accum = std::max<int64_t>(1, plan.grad_accum);
+  Batch batch;
+  int64_t micro = 0;
+  while ((cap <= 0 || micro < cap * accum) && stream.next(batch)) ++micro;
+  return (micro + accum - 1) / accum;
 }
 
 }  // namespace loom
