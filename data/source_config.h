@@ -12,7 +12,8 @@ enum class SourceFormat : uint8_t {
   Text,      // plain text; documents split by TextSplit
   Jsonl,     // one JSON object per line, the document in `text_field`
   Instruct,  // JSONL with `prompt_field` and `completion_field`; only the completion is trained
-  Chat,      // JSONL with `messages_field` = [{role, content}, ...], rendered by `chat_template`
+  Chat,      // JSONL with `messages_field` = [{role, content}, ...] (or ShareGPT's [{from, value},
+             // ...]: human -> user, gpt -> assistant), rendered by `chat_template`
   Dictd,     // a dictd dictionary: NAME.index + NAME.dict.dz (or NAME.dict); one document per entry
 };
 std::string_view source_format_name(SourceFormat f);  // "text", "jsonl", ...

@@ -56,13 +56,18 @@ void chat_document(const ReadContext& ctx, const json& obj, Document& doc) {
   const ChatTemplate& tmpl = find_chat_template(c.chat_template, source_label(c));
   const auto it = obj.find(c.messages_field);
   if (it == obj.end()) {
-    throw RecordError{
-        fmt::format("missing field '{}' (the object has {})", c.messages_field, field_list(obj))};
+    // ShareGPT files keep the turns in "conversations".
+    const bool sharegpt = c.messages_field == "messages" && obj.contains("conversations");
+    throw RecordError{fmt::format("missing field '{}' (the object has {}){}", c.messages_field,
+                                  field_list(obj),
+                                  sharegpt ? "; for ShareGPT's layout set the source's "
+                                             "messages_field: conversations"
+                                           : "")};
   }
   if (!it->is_array() || it->empty()) {
     throw RecordError{
         fmt::format("field '{}' should be a non-empty array of {{\"role\", "
-                    "\"content\"}} objects, found {}",
+                    "\"content\"}} (or ShareGPT's {{\"from\", \"value\"}}) objects, found {}",
                     c.messages_field, it->is_array() ? "an empty array" : it->type_name())};
   }
   std::vector<ChatMessage> messages;
@@ -76,7 +81,14 @@ void chat_document(const ReadContext& ctx, const json& obj, Document& doc) {
                       i, m.type_name())};
     }
     try {
-      ChatMessage msg{string_field(m, "role", false), string_field(m, "content", true)};
+      // ShareGPT's layout: {"from": "human" | "gpt" | "system" | ..., "value": text}, the roles
+      // renamed as ShareGPT loaders do (human -> user, gpt -> assistant).
+      const bool sharegpt = !m.contains("role") && m.contains("from");
+      ChatMessage msg =
+          sharegpt ? ChatMessage{string_field(m, "from", false), string_field(m, "value", true)}
+                   : ChatMessage{string_field(m, "role", false), string_field(m, "content", true)};
+      if (sharegpt && msg.role == "human") msg.role = "user";
+      if (sharegpt && msg.role == "gpt") msg.role = "assistant";
       any_assistant = any_assistant || msg.role == "assistant";
       messages.push_back(std::move(msg));
     } catch (const RecordError& e) {

@@ -347,13 +347,54 @@ TEST(DataChat, DefaultSystemMessageGoesFirstWhereThereIsNone) {
             "<|im_start|>assistant\n4<|im_end|>\n");
 }
 
+// ShareGPT's layout ("conversations": [{"from": "human" | "gpt" | "system", "value": ...}]),
+// with messages_field: conversations, reads as the same conversation written with role / content.
+TEST(DataChat, ShareGptLayoutReadsAsRoleAndContent) {
+  TempDir dir;
+  write_file(dir / "s.jsonl",
+             R"({"id": "x1", "conversations": [{"from": "system", "value": "Be brief."},)"
+             R"( {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."},)"
+             R"( {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye!"}]})"
+             "\n");
+  write_file(dir / "m.jsonl",
+             R"({"messages": [{"role": "system", "content": "Be brief."},)"
+             R"( {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},)"
+             R"( {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]})"
+             "\n");
+  SourceConfig s = config(dir / "s.jsonl", SourceFormat::Chat);
+  s.messages_field = "conversations";
+  const auto a = read_source(s);
+  const auto b = read_source(config(dir / "m.jsonl", SourceFormat::Chat));
+  ASSERT_EQ(a.documents.size(), 1u);
+  ASSERT_EQ(a.documents[0].segments.size(), b.documents[0].segments.size());
+  for (size_t i = 0; i < a.documents[0].segments.size(); ++i) {
+    const Segment& x = a.documents[0].segments[i];
+    const Segment& y = b.documents[0].segments[i];
+    EXPECT_EQ(x.text, y.text) << i;
+    EXPECT_EQ(x.trained, y.trained) << i;
+    EXPECT_EQ(x.parse_special, y.parse_special) << i;
+  }
+  EXPECT_NE(texts(a)[0].find("<|im_start|>user\nHi<|im_end|>"), std::string::npos) << texts(a)[0];
+
+  // Left at messages_field: messages, the error says where ShareGPT keeps the turns.
+  const std::string err = read_error(config(dir / "s.jsonl", SourceFormat::Chat));
+  EXPECT_NE(err.find(":1: missing field 'messages' (the object has 'conversations', 'id'); for "
+                     "ShareGPT's layout set the source's messages_field: conversations"),
+            std::string::npos)
+      << err;
+  write_file(dir / "s.jsonl", R"({"conversations": [{"from": "gpt"}]})"
+                              "\n");
+  EXPECT_NE(read_error(s).find(":1: message 0: missing field 'value'"), std::string::npos)
+      << read_error(s);
+}
+
 TEST(DataChat, BadChatRecordsAndUnknownTemplates) {
   TempDir dir;
   const std::vector<std::pair<std::string, std::string>> cases = {
       {R"({"messages": []})", "field 'messages' should be a non-empty array"},
       {R"({"messages": "hi"})",
-       "field 'messages' should be a non-empty array of {\"role\", \"content\"} objects, found "
-       "string"},
+       "field 'messages' should be a non-empty array of {\"role\", \"content\"} (or ShareGPT's "
+       "{\"from\", \"value\"}) objects, found string"},
       {R"({"msgs": []})", "missing field 'messages'"},
       {R"({"messages": [{"role": "user", "content": "hi"}]})", "no message has role \"assistant\""},
       {R"({"messages": [{"role": "assistant"}]})", "message 0: missing field 'content'"},

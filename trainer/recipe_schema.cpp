@@ -452,7 +452,8 @@ const std::vector<Field<DataSourceRecipe>>& source_fields() {
       field<S>("instruct_as_chat", LOOM_MEMBER(instruct_as_chat),
                "instruct: render as a user/assistant exchange with chat_template"),
       field<S>("messages_field", LOOM_MEMBER(messages_field),
-               "chat: field holding [{role, content}, ...]"),
+               "chat: field holding [{role, content}, ...], or ShareGPT's [{from, value}, ...] "
+               "(human -> user, gpt -> assistant; ShareGPT files name it conversations)"),
       field<S>("chat_template", LOOM_MEMBER(chat_template),
                "chat (and instruct_as_chat): chatml (SmolLM2, Qwen2) or llama3 (Llama 3)"),
       field<S>("default_system", LOOM_MEMBER(default_system),
