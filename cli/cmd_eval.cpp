@@ -1,5 +1,7 @@
 // `loom eval`: perplexity of a model on a text file, in non-overlapping windows of --ctx tokens
-// (layers/inference.h says exactly which predictions count under each --scoring).
+// (layers/inference.h says exactly which predictions count under each --scoring); or, with
+// --data, the loss on a data source's trained tokens (the completions of instruct data, the
+// assistant turns of chat data), read and packed as training reads and evaluates it.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -13,6 +15,8 @@
 
 #include "autograd/check.h"
 #include "cli/commands.h"
+#include "data/token_cache.h"
+#include "data/tokenize.h"
 #include "layers/inference.h"
 #include "trainer/adapter_load.h"
 
@@ -29,6 +33,10 @@ struct EvalArgs {
   int64_t max_windows = 0;
   std::string scoring = "second-half";
   std::string precision = "auto";
+  // --data: a data source, as a recipe's data.sources entry describes one
+  std::string data;
+  TrainSourcePlan source;
+  int64_t max_batches = 0;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -47,9 +55,140 @@ std::string read_text_file(const std::string& path) {
   return text;
 }
 
-void run_eval(const EvalArgs& args) {
-  EvalArgs a = args;
+// The model (with the adapter) that --model / --adapter name.
+struct EvalModel {
+  LoadedModel plain;
+  AdaptedModel adapted;
+  const LlamaModel* model = nullptr;
+  const Tokenizer* tokenizer = nullptr;
+  std::string name;
+};
+void load_eval_model(const EvalArgs& a, EvalModel& m) {
+  if (a.model.empty() && a.adapter.empty()) throw Error("give --model, --adapter or both");
+  if (a.adapter.empty()) {
+    m.plain = load_model_and_tokenizer(a.model);
+    m.model = m.plain.model.get();
+    m.tokenizer = m.plain.tokenizer.get();
+    m.name = a.model;
+  } else {
+    m.adapted = load_adapted_model(a.adapter, a.model);
+    m.model = m.adapted.base.model.get();
+    m.tokenizer = m.adapted.base.tokenizer.get();
+    m.name = m.adapted.base_path;
+  }
+}
+
+int64_t default_ctx(const EvalArgs& a, const ModelConfig& c) {
   if (a.ctx < 0) throw Error(fmt::format("--ctx must be positive, got {}", a.ctx));
+  if (c.max_position_embeddings > 0 && a.ctx > c.max_position_embeddings)
+    throw Error(
+        fmt::format("--ctx {} exceeds the model's {} positions", a.ctx, c.max_position_embeddings));
+  if (a.ctx > 0) return a.ctx;
+  return c.max_position_embeddings > 0 ? std::min<int64_t>(512, c.max_position_embeddings) : 512;
+}
+
+// --data: mean loss on the trained tokens of every document of the source.
+void run_eval_data(const EvalArgs& a) {
+  if (a.batch < 1) throw Error(fmt::format("--batch must be at least 1, got {}", a.batch));
+  if (a.max_batches < 0)
+    throw Error(fmt::format("--max-batches must be >= 0, got {}", a.max_batches));
+  const Precision precision = parse_precision_option(a.precision);
+  EvalModel m;
+  load_eval_model(a, m);
+  const ModelConfig& c = m.model->config();
+  TrainSourcePlan sp = a.source;
+  sp.name = "eval";
+  sp.path = a.data;
+  sp.heldout_fraction = 0;
+  const SourceConfig sc = source_config(sp, *m.tokenizer);
+  PackingConfig packing;
+  packing.seq_len = default_ctx(a, c);
+  packing.batch_size = a.batch;
+  // One document per row: a document is scored whole, from its own start, however the others
+  // fall (packed rows would cut documents at row boundaries).
+  packing.one_document_per_row = true;
+  packing.pad_id = m.tokenizer->pad_id();
+  packing.framing = document_framing(*m.tokenizer);
+
+  fmt::print("loom eval\n");
+  fmt::print("  model:    {} ({}, {} layers, hidden {}, vocab {})\n", m.name, c.architecture,
+             c.n_layers, c.hidden_size, c.vocab_size);
+  if (!a.adapter.empty())
+    fmt::print("  adapter:  {} ({}): {}\n", a.adapter, m.adapted.kind,
+               m.adapted.lora->config().summary());
+  fmt::print("  weights:  {}\n", describe_dtype_mix(*m.model));
+  fmt::print("  compute:  {}\n", precision_label(precision));
+  const bool chat = sp.format == "chat" || (sp.format == "instruct" && sp.instruct_as_chat);
+  fmt::print("  data:     {} (format {}{})\n", a.data, sp.format,
+             chat
+                 ? fmt::format(", rendered as {}, conversations without a system message get {}",
+                               sp.chat_template,
+                               sc.default_system.empty() ? std::string("none")
+                                                         : fmt::format("\"{}\"", sc.default_system))
+                 : "");
+  std::fflush(stdout);
+  TokenCacheReport report;
+  const auto src = load_tokenized_source(sc, *m.tokenizer, tokenizer_fingerprint(*m.tokenizer),
+                                         TokenCacheOptions{}, &report);
+  std::vector<int64_t> docs(static_cast<size_t>(src->num_documents()));
+  for (size_t i = 0; i < docs.size(); ++i) docs[i] = static_cast<int64_t>(i);
+  int64_t longest = 0;
+  for (int64_t d : docs) longest = std::max(longest, framed_length(*src, d, packing.framing));
+  fmt::print("            {} documents, {} tokens ({} token cache {}){}\n", src->num_documents(),
+             src->num_tokens(), report.hit ? "from" : "built", report.path,
+             src->skipped_records() > 0
+                 ? fmt::format("; {} bad records skipped", src->skipped_records())
+                 : "");
+  fmt::print(
+      "  scoring:  {}: one document per row of {} tokens (padded), {} row{} per "
+      "forward{}\n",
+      sp.format == "instruct" ? "the completions' tokens and the EOS after them"
+      : chat                  ? "the assistant turns' tokens and their turn ends"
+                              : "every token and each document's EOS",
+      packing.seq_len, a.batch, a.batch == 1 ? "" : "s",
+      longest > packing.seq_len
+          ? fmt::format("; documents longer than a row ({} tokens at most here) go on in "
+                        "the next row without the earlier context: raise --ctx to keep "
+                        "them whole",
+                        longest)
+          : "");
+  std::fflush(stdout);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  const SourceEval e = evaluate_documents(
+      *m.model, src, docs, packing, precision, a.max_batches,
+      [&](const SourceEval& now, int64_t batches) {
+        if (batches % 10 != 0) return;
+        fmt::print("  [{} batches] loss {:.5f}, perplexity {:.4f}, {} targets, {:.1f} s\n", batches,
+                   now.loss, now.perplexity, now.tokens, seconds());
+        std::fflush(stdout);
+      });
+  if (e.tokens == 0)
+    throw Error(fmt::format("--data {}: no token to score (no trained segment in {} documents)",
+                            a.data, src->num_documents()));
+  fmt::print("loss:       {:.5f} nats per target token, perplexity {:.4f} ({} targets{})\n", e.loss,
+             e.perplexity, e.tokens,
+             a.max_batches > 0 ? fmt::format(", the first {} batches", a.max_batches) : "");
+  fmt::print("time:       {:.2f} s\n", seconds());
+  if (!std::isfinite(e.loss))
+    throw Error(
+        fmt::format("the loss is not finite ({}): the model{} gives non-finite logits; "
+                    "its weights may hold a NaN or Inf",
+                    e.loss, a.adapter.empty() ? "" : " with the adapter"));
+}
+
+void run_eval(const EvalArgs& args) {
+  if (!args.data.empty() && !args.text.empty())
+    throw Error(
+        "give --text (perplexity of a text file) or --data (loss on a data source), not both");
+  if (args.data.empty() && args.text.empty())
+    throw Error(
+        "give --text FILE (perplexity of a text file) or --data FILE (loss on a data "
+        "source's trained tokens)");
+  if (!args.data.empty()) return run_eval_data(args);
+  EvalArgs a = args;
   PerplexityOptions opt;
   opt.batch = a.batch;
   opt.max_windows = a.max_windows;
@@ -58,21 +197,14 @@ void run_eval(const EvalArgs& args) {
   if (a.max_windows < 0) throw Error(fmt::format("--max-windows must be >= 0, got {}", a.max_windows));
 
   const std::string text = read_text_file(a.text);
-  if (a.model.empty() && a.adapter.empty()) throw Error("give --model, --adapter or both");
   // With --adapter: the adapter on its base (--model overrides the base it names).
-  LoadedModel lm;
-  AdaptedModel am;
-  if (a.adapter.empty()) lm = load_model_and_tokenizer(a.model);
-  else am = load_adapted_model(a.adapter, a.model);
-  const LlamaModel& model = a.adapter.empty() ? *lm.model : *am.base.model;
-  const Tokenizer& tok = a.adapter.empty() ? *lm.tokenizer : *am.base.tokenizer;
-  const std::string model_name = a.adapter.empty() ? a.model : am.base_path;
+  EvalModel m;
+  load_eval_model(a, m);
+  const LlamaModel& model = *m.model;
+  const Tokenizer& tok = *m.tokenizer;
+  const std::string& model_name = m.name;
   const ModelConfig& c = model.config();
-  if (a.ctx == 0)
-    a.ctx = c.max_position_embeddings > 0 ? std::min<int64_t>(512, c.max_position_embeddings) : 512;
-  if (c.max_position_embeddings > 0 && a.ctx > c.max_position_embeddings)
-    throw Error(fmt::format("--ctx {} exceeds the model's {} positions", a.ctx,
-                            c.max_position_embeddings));
+  a.ctx = default_ctx(a, c);
   opt.ctx = a.ctx;
   // As llama.cpp's perplexity tool: BOS in front when the model asks for it, and then every
   // window starts with BOS in place of its first text token.
@@ -94,7 +226,8 @@ void run_eval(const EvalArgs& args) {
   fmt::print("  model:    {} ({}, {} layers, hidden {}, vocab {})\n", model_name, c.architecture,
              c.n_layers, c.hidden_size, c.vocab_size);
   if (!a.adapter.empty())
-    fmt::print("  adapter:  {} ({}): {}\n", a.adapter, am.kind, am.lora->config().summary());
+    fmt::print("  adapter:  {} ({}): {}\n", a.adapter, m.adapted.kind,
+               m.adapted.lora->config().summary());
   fmt::print("  weights:  {}\n", describe_dtype_mix(model));
   fmt::print("  compute:  {}\n", precision_label(opt.precision));
   fmt::print("  text:     {} ({} bytes, {} tokens, tokenized in {:.3f} s{})\n", a.text, text.size(),
@@ -131,14 +264,49 @@ void run_eval(const EvalArgs& args) {
 
 void add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
-  CLI::App* cmd = app.add_subcommand("eval", "Perplexity of a model on a text file");
+  CLI::App* cmd = app.add_subcommand(
+      "eval",
+      "Perplexity of a model on a text file, or its loss on a data source's trained tokens");
   cmd->add_option("--model", args->model,
                   "GGUF file or Hugging Face model folder (with --adapter: the base, if not the "
                   "one the adapter names)");
   cmd->add_option("--adapter", args->adapter,
                   "Evaluate with an adapter: a loom run directory or adapter folder, a PEFT "
                   "adapter folder or a llama.cpp LoRA adapter .gguf");
-  cmd->add_option("--text", args->text, "UTF-8 text file")->required();
+  cmd->add_option("--text", args->text, "UTF-8 text file: its perplexity");
+  cmd->add_option("--data", args->data,
+                  "A data source (file or glob, as a recipe's data.sources path): the mean loss "
+                  "on its trained tokens (completions, assistant turns), read as --format says");
+  TrainSourcePlan& s = args->source;
+  s.format = "text";
+  cmd->add_option("--format", s.format, "--data: text, jsonl, instruct, chat or dictd")
+      ->capture_default_str();
+  cmd->add_option("--text-field", s.text_field, "--data jsonl: the text field")
+      ->capture_default_str();
+  cmd->add_option("--prompt-field", s.prompt_field, "--data instruct: the prompt field")
+      ->capture_default_str();
+  cmd->add_option("--completion-field", s.completion_field,
+                  "--data instruct: the completion field (scored)")
+      ->capture_default_str();
+  cmd->add_flag("--instruct-as-chat", s.instruct_as_chat,
+                "--data instruct: render as a user / assistant exchange with --chat-template");
+  cmd->add_option("--messages-field", s.messages_field,
+                  "--data chat: the field holding the messages (ShareGPT files: conversations)")
+      ->capture_default_str();
+  cmd->add_option("--chat-template", s.chat_template, "--data chat: chatml or llama3")
+      ->capture_default_str();
+  cmd->add_option("--default-system", s.default_system,
+                  "--data chat: system message of conversations without one: model (the model "
+                  "template's own), none, or the text")
+      ->capture_default_str();
+  cmd->add_option("--separator", s.separator,
+                  "--data text: \"\" = blank-line separated documents, file = one per file, else "
+                  "that separator");
+  cmd->add_flag("--skip-bad-records", s.skip_bad_records,
+                "--data: leave unreadable records out (with a warning) instead of failing");
+  cmd->add_option("--max-batches", args->max_batches,
+                  "--data: score at most this many batches; 0 = all")
+      ->capture_default_str();
   cmd->add_option("--ctx", args->ctx,
                   "Tokens per window (default 512, or the model's context if that is shorter)");
   cmd->add_option("--batch", args->batch, "Windows per forward")->capture_default_str();

@@ -22,6 +22,9 @@
 
 #include "autograd/check.h"
 #include "autograd/interrupt.h"
+#include "autograd/tape.h"
+#include "data/token_cache.h"
+#include "data/tokenize.h"
 #include "layers/llama.h"
 #include "layers/safetensors.h"
 #include "lora/lora_model.h"
@@ -29,6 +32,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/clip.h"
 #include "trainer/optimizer.h"
+#include "trainer/train_internal.h"
 #include "trainer/train_session.h"
 
 namespace loom {
@@ -922,6 +926,82 @@ TEST(TrainLoop, EpochsEndTheRunAndTheScheduleSpansThem) {
               std::string::npos)
         << e.what();
   }
+}
+
+// `loom eval --data`'s scoring (evaluate_documents): one document per row (padded), batches of
+// rows, the loss on the completions' tokens and the EOS closing them only. Checked
+// against each document run alone through the model, its full logits' log-softmax taken here in
+// double at the positions the test works out itself.
+TEST(EvalData, CompletionLossEqualsEachDocumentScoredAlone) {
+  TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> records = {
+      {"the cat sat on ", "the mat."},
+      {"a dog ran to ", "the red door."},
+      {"", "the bird slept near the river."},
+      {"Q: where? A: ", "the house."},
+      {"my friend looked at ", "a tall tree."}};
+  {
+    std::ofstream out(dir / "i.jsonl");
+    for (const auto& [p, c] : records)
+      out << nlohmann::json{{"prompt", p}, {"completion", c}}.dump() << "\n";
+  }
+  const TrainingModel tm = load_training_model((source_dir() / "tests/golden/hf_llama").string());
+  const Tokenizer& tok = *tm.tokenizer;
+  TrainSourcePlan sp;
+  sp.name = "ev";
+  sp.path = (dir / "i.jsonl").string();
+  sp.format = "instruct";
+  TokenCacheOptions cache;
+  cache.enabled = false;
+  const auto src =
+      load_tokenized_source(source_config(sp, tok), tok, tokenizer_fingerprint(tok), cache);
+  ASSERT_EQ(src->num_documents(), static_cast<int64_t>(records.size()));
+  PackingConfig pc;  // as loom eval --data packs: one document per row, rows padded
+  pc.seq_len = 40;
+  pc.batch_size = 2;
+  pc.one_document_per_row = true;
+  pc.pad_id = tok.pad_id();
+  pc.framing = document_framing(tok);
+  const SourceEval e = evaluate_documents(*tm.model, src, {0, 1, 2, 3, 4}, pc, Precision::F32, 0);
+
+  double nll = 0;
+  int64_t counted = 0;
+  NoGradGuard no_grad;
+  ForwardOptions fo;
+  fo.checkpoint_blocks = false;
+  fo.precision = Precision::F32;
+  for (const auto& [prompt, completion] : records) {
+    std::vector<int32_t> ids;
+    if (tok.add_bos() && tok.bos_id() >= 0) ids.push_back(tok.bos_id());
+    const std::vector<int32_t> p = tok.encode(prompt, false, false);
+    const std::vector<int32_t> c = tok.encode(completion, false, false);
+    ids.insert(ids.end(), p.begin(), p.end());
+    const size_t first_completion = ids.size();
+    ids.insert(ids.end(), c.begin(), c.end());
+    ids.push_back(tok.eos_id());
+    TokenBatch b;
+    const std::vector<int32_t> inputs(ids.begin(), ids.end() - 1);
+    b.ids = inputs;
+    b.seq_len = static_cast<int64_t>(inputs.size());
+    const std::vector<float> logits =
+        tm.model->logits(tm.model->forward_hidden(b, fo), Precision::F32).to_vector();
+    const int64_t V = tm.model->config().vocab_size;
+    // The targets ids[i]: a document's first token is predicted by nothing.
+    for (size_t i = std::max<size_t>(first_completion, 1); i < ids.size(); ++i) {
+      const float* row = logits.data() + (i - 1) * V;
+      double mx = row[0], sum = 0;
+      for (int64_t v = 0; v < V; ++v) mx = std::max(mx, static_cast<double>(row[v]));
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
+      nll += mx + std::log(sum) - row[ids[i]];
+      ++counted;
+    }
+  }
+  EXPECT_EQ(e.tokens, counted);
+  EXPECT_NEAR(e.loss, nll / static_cast<double>(counted), 1e-5);
+  EXPECT_NEAR(e.perplexity, std::exp(nll / static_cast<double>(counted)), 1e-4);
+  // A batch limit scores fewer targets.
+  EXPECT_LT(evaluate_documents(*tm.model, src, {0, 1, 2, 3, 4}, pc, Precision::F32, 1).tokens,
+            counted);
 }
 
 TEST(TrainLoop, NonFiniteStepsAreSkippedThenStopTheRun) {

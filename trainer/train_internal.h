@@ -3,12 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "data/heldout.h"
+#include "data/source_config.h"
 #include "data/train_stream.h"
 #include "layers/llama.h"
 #include "layers/tokenizer.h"
@@ -54,6 +56,8 @@ struct TrainData {
   MixerConfig mixer;
 };
 TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer);
+// A recipe source as the data module's reader config (default_system resolved).
+SourceConfig source_config(const TrainSourcePlan& s, const Tokenizer& tokenizer);
 
 // The optimizer steps the data gives when its stream ends (data.on_exhausted: stop, or
 // train.epochs), counted by running a copy of the stream from its start (packing only: no model),
@@ -69,5 +73,14 @@ std::string resolve_default_system(const TrainSourcePlan& s, const Tokenizer& to
 // source, in eval mode (no dropout) and without recording. Leaves the model in train mode.
 std::vector<SourceEval> evaluate_sources(const LlamaModel& model, LoraModel& lora,
                                          const TrainData& data, const TrainPlan& plan);
+
+// Mean loss over the counted targets (the trained segments: completions, assistant turns) of
+// `documents` of `source`, packed as `packing` says, at most `max_batches` batches (0 = all),
+// without recording. `after_batch` (may be empty) sees the running result after each batch.
+SourceEval evaluate_documents(
+    const LlamaModel& model, std::shared_ptr<const TokenizedSource> source,
+    std::vector<int64_t> documents, const PackingConfig& packing, Precision precision,
+    int64_t max_batches,
+    const std::function<void(const SourceEval&, int64_t batches)>& after_batch = {});
 
 }  // namespace loom

@@ -194,27 +194,32 @@ std::string resolve_default_system(const TrainSourcePlan& s, const Tokenizer& to
   return template_default_system(tokenizer.chat_template());
 }
 
+SourceConfig source_config(const TrainSourcePlan& s, const Tokenizer& tokenizer) {
+  SourceConfig sc;
+  sc.name = s.name;
+  sc.path = s.path;
+  sc.format = parse_source_format(s.format, fmt::format("data source '{}' format", s.name));
+  set_text_split(sc, s.separator);
+  sc.text_field = s.text_field;
+  sc.prompt_field = s.prompt_field;
+  sc.completion_field = s.completion_field;
+  sc.instruct_as_chat = s.instruct_as_chat;
+  sc.messages_field = s.messages_field;
+  sc.chat_template = s.chat_template;
+  sc.default_system = resolve_default_system(s, tokenizer);
+  sc.skip_bad_records = s.skip_bad_records;
+  sc.weight = s.weight;
+  sc.heldout_fraction = s.heldout_fraction;
+  return sc;
+}
+
 TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
   TrainData d;
   const uint64_t tok_hash = tokenizer_fingerprint(tokenizer);
   const DocumentFraming framing = document_framing(tokenizer);
   std::vector<MixSource> mix;
   for (const TrainSourcePlan& s : plan.sources) {
-    SourceConfig sc;
-    sc.name = s.name;
-    sc.path = s.path;
-    sc.format = parse_source_format(s.format, fmt::format("data source '{}' format", s.name));
-    set_text_split(sc, s.separator);
-    sc.text_field = s.text_field;
-    sc.prompt_field = s.prompt_field;
-    sc.completion_field = s.completion_field;
-    sc.instruct_as_chat = s.instruct_as_chat;
-    sc.messages_field = s.messages_field;
-    sc.chat_template = s.chat_template;
-    sc.default_system = resolve_default_system(s, tokenizer);
-    sc.skip_bad_records = s.skip_bad_records;
-    sc.weight = s.weight;
-    sc.heldout_fraction = s.heldout_fraction;
+    const SourceConfig sc = source_config(s, tokenizer);
     TokenCacheOptions cache;
     TokenCacheReport report;
     auto src = load_tokenized_source(sc, tokenizer, tok_hash, cache, &report);

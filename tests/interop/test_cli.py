@@ -9,7 +9,9 @@ Hugging Face Llama in tests/golden/hf_llama, trained on the repository's own tex
    holds the adapter, the metrics, the checkpoints and the summary.
 4. The second run, cut back to its first checkpoint as if killed there, continued with
    `loom train R --resume DIR`, ends byte-identical to the uninterrupted run.
-5. `loom eval --adapter RUN` scores the training text with a lower perplexity than the base.
+5. `loom eval --adapter RUN` scores the training text with a lower perplexity than the base;
+   `loom eval --data` scores the completions of instruct records (one target per completion
+   byte and EOS with the byte tokenizer) with a lower loss with the adapter.
 6. Ctrl-C (SIGINT) in the middle of a run: it stops after the step, exits 130, leaves the
    checkpoint and adapter of that step and no summary.json; `--resume` then ends byte-identical
    to an uninterrupted run. SIGTERM likewise (143).
@@ -201,6 +203,39 @@ def main():
         if not tuned < base:
             fail(f"the adapter did not lower the perplexity of its own training text: {base} -> "
                  f"{tuned}")
+
+        # --data: the loss on a data source's trained tokens (here the completions of instruct
+        # records cut from the training text); the adapter lowers it too.
+        with open(os.path.join(SOURCE_DIR, text), encoding="utf-8") as f:
+            lines = [l.strip() for l in f if len(l.strip()) > 40][:20]
+        data = os.path.join(tmp, "instruct.jsonl")
+        with open(data, "w") as f:
+            for l in lines:
+                f.write(json.dumps({"prompt": l[:20], "completion": l[20:]}) + "\n")
+
+        def data_loss(out):
+            m = re.search(r"^loss:\s*([0-9.]+) nats per target token, perplexity [0-9.]+ \((\d+) "
+                          r"targets", out, re.MULTILINE)
+            if not m:
+                fail(f"no loss in the output of loom eval --data:\n{out[-2000:]}")
+            return float(m.group(1)), int(m.group(2))
+
+        args = ["eval", "--data", data, "--format", "instruct", "--ctx", "256", "--batch", "4"]
+        base_loss, targets = data_loss(loom(*args, "--model", "tests/golden/hf_llama"))
+        tuned_loss, tuned_targets = data_loss(loom(*args, "--adapter", a))
+        completion_bytes = sum(len(l[20:].encode()) for l in lines)
+        print(f"loom eval --data (instruct, {len(lines)} records): loss {base_loss:.4f} -> "
+              f"{tuned_loss:.4f} with the adapter, {targets} targets")
+        # The byte tokenizer: one target per completion byte, plus each record's EOS.
+        if targets != tuned_targets or targets != completion_bytes + len(lines):
+            fail(f"loom eval --data scored {targets} / {tuned_targets} targets, expected "
+                 f"{completion_bytes + len(lines)} (the completions' bytes and EOS)")
+        if not tuned_loss < base_loss:
+            fail(f"the adapter did not lower the completion loss: {base_loss} -> {tuned_loss}")
+        out = loom("eval", "--model", "tests/golden/hf_llama", "--data", data, "--text", text,
+                   expect_ok=False)
+        if "not both" not in out:
+            fail(f"--text with --data is not refused clearly:\n{out}")
 
         check_interrupts(tmp)
     finally:
