@@ -18,6 +18,8 @@ Checked here, with transformers + peft over Debian's torch:
   2. AutoModelForCausalLM.from_pretrained(merged/) logits equal loom's.
   3. PeftModel.from_pretrained(AutoModelForCausalLM(base/), peft/) logits equal loom's, and
      PEFT's merge_and_unload() gives merged/'s weights.
+  4. `loom eval --data` of chat JSONL (ShareGPT's layout) on merged/ gives transformers' loss on
+     the assistant turns (check_eval_data says how they are found there).
 Tolerance: both sides run the same f32 weights in f32; what differs is the order of f32
 accumulations (GEMM blocking, softmax, rms norm) over 30 layers, a few 1e-6 relative per layer.
 Logits must agree to 2e-5 of their largest magnitude (measured 2e-6 on 2026-11-24; the printed
@@ -29,6 +31,7 @@ Exit 0: all agree; 1: a difference; 77: skipped (model or references missing), s
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -101,6 +104,65 @@ def torch_logits(model, ids):
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is a compiler?"},
+     {"role": "assistant", "content": "A program that translates source code into machine code."},
+     {"role": "user", "content": "And an interpreter?"},
+     {"role": "assistant", "content": "It runs the program directly, statement by statement."}],
+    [{"role": "system", "content": "You answer in one sentence."},
+     {"role": "user", "content": "Define FOLDOC."},
+     {"role": "assistant", "content": "The Free On-line Dictionary of Computing."}],
+]
+
+
+def check_eval_data(tmp, tok, model, problems, figures):
+    """4. `loom eval --data` on chat JSONL (ShareGPT's layout) scores what transformers scores on
+    the assistant turns: each turn's tokens and its <|im_end|> (the text between the generation
+    prompt apply_chat_template gives for the turns before it and the template's rendering up to
+    the turn, less the newline after <|im_end|>), in conversations rendered by the model's own
+    template, its default system message included where a conversation has none."""
+    path = f"{tmp}/chat.jsonl"
+    with open(path, "w") as f:
+        for conv in CONVERSATIONS:
+            turns = [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]),
+                      "value": m["content"]} for m in conv]
+            f.write(json.dumps({"conversations": turns}) + "\n")
+    nll, count = 0.0, 0
+    for conv in CONVERSATIONS:
+        full = tok.apply_chat_template(conv, tokenize=True)
+        logp = torch.log_softmax(torch.tensor(torch_logits(model, full), dtype=torch.float64), -1)
+        for k, m in enumerate(conv):
+            if m["role"] != "assistant":
+                continue
+            prompt = tok.apply_chat_template(conv[:k], tokenize=True, add_generation_prompt=True)
+            upto = tok.apply_chat_template(conv[:k + 1], tokenize=True)
+            if full[:len(upto)] != upto or upto[:len(prompt)] != prompt:
+                fail("apply_chat_template's renderings of a conversation's prefixes are not "
+                     "prefixes of each other: cannot tell the assistant tokens")
+            if tok.decode(upto[-2:]) != "<|im_end|>\n":
+                fail(f"an assistant turn ends in {tok.decode(upto[-2:])!r}, not <|im_end|> and "
+                     "a newline")
+            for t in range(len(prompt), len(upto) - 1):
+                nll -= float(logp[t - 1, full[t]])
+                count += 1
+    theirs = nll / count
+    run = subprocess.run([os.path.join(BUILD_DIR, "loom"), "eval", "--model", f"{tmp}/merged",
+                          "--data", path, "--format", "chat", "--messages-field", "conversations",
+                          "--precision", "f32"], capture_output=True, text=True, cwd=tmp)
+    if run.returncode != 0:
+        fail(f"loom eval --data exited {run.returncode}:\n{run.stdout}{run.stderr}")
+    m = re.search(r"^loss:\s*([0-9.]+) nats per target token, perplexity [0-9.]+ \((\d+) targets",
+                  run.stdout, re.MULTILINE)
+    if not m:
+        fail(f"no loss in loom eval --data's output:\n{run.stdout}")
+    ours, targets = float(m.group(1)), int(m.group(2))
+    figures.append(f"loom eval --data (chat, ShareGPT layout): loss {ours:.5f} on {targets} "
+                   f"assistant tokens, transformers {theirs:.5f} on {count}")
+    if targets != count or abs(ours - theirs) > 1e-4:
+        problems.append(f"loom eval --data: loss {ours} on {targets} targets, transformers "
+                        f"{theirs} on {count}")
+
+
 def main():
     if not os.path.exists(MODEL):
         skip(f"{MODEL} is missing (run scripts/fetch_models.sh)")
@@ -158,6 +220,7 @@ def main():
         compare_logits("merged f32 (transformers)", torch_logits(merged, ids), loom_logits,
                        figures)
         merged_weights = {k: v.detach().numpy() for k, v in merged.state_dict().items()}
+        check_eval_data(tmp, tok, merged, problems, figures)
         del merged
 
         # 3. The PEFT adapter on the exported base.
