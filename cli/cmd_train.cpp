@@ -17,6 +17,7 @@ namespace {
 struct TrainArgs {
   std::vector<std::string> positional;  // the recipe, then key=value overrides
   bool print_config = false;
+  bool dry_run = false;
   std::string resume;
   bool allow_recipe_change = false;
 };
@@ -41,6 +42,7 @@ void run_train(const TrainArgs& a) {
   TrainOptions opt;
   opt.resume_from = a.resume;
   opt.allow_recipe_change = a.allow_recipe_change;
+  opt.dry_run = a.dry_run;
   const TrainResult r = train_recipe_file(recipe, overrides, opt);
   if (r.stopped) throw Error(r.stop_reason);
   // The shell's convention for a command ended by a signal (130 for Ctrl-C).
@@ -101,6 +103,9 @@ void add_train_command(CLI::App& app) {
                   "The recipe file, then key=value overrides (train.lr=1e-4 data.seq_len=256 ...)");
   cmd->add_flag("--print-config", args->print_config,
                 "Print the resolved recipe (every key, with its description) and exit");
+  cmd->add_flag("--dry-run", args->dry_run,
+                "Load the model and data, count the steps, show the start of the first batch with "
+                "what the loss counts, and exit: nothing trained or written");
   cmd->add_option("--resume", args->resume,
                   "Continue the run in this directory (output.dir) from its latest checkpoint, or "
                   "from the given checkpoint file");

@@ -928,6 +928,20 @@ TEST(TrainLoop, EpochsEndTheRunAndTheScheduleSpansThem) {
   }
 }
 
+// A dry run loads, counts and previews, and leaves nothing: no run folder, no export.
+TEST(TrainLoop, DryRunWritesNothing) {
+  TinyRun t;
+  TrainOptions dry;
+  dry.dry_run = true;
+  const TrainResult r = t.run("dry", {"output.export=[peft]"}, dry);
+  EXPECT_TRUE(r.dry_run);
+  EXPECT_FALSE(r.finished);
+  EXPECT_EQ(r.steps_done, 0);
+  EXPECT_FALSE(fs::exists(t.dir / "dry"));
+  dry.resume = true;
+  EXPECT_THROW(t.run("dry", {}, dry), Error);
+}
+
 // `loom eval --data`'s scoring (evaluate_documents): one document per row (padded), batches of
 // rows, the loss on the completions' tokens and the EOS closing them only. Checked
 // against each document run alone through the model, its full logits' log-softmax taken here in

@@ -115,7 +115,7 @@ std::string export_command(const TrainPlan& plan) {
 // <output.dir>/export/ (replacing what an earlier run of the same directory exported there).
 TrainResult run_training_and_export(const TrainPlan& plan, const TrainOptions& options) {
   TrainResult result = run_training(plan, options);
-  if (plan.export_formats.empty() || result.already_finished) return result;
+  if (plan.export_formats.empty() || result.already_finished || result.dry_run) return result;
   if (result.stopped || result.interrupted_by != 0) {
     if (!options.quiet) {
       if (result.stopped)

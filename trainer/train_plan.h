@@ -110,6 +110,9 @@ struct TrainOptions {
   // (data, model, lora, optimizer); by default that is an error naming the keys.
   bool allow_recipe_change = false;
   bool quiet = false;              // no banner / progress on the console (tests)
+  // Load the model and the data, count the steps, show the start of the first batch with what
+  // the loss counts, and stop: nothing trained, nothing written (the token cache aside).
+  bool dry_run = false;
   // Called after each step with the number of steps done (tests interrupt a run at a known
   // step with it).
   std::function<void(int64_t step)> after_step;
@@ -140,6 +143,7 @@ struct TrainResult {
   bool finished = false;  // the final evaluation ran and summary.json was written
   // Resumed at its last step with summary.json there: nothing was run or written.
   bool already_finished = false;
+  bool dry_run = false;                  // TrainOptions::dry_run: previewed, nothing run
   double first_loss = 0, last_loss = 0;  // training loss of the first / last step run here
   std::vector<SourceEval> eval_before, eval_after;
   double tokens_per_second = 0;

@@ -245,6 +245,57 @@ struct Console {
   }
 };
 
+// The first rows of the first batch a fresh run trains on, as text: each document headed by its
+// source, the tokens whose prediction the loss counts inside ⟦ ⟧ (completions and assistant turns
+// of instruct / chat data; all of plain text), long rows cut after `max_chars`.
+std::string data_preview(const TrainData& data, const Tokenizer& tokenizer, int64_t rows,
+                         size_t max_chars) {
+  TrainStream stream(data.mix, data.mixer, data.packing);
+  Batch b;
+  if (!stream.next(b)) return "(the data gives no batch)\n";
+  std::string text;
+  for (int64_t r = 0; r < std::min(rows, b.batch); ++r) {
+    const int64_t T = b.seq_len, at = r * T;
+    int64_t counted = 0, real = 0;
+    for (int64_t j = 0; j < T; ++j) {
+      counted += b.targets[at + j] != -100;
+      real += b.source_ids[at + j] >= 0;
+    }
+    text += fmt::format("row {} of {}: {} tokens ({} padding), the loss counts {}\n", r + 1,
+                        b.batch, T, T - real, counted);
+    std::string row;
+    std::vector<int32_t> run;
+    bool run_trained = false;
+    auto flush = [&] {
+      if (run.empty()) return;
+      const std::string piece = tokenizer.decode(run);
+      row += run_trained ? fmt::format("⟦{}⟧", piece) : piece;
+      run.clear();
+    };
+    for (int64_t j = 0; j < T && b.source_ids[at + j] >= 0; ++j) {
+      if (j == 0 || b.document_ids[at + j] != b.document_ids[at + j - 1]) {
+        flush();
+        row += fmt::format("{}--- document from '{}' ---\n", j == 0 ? "" : "\n",
+                           data.sources[static_cast<size_t>(b.source_ids[at + j])]->name());
+      }
+      // Token j is the target of input j - 1 (a row's first token: of the row before).
+      const bool trained = j > 0 && b.targets[at + j - 1] != -100 &&
+                           b.document_ids[at + j] == b.document_ids[at + j - 1];
+      if (trained != run_trained) flush();
+      run_trained = trained;
+      run.push_back(b.tokens[at + j]);
+    }
+    flush();
+    if (row.size() > max_chars) {
+      size_t cut = max_chars;
+      while (cut > 0 && (static_cast<unsigned char>(row[cut]) & 0xC0) == 0x80) --cut;  // UTF-8
+      row = fmt::format("{} ... ({} more bytes)", row.substr(0, cut), row.size() - cut);
+    }
+    text += row + "\n";
+  }
+  return text;
+}
+
 }  // namespace
 
 // A fresh (not resumed) run into a folder that already holds one would mix two runs' metrics,
@@ -320,7 +371,9 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   if (!plan.lr_at) throw Error("training plan has no learning-rate schedule (make_train_plan sets it)");
   const RunPaths paths = RunPaths::of(plan.output_dir);
   const int threads = num_threads();
-  refuse_to_overwrite_a_run(paths, options);
+  if (!options.dry_run) refuse_to_overwrite_a_run(paths, options);
+  if (options.dry_run && options.resume)
+    throw Error("a dry run previews a fresh run: drop --resume / resume=true");
 
   // ---- resume: which checkpoint, checked before the model loads ------------------------------
   std::optional<std::string> resume_path;
@@ -559,6 +612,18 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
           fmt::format("train.warmup_steps ({}) is more than the {} steps the data gives; "
                       "lower train.warmup_steps (train.warmup_steps=N)",
                       plan.warmup_steps, total_steps));
+  }
+  if (options.dry_run) {
+    out.print(
+        "preview:       the start of the first batch; the loss counts the predictions of "
+        "the tokens inside ⟦ ⟧\n{}",
+        data_preview(data, *tm.tokenizer, 2, 3000));
+    out.print("dry run:       nothing trained, nothing written to {} (token caches aside)\n",
+              paths.dir);
+    TrainResult r;
+    r.dry_run = true;
+    r.output_dir = paths.dir;
+    return r;
   }
 
   NamedTensors params;

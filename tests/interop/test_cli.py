@@ -11,7 +11,9 @@ Hugging Face Llama in tests/golden/hf_llama, trained on the repository's own tex
    `loom train R --resume DIR`, ends byte-identical to the uninterrupted run.
 5. `loom eval --adapter RUN` scores the training text with a lower perplexity than the base;
    `loom eval --data` scores the completions of instruct records (one target per completion
-   byte and EOS with the byte tokenizer) with a lower loss with the adapter.
+   byte and EOS with the byte tokenizer) with a lower loss with the adapter; `loom train
+   --dry-run` counts the steps of train.epochs and shows the first record with its completion
+   (and only it) marked as what the loss counts, and writes no run folder.
 6. Ctrl-C (SIGINT) in the middle of a run: it stops after the step, exits 130, leaves the
    checkpoint and adapter of that step and no summary.json; `--resume` then ends byte-identical
    to an uninterrupted run. SIGTERM likewise (143).
@@ -232,6 +234,25 @@ def main():
                  f"{completion_bytes + len(lines)} (the completions' bytes and EOS)")
         if not tuned_loss < base_loss:
             fail(f"the adapter did not lower the completion loss: {base_loss} -> {tuned_loss}")
+        # --dry-run: the plan, the step count and the first batch with what the loss counts
+        # (the completion inside the brackets, the prompt outside); no run folder.
+        dry = os.path.join(tmp, "dry")
+        out = loom("train", RECIPE, "--dry-run", f"output.dir={dry}",
+                   f"data.sources=[{{name: ins, path: {data}, format: instruct, "
+                   "heldout_fraction: 0}]", "train.epochs=2", "train.steps=0",
+                   "train.warmup_steps=0")
+        records = [json.loads(l) for l in open(data)]
+        if os.path.exists(dry):
+            fail("loom train --dry-run created the run folder")
+        if "steps:" not in out or "what 2 epochs of the data give" not in out:
+            fail(f"--dry-run with train.epochs does not say the steps the data gives:\n{out}")
+        shown = [r for r in records if r["prompt"] + "\u27e6" + r["completion"][:20] in out]
+        if not shown:
+            fail(f"--dry-run's preview shows no record with its completion (and only it) as "
+                 f"counted by the loss:\n{out[-3000:]}")
+        print("loom train --dry-run: steps counted, a record shown as "
+              f"{shown[0]['prompt']}\u27e6{shown[0]['completion'][:20]}...")
+
         out = loom("eval", "--model", "tests/golden/hf_llama", "--data", data, "--text", text,
                    expect_ok=False)
         if "not both" not in out:
