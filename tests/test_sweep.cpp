@@ -694,12 +694,46 @@ TEST(SweepRun, CtrlCEndsTheSweepAfterTheRunsCheckpointAndTheSameSweepContinues) 
   EXPECT_EQ(state.kind, SweepPointState::Kind::Partial);
   EXPECT_EQ(state.checkpoint_step, 3);
 
+  // results.md of the cut sweep names both points as not finished, and how far each got.
+  const std::string md = read_file(cut.results_md);
+  EXPECT_NE(md.find("Not finished (2 of 2 points; run the same `loom sweep` command again to "
+                    "continue them): " +
+                    plan.points[0].name + " (checkpoint at step 3), " + plan.points[1].name +
+                    " (not started)."),
+            std::string::npos)
+      << md;
+
   options.after_step = nullptr;
   const SweepOutcome rest = run_sweep(plan, options);
+  EXPECT_EQ(read_file(rest.results_md).find("Not finished"), std::string::npos);
   EXPECT_EQ(rest.interrupted_by, 0);
   EXPECT_EQ(rest.ran, 2);
   ASSERT_EQ(rest.table.runs.size(), 2u);
   for (const RunOutcome& r : rest.table.runs) EXPECT_EQ(r.steps, 4) << r.name;
+}
+
+// A point that fails (here its data file is missing): the sweep stops with an error naming the
+// point and where the results so far are; results.md has the finished run and names the failed
+// point as not finished.
+TEST(SweepRun, AFailingPointStopsTheSweepAndResultsSaySo) {
+  TinySweep t;
+  const std::string tools = (t.dir.path() / "tools.txt").string();
+  const std::string gone = (t.dir.path() / "gone.txt").string();
+  SweepRequest request =
+      t.request({"mix.animals=0.5", "data.sources.1.path=" + tools + "," + gone});
+  request.domain = "animals";
+  const SweepPlan plan = make_sweep_plan(request);
+  ASSERT_EQ(plan.points.size(), 2u);
+  SweepOptions quiet;
+  quiet.quiet = true;
+  const std::string e = error_of([&] { run_sweep(plan, quiet); });
+  EXPECT_NE(e.find("sweep 2/2: " + plan.points[1].name + " failed: "), std::string::npos) << e;
+  EXPECT_NE(e.find("gone.txt"), std::string::npos) << e;
+  EXPECT_NE(e.find("results.md"), std::string::npos) << e;
+  const std::string md = read_file(plan.sweep_dir + "/results.md");
+  EXPECT_NE(md.find("Not finished (1 of 2 points"), std::string::npos) << md;
+  EXPECT_NE(md.find(plan.points[1].name + " (not started)"), std::string::npos) << md;
+  EXPECT_NE(md.find("| " + tools + " |"), std::string::npos) << md;
 }
 
 TEST(SweepResults, SummaryErrorsNameTheFile) {

@@ -489,7 +489,15 @@ SweepTable collect_sweep_table(const SweepPlan& plan) {
         fmt::format("Applied to every run: {}.", recipe_detail::join(plan.fixed_overrides, " ")));
   t.notes.push_back(fmt::format("Run folders under {}/.", plan.sweep_dir));
   for (const SweepPoint& p : plan.points) {
-    if (!fs::exists(RunPaths::of(p.dir).summary)) continue;
+    if (!fs::exists(RunPaths::of(p.dir).summary)) {
+      const SweepPointState state = sweep_point_state(p);
+      t.missing.push_back(
+          fmt::format("{} ({})", p.name,
+                      state.kind == SweepPointState::Kind::Partial
+                          ? fmt::format("checkpoint at step {}", state.checkpoint_step)
+                          : std::string("not started")));
+      continue;
+    }
     RunOutcome r = read_run_outcome(p.dir);
     r.name = p.name;
     r.values = p.values;
@@ -579,7 +587,17 @@ SweepOutcome run_sweep(const SweepPlan& plan, const SweepOptions& options) {
     train_options.quiet = options.quiet;
     train_options.after_step = options.after_step;
     const double t0 = now_seconds();
-    const TrainResult r = train_recipe_file(plan.recipe_path, p.overrides, train_options);
+    TrainResult r;
+    try {
+      r = train_recipe_file(plan.recipe_path, p.overrides, train_options);
+    } catch (const Error& e) {
+      write_results();  // names this point and the ones after it as not finished
+      throw Error(
+          fmt::format("sweep {}/{}: {} failed: {}\nThe results of the finished runs are "
+                      "in {}; fix the cause and run the same `loom sweep` command again "
+                      "(finished runs are skipped)",
+                      i + 1, n, p.name, e.what(), outcome.results_md));
+    }
     ++outcome.ran;
     write_results();
     if (r.interrupted_by != 0) {

@@ -11,6 +11,7 @@
 
 #include "autograd/check.h"
 #include "trainer/metrics.h"
+#include "trainer/recipe_fields.h"
 #include "trainer/run_dir.h"
 
 namespace loom {
@@ -212,7 +213,13 @@ std::string sweep_results_markdown(const SweepTable& t) {
       "- Perplexity: held-out documents of each source, before training (base, step 0) and "
       "after; gain = base - final (positive is better), % of the base. Train tokens: what the "
       "run delivered from each source.\n\n");
-  if (t.runs.empty()) return out + "No run has finished yet.\n";
+  std::string missing;
+  if (!t.missing.empty())
+    missing = fmt::format(
+        "\nNot finished ({} of {} points; run the same `loom sweep` command again to continue "
+        "them): {}.\n",
+        t.missing.size(), t.missing.size() + t.runs.size(), recipe_detail::join(t.missing, ", "));
+  if (t.runs.empty()) return out + "No run has finished yet.\n" + missing;
 
   std::vector<std::string> header = t.value_keys;
   for (const std::string& s : t.sources) {
@@ -258,7 +265,7 @@ std::string sweep_results_markdown(const SweepTable& t) {
   }
   for (const RunOutcome& r : t.runs)
     if (r.stopped) out += fmt::format("\nStopped early: {}: {}\n", r.name, r.stop_reason);
-  return out;
+  return out + missing;
 }
 
 ScatterPlot sweep_plot(const SweepTable& t) {

@@ -52,6 +52,9 @@ struct SweepTable {
   std::string domain, general;
   std::vector<std::string> notes;  // lines for results.md (complement rule, fixed overrides)
   std::vector<RunOutcome> runs;    // grid order
+  // Points of the grid without a finished run ("name (not started)", "name (checkpoint at step
+  // N)"): results.md names them, so that a table cut short by a failure or Ctrl-C says so.
+  std::vector<std::string> missing;
 };
 
 // One header line, then one line per run. Columns: the swept keys, then per source
