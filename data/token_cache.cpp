@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "autograd/check.h"
@@ -15,6 +16,12 @@
 #include "layers/tokenizer.h"
 
 namespace loom {
+
+std::string default_token_cache_dir() {
+  const char* env = std::getenv("LOOM_CACHE_DIR");
+  if (env != nullptr && *env != '\0') return (std::filesystem::path(env) / "tokens").string();
+  return ".cache/loom/tokens";
+}
 namespace {
 
 // Bump when a reader's output changes for the same input, so old cache files miss.

@@ -22,8 +22,12 @@ class Tokenizer;
 // Receives warnings (bad records left out, a damaged cache file). Empty: printed to stderr.
 using WarningSink = std::function<void(const std::string&)>;
 
+// $LOOM_CACHE_DIR/tokens when that variable is set (and not empty), else .cache/loom/tokens
+// (relative: under the working directory).
+std::string default_token_cache_dir();
+
 struct TokenCacheOptions {
-  std::string dir = ".cache/loom/tokens";
+  std::string dir = default_token_cache_dir();
   bool enabled = true;  // false: tokenize in memory every time, write nothing
   int threads = 0;      // tokenization threads; <= 0: every core
   WarningSink warn;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include "autograd/check.h"
@@ -132,6 +133,35 @@ TEST(DataCache, MissThenHitAtomicAndDisabled) {
   EXPECT_EQ(rep.path, "");
   EXPECT_EQ(mem->cache_path(), "");
   EXPECT_EQ(all_tokens(*mem), all_tokens(*first));
+}
+
+// LOOM_CACHE_DIR moves the default cache folder (the trainer's and loom eval's) out of the
+// working directory.
+TEST(DataCache, LoomCacheDirMovesTheDefaultFolder) {
+  TempDir dir;
+  write_file(dir / "a.jsonl", many_docs(20, "alpha"));
+  const char* before = std::getenv("LOOM_CACHE_DIR");
+  const std::string saved = before != nullptr ? before : "";
+  ::setenv("LOOM_CACHE_DIR", (dir / "elsewhere").c_str(), 1);
+  const TokenCacheOptions opt;
+  if (before != nullptr)
+    ::setenv("LOOM_CACHE_DIR", saved.c_str(), 1);
+  else
+    ::unsetenv("LOOM_CACHE_DIR");
+  const std::string where = (fs::path(dir / "elsewhere") / "tokens").string();
+  EXPECT_EQ(opt.dir, where);
+  auto tok = ByteTokenizer::make();
+  TokenCacheReport rep;
+  load_tokenized_source(jsonl_source(dir / "a.jsonl"), *tok, tokenizer_fingerprint(*tok), opt,
+                        &rep);
+  EXPECT_EQ(fs::path(rep.path).parent_path().string(), where);
+  EXPECT_TRUE(fs::exists(rep.path));
+  ::setenv("LOOM_CACHE_DIR", "", 1);
+  EXPECT_EQ(default_token_cache_dir(), ".cache/loom/tokens");  // empty: as unset
+  if (before != nullptr)
+    ::setenv("LOOM_CACHE_DIR", saved.c_str(), 1);
+  else
+    ::unsetenv("LOOM_CACHE_DIR");
 }
 
 // A changed byte misses even with the same size and modification time; so do another tokenizer,
