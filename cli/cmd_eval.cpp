@@ -1,7 +1,8 @@
 // `loom eval`: perplexity of a model on a text file, in non-overlapping windows of --ctx tokens
 // (layers/inference.h says exactly which predictions count under each --scoring); or, with
 // --data, the loss on a data source's trained tokens (the completions of instruct data, the
-// assistant turns of chat data), read and packed as training reads and evaluates it.
+// assistant turns of chat data), read as training reads it, each document scored whole in a row
+// of its own.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -146,7 +147,7 @@ void run_eval_data(const EvalArgs& a) {
       : chat                  ? "the assistant turns' tokens and their turn ends"
                               : "every token and each document's EOS",
       packing.seq_len, a.batch, a.batch == 1 ? "" : "s",
-      longest > packing.seq_len
+      longest > packing.seq_len + 1  // a row holds seq_len + 1 tokens (inputs and targets)
           ? fmt::format("; documents longer than a row ({} tokens at most here) go on in "
                         "the next row without the earlier context: raise --ctx to keep "
                         "them whole",

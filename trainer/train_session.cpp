@@ -599,19 +599,19 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     if (data_steps <= 0)
       throw Error("the training data gives no batch at all: add data, or lower data.seq_len");
     total_steps = data_steps;
-    out.print("steps:         {} ({}{}; counted in {:.1f} s)\n", total_steps,
-              plan.steps > 0 && total_steps == plan.steps ? "train.steps; the data goes further"
-              : plan.epochs > 0
-                  ? fmt::format("what {} epoch{} of the data give{}", plan.epochs,
-                                plan.epochs == 1 ? "" : "s", plan.epochs == 1 ? "s" : "")
-                  : std::string("where the data runs out"),
-              plan.grad_accum > 1 ? fmt::format(", {} micro-batches each", plan.grad_accum) : "",
-              now_seconds() - t0);
+    out.print(
+        "steps:         {} ({}{}; counted in {:.1f} s)\n", total_steps,
+        plan.steps > 0 && total_steps == plan.steps ? "train.steps; the data gives as many or more"
+        : plan.epochs > 0 ? fmt::format("what {} epoch{} of the data give{}", plan.epochs,
+                                        plan.epochs == 1 ? "" : "s", plan.epochs == 1 ? "s" : "")
+                          : std::string("where the data runs out"),
+        plan.grad_accum > 1 ? fmt::format(", {} micro-batches each", plan.grad_accum) : "",
+        now_seconds() - t0);
     if (plan.warmup_steps > total_steps)
       throw Error(
-          fmt::format("train.warmup_steps ({}) is more than the {} steps the data gives; "
+          fmt::format("train.warmup_steps ({}) is more than the {} step{} the data gives; "
                       "lower train.warmup_steps (train.warmup_steps=N)",
-                      plan.warmup_steps, total_steps));
+                      plan.warmup_steps, total_steps, total_steps == 1 ? "" : "s"));
   }
   if (options.dry_run) {
     out.print(
