@@ -18,6 +18,7 @@
 namespace loom::cli {
 void add_train_command(CLI::App& app);  // loom train, loom recipes (cli/cmd_train.cpp)
 void add_sweep_command(CLI::App& app);  // loom sweep (cli/cmd_sweep.cpp)
+int run_inspect(const std::string& path, bool list_tensors);  // loom inspect (cli/cmd_inspect.cpp)
 }  // namespace loom::cli
 
 namespace {
@@ -41,12 +42,6 @@ int run_info() {
   return 0;
 }
 
-int run_inspect(const std::string& path) {
-  loom::GgufFile file = loom::GgufFile::open(path);
-  fmt::print("{}", loom::format_gguf_summary(loom::summarize_gguf(file)));
-  return 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,8 +52,14 @@ int main(int argc, char** argv) {
 
   app.add_subcommand("info", "Print the CPU features, threads and kernels loom will use");
   std::string inspect_path;
-  CLI::App* inspect = app.add_subcommand("inspect", "Print a GGUF model's architecture, sizes, tensor types and tokenizer");
-  inspect->add_option("model", inspect_path, "GGUF file")->required();
+  bool inspect_tensors = false;
+  CLI::App* inspect = app.add_subcommand(
+      "inspect",
+      "Print a model's architecture, sizes, tensor types and tokenizer (a GGUF file or a Hugging "
+      "Face folder), from its headers");
+  inspect->add_option("model", inspect_path, "GGUF file, or Hugging Face folder / .safetensors")
+      ->required();
+  inspect->add_flag("--tensors", inspect_tensors, "List every tensor with its type and shape");
   loom::cli::add_generate_command(app);
   loom::cli::add_eval_command(app);
   loom::cli::add_train_command(app);
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (app.got_subcommand("info")) return run_info();
-    if (app.got_subcommand("inspect")) return run_inspect(inspect_path);
+    if (app.got_subcommand("inspect")) return loom::cli::run_inspect(inspect_path, inspect_tensors);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loom: error: %s\n", e.what());
     return 1;

@@ -17,10 +17,13 @@ Hugging Face Llama in tests/golden/hf_llama, trained on the repository's own tex
 6. Ctrl-C (SIGINT) in the middle of a run: it stops after the step, exits 130, leaves the
    checkpoint and adapter of that step and no summary.json; `--resume` then ends byte-identical
    to an uninterrupted run. SIGTERM likewise (143).
+7. `loom inspect --tensors` of a sharded Hugging Face folder lists what its safetensors headers
+   hold.
 
 Needs only the Python standard library and the build; exit 0: all hold, 1: one does not.
 """
 import json
+import math
 import os
 import re
 import shutil
@@ -130,6 +133,34 @@ def check_interrupts(tmp):
     print("SIGTERM: exit 143 after saving the checkpoint and adapter")
     # A second Ctrl-C ending the process at once is tested in-process (Interrupt.* in
     # test_train.cpp): two signals sent from here coalesce into one before loom runs.
+
+
+def check_inspect():
+    """`loom inspect` of a sharded Hugging Face folder lists what the safetensors headers (read
+    here with the standard library: an 8-byte length, then JSON) say: every tensor with its dtype
+    and shape, the parameter count."""
+    folder = "tests/golden/hf_llama3"
+    expected = {}
+    for name in sorted(os.listdir(os.path.join(SOURCE_DIR, folder))):
+        if not name.endswith(".safetensors"):
+            continue
+        with open(os.path.join(SOURCE_DIR, folder, name), "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for tensor, info in header.items():
+            if tensor != "__metadata__":
+                expected[tensor] = (info["dtype"], info["shape"])
+    out = loom("inspect", folder, "--tensors")
+    listed = {}
+    for m in re.finditer(r"^  (\S+)\s+([A-Z0-9]+)\s+\[([0-9, ]*)\]", out, re.MULTILINE):
+        listed[m.group(1)] = (m.group(2), [int(x) for x in m.group(3).split(",") if x.strip()])
+    if listed != expected:
+        fail(f"loom inspect --tensors lists {listed}, the headers say {expected}:\n{out}")
+    params = sum(math.prod(shape) for _, shape in expected.values())
+    if f"{len(expected)} tensors, {params / 1e6:.2f}M parameters" not in out:
+        fail(f"loom inspect does not count {len(expected)} tensors, {params} parameters:\n{out}")
+    if "2 safetensors files" not in out or "rope scaling             llama3" not in out:
+        fail(f"loom inspect does not show the shards or config.json:\n{out}")
+    print(f"loom inspect {folder}: {len(expected)} tensors in 2 shards, as their headers say")
 
 
 def main():
@@ -258,6 +289,7 @@ def main():
         if "not both" not in out:
             fail(f"--text with --data is not refused clearly:\n{out}")
 
+        check_inspect()
         check_interrupts(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,113 @@
+// `loom inspect MODEL [--tensors]`: what a model file or folder holds, read from its headers
+// only (no weights are loaded): a GGUF file's keys and tensor types, or a Hugging Face folder's
+// config.json, tokenizer and safetensors tensors.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+
+#include "autograd/check.h"
+#include "cli/commands.h"
+#include "layers/chat_format.h"
+#include "layers/gguf.h"
+#include "layers/model_config.h"
+#include "layers/safetensors.h"
+#include "layers/tokenizer.h"
+
+namespace loom::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+void inspect_gguf(const std::string& path, bool list_tensors) {
+  const GgufFile file = GgufFile::open(path);
+  fmt::print("{}", format_gguf_summary(summarize_gguf(file)));
+  if (!list_tensors) return;
+  fmt::print("tensor list (PyTorch shape order):\n");
+  for (const GgufTensorInfo& t : file.tensors())
+    fmt::print("  {:<40} {:<6} {}\n", t.name, dtype_name(t.dtype), shape_str(t.shape));
+}
+
+void inspect_hf(const std::string& path, bool list_tensors) {
+  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  const SafetensorsModel weights = SafetensorsModel::open(path);
+  const std::vector<std::string> names = weights.names();
+  std::map<std::string, int64_t> files;
+  for (const std::string& n : names) ++files[weights.file_of(n)];
+  fmt::print("folder:        {} (Hugging Face: {} safetensors file{})\n", path, files.size(),
+             files.size() == 1 ? "" : "s");
+  const fs::path config = dir / "config.json";
+  if (fs::exists(config)) {
+    const ModelConfig c = config_from_hf_json(config.string());
+    fmt::print("config.json:\n");
+    std::string text = c.describe();
+    for (size_t start = 0; start < text.size();) {
+      const size_t end = std::min(text.find('\n', start), text.size());
+      fmt::print("  {}\n", text.substr(start, end - start));
+      start = end + 1;
+    }
+  } else {
+    fmt::print("config.json:   none next to the weights (not loadable as a model)\n");
+  }
+  const fs::path tokenizer = dir / "tokenizer.json";
+  if (fs::exists(tokenizer)) {
+    const auto tok = load_tokenizer_json(tokenizer.string());
+    const ChatTemplate* format = detect_chat_template(tok->chat_template());
+    auto token = [&](int32_t id) {
+      return id < 0 ? std::string("none")
+                    : fmt::format("{} ({})", id, tok->decode(std::vector<int32_t>{id}));
+    };
+    fmt::print("tokenizer:     tokenizer.json, {} tokens; BOS {}{}, EOS {}\n", tok->vocab_size(),
+               token(tok->bos_id()), tok->add_bos() ? " added in front" : " not added",
+               token(tok->eos_id()));
+    fmt::print("chat template: {}\n",
+               tok->chat_template().empty() ? std::string("none")
+               : format != nullptr
+                   ? fmt::format("{} ({} bytes of Jinja; loom renders it as its built-in {})",
+                                 format->name, tok->chat_template().size(), format->name)
+                   : fmt::format("{} bytes of Jinja, not one of loom's built-in formats ({})",
+                                 tok->chat_template().size(), builtin_chat_template_list()));
+  } else {
+    fmt::print("tokenizer:     (no tokenizer.json)\n");
+  }
+  std::map<std::string, std::pair<int64_t, int64_t>> by_dtype;  // tensors, parameters
+  int64_t params = 0, bytes = 0;
+  for (const std::string& n : names) {
+    const SafetensorsTensorInfo& t = *weights.find(n);
+    int64_t count = 1;
+    for (int64_t d : t.shape) count *= d;
+    params += count;
+    bytes += static_cast<int64_t>(t.end - t.begin);
+    ++by_dtype[t.dtype].first;
+    by_dtype[t.dtype].second += count;
+  }
+  fmt::print("tensors:       {} tensors, {:.2f}M parameters, {} bytes of data\n", names.size(),
+             static_cast<double>(params) / 1e6, bytes);
+  for (const auto& [dtype, n] : by_dtype)
+    fmt::print("  {:<7} {} tensors, {:.2f}M parameters\n", dtype, n.first,
+               static_cast<double>(n.second) / 1e6);
+  if (!list_tensors) return;
+  fmt::print("tensor list:\n");
+  for (const std::string& n : names) {
+    const SafetensorsTensorInfo& t = *weights.find(n);
+    fmt::print("  {:<52} {:<5} {:<14}{}\n", n, t.dtype, shape_str(t.shape),
+               files.size() > 1 ? "  " + fs::path(weights.file_of(n)).filename().string() : "");
+  }
+}
+
+}  // namespace
+
+int run_inspect(const std::string& path, bool list_tensors) {
+  if (!fs::exists(path)) throw Error(fmt::format("loom inspect: {} does not exist", path));
+  const bool hf = fs::is_directory(path) || path.ends_with(".safetensors") ||
+                  path.ends_with(".safetensors.index.json");
+  if (hf)
+    inspect_hf(path, list_tensors);
+  else
+    inspect_gguf(path, list_tensors);
+  return 0;
+}
+
+}  // namespace loom::cli
