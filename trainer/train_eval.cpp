@@ -23,13 +23,7 @@ SourceEval evaluate_documents(
     EvalStream stream(std::move(source), std::move(documents), packing);
     Batch batch;
     for (int64_t b = 0; (max_batches <= 0 || b < max_batches) && stream.next(batch); ++b) {
-      TokenBatch tb;
-      tb.ids = batch.tokens;
-      tb.batch = batch.batch;
-      tb.seq_len = batch.seq_len;
-      tb.positions = batch.positions;
-      tb.document_ids = batch.document_ids;
-      const Tensor hidden = model.forward_hidden(tb, fwd);
+      const Tensor hidden = model.forward_hidden(token_batch(batch), fwd);
       const CrossEntropyResult ce = model.loss(hidden, batch.targets, -100, precision);
       loss_sum += ce.loss_sum;
       e.tokens += ce.n_tokens;

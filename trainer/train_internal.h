@@ -74,6 +74,17 @@ std::string resolve_default_system(const TrainSourcePlan& s, const Tokenizer& to
 std::vector<SourceEval> evaluate_sources(const LlamaModel& model, LoraModel& lora,
                                          const TrainData& data, const TrainPlan& plan);
 
+// The model's view of a packed batch (spans into `b`, which must outlive it).
+inline TokenBatch token_batch(const Batch& b) {
+  TokenBatch tb;
+  tb.ids = b.tokens;
+  tb.batch = b.batch;
+  tb.seq_len = b.seq_len;
+  tb.positions = b.positions;
+  tb.document_ids = b.document_ids;
+  return tb;
+}
+
 // Mean loss over the counted targets (the trained segments: completions, assistant turns) of
 // `documents` of `source`, packed as `packing` says, at most `max_batches` batches (0 = all),
 // without recording. `after_batch` (may be empty) sees the running result after each batch.

@@ -851,13 +851,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     for (size_t m = 0; m < fetched; ++m) {
       const Batch& b = micro[m];
       lora.set_dropout_step(static_cast<uint64_t>(step) * static_cast<uint64_t>(plan.grad_accum) + m);
-      TokenBatch tb;
-      tb.ids = b.tokens;
-      tb.batch = b.batch;
-      tb.seq_len = b.seq_len;
-      tb.positions = b.positions;
-      tb.document_ids = b.document_ids;
-      const Tensor hidden = model.forward_hidden(tb, fwd);
+      const Tensor hidden = model.forward_hidden(token_batch(b), fwd);
       const CrossEntropyResult ce = model.loss(hidden, b.targets, -100, plan.precision);
       loss_sum += ce.loss_sum;
       if (ce.n_tokens == 0) continue;

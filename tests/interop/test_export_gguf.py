@@ -350,27 +350,52 @@ def control_perplexity(llama_cpp, source, path, edit, tokens):
     return ppl
 
 
-def part_c(llama_cpp):
-    print("C. llama.cpp runs loom's exports of SmolLM2 + a LoRA adapter")
+def smollm2_tokens(llama_cpp, prompts=()):
+    """The perplexity text as llama.cpp's SmolLM2 vocabulary tokenizes it (CTX * WINDOWS tokens),
+    and `prompts` tokenized with special tokens."""
     vocab = open_llama(llama_cpp, MODEL, logits_all=False)
-    text = Path(PPL_TEXT).read_bytes()
-    tokens = vocab.tokenize(text, add_bos=False, special=False)[:CTX * WINDOWS]
-    prompts = [vocab.tokenize(p.encode(), add_bos=False, special=True) for p in PROMPTS]
+    tokens = vocab.tokenize(Path(PPL_TEXT).read_bytes(), add_bos=False, special=False)[:CTX * WINDOWS]
+    prompt_ids = [vocab.tokenize(p.encode(), add_bos=False, special=True) for p in prompts]
     del vocab
     if len(tokens) < CTX * WINDOWS:
         raise RuntimeError(f"{PPL_TEXT} gives only {len(tokens)} tokens")
+    return tokens, prompt_ids
+
+
+def compare_perplexity(llama_cpp, label, model, lora, tokens, mine):
+    """llama.cpp's perplexity of `model` (with adapter file `lora`) against loom's `mine`, checked
+    within PPL_TOLERANCE; returns (llama.cpp's, relative difference)."""
+    t0 = time.time()
+    llm = open_llama(llama_cpp, model, lora, logits_all=False)
+    ppl = llamacpp_perplexity(llm, tokens)
+    del llm
+    rel = ppl / mine - 1
+    check(abs(rel) < PPL_TOLERANCE, f"{label}: perplexity loom {mine:.4f} vs llama.cpp {ppl:.4f} "
+          f"({rel:+.3%}, {time.time() - t0:.0f} s)", f"{rel:+.3%}")
+    return ppl, rel
+
+
+def run_smollm2(request, name, model=MODEL):
+    """loom_test_export_tool smollm2 on the request: its folder and its loom.json."""
+    req = WORK / f"request_{name}.json"
+    req.write_text(json.dumps(request))
+    out = WORK / name
+    t0 = time.time()
+    tool("smollm2", model, out, req)
+    loom = json.loads((out / "loom.json").read_text())
+    print(f"  loom: exports and {len(request['evaluate'])} evaluations in {time.time() - t0:.1f} s")
+    return out, loom
+
+
+def part_c(llama_cpp):
+    print("C. llama.cpp runs loom's exports of SmolLM2 + a LoRA adapter")
+    tokens, prompts = smollm2_tokens(llama_cpp, PROMPTS)
     request = {"rank": 8, "alpha": 16.0, "targets": ["all-linear"], "seed": 2024, "b_scale": 0.02,
                "qk_subspace_scale": QK_SUBSPACE_SCALE,
                "adapter_types": ["f32", "f16", "q8_0"], "merged_types": ["f16", "q8_0", "q4_k"],
                "evaluate": ["base", "file_adapter_f32", "merged_f16", "merged_q8_0", "merged_q4_k"],
                "tokens": tokens, "ctx": CTX, "prompts": prompts, "n_greedy": N_GREEDY}
-    req = WORK / "request.json"
-    req.write_text(json.dumps(request))
-    out = WORK / "smollm2"
-    t0 = time.time()
-    tool("smollm2", MODEL, out, req)
-    loom = json.loads((out / "loom.json").read_text())
-    print(f"  loom: exports and {len(loom) - 1} evaluations in {time.time() - t0:.1f} s")
+    out, loom = run_smollm2(request, "smollm2")
     for name, e in loom["exports"].items():
         print(f"    {name}: {e['bytes'] / 1e6:.1f} MB in {e['seconds']:.1f} s, types {e['types']}")
         for n in e["notes"]:
@@ -394,15 +419,9 @@ def part_c(llama_cpp):
                 ("merged q8_0", out / "merged_q8_0.gguf", None, "merged_q8_0"),
                 ("merged q4_k", out / "merged_q4_k.gguf", None, "merged_q4_k")]
     for label, model, lora, key in variants:
-        t0 = time.time()
-        llm = open_llama(llama_cpp, model, lora, logits_all=False)
-        ppl = llamacpp_perplexity(llm, tokens)
-        del llm
         mine = loom[key]["perplexity"]
-        rel = ppl / mine - 1
+        ppl, rel = compare_perplexity(llama_cpp, label, model, lora, tokens, mine)
         table.append((label, mine, ppl, rel))
-        check(abs(rel) < PPL_TOLERANCE, f"{label}: perplexity loom {mine:.4f} vs llama.cpp {ppl:.4f} "
-              f"({rel:+.3%}, {time.time() - t0:.0f} s)", f"{rel:+.3%}")
         if key.startswith("merged") or key == "file_adapter_f32":
             llm = open_llama(llama_cpp, model, lora, logits_all=True)
             steps = agree = 0
@@ -441,21 +460,10 @@ def part_c(llama_cpp):
         print(f"    {label:28s} {mine:9.4f} {ppl:9.4f}  {rel:+.3%}")
 
 
-def run_smollm2(request, name, model=MODEL):
-    """loom_test_export_tool smollm2 on the request: its folder and its loom.json."""
-    req = WORK / f"request_{name}.json"
-    req.write_text(json.dumps(request))
-    out = WORK / name
-    tool("smollm2", model, out, req)
-    return out, json.loads((out / "loom.json").read_text())
-
-
 def part_d(llama_cpp):
     """A PiSSA adapter exported for llama.cpp, applied by llama.cpp to the ORIGINAL base."""
     print("D. llama.cpp applies loom's export of a PiSSA adapter to the original base")
-    vocab = open_llama(llama_cpp, MODEL, logits_all=False)
-    tokens = vocab.tokenize(Path(PPL_TEXT).read_bytes(), add_bos=False, special=False)[:CTX * WINDOWS]
-    del vocab
+    tokens, _ = smollm2_tokens(llama_cpp)
     # PiSSA on q/v (rank 8): the base is replaced by its f32 residual W - s B0 A0, B moves from B0.
     request = {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"], "seed": 7,
                "b_scale": 0.05, "init": "pissa", "base_dtype": "f32",
@@ -473,12 +481,8 @@ def part_d(llama_cpp):
     rel = abs(back / trained - 1)
     check(rel < 2e-3, f"loom: the original base + the file {back:.4f} = the trained model "
           f"{trained:.4f}", f"{rel:.2e}")
-    llm = open_llama(llama_cpp, MODEL, out / "adapter_f32.gguf", logits_all=False)
-    ppl = llamacpp_perplexity(llm, tokens)
-    del llm
-    rel = ppl / trained - 1
-    check(abs(rel) < PPL_TOLERANCE, f"llama.cpp, original base + PiSSA file {ppl:.4f} vs the "
-          f"trained model in loom {trained:.4f} ({rel:+.3%})", f"{rel:+.3%}")
+    compare_perplexity(llama_cpp, "original base + PiSSA file vs the trained model", MODEL,
+                       out / "adapter_f32.gguf", tokens, trained)
 
     # Control: the trained A, B alone (what the export wrote before), i.e. the first r rows of
     # lora_a and first r columns of lora_b, scaled for llama.cpp's alpha / r: llama.cpp then adds
@@ -498,9 +502,7 @@ def part_d(llama_cpp):
 def part_e(llama_cpp):
     """The LM head of a tied model, adapted, merged into an output.weight of its own."""
     print("E. llama.cpp runs loom's merged exports of an LM head adapter on tied SmolLM2")
-    vocab = open_llama(llama_cpp, MODEL, logits_all=False)
-    tokens = vocab.tokenize(Path(PPL_TEXT).read_bytes(), add_bos=False, special=False)[:CTX * WINDOWS]
-    del vocab
+    tokens, _ = smollm2_tokens(llama_cpp)
     request = {"rank": 8, "alpha": 16.0, "targets": ["lm_head"], "seed": 11, "b_scale": 0.1,
                "adapter_types": [], "merged_types": ["f16", "q8_0"],
                "evaluate": ["base", "adapter", "merged_f16", "merged_q8_0"],
@@ -519,12 +521,7 @@ def part_e(llama_cpp):
         mine = loom[key]["perplexity"]
         check(abs(mine / adapted - 1) < 1e-2, f"loom: {key} {mine:.4f} within 1% of the adapter model",
               f"{mine / adapted - 1:+.3%}")
-        llm = open_llama(llama_cpp, out / f"{key}.gguf", None, logits_all=False)
-        ppl = llamacpp_perplexity(llm, tokens)
-        del llm
-        rel = ppl / mine - 1
-        check(abs(rel) < PPL_TOLERANCE, f"{key}: perplexity loom {mine:.4f} vs llama.cpp {ppl:.4f} "
-              f"({rel:+.3%})", f"{rel:+.3%}")
+        compare_perplexity(llama_cpp, key, out / f"{key}.gguf", None, tokens, mine)
 
     # An untied base (the merged f16 file): the LM head adapter as a llama.cpp adapter file.
     untied = out / "merged_f16.gguf"
@@ -538,12 +535,8 @@ def part_e(llama_cpp):
     moved = abs(mine / base2 - 1)
     check(moved > 3 * PPL_TOLERANCE, f"the adapter moves loom's perplexity {base2:.4f} -> {mine:.4f}",
           f"{moved:.2%}")
-    llm = open_llama(llama_cpp, untied, out2 / "adapter_f32.gguf", logits_all=False)
-    ppl = llamacpp_perplexity(llm, tokens)
-    del llm
-    rel = ppl / mine - 1
-    check(abs(rel) < PPL_TOLERANCE, f"untied base + LM head adapter file: perplexity loom {mine:.4f} vs "
-          f"llama.cpp --lora {ppl:.4f} ({rel:+.3%})", f"{rel:+.3%}")
+    compare_perplexity(llama_cpp, "untied base + LM head adapter file (llama.cpp --lora)", untied,
+                       out2 / "adapter_f32.gguf", tokens, mine)
 
 
 def main():
