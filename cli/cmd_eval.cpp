@@ -143,9 +143,9 @@ void run_eval_data(const EvalArgs& a) {
   fmt::print(
       "  scoring:  {}: one document per row of {} tokens (padded), {} row{} per "
       "forward{}\n",
-      sp.format == "instruct" ? "the completions' tokens and the EOS after them"
-      : chat                  ? "the assistant turns' tokens and their turn ends"
-                              : "every token and each document's EOS",
+      chat                      ? "the assistant turns' tokens and their turn ends"
+      : sp.format == "instruct" ? "the completions' tokens and the EOS after them"
+                                : "every token and each document's EOS",
       packing.seq_len, a.batch, a.batch == 1 ? "" : "s",
       longest > packing.seq_len + 1  // a row holds seq_len + 1 tokens (inputs and targets)
           ? fmt::format("; documents longer than a row ({} tokens at most here) go on in "

@@ -30,30 +30,33 @@ void inspect_gguf(const std::string& path, bool list_tensors) {
     fmt::print("  {:<40} {:<6} {}\n", t.name, dtype_name(t.dtype), shape_str(t.shape));
 }
 
-void inspect_hf(const std::string& path, bool list_tensors) {
-  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  const SafetensorsModel weights = SafetensorsModel::open(path);
-  const std::vector<std::string> names = weights.names();
-  std::map<std::string, int64_t> files;
-  for (const std::string& n : names) ++files[weights.file_of(n)];
-  fmt::print("folder:        {} (Hugging Face: {} safetensors file{})\n", path, files.size(),
-             files.size() == 1 ? "" : "s");
-  const fs::path config = dir / "config.json";
-  if (fs::exists(config)) {
+// A part loom cannot read is said on its line; the rest is still shown.
+void print_config(const fs::path& config) {
+  if (!fs::exists(config)) {
+    fmt::print("config.json:   none next to the weights (not loadable as a model)\n");
+    return;
+  }
+  try {
     const ModelConfig c = config_from_hf_json(config.string());
     fmt::print("config.json:\n");
-    std::string text = c.describe();
+    const std::string text = c.describe();
     for (size_t start = 0; start < text.size();) {
       const size_t end = std::min(text.find('\n', start), text.size());
       fmt::print("  {}\n", text.substr(start, end - start));
       start = end + 1;
     }
-  } else {
-    fmt::print("config.json:   none next to the weights (not loadable as a model)\n");
+  } catch (const Error& e) {
+    fmt::print("config.json:   not loadable by loom: {}\n", e.what());
   }
-  const fs::path tokenizer = dir / "tokenizer.json";
-  if (fs::exists(tokenizer)) {
-    const auto tok = load_tokenizer_json(tokenizer.string());
+}
+
+void print_tokenizer(const fs::path& path) {
+  if (!fs::exists(path)) {
+    fmt::print("tokenizer:     (no tokenizer.json)\n");
+    return;
+  }
+  try {
+    const auto tok = load_tokenizer_json(path.string());
     const ChatTemplate* format = detect_chat_template(tok->chat_template());
     auto token = [&](int32_t id) {
       return id < 0 ? std::string("none")
@@ -69,9 +72,21 @@ void inspect_hf(const std::string& path, bool list_tensors) {
                                  format->name, tok->chat_template().size(), format->name)
                    : fmt::format("{} bytes of Jinja, not one of loom's built-in formats ({})",
                                  tok->chat_template().size(), builtin_chat_template_list()));
-  } else {
-    fmt::print("tokenizer:     (no tokenizer.json)\n");
+  } catch (const Error& e) {
+    fmt::print("tokenizer:     not loadable by loom: {}\n", e.what());
   }
+}
+
+void inspect_hf(const std::string& path, bool list_tensors) {
+  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  const SafetensorsModel weights = SafetensorsModel::open(path);
+  const std::vector<std::string> names = weights.names();
+  std::map<std::string, int64_t> files;
+  for (const std::string& n : names) ++files[weights.file_of(n)];
+  fmt::print("folder:        {} (Hugging Face: {} safetensors file{})\n", path, files.size(),
+             files.size() == 1 ? "" : "s");
+  print_config(dir / "config.json");
+  print_tokenizer(dir / "tokenizer.json");
   std::map<std::string, std::pair<int64_t, int64_t>> by_dtype;  // tensors, parameters
   int64_t params = 0, bytes = 0;
   for (const std::string& n : names) {

@@ -25,7 +25,7 @@ std::string default_token_cache_dir() {
 namespace {
 
 // Bump when a reader's output changes for the same input, so old cache files miss.
-constexpr uint64_t kReaderVersion = 1;
+constexpr uint64_t kReaderVersion = 2;  // 2: chat messages in ShareGPT's {from, value} layout
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

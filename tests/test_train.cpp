@@ -916,6 +916,18 @@ TEST(TrainLoop, EpochsEndTheRunAndTheScheduleSpansThem) {
   EXPECT_NEAR(static_cast<double>(third.steps_done), 3.0 * static_cast<double>(e1.steps_done), 2.0);
   ASSERT_EQ(exhausted(summary_of(third)).size(), 1u);
   EXPECT_EQ(exhausted(summary_of(third))[0].second, 3);
+  // Its steps were counted from the checkpoint's data position (the third pass starts in a
+  // fresh row and step), so the plan is what ran and the last step is not trained at lr 0.
+  EXPECT_EQ(summary_of(third)["steps_planned"], third.steps_done);
+  // Fewer epochs than the pass the checkpoint is in: refused, naming the pass.
+  try {
+    t.run("again", with({"train.epochs=1"}), resume);
+    FAIL() << "a resume with fewer epochs than the checkpoint's pass was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("past train.epochs 1: set train.epochs to 3 or more"),
+              std::string::npos)
+        << e.what();
+  }
 
   // A warmup longer than the data's steps is refused before training, naming both.
   try {

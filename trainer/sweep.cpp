@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "autograd/check.h"
+#include "autograd/interrupt.h"
 #include "trainer/checkpoint.h"
 #include "trainer/metrics.h"
 #include "trainer/recipe_fields.h"
@@ -590,8 +591,17 @@ SweepOutcome run_sweep(const SweepPlan& plan, const SweepOptions& options) {
     TrainResult r;
     try {
       r = train_recipe_file(plan.recipe_path, p.overrides, train_options);
+    } catch (const Interrupted&) {
+      write_results();
+      throw;  // Ctrl-C during the run's export: the caller's exit code for a signal
     } catch (const Error& e) {
-      write_results();  // names this point and the ones after it as not finished
+      write_results();  // names the points after this one (and this one, if unfinished)
+      if (fs::exists(RunPaths::of(p.dir).summary))  // the run finished; what came after failed
+        throw Error(
+            fmt::format("sweep {}/{}: {} trained, then failed: {}\nThe run is complete "
+                        "in {} (make its exports with `loom export {}`); the results of "
+                        "the finished runs are in {}",
+                        i + 1, n, p.name, e.what(), p.dir, p.dir, outcome.results_md));
       throw Error(
           fmt::format("sweep {}/{}: {} failed: {}\nThe results of the finished runs are "
                       "in {}; fix the cause and run the same `loom sweep` command again "

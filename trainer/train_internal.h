@@ -62,8 +62,10 @@ SourceConfig source_config(const TrainSourcePlan& s, const Tokenizer& tokenizer)
 // The optimizer steps the data gives when its stream ends (data.on_exhausted: stop, or
 // train.epochs), counted by running a copy of the stream from its start (packing only: no model),
 // at most `cap` steps (0 = no cap); -1 when the stream never ends. A last step of fewer than
-// grad_accum micro-batches counts, as the run trains it.
-int64_t count_data_steps(const TrainData& data, const TrainPlan& plan, int64_t cap);
+// grad_accum micro-batches counts, as the run trains it. With `from`, the steps left from that
+// stream position.
+int64_t count_data_steps(const TrainData& data, const TrainPlan& plan, int64_t cap,
+                         const TrainStreamPosition* from = nullptr);
 // A source's default_system ("model", "none" or the text) as the system message its reader puts
 // first in conversations without one: "model" is the model template's own default (empty when it
 // has none loom can read, or its format is not the source's chat_template).

@@ -593,7 +593,8 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   // The steps the run will take: train.steps, or fewer when the data ends first (counted by a
   // pass over the stream, so that the schedule decays over them and the ETA is right).
   int64_t total_steps = plan.steps;
-  if (plan.epochs > 0 || plan.on_exhausted == "stop") {
+  const bool data_limited = plan.epochs > 0 || plan.on_exhausted == "stop";
+  if (data_limited) {
     t0 = now_seconds();
     const int64_t data_steps = count_data_steps(data, plan, plan.steps);
     if (data_steps <= 0)
@@ -705,14 +706,43 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       out.print(
           "note:          the data settings changed, so the checkpoint's data position does "
           "not apply: the data stream starts from its beginning with the new settings\n");
-    else
-      data.stream->restore(
-          TrainStreamPosition::from_ints(bytes_to_ints(ck.data_position, *resume_path)));
+    std::optional<TrainStreamPosition> position;
+    if (!data_changed) {
+      position = TrainStreamPosition::from_ints(bytes_to_ints(ck.data_position, *resume_path));
+      // Fewer epochs than the pass the checkpoint is in cannot be honoured (the pass would be
+      // trained to its end regardless): refused, as train.steps below the checkpoint's step is.
+      const Mixer& mixer = data.stream->mixer();
+      for (int s = 0; s < mixer.num_sources() && plan.epochs > 0; ++s) {
+        const size_t i = static_cast<size_t>(s);
+        if (i >= position->before_piece.sources.size()) break;  // seek() below names the mismatch
+        const int64_t pass = position->before_piece.sources[i].epoch + 1;
+        if (mixer.normalized_weight(s) > 0 && pass > plan.epochs)
+          throw Error(fmt::format(
+              "{}: the checkpoint is in pass {} over source '{}', past train.epochs {}: set "
+              "train.epochs to {} or more to train further",
+              *resume_path, pass, mixer.source(s).data->name(), plan.epochs, pass));
+      }
+      data.stream->restore(*position);
+    }
     if (ck.rng_state.size() != 2 || ck.rng_state[0] != plan.seed)
       throw Error(fmt::format("{}: rng_state is for seed {}, this run's train.seed is {}; resume "
                               "with the recipe the checkpoint was made with",
                               *resume_path, ck.rng_state.empty() ? 0 : ck.rng_state[0], plan.seed));
     step = ck.step;
+    // The steps left, counted from where the stream now stands (the checkpoint's position, or
+    // the start of changed data): a finished run given more epochs starts its next pass in a
+    // fresh row and step, which a count from the start would not see.
+    if (data_limited) {
+      const int64_t left =
+          plan.steps > 0 && step >= plan.steps
+              ? 0
+              : count_data_steps(data, plan, plan.steps > 0 ? plan.steps - step : 0,
+                                 position ? &*position : nullptr);
+      if (step + left != total_steps)
+        out.print("steps:         {} (from the checkpoint's data position: {} left)\n", step + left,
+                  left);
+      total_steps = step + left;
+    }
     skipped_total = ck.skipped_steps;
     tokens_seen = ck.tokens_seen;
     auto scalar = [&](const std::string& k, double fallback) {

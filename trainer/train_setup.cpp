@@ -255,9 +255,11 @@ TrainData build_train_data(const TrainPlan& plan, const Tokenizer& tokenizer) {
   return d;
 }
 
-int64_t count_data_steps(const TrainData& data, const TrainPlan& plan, int64_t cap) {
+int64_t count_data_steps(const TrainData& data, const TrainPlan& plan, int64_t cap,
+                         const TrainStreamPosition* from) {
   if (data.mixer.on_exhausted == OnExhausted::Repeat && data.mixer.max_epochs <= 0) return -1;
   TrainStream stream(data.mix, data.mixer, data.packing);
+  if (from != nullptr) stream.restore(*from);
   const int64_t accum = std::max<int64_t>(1, plan.grad_accum);
   Batch batch;
   int64_t micro = 0;
