@@ -2,6 +2,7 @@
 // held-out documents (the same documents at every evaluation, packed like training windows).
 #include <cmath>
 
+#include "autograd/check.h"
 #include "autograd/tape.h"
 #include "trainer/train_internal.h"
 
@@ -42,20 +43,14 @@ SourceEval evaluate_documents(
 
 std::vector<SourceEval> evaluate_sources(const LlamaModel& model, LoraModel& lora,
                                          const TrainData& data, const TrainPlan& plan) {
+  // eval.batches 0 means no evaluation (the caller does not call), never "all batches".
+  LOOM_CHECK(plan.eval_batches > 0, "evaluate_sources: eval.batches is {}", plan.eval_batches);
   lora.set_training(false);
   std::vector<SourceEval> out;
   try {
-    for (size_t s = 0; s < data.sources.size(); ++s) {
-      if (plan.eval_batches <= 0) {
-        SourceEval e;
-        e.name = data.sources[s]->name();
-        e.loss = e.perplexity = std::nan("");
-        out.push_back(e);
-        continue;
-      }
+    for (size_t s = 0; s < data.sources.size(); ++s)
       out.push_back(evaluate_documents(model, data.sources[s], data.heldout[s], data.packing,
                                        plan.precision, plan.eval_batches));
-    }
   } catch (...) {
     lora.set_training(true);
     throw;
