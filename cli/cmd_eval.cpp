@@ -294,7 +294,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--messages-field", s.messages_field,
                   "--data chat: the field holding the messages (ShareGPT files: conversations)")
       ->capture_default_str();
-  cmd->add_option("--chat-template", s.chat_template, "--data chat: chatml or llama3")
+  cmd->add_option("--chat-template", s.chat_template,
+                  "--data chat: chatml, llama3, mistral-v1 or mistral-v3")
       ->capture_default_str();
   cmd->add_option("--default-system", s.default_system,
                   "--data chat: system message of conversations without one: model (the model "

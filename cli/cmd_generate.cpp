@@ -80,14 +80,17 @@ void run_generate(const GenerateArgs& a) {
   const Tokenizer& tok = a.adapter.empty() ? *lm.tokenizer : *am.base.tokenizer;
   const ModelConfig& c = model.config();
 
-  std::string text = a.prompt;
+  std::vector<int32_t> prompt;
   std::string prompt_kind = "raw text (special tokens written in it are parsed)";
   if (a.chat) {
     std::vector<ChatMessage> messages;
     if (a.system && !a.system->empty()) messages.push_back({"system", *a.system});
     messages.push_back({"user", a.prompt});
-    text = render_chat_prompt(tok.chat_template(), messages, /*default_system=*/!a.system);
-    const ChatTemplate* format = detect_chat_template(tok.chat_template());
+    // Tokenized piece by piece as training tokenizes a conversation: the user's text is text.
+    prompt = encode_chat_pieces(
+        tok, chat_prompt_pieces(tok.chat_template(), tok.find_token("[INST]") >= 0, messages,
+                                /*default_system=*/!a.system));
+    const ChatTemplate* format = detect_chat_template(tok);
     const std::string default_system = template_default_system(tok.chat_template());
     prompt_kind = fmt::format(
         "{} chat turn ({})", format ? format->name : "?",
@@ -96,8 +99,9 @@ void run_generate(const GenerateArgs& a) {
         : default_system.empty()
             ? std::string("no system message: the template has no default one")
             : fmt::format("the template's default system message \"{}\"", default_system));
+  } else {
+    prompt = tok.encode(a.prompt, /*add_special=*/true, /*parse_special=*/true);
   }
-  const std::vector<int32_t> prompt = tok.encode(text, /*add_special=*/true, /*parse_special=*/true);
   if (prompt.empty()) throw Error("--prompt gives no tokens; write some text");
 
   DecoderOptions dopt;
@@ -199,8 +203,8 @@ void add_generate_command(CLI::App& app) {
           },
           "SEED >= 0"));
   cmd->add_flag("--chat", args->chat,
-                "Wrap the prompt in the model's chat template (ChatML or Llama 3's format, "
-                "recognized in the template)");
+                "Wrap the prompt in the model's chat template (ChatML, Llama 3's or Mistral's "
+                "format, recognized in the template)");
   cmd->add_option("--system", args->system,
                   "System message for --chat (default: the template's own default one, if any; "
                   "--system \"\" for none)");

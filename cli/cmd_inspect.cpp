@@ -57,7 +57,7 @@ void print_tokenizer(const fs::path& path) {
   }
   try {
     const auto tok = load_tokenizer_json(path.string());
-    const ChatTemplate* format = detect_chat_template(tok->chat_template());
+    const ChatTemplate* format = detect_chat_template(*tok);
     auto token = [&](int32_t id) {
       return id < 0 ? std::string("none")
                     : fmt::format("{} ({})", id, tok->decode(std::vector<int32_t>{id}));

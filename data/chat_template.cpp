@@ -10,21 +10,14 @@ namespace loom {
 
 void render_chat(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
                  std::vector<Segment>& out) {
-  for (const auto& m : messages) {
-    check_chat_role(m.role);
-    const bool assistant = m.role == "assistant";
-    out.push_back({tmpl.header_start + m.role + tmpl.header_end, false, true});
-    const std::string content = chat_content(tmpl, m.content);
-    if (!content.empty()) out.push_back({content, assistant, false});
-    out.push_back({tmpl.turn_end, assistant, true});
-    if (!tmpl.after_turn.empty()) out.push_back({tmpl.after_turn, false, false});
-  }
+  for (ChatPiece& p : render_chat_pieces(tmpl, messages, /*add_generation_prompt=*/false))
+    out.push_back({std::move(p.text), p.trained, p.parse_special});
 }
 
 void check_chat_template_tokens(const ChatTemplate& tmpl, const Tokenizer& tokenizer) {
   for (const auto& text : tmpl.special_tokens) {
     if (tokenizer.find_token(text) >= 0) continue;
-    const ChatTemplate* own = detect_chat_template(tokenizer.chat_template());
+    const ChatTemplate* own = detect_chat_template(tokenizer);
     throw Error(fmt::format(
         "chat template '{}' needs the token '{}', which the tokenizer of '{}' does not have; {}",
         tmpl.name, text, tokenizer.source(),
@@ -32,6 +25,11 @@ void check_chat_template_tokens(const ChatTemplate& tmpl, const Tokenizer& token
                           own->name)
             : std::string("use a template the model was trained with")));
   }
+  if (tmpl.layout == ChatLayout::MistralV1 && tokenizer.find_token("[INST]") >= 0)
+    throw Error(fmt::format(
+        "chat template 'mistral-v1' writes [INST] as plain text, but the tokenizer of '{}' has "
+        "[INST] as a token (Mistral's v3 vocabulary): set chat_template: mistral-v3",
+        tokenizer.source()));
 }
 
 }  // namespace loom

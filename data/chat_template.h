@@ -1,16 +1,18 @@
 // Chat messages into document segments with loss masks, in a built-in chat format
-// (layers/chat_format.h: chatml, llama3).
+// (layers/chat_format.h: chatml, llama3, mistral-v1, mistral-v3): one segment per piece.
 //
 // The markup is tokenized with special tokens parsed, the content as plain text (a literal
 // "<|im_start|>" typed by a user stays text). Trained on: the content of assistant messages and
-// the turn end closing them (<|im_end|>, <|eot_id|>: so the model learns to stop); everything
-// else -- system and user turns, the assistant's header, what follows the turn end -- is prompt.
-// Unlike SmolLM2's own Jinja template, no default system message is inserted.
+// the turn end closing them (<|im_end|>, <|eot_id|>, </s>: so the model learns to stop);
+// everything else -- system and user turns, the assistant's header, what follows the turn end --
+// is prompt. Unlike SmolLM2's own Jinja template, no default system message is inserted (the
+// reader does that, with default_system).
 //
-// Segments are tokenized one by one, so a token never straddles the prompt / reply boundary, and
-// the reply's ids are those a model sees at inference, where the prompt ending in the
-// assistant's header is tokenized before the reply is generated. Tokenizing the whole text at
-// once gives the same ids except where a message's content starts with whitespace (chatml: the
+// Segments are tokenized one by one (a SentencePiece tokenizer puts its "▁" in front of each, as
+// Mistral's own tokenizer library does with each piece), so a token never straddles the prompt /
+// reply boundary, and the reply's ids are those a model sees at inference, where the prompt ending
+// in the assistant's header is tokenized before the reply is generated. Tokenizing the whole text
+// at once gives the same ids except where a message's content starts with whitespace (chatml: the
 // header's "\n" may then merge with it).
 #pragma once
 

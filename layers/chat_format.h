@@ -1,44 +1,79 @@
 // The chat formats loom renders itself, shared by training (data/chat_template.h turns them into
 // trained / prompt segments) and `loom generate --chat` (layers/inference.h). loom does not
-// evaluate a model's Jinja template; it recognizes the common formats in it and renders them:
+// evaluate a model's Jinja template; it recognizes the common formats in it and renders them.
+// A conversation renders as pieces, each tokenized on its own (special tokens parsed in markup
+// only), so a token never straddles a prompt / reply boundary:
 //
-//   chatml  (SmolLM2, Qwen2, ...)   <|im_start|>{role}\n{content}<|im_end|>\n
-//   llama3  (Llama 3, 3.1, 3.2) <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
-//           the content with its surrounding whitespace dropped, as Llama 3's template
-//           (`| trim`) and llama.cpp's renderer do; the tokenizer adds <|begin_of_text|>
+//   chatml      (SmolLM2, Qwen2, ...)  <|im_start|>{role}\n{content}<|im_end|>\n
+//   llama3      (Llama 3, 3.1, 3.2)
+//   <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
+//               the content with its surrounding whitespace dropped, as Llama 3's template
+//               (`| trim`) and llama.cpp's renderer do; the tokenizer adds <|begin_of_text|>
+//   mistral-v1  (Mistral-7B-Instruct v0.1 / v0.2, Mixtral-8x7B-Instruct: [INST] is plain text)
+//               "[INST] {system\n\n}{user} [/INST]" "{assistant}" "</s>" ...
+//   mistral-v3  (Mistral-7B-Instruct v0.3, Mixtral-8x22B-Instruct: [INST] is a control token)
+//               [INST] "{system\n\n}{user}" [/INST] "{assistant}" </s> ...
 //
-// A generation prompt ends with the assistant's header. Each rendering is checked against
-// llama.cpp's llama_chat_apply_template (tests/interop/test_chat_formats.py).
+// The Mistral formats are those of Mistral's own tokenizer library (mistral_common): each quoted
+// piece is one SentencePiece call (which puts "▁" in front of it), the system message goes
+// into the first user turn (v1) or the last one (v3), v3 drops trailing spaces of assistant
+// contents, turns alternate user / assistant after the system message, and there is no
+// generation prompt (a prompt ends with [/INST]). chatml and llama3 end a generation prompt with
+// the assistant's header. Checked against llama.cpp's llama_chat_apply_template and, for the
+// Mistral formats, token by token against mistral_common on Mistral's real tokenizers
+// (tests/interop/test_chat_formats.py).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace loom {
 
+class Tokenizer;
+
 struct ChatMessage {
   std::string role;  // letters, digits, '_' or '-': "system", "user", "assistant", "tool"
   std::string content;
 };
 
+// One piece of a rendered conversation.
+struct ChatPiece {
+  std::string text;
+  bool trained = false;        // assistant contents and the turn end closing them
+  bool parse_special = false;  // markup: special tokens written in it are parsed
+};
+
+enum class ChatLayout : uint8_t {
+  RoleHeaders,  // header_start role header_end content turn_end after_turn, per message
+  MistralV1,
+  MistralV3,
+};
+
 struct ChatTemplate {
   std::string name;
-  std::string header_start;  // before the role
-  std::string header_end;    // after the role
+  ChatLayout layout = ChatLayout::RoleHeaders;
+  std::string header_start;  // RoleHeaders: before the role
+  std::string header_end;    // RoleHeaders: after the role
   std::string turn_end;  // after the content; trained in assistant turns (the model learns to stop)
-  std::string after_turn;                   // after turn_end; never trained
+  std::string after_turn;                   // RoleHeaders: after turn_end; never trained
   bool trim_content = false;                // the content's surrounding whitespace is dropped
   std::vector<std::string> special_tokens;  // each must be one token of the model's vocabulary
   std::vector<std::string> markers;         // all found in a model's Jinja template: this format
+  std::string models;                       // "SmolLM2, Qwen2": for messages
 };
 
 std::vector<std::string> builtin_chat_template_names();
-std::string builtin_chat_template_list();  // "chatml, llama3"
+std::string builtin_chat_template_list();  // "chatml, llama3, mistral-v1, mistral-v3"
 // Throws naming `what` and listing the built-in names when `name` is not one of them.
 const ChatTemplate& find_chat_template(std::string_view name, std::string_view what);
 // The built-in format a model's Jinja template (tokenizer.chat_template) writes, or nullptr.
-const ChatTemplate* detect_chat_template(std::string_view jinja);
+// A Mistral template ([INST] without Llama 2's <<SYS>>) is mistral-v3 when the vocabulary has
+// [INST] as a token (inst_is_token), else mistral-v1.
+const ChatTemplate* detect_chat_template(std::string_view jinja, bool inst_is_token);
+// The same for a tokenizer's own template and vocabulary.
+const ChatTemplate* detect_chat_template(const Tokenizer& tokenizer);
 
 // The default system message a model's Jinja template inserts when a conversation has none, as
 // Hugging Face's apply_chat_template and llama.cpp's --jinja mode render it; "" when it has none
@@ -51,12 +86,20 @@ std::string template_default_system(std::string_view jinja);
 std::vector<ChatMessage> with_default_system(const std::vector<ChatMessage>& messages,
                                              const std::string& system);
 
-// A message's content as the format writes it (trimmed for llama3).
-std::string chat_content(const ChatTemplate& tmpl, const std::string& content);
-// The messages as text; with add_generation_prompt, then the assistant's header. Throws (a plain
-// message) when a role is empty or has characters other than letters, digits, '_' and '-'.
+// The messages as pieces; with add_generation_prompt, then what opens the assistant's reply (the
+// assistant's header; nothing for the Mistral formats). Throws (a plain message) when a role is
+// empty or has characters other than letters, digits, '_' and '-', and when the Mistral formats
+// get roles other than system / user / assistant, turns out of order, or an empty reply.
+std::vector<ChatPiece> render_chat_pieces(const ChatTemplate& tmpl,
+                                          const std::vector<ChatMessage>& messages,
+                                          bool add_generation_prompt);
+// The pieces' texts joined.
 std::string render_chat_text(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
                              bool add_generation_prompt);
+// The pieces as token ids, each tokenized on its own as training tokenizes them; the tokenizer's
+// BOS first when it adds one.
+std::vector<int32_t> encode_chat_pieces(const Tokenizer& tokenizer,
+                                        const std::vector<ChatPiece>& pieces);
 // Throws when `role` is not a role name (see ChatMessage).
 void check_chat_role(std::string_view role);
 

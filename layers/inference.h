@@ -124,14 +124,20 @@ std::vector<int32_t> greedy_tokens(const LlamaModel& model, std::span<const int3
 // ---- chat prompts -----------------------------------------------------------------------------
 
 // The messages rendered as the model's chat template would render them with
-// add_generation_prompt, ending with the assistant's header, in the built-in format the template
-// is recognized as (layers/chat_format.h: chatml, llama3). ChatML: a default system message
-// written literally in the template (SmolLM2: "You are a helpful AI assistant named SmolLM...")
-// is put first when the messages have none, as the template does (unless default_system is
-// false). A template of another format, or none, throws saying so: loom does not evaluate Jinja.
+// add_generation_prompt, in the built-in format the template is recognized as
+// (layers/chat_format.h; inst_is_token: the vocabulary has [INST] as a token, which makes a
+// Mistral template mistral-v3). ChatML: a default system message written literally in the
+// template (SmolLM2: "You are a helpful AI assistant named SmolLM...") is put first when the
+// messages have none, as the template does (unless default_system is false). A template of
+// another format, or none, throws saying so: loom does not evaluate Jinja. Tokenize the pieces
+// with encode_chat_pieces, as training does.
+std::vector<ChatPiece> chat_prompt_pieces(const std::string& chat_template, bool inst_is_token,
+                                          const std::vector<ChatMessage>& messages,
+                                          bool default_system = true);
+// The same pieces' texts joined.
 std::string render_chat_prompt(const std::string& chat_template,
-                               const std::vector<ChatMessage>& messages,
-                               bool default_system = true);
+                               const std::vector<ChatMessage>& messages, bool default_system = true,
+                               bool inst_is_token = false);
 
 // ---- perplexity -------------------------------------------------------------------------------
 

@@ -114,12 +114,13 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const in
 
 // ---- chat prompts -----------------------------------------------------------------------------
 
-std::string render_chat_prompt(const std::string& chat_template,
-                               const std::vector<ChatMessage>& messages, bool default_system) {
+std::vector<ChatPiece> chat_prompt_pieces(const std::string& chat_template, bool inst_is_token,
+                                          const std::vector<ChatMessage>& messages,
+                                          bool default_system) {
   if (chat_template.empty())
     throw Error("chat: the model has no chat template (tokenizer.chat_template); run without "
                 "--chat and write the prompt in the model's own format");
-  const ChatTemplate* format = detect_chat_template(chat_template);
+  const ChatTemplate* format = detect_chat_template(chat_template, inst_is_token);
   if (format == nullptr)
     throw Error(
         fmt::format("chat: the model's chat template is none of the formats loom renders "
@@ -128,8 +129,18 @@ std::string render_chat_prompt(const std::string& chat_template,
                     builtin_chat_template_list()));
   LOOM_CHECK(!messages.empty(), "chat: no messages to render");
   const std::string system = default_system ? template_default_system(chat_template) : "";
-  return render_chat_text(*format, with_default_system(messages, system),
-                          /*add_generation_prompt=*/true);
+  return render_chat_pieces(*format, with_default_system(messages, system),
+                            /*add_generation_prompt=*/true);
+}
+
+std::string render_chat_prompt(const std::string& chat_template,
+                               const std::vector<ChatMessage>& messages, bool default_system,
+                               bool inst_is_token) {
+  std::string text;
+  for (const ChatPiece& p :
+       chat_prompt_pieces(chat_template, inst_is_token, messages, default_system))
+    text += p.text;
+  return text;
 }
 
 }  // namespace loom

@@ -415,7 +415,8 @@ TEST(DataChat, BadChatRecordsAndUnknownTemplates) {
   EXPECT_NE(err.find("chat template 'mistral' is not built in; built-in templates: chatml, llama3"),
             std::string::npos)
       << err;
-  EXPECT_EQ(builtin_chat_template_names(), (std::vector<std::string>{"chatml", "llama3"}));
+  EXPECT_EQ(builtin_chat_template_names(),
+            (std::vector<std::string>{"chatml", "llama3", "mistral-v1", "mistral-v3"}));
 }
 
 // Llama 3's format, written out here from its published layout (the same text llama.cpp's
@@ -467,18 +468,30 @@ TEST(DataChat, Llama3RenderingAndWhatIsTrained) {
 TEST(DataChat, ModelTemplatesAreRecognized) {
   const ChatTemplate* chatml = detect_chat_template(
       "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-      "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+      "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}",
+      false);
   ASSERT_NE(chatml, nullptr);
   EXPECT_EQ(chatml->name, "chatml");
   const ChatTemplate* llama3 = detect_chat_template(
       "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-      "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}");
+      "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}",
+      false);
   ASSERT_NE(llama3, nullptr);
   EXPECT_EQ(llama3->name, "llama3");
-  EXPECT_EQ(detect_chat_template("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} "
-                                 "[/INST]{% endfor %}"),
+  // Mistral's [INST] templates: v1 or v3 by the vocabulary ([INST] a token or plain text).
+  const std::string mistral =
+      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + "
+      "m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}";
+  ASSERT_NE(detect_chat_template(mistral, false), nullptr);
+  EXPECT_EQ(detect_chat_template(mistral, false)->name, "mistral-v1");
+  EXPECT_EQ(detect_chat_template(mistral, true)->name, "mistral-v3");
+  // Llama 2's <<SYS>> layout and Mistral's v7 [SYSTEM_PROMPT] one are not built in.
+  EXPECT_EQ(detect_chat_template("[INST] <<SYS>>\\n{{ m }}\\n<</SYS>>\\n\\n [/INST]", false),
             nullptr);
-  EXPECT_EQ(detect_chat_template(""), nullptr);
+  EXPECT_EQ(
+      detect_chat_template("[SYSTEM_PROMPT]{{ s }}[/SYSTEM_PROMPT][INST]{{ m }}[/INST]", true),
+      nullptr);
+  EXPECT_EQ(detect_chat_template("", false), nullptr);
 }
 
 // ---- gzip and globs -----------------------------------------------------------------------------

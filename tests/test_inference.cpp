@@ -371,7 +371,39 @@ TEST(Chat, RendersChatMLWithTheTemplatesDefaultSystemMessage) {
   EXPECT_EQ(template_default_system(smollm2),
             "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   EXPECT_THROW(render_chat_prompt("", {{"user", "Hi"}}), Error);
-  EXPECT_THROW(render_chat_prompt("{{ bos_token }}[INST] {{ m }} [/INST]", {{"user", "Hi"}}), Error);
+  // Llama 2's layout is not built in.
+  EXPECT_THROW(
+      render_chat_prompt("[INST] <<SYS>>\n{{ s }}\n<</SYS>>\n\n{{ m }} [/INST]", {{"user", "Hi"}}),
+      Error);
+}
+
+// Mistral's formats: no generation prompt (the prompt ends with [/INST]); the system message
+// goes into the first (v1) or last (v3) user turn; v1 writes [INST] as text, v3 as markup pieces
+// of their own. (Token by token against mistral_common: tests/interop/test_chat_formats.py.)
+TEST(Chat, RendersMistralPrompts) {
+  const std::string mistral = "{{ bos_token }}{{ '[INST] ' + m + ' [/INST]' }}";
+  EXPECT_EQ(render_chat_prompt(mistral, {{"system", "Be brief."}, {"user", "Hi"}}),
+            "[INST] Be brief.\n\nHi [/INST]");
+  const std::vector<ChatPiece> v3 = chat_prompt_pieces(mistral, /*inst_is_token=*/true,
+                                                       {{"system", "Be brief."}, {"user", "Hi"}});
+  ASSERT_EQ(v3.size(), 3u);
+  EXPECT_EQ(v3[0].text, "[INST]");
+  EXPECT_TRUE(v3[0].parse_special);
+  EXPECT_EQ(v3[1].text, "Be brief.\n\nHi");
+  EXPECT_FALSE(v3[1].parse_special);
+  EXPECT_EQ(v3[2].text, "[/INST]");
+  const std::vector<ChatMessage> turns = {{"system", "S"}, {"user", "a"}, {"assistant", "b "},
+                                          {"user", "c"},   {"user", "d"}, {"assistant", "e"}};
+  EXPECT_EQ(render_chat_text(find_chat_template("mistral-v1", "test"), turns, false),
+            "[INST] S\n\na [/INST]b </s>[INST] c\n\nd [/INST]e</s>");
+  EXPECT_EQ(render_chat_text(find_chat_template("mistral-v3", "test"), turns, false),
+            "[INST]a[/INST]b</s>[INST]S\n\nc\n\nd[/INST]e</s>");
+  EXPECT_THROW(render_chat_text(find_chat_template("mistral-v3", "test"),
+                                {{"user", "a"}, {"tool", "b"}}, false),
+               Error);
+  EXPECT_THROW(render_chat_text(find_chat_template("mistral-v1", "test"),
+                                {{"user", "a"}, {"assistant", ""}}, false),
+               Error);
 }
 
 // A Llama 3 template (its markers; the Jinja is not evaluated): the turns in Llama 3's layout,

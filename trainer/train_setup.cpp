@@ -189,7 +189,7 @@ std::string resolve_default_system(const TrainSourcePlan& s, const Tokenizer& to
   if (s.default_system == "none") return "";
   if (s.default_system != "model") return s.default_system;
   // The model's own default only where its template is the format the source renders with.
-  const ChatTemplate* format = detect_chat_template(tokenizer.chat_template());
+  const ChatTemplate* format = detect_chat_template(tokenizer);
   if (format == nullptr || format->name != s.chat_template) return "";
   return template_default_system(tokenizer.chat_template());
 }

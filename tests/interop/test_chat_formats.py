@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""loom's chat formats (layers/chat_format.h: chatml, llama3) against llama.cpp's own renderer,
-llama_chat_apply_template, called through llama-cpp-python, on conversations with the cases that
-differ between formats: system turns, several turns, whitespace around contents (llama3 trims
-it, chatml keeps it), markup typed inside a message, non-ASCII text, with and without the
-generation prompt.
+"""loom's chat formats (layers/chat_format.h) against llama.cpp's own renderer,
+llama_chat_apply_template, called through llama-cpp-python, and Mistral's against Mistral's own
+tokenizer library, on conversations with the cases that differ between formats: system turns,
+several turns, whitespace around contents (llama3 trims it, chatml keeps it), markup typed
+inside a message, non-ASCII text, with and without the generation prompt.
 
 1. loom's rendering (what `loom generate --chat` tokenizes) is llama.cpp's, byte for byte.
 2. loom's training segments joined are the same text without the generation prompt, and the
@@ -12,6 +12,17 @@ generation prompt.
    jinja2 as Hugging Face's apply_chat_template renders it, a conversation without a system
    message gets the template's default one; loom's training rendering with `default_system:
    model` is that text, byte for byte (conversations with a system message: unchanged).
+
+4. Mistral (mistral-v1, mistral-v3), token by token: Mistral's real SentencePiece tokenizers
+   (tokenizer.model.v1 of Mistral-7B-Instruct v0.1 / v0.2, the v3 one of v0.3, carried in the
+   mistral_common package) written as GGUF tokenizers; loom's training ids of each conversation
+   (BOS, then its segments tokenized one by one) equal mistral_common's encode_chat_completion
+   ids, the trained ids equal its encodings of the assistant messages (each reply and its </s>),
+   and a conversation ending with a user turn tokenized as `loom generate --chat` tokenizes its
+   prompt equals mistral_common's prompt. Where llama.cpp's simpler renderer agrees with
+   mistral_common (contents without surrounding whitespace; the system message with the only
+   user turn), loom's pieces with the "▁" that SentencePiece puts in front of each written as a
+   space equal llama.cpp's mistral-v1 / mistral-v3 text.
 
 Exit 0: all agree; 1: a difference; 77: skipped (llama_cpp not importable, or the tool not built).
 """
@@ -111,6 +122,7 @@ def main():
     print(f"{len(cases)} renderings (chatml, llama3; {len(CONVERSATIONS)} conversations, with and "
           "without the generation prompt) equal llama.cpp's llama_chat_apply_template")
     check_model_default_system()
+    check_mistral()
     print("PASS")
 
 
@@ -157,6 +169,90 @@ def check_model_default_system():
         fail("no case exercised SmolLM2's default system message")
     print(f"{len(cases)} conversations ({with_default} without a system message) rendered for "
           "training with SmolLM2's default system message equal its Jinja template's rendering")
+
+
+MISTRAL_CONVERSATIONS = CONVERSATIONS + [
+    [("user", "a"), ("system", "a system message between turns"), ("user", "b"),
+     ("assistant", "c  ")],
+    [("system", "s1"), ("system", "s2"), ("user", "u1"), ("assistant", "r1"), ("assistant", "r2"),
+     ("user", "u2"), ("assistant", "r3")],
+    [("user", "markup [INST] and </s> typed by a user"), ("assistant", "[/INST] </s> back")],
+]
+
+MISTRAL_TOKENIZERS = {"mistral-v1": "tokenizer.model.v1",
+                      "mistral-v3": "mistral_instruct_tokenizer_240323.model.v3"}
+
+
+def mistral_reference(model_file, conv):
+    """mistral_common's ids for the conversation, and its ids of each assistant message."""
+    from mistral_common.protocol.instruct.messages import (AssistantMessage, SystemMessage,
+                                                           UserMessage)
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+    kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+    mt = MistralTokenizer.from_file(model_file, mode=ValidationMode.agnostic)
+    request = ChatCompletionRequest(messages=[kinds[r](content=c) for r, c in conv])
+    ids = mt.encode_chat_completion(request).tokens
+    instruct = mt._instruct_request_normalizer.from_chat_completion_request(request)
+    trained = []
+    for m in instruct.messages:
+        if isinstance(m, AssistantMessage):
+            trained += mt.instruct_tokenizer.encode_assistant_message(m, False)
+    return ids, trained
+
+
+def check_mistral():
+    """Section 4 of the module docstring."""
+    try:
+        import mistral_common
+    except ImportError as e:
+        fail(f"the mistral_common package is not importable ({e}); run scripts/setup_python.sh")
+    import sys
+    sys.path.insert(0, os.path.join(SOURCE_DIR, "scripts"))
+    from make_tokenizer_golden import spm_to_gguf
+    data = os.path.join(os.path.dirname(mistral_common.__file__), "data")
+    with tempfile.TemporaryDirectory() as tmp:
+        cases, refs = [], []
+        for name, file in MISTRAL_TOKENIZERS.items():
+            model = os.path.join(data, file)
+            gguf_path = os.path.join(tmp, file + ".gguf")
+            spm_to_gguf(model, gguf_path)
+            for conv in MISTRAL_CONVERSATIONS:
+                cases.append({"format": name, "add_generation_prompt": conv[-1][0] == "user",
+                              "tokenizer": gguf_path,
+                              "messages": [{"role": r, "content": c} for r, c in conv]})
+                refs.append((name, conv) + mistral_reference(model, conv))
+        results = run_tool(cases)
+    llamacpp_checked = 0
+    for got, (name, conv, want_ids, want_trained) in zip(results, refs):
+        if got["ids"] != want_ids:
+            fail(f"{name}: loom's training ids\n{got['ids']}\nmistral_common's\n{want_ids}\n"
+                 f"for {conv}")
+        if got["trained_ids"] != want_trained:
+            fail(f"{name}: loom trains on the ids\n{got['trained_ids']}\nmistral_common's "
+                 f"assistant messages are\n{want_trained}\nfor {conv}")
+        if conv[-1][0] == "user" and got["prompt_ids"] != want_ids:
+            fail(f"{name}: loom's generation prompt\n{got['prompt_ids']}\nmistral_common's\n"
+                 f"{want_ids}\nfor {conv}")
+        # llama.cpp's renderer writes the system message where it stands and trims v3 replies;
+        # compare where mistral_common agrees with it.
+        roles = [r for r, _ in conv]
+        plain = all(c == c.strip() for _, c in conv)
+        system_first = "system" not in roles[1:] and roles.count("user") == 1
+        if plain and system_first:
+            explicit = "".join(text if special else " " + text
+                               for text, _, special in got["pieces"])
+            want = llamacpp_render(name, conv, True)
+            if explicit != want:
+                fail(f"{name}: loom's pieces with SentencePiece's word-start spaces are\n"
+                     f"{explicit!r}\nllama.cpp renders\n{want!r}\nfor {conv}")
+            llamacpp_checked += 1
+    if llamacpp_checked < 4:
+        fail(f"only {llamacpp_checked} Mistral conversations were compared with llama.cpp")
+    print(f"{len(cases)} conversations in mistral-v1 / mistral-v3 on Mistral's tokenizers: loom's "
+          "training ids, trained ids and generation prompts equal mistral_common's; "
+          f"{llamacpp_checked} renderings equal llama.cpp's")
 
 
 if __name__ == "__main__":
