@@ -88,7 +88,8 @@ void WindowPacker::take(int64_t count, int32_t label) {
       trained = false;
     } else if (i == bos + len) {
       id = f.eos_id;
-      trained = all || src.trained(base + len - 1);
+      // After a document that ends with the EOS itself, a second one teaches nothing.
+      trained = src.token(base + len - 1) != f.eos_id && (all || src.trained(base + len - 1));
     } else {
       id = src.token(base + i - bos);
       trained = all || src.trained(base + i - bos);

@@ -115,6 +115,26 @@ TEST(DataPacking, EosTargetFollowsTheLastTokensBit) {
   EXPECT_EQ(b.targets, (Ids{2, X, X}));  // 3 is prompt, and so the EOS after it is not trained
 }
 
+// A document that ends with the EOS itself (a Mistral conversation: its last reply's </s> is
+// trained): the framing EOS after it is not a target, with or without train_on_prompt.
+TEST(DataPacking, NoSecondEosTargetAfterADocumentEndingInEos) {
+  TokenizedDocs d;
+  d.tokens = {1, 2, kEos};
+  d.offsets = {0, 3};
+  d.mask = {0b110};  // 1 is prompt; 2 and its EOS are trained
+  auto src = TokenizedSource::from_docs("chat", std::move(d));
+  for (bool on_prompt : {false, true}) {
+    auto cfg = packing(4, 1);
+    cfg.train_on_prompt = on_prompt;
+    WindowPacker packer({src}, cfg);
+    auto stream = whole_docs(*src, {-1, kEos}, {0, 0});
+    Batch b;
+    ASSERT_TRUE(packer.next_batch(stream, b));
+    EXPECT_EQ(b.tokens, (Ids{1, 2, kEos, kEos}));
+    EXPECT_EQ(b.targets, (Ids{2, kEos, X, X})) << on_prompt;
+  }
+}
+
 TEST(DataPacking, BosFramingAndPiecesThatContinueADocument) {
   auto src = small_source();
   // doc1 framed: 98 20 21 22 23 24 99; cut in pieces [0,3) [3,7), then doc0 [0,2) and doc1 again.
@@ -146,8 +166,10 @@ TEST(DataPacking, RandomizedAgainstTheStream) {
     std::vector<bool> bits;
     for (int i = 0; i < n_docs; ++i) {
       const int len = 1 + static_cast<int>(rng() % 20);
+      // One document in four ends with the EOS itself (as Mistral's chat turns end in </s>).
+      const bool ends_in_eos = rng() % 4 == 0;
       for (int k = 0; k < len; ++k) {
-        d.tokens.push_back(static_cast<int32_t>(1000 * i + k));
+        d.tokens.push_back(ends_in_eos && k == len - 1 ? kEos : static_cast<int32_t>(1000 * i + k));
         bits.push_back(rng() % 3 != 0);
       }
       d.offsets.push_back(d.tokens.size());
@@ -172,8 +194,8 @@ TEST(DataPacking, RandomizedAgainstTheStream) {
       }
       tok.push_back(kEos);
       doc.push_back(i);
-      bit.push_back(on_prompt ||
-                    src->trained(src->document_begin(i) + src->document_length(i) - 1));
+      bit.push_back(t.back() != kEos && (on_prompt || src->trained(src->document_begin(i) +
+                                                                   src->document_length(i) - 1)));
     }
     auto cfg = packing(1 + static_cast<int64_t>(rng() % 16), 1 + static_cast<int64_t>(rng() % 3),
                        f.bos_id);
