@@ -224,6 +224,19 @@ def check_mistral():
                               "messages": [{"role": r, "content": c} for r, c in conv]})
                 refs.append((name, conv) + mistral_reference(model, conv))
         results = run_tool(cases)
+        # A format that does not fit the vocabulary is refused, naming the one that does.
+        for name, other, says in (("mistral-v1", "mistral-v3", "set chat_template: mistral-v3"),
+                                  ("mistral-v3", "mistral-v1", "does not have")):
+            wrong = {"format": name, "add_generation_prompt": False,
+                     "tokenizer": os.path.join(tmp, MISTRAL_TOKENIZERS[other] + ".gguf"),
+                     "messages": [{"role": "user", "content": "a"}]}
+            with open(os.path.join(tmp, "wrong.json"), "w") as f:
+                json.dump([wrong], f)
+            p = subprocess.run([TOOL, os.path.join(tmp, "wrong.json")], capture_output=True,
+                               text=True)
+            if p.returncode == 0 or says not in p.stderr:
+                fail(f"{name} on {other}'s tokenizer: expected a refusal saying {says!r}, got "
+                     f"exit {p.returncode}: {p.stderr}")
     llamacpp_checked = 0
     for got, (name, conv, want_ids, want_trained) in zip(results, refs):
         if got["ids"] != want_ids:
