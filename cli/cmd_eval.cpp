@@ -295,7 +295,7 @@ void add_eval_command(CLI::App& app) {
                   "--data chat: the field holding the messages (ShareGPT files: conversations)")
       ->capture_default_str();
   cmd->add_option("--chat-template", s.chat_template,
-                  "--data chat: chatml, llama3, mistral-v1 or mistral-v3")
+                  "--data chat: chatml, llama3, mistral-v1, mistral-v3 or llama2")
       ->capture_default_str();
   cmd->add_option("--default-system", s.default_system,
                   "--data chat: system message of conversations without one: model (the model "

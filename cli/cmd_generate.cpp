@@ -203,8 +203,8 @@ void add_generate_command(CLI::App& app) {
           },
           "SEED >= 0"));
   cmd->add_flag("--chat", args->chat,
-                "Wrap the prompt in the model's chat template (ChatML, Llama 3's or Mistral's "
-                "format, recognized in the template)");
+                "Wrap the prompt in the model's chat template (ChatML, Llama 3's, Mistral's or "
+                "Llama 2's format, recognized in the template)");
   cmd->add_option("--system", args->system,
                   "System message for --chat (default: the template's own default one, if any; "
                   "--system \"\" for none)");

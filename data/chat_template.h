@@ -26,8 +26,9 @@ namespace loom {
 class Tokenizer;
 
 // Appends the rendered messages to `out`; their texts joined are render_chat_text(tmpl,
-// messages, false). Throws (a plain message, the reader adds file and line) when a role is not a
-// role name.
+// messages, false). Throws (a plain message, the reader adds file and line) when
+// render_chat_pieces does: a role that is not a role name, or one the format does not have,
+// an empty Mistral reply, llama2 turns out of order.
 void render_chat(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
                  std::vector<Segment>& out);
 

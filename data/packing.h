@@ -10,10 +10,10 @@
 //                   of instruct / chat data), all on with train_on_prompt; BOS is never a target.
 //                   The EOS closing a document IS a target (predicted by the document's last
 //                   token) when that last token's bit is on: plain text and completions learn to
-//                   end, a chat transcript (ending in a prompt-side newline) does not; nor does
+//                   end, a ChatML transcript (ending in a prompt-side newline) does not; nor does
 //                   a document that ends with the EOS itself (Mistral's </s> closing the last
-//                   reply). The EOS's own target -- the next document's first token -- is
-//                   always -100.
+//                   reply, or Llama 3's <|eot_id|> where that is the EOS). The EOS's own target --
+//                   the next document's first token -- is always -100.
 //   positions[i]    0 at the first token of each document in the row, counting up; a document
 //                   continued from the previous row starts again at 0 (it cannot see that row).
 //   document_ids[i] 0 for the row's first document, +1 at each new document (the attention's

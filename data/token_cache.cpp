@@ -25,7 +25,9 @@ std::string default_token_cache_dir() {
 namespace {
 
 // Bump when a reader's output changes for the same input, so old cache files miss.
-constexpr uint64_t kReaderVersion = 2;  // 2: chat messages in ShareGPT's {from, value} layout
+// 2: chat messages in ShareGPT's {from, value} layout; 3: the Mistral formats' rendering fixed
+// (conversations not opening with a user turn, empty messages merged).
+constexpr uint64_t kReaderVersion = 3;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -19,8 +19,7 @@ const std::vector<ChatTemplate>& templates() {
        "\n",
        false,
        {"<|im_start|>", "<|im_end|>"},
-       {"<|im_start|>", "<|im_end|>"},
-       "SmolLM2, Qwen2"},
+       {"<|im_start|>", "<|im_end|>"}},
       {"llama3",
        ChatLayout::RoleHeaders,
        "<|start_header_id|>",
@@ -29,18 +28,8 @@ const std::vector<ChatTemplate>& templates() {
        "",
        true,
        {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"},
-       {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"},
-       "Llama 3"},
-      {"mistral-v1",
-       ChatLayout::MistralV1,
-       "",
-       "",
-       "</s>",
-       "",
-       false,
-       {"</s>"},
-       {"[INST]"},
-       "Mistral-7B-Instruct v0.1 / v0.2, Mixtral-8x7B-Instruct"},
+       {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"}},
+      {"mistral-v1", ChatLayout::MistralV1, "", "", "</s>", "", false, {"</s>"}, {"[INST]"}},
       {"mistral-v3",
        ChatLayout::MistralV3,
        "[INST]",
@@ -49,8 +38,16 @@ const std::vector<ChatTemplate>& templates() {
        "",
        false,
        {"[INST]", "[/INST]", "</s>"},
-       {"[INST]"},
-       "Mistral-7B-Instruct v0.3, Mixtral-8x22B-Instruct"},
+       {"[INST]"}},
+      {"llama2",
+       ChatLayout::Llama2,
+       "<s>",
+       "",
+       "</s>",
+       "",
+       true,
+       {"<s>", "</s>"},
+       {"[INST]", "<<SYS>>"}},
   };
   return all;
 }
@@ -66,12 +63,27 @@ bool is_space(char c) {
 }
 
 // A message's content as the format writes it (trimmed for llama3).
+std::string trimmed(const std::string& text) {
+  size_t begin = 0, end = text.size();
+  while (begin < end && is_space(text[begin])) ++begin;
+  while (end > begin && is_space(text[end - 1])) --end;
+  return text.substr(begin, end - begin);
+}
+
 std::string chat_content(const ChatTemplate& tmpl, const std::string& content) {
-  if (!tmpl.trim_content) return content;
-  size_t begin = 0, end = content.size();
-  while (begin < end && is_space(content[begin])) ++begin;
-  while (end > begin && is_space(content[end - 1])) --end;
-  return content.substr(begin, end - begin);
+  return tmpl.trim_content ? trimmed(content) : content;
+}
+
+void check_system_user_assistant(const ChatTemplate& tmpl,
+                                 const std::vector<ChatMessage>& messages) {
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const std::string& role = messages[i].role;
+    if (role != "system" && role != "user" && role != "assistant")
+      throw Error(
+          fmt::format("message {} has the role '{}'; the {} chat format has only system, "
+                      "user and assistant messages",
+                      i + 1, role, tmpl.name));
+  }
 }
 
 void render_role_headers(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
@@ -95,25 +107,29 @@ void render_role_headers(const ChatTemplate& tmpl, const std::vector<ChatMessage
 void render_mistral(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
                     std::vector<ChatPiece>& out) {
   const bool v1 = tmpl.layout == ChatLayout::MistralV1;
+  check_system_user_assistant(tmpl, messages);
+  auto join = [](std::string& to, const std::string& text) {  // empty texts are left out
+    if (!text.empty()) to += (to.empty() ? "" : "\n\n") + text;
+  };
   std::string system;
   std::vector<ChatMessage> turns;
   for (size_t i = 0; i < messages.size(); ++i) {
     const ChatMessage& m = messages[i];
-    if (m.role != "system" && m.role != "user" && m.role != "assistant")
-      throw Error(
-          fmt::format("message {} has the role '{}'; the {} chat format has only system, "
-                      "user and assistant messages",
-                      i + 1, m.role, tmpl.name));
     if (m.role == "system") {
-      if (!m.content.empty()) system += (system.empty() ? "" : "\n\n") + m.content;
+      join(system, m.content);
       continue;
     }
-    const bool merges = i > 0 && messages[i - 1].role == m.role;
-    if (merges)
-      turns.back().content += "\n\n" + m.content;
-    else
-      turns.push_back(m);
+    if (m.role == "assistant" && m.content.empty())
+      throw Error(
+          fmt::format("message {} is an empty assistant message; the {} chat format (as "
+                      "Mistral's tokenizer library) needs a reply in each",
+                      i + 1, tmpl.name));
+    if (i == 0 || messages[i - 1].role != m.role) turns.push_back({m.role, ""});
+    join(turns.back().content, m.content);
   }
+  // A conversation that does not open with a user turn gets an empty one first (the system
+  // prompt goes there when there is no other).
+  if (turns.empty() || turns.front().role != "user") turns.insert(turns.begin(), {"user", ""});
   size_t first_user = turns.size(), last_user = turns.size();
   for (size_t i = 0; i < turns.size(); ++i) {
     if (turns[i].role != "user") continue;
@@ -140,13 +156,38 @@ void render_mistral(const ChatTemplate& tmpl, const std::vector<ChatMessage>& me
     if (!v1) {  // mistral_common from v2 on: trailing spaces come off a reply
       while (!reply.empty() && reply.back() == ' ') reply.pop_back();
     }
-    if (t.content.empty())
-      throw Error(
-          fmt::format("an assistant message is empty; the {} chat format (as Mistral's "
-                      "tokenizer library) needs a reply in each",
-                      tmpl.name));
     if (!reply.empty()) out.push_back({std::move(reply), true, false});
     out.push_back({tmpl.turn_end, true, true});
+  }
+}
+
+// Llama 2's chat format, as Meta's reference code and the Hugging Face template write it: an
+// optional system message first, folded into the first user turn between <<SYS>> markers, then
+// user and assistant turns in turn; each exchange is <s>[INST] {user} [/INST] {reply} </s>, with
+// the contents' surrounding whitespace dropped. The first <s> is the tokenizer's BOS.
+void render_llama2(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
+                   std::vector<ChatPiece>& out) {
+  check_system_user_assistant(tmpl, messages);
+  const bool has_system = !messages.empty() && messages[0].role == "system";
+  for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    const bool user_turn = (i - (has_system ? 1 : 0)) % 2 == 0;
+    if (m.role != (user_turn ? "user" : "assistant"))
+      throw Error(fmt::format(
+          "message {} is a {} message where the llama2 chat format needs a{} {} one: after an "
+          "optional system message first, user and assistant messages take turns",
+          i + 1, m.role, user_turn ? "" : "n", user_turn ? "user" : "assistant"));
+    if (user_turn) {
+      const bool first = i == (has_system ? 1 : 0);
+      if (!first) out.push_back({tmpl.header_start, false, true});
+      const std::string content = first && has_system ? fmt::format("<<SYS>>\n{}\n<</SYS>>\n\n{}",
+                                                                    messages[0].content, m.content)
+                                                      : m.content;
+      out.push_back({fmt::format("[INST] {} [/INST]", trimmed(content)), false, false});
+    } else {
+      out.push_back({trimmed(m.content) + " ", true, false});
+      out.push_back({tmpl.turn_end, true, true});
+    }
   }
 }
 
@@ -176,8 +217,9 @@ const ChatTemplate& find_chat_template(std::string_view name, std::string_view w
 const ChatTemplate* detect_chat_template(std::string_view jinja, bool inst_is_token) {
   auto has = [&](std::string_view text) { return jinja.find(text) != std::string_view::npos; };
   if (has("[INST]")) {
-    // Llama 2's <<SYS>> layout and Mistral's v7 [SYSTEM_PROMPT] one are not built in.
-    if (has("<<SYS>>") || has("[SYSTEM_PROMPT]")) return nullptr;
+    if (has("<<SYS>>")) return &builtin("llama2");
+    // Mistral's v7 layout ([SYSTEM_PROMPT]) is not built in.
+    if (has("[SYSTEM_PROMPT]")) return nullptr;
     return &builtin(inst_is_token ? "mistral-v3" : "mistral-v1");
   }
   for (const auto& t : templates()) {
@@ -236,6 +278,8 @@ std::vector<ChatPiece> render_chat_pieces(const ChatTemplate& tmpl,
   std::vector<ChatPiece> out;
   if (tmpl.layout == ChatLayout::RoleHeaders) {
     render_role_headers(tmpl, messages, add_generation_prompt, out);
+  } else if (tmpl.layout == ChatLayout::Llama2) {
+    render_llama2(tmpl, messages, out);
   } else {
     render_mistral(tmpl, messages, out);
   }

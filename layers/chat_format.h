@@ -10,18 +10,24 @@
 //               the content with its surrounding whitespace dropped, as Llama 3's template
 //               (`| trim`) and llama.cpp's renderer do; the tokenizer adds <|begin_of_text|>
 //   mistral-v1  (Mistral-7B-Instruct v0.1 / v0.2, Mixtral-8x7B-Instruct: [INST] is plain text)
-//               "[INST] {system\n\n}{user} [/INST]" "{assistant}" "</s>" ...
+//               "[INST] {system\n\n}{user} [/INST]" "{assistant}" </s> ...
 //   mistral-v3  (Mistral-7B-Instruct v0.3, Mixtral-8x22B-Instruct: [INST] is a control token)
 //               [INST] "{system\n\n}{user}" [/INST] "{assistant}" </s> ...
+//   llama2      (Llama-2-chat)  "[INST] {<<SYS>>\nsystem\n<</SYS>>\n\n}{user} [/INST]" "{assistant}
+//   "
+//               </s> <s> "[INST] {user} [/INST]" ...: contents trimmed; the first <s> is the
+//               tokenizer's BOS
 //
-// The Mistral formats are those of Mistral's own tokenizer library (mistral_common): each quoted
-// piece is one SentencePiece call (which puts "▁" in front of it), the system message goes
-// into the first user turn (v1) or the last one (v3), v3 drops trailing spaces of assistant
-// contents, turns alternate user / assistant after the system message, and there is no
-// generation prompt (a prompt ends with [/INST]). chatml and llama3 end a generation prompt with
-// the assistant's header. Checked against llama.cpp's llama_chat_apply_template and, for the
-// Mistral formats, token by token against mistral_common on Mistral's real tokenizers
-// (tests/interop/test_chat_formats.py).
+// Each quoted piece is text (one SentencePiece call, which puts "▁" in front of it), the rest
+// markup. The Mistral formats are those of Mistral's own tokenizer library (mistral_common): the
+// system messages go into the first user turn (v1) or the last one (v3), neighbouring messages
+// of one role are one turn, v3 drops trailing spaces of replies. llama2 needs the system message
+// first and user / assistant turns in turn, as its template does. The [INST] formats have no
+// generation prompt (a prompt ends with [/INST]); chatml and llama3 end one with the
+// assistant's header. Checked against llama.cpp's llama_chat_apply_template and, for the
+// Mistral formats, token by token against mistral_common on Mistral's real tokenizers, and
+// llama2 against Llama 2's Hugging Face template and tokenizer class (tests/interop/
+// test_chat_formats.py).
 #pragma once
 
 #include <cstdint>
@@ -49,27 +55,27 @@ enum class ChatLayout : uint8_t {
   RoleHeaders,  // header_start role header_end content turn_end after_turn, per message
   MistralV1,
   MistralV3,
+  Llama2,
 };
 
 struct ChatTemplate {
   std::string name;
   ChatLayout layout = ChatLayout::RoleHeaders;
-  std::string header_start;  // RoleHeaders: before the role
-  std::string header_end;    // RoleHeaders: after the role
+  std::string header_start;  // RoleHeaders: before the role; mistral-v3: [INST]; llama2: <s>
+  std::string header_end;    // RoleHeaders: after the role; mistral-v3: [/INST]
   std::string turn_end;  // after the content; trained in assistant turns (the model learns to stop)
   std::string after_turn;                   // RoleHeaders: after turn_end; never trained
   bool trim_content = false;                // the content's surrounding whitespace is dropped
   std::vector<std::string> special_tokens;  // each must be one token of the model's vocabulary
   std::vector<std::string> markers;         // all found in a model's Jinja template: this format
-  std::string models;                       // "SmolLM2, Qwen2": for messages
 };
 
 std::vector<std::string> builtin_chat_template_names();
-std::string builtin_chat_template_list();  // "chatml, llama3, mistral-v1, mistral-v3"
+std::string builtin_chat_template_list();  // "chatml, llama3, mistral-v1, mistral-v3, llama2"
 // Throws naming `what` and listing the built-in names when `name` is not one of them.
 const ChatTemplate& find_chat_template(std::string_view name, std::string_view what);
 // The built-in format a model's Jinja template (tokenizer.chat_template) writes, or nullptr.
-// A Mistral template ([INST] without Llama 2's <<SYS>>) is mistral-v3 when the vocabulary has
+// An [INST] template is llama2 with <<SYS>>, else Mistral's: mistral-v3 when the vocabulary has
 // [INST] as a token (inst_is_token), else mistral-v1.
 const ChatTemplate* detect_chat_template(std::string_view jinja, bool inst_is_token);
 // The same for a tokenizer's own template and vocabulary.
@@ -89,7 +95,8 @@ std::vector<ChatMessage> with_default_system(const std::vector<ChatMessage>& mes
 // The messages as pieces; with add_generation_prompt, then what opens the assistant's reply (the
 // assistant's header; nothing for the Mistral formats). Throws (a plain message) when a role is
 // empty or has characters other than letters, digits, '_' and '-', and when the Mistral formats
-// get roles other than system / user / assistant, turns out of order, or an empty reply.
+// get roles other than system / user / assistant or an empty reply, and when llama2's turns are
+// out of order.
 std::vector<ChatPiece> render_chat_pieces(const ChatTemplate& tmpl,
                                           const std::vector<ChatMessage>& messages,
                                           bool add_generation_prompt);

@@ -416,7 +416,7 @@ TEST(DataChat, BadChatRecordsAndUnknownTemplates) {
             std::string::npos)
       << err;
   EXPECT_EQ(builtin_chat_template_names(),
-            (std::vector<std::string>{"chatml", "llama3", "mistral-v1", "mistral-v3"}));
+            (std::vector<std::string>{"chatml", "llama3", "mistral-v1", "mistral-v3", "llama2"}));
 }
 
 // Llama 3's format, written out here from its published layout (the same text llama.cpp's
@@ -485,9 +485,11 @@ TEST(DataChat, ModelTemplatesAreRecognized) {
   ASSERT_NE(detect_chat_template(mistral, false), nullptr);
   EXPECT_EQ(detect_chat_template(mistral, false)->name, "mistral-v1");
   EXPECT_EQ(detect_chat_template(mistral, true)->name, "mistral-v3");
-  // Llama 2's <<SYS>> layout and Mistral's v7 [SYSTEM_PROMPT] one are not built in.
-  EXPECT_EQ(detect_chat_template("[INST] <<SYS>>\\n{{ m }}\\n<</SYS>>\\n\\n [/INST]", false),
+  // Llama 2's <<SYS>> layout; Mistral's v7 [SYSTEM_PROMPT] one is not built in.
+  ASSERT_NE(detect_chat_template("[INST] <<SYS>>\\n{{ m }}\\n<</SYS>>\\n\\n [/INST]", false),
             nullptr);
+  EXPECT_EQ(detect_chat_template("[INST] <<SYS>>\\n{{ m }}\\n<</SYS>>\\n\\n [/INST]", false)->name,
+            "llama2");
   EXPECT_EQ(
       detect_chat_template("[SYSTEM_PROMPT]{{ s }}[/SYSTEM_PROMPT][INST]{{ m }}[/INST]", true),
       nullptr);

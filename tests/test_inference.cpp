@@ -371,10 +371,10 @@ TEST(Chat, RendersChatMLWithTheTemplatesDefaultSystemMessage) {
   EXPECT_EQ(template_default_system(smollm2),
             "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   EXPECT_THROW(render_chat_prompt("", {{"user", "Hi"}}), Error);
-  // Llama 2's layout is not built in.
-  EXPECT_THROW(
-      render_chat_prompt("[INST] <<SYS>>\n{{ s }}\n<</SYS>>\n\n{{ m }} [/INST]", {{"user", "Hi"}}),
-      Error);
+  // Mistral's v7 layout is not built in.
+  EXPECT_THROW(render_chat_prompt("[SYSTEM_PROMPT]{{ s }}[/SYSTEM_PROMPT][INST]{{ m }}[/INST]",
+                                  {{"user", "Hi"}}),
+               Error);
 }
 
 // Mistral's formats: no generation prompt (the prompt ends with [/INST]); the system message
@@ -402,8 +402,32 @@ TEST(Chat, RendersMistralPrompts) {
                                 {{"user", "a"}, {"tool", "b"}}, false),
                Error);
   EXPECT_THROW(render_chat_text(find_chat_template("mistral-v1", "test"),
-                                {{"user", "a"}, {"assistant", ""}}, false),
+                                {{"user", "a"}, {"assistant", ""}, {"assistant", "b"}}, false),
                Error);
+  // A conversation not opening with a user turn gets an empty one, which takes the system text.
+  EXPECT_EQ(render_chat_text(find_chat_template("mistral-v1", "test"),
+                             {{"system", "S"}, {"assistant", "a"}}, false),
+            "[INST] S\n\n [/INST]a</s>");
+}
+
+// Llama 2: the system message folded into the first user turn between <<SYS>> markers, contents
+// trimmed, a space after each reply, <s> before every exchange but the first (the tokenizer's
+// BOS); turns out of order are refused. (Token by token against Llama 2's Hugging Face template
+// and transformers' LlamaTokenizer: tests/interop/test_chat_formats.py.)
+TEST(Chat, RendersLlama2Conversations) {
+  const std::string llama2 =
+      "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' "
+      "}}{% endif %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' %}";
+  // The template trims the first turn's content with the system block in front of it: the user
+  // text's leading space stays.
+  EXPECT_EQ(render_chat_prompt(llama2, {{"system", "Be brief."}, {"user", " Hi "}}),
+            "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Hi [/INST]");
+  const ChatTemplate& t = find_chat_template("llama2", "test");
+  EXPECT_EQ(render_chat_text(t, {{"user", "a"}, {"assistant", " b\n"}, {"user", "c"}}, false),
+            "[INST] a [/INST]b </s><s>[INST] c [/INST]");
+  EXPECT_THROW(render_chat_text(t, {{"user", "a"}, {"user", "b"}}, false), Error);
+  EXPECT_THROW(render_chat_text(t, {{"user", "a"}, {"system", "b"}}, false), Error);
+  EXPECT_THROW(render_chat_text(t, {{"assistant", "a"}}, false), Error);
 }
 
 // A Llama 3 template (its markers; the Jinja is not evaluated): the turns in Llama 3's layout,

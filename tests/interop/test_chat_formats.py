@@ -23,6 +23,12 @@ inside a message, non-ASCII text, with and without the generation prompt.
    mistral_common (contents without surrounding whitespace; the system message with the only
    user turn), loom's pieces with the "▁" that SentencePiece puts in front of each written as a
    space equal llama.cpp's mistral-v1 / mistral-v3 text.
+5. llama2 (Llama-2-chat), token by token: Llama 2's chat template as Hugging Face ships it,
+   rendered by jinja2 and tokenized by transformers' LlamaTokenizer (legacy, as Llama 2's
+   tokenizer_config has it) on a Llama-2-style SentencePiece vocabulary (Mistral's v1 one, 32000
+   tokens, <s> and </s>: Llama 2's own is not on PyPI), equals loom's training ids; the trained
+   ids are what each assistant message adds to the template's rendering of the conversation up
+   to it; the generation prompt of a conversation ending with a user turn is the template's.
 
 Exit 0: all agree; 1: a difference; 77: skipped (llama_cpp not importable, or the tool not built).
 """
@@ -123,10 +129,11 @@ def main():
           "without the generation prompt) equal llama.cpp's llama_chat_apply_template")
     check_model_default_system()
     check_mistral()
+    check_llama2()
     print("PASS")
 
 
-def hf_render(template, messages, add_generation_prompt):
+def hf_render(template, messages, add_generation_prompt, bos_token="", eos_token=""):
     """A Jinja chat template rendered as transformers' apply_chat_template does (sandboxed
     environment, trim_blocks and lstrip_blocks, raise_exception)."""
     import jinja2
@@ -139,7 +146,7 @@ def hf_render(template, messages, add_generation_prompt):
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(
         messages=[{"role": r, "content": c} for r, c in messages],
-        add_generation_prompt=add_generation_prompt, bos_token="", eos_token="")
+        add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token)
 
 
 def check_model_default_system():
@@ -177,6 +184,13 @@ MISTRAL_CONVERSATIONS = CONVERSATIONS + [
     [("system", "s1"), ("system", "s2"), ("user", "u1"), ("assistant", "r1"), ("assistant", "r2"),
      ("user", "u2"), ("assistant", "r3")],
     [("user", "markup [INST] and </s> typed by a user"), ("assistant", "[/INST] </s> back")],
+    # Not opening with a user turn (mistral_common puts an empty one first), empty messages
+    # among merged ones, a system message alone.
+    [("system", "S"), ("assistant", "a")],
+    [("assistant", "a"), ("user", "u"), ("assistant", "b")],
+    [("user", ""), ("user", "b"), ("assistant", "x")],
+    [("user", "a"), ("user", ""), ("system", ""), ("assistant", "y")],
+    [("system", "S")],
 ]
 
 MISTRAL_TOKENIZERS = {"mistral-v1": "tokenizer.model.v1",
@@ -248,11 +262,12 @@ def check_mistral():
         if conv[-1][0] == "user" and got["prompt_ids"] != want_ids:
             fail(f"{name}: loom's generation prompt\n{got['prompt_ids']}\nmistral_common's\n"
                  f"{want_ids}\nfor {conv}")
-        # llama.cpp's renderer writes the system message where it stands and trims v3 replies;
-        # compare where mistral_common agrees with it.
+        # llama.cpp's renderer writes the system message where it stands, trims v3 replies and
+        # adds no user turn; compare where mistral_common agrees with it.
         roles = [r for r, _ in conv]
-        plain = all(c == c.strip() for _, c in conv)
-        system_first = "system" not in roles[1:] and roles.count("user") == 1
+        plain = all(c and c == c.strip() for _, c in conv)
+        system_first = ("system" not in roles[1:] and roles.count("user") == 1 and
+                        [r for r in roles if r != "system"][0] == "user")
         if plain and system_first:
             explicit = "".join(text if special else " " + text
                                for text, _, special in got["pieces"])
@@ -266,6 +281,69 @@ def check_mistral():
     print(f"{len(cases)} conversations in mistral-v1 / mistral-v3 on Mistral's tokenizers: loom's "
           "training ids, trained ids and generation prompts equal mistral_common's; "
           f"{llamacpp_checked} renderings equal llama.cpp's")
+
+
+# Llama-2-chat's chat template (tokenizer_config.json of Meta's Hugging Face repositories).
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}"
+    "{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}")
+
+
+def check_llama2():
+    """Section 5 of the module docstring."""
+    import mistral_common
+    import sys
+    from transformers import LlamaTokenizer
+    sys.path.insert(0, os.path.join(SOURCE_DIR, "scripts"))
+    from make_tokenizer_golden import spm_to_gguf
+    model = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+    hf = LlamaTokenizer(vocab_file=model, legacy=True, add_bos_token=False, add_eos_token=False)
+
+    def reference(msgs):
+        return hf.encode(hf_render(LLAMA2_TEMPLATE, msgs, True, "<s>", "</s>"),
+                         add_special_tokens=False)
+
+    convs = CONVERSATIONS + [
+        [("system", "\n sys with spaces \n"), ("user", "  u  "), ("assistant", "  a  ")],
+        [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")],
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf_path = os.path.join(tmp, "llama2-style.gguf")
+        spm_to_gguf(model, gguf_path)
+        cases = [{"format": "llama2", "add_generation_prompt": conv[-1][0] == "user",
+                  "tokenizer": gguf_path, "messages": [{"role": r, "content": c} for r, c in conv]}
+                 for conv in convs]
+        results = run_tool(cases)
+    for conv, got in zip(convs, results):
+        want = reference(conv)
+        if got["ids"] != want:
+            fail(f"llama2: loom's training ids\n{got['ids']}\nthe template + LlamaTokenizer give\n"
+                 f"{want}\nfor {conv}")
+        trained = []
+        for i, (role, _) in enumerate(conv):
+            if role != "assistant":
+                continue
+            before, upto = reference(conv[:i]), reference(conv[:i + 1])
+            if upto[:len(before)] != before:
+                fail(f"llama2 reference: the rendering up to message {i} is not a prefix")
+            trained += upto[len(before):]
+        if got["trained_ids"] != trained:
+            fail(f"llama2: loom trains on\n{got['trained_ids']}\nthe assistant messages add\n"
+                 f"{trained}\nfor {conv}")
+        if conv[-1][0] == "user" and got["prompt_ids"] != want:
+            fail(f"llama2: loom's generation prompt\n{got['prompt_ids']}\nthe template's\n{want}")
+    print(f"{len(convs)} conversations in llama2: loom's training ids, trained ids and generation "
+          "prompts equal Llama 2's template tokenized by transformers' LlamaTokenizer")
 
 
 if __name__ == "__main__":
