@@ -238,16 +238,23 @@ const ChatTemplate* detect_chat_template(const Tokenizer& tokenizer) {
 std::string template_default_system(std::string_view jinja) {
   const ChatTemplate* format = detect_chat_template(jinja, false);
   if (format == nullptr || format->name != "chatml") return "";
-  constexpr std::string_view open = "<|im_start|>system\n";
-  const size_t at = jinja.find(open);
-  if (at == std::string_view::npos) return "";
-  const size_t begin = at + open.size();
-  const size_t end = jinja.find("<|im_end|>", begin);
-  if (end == std::string_view::npos) return "";
-  const std::string_view text = jinja.substr(begin, end - begin);
-  for (const char* markup : {"{{", "{%", "'", "\""})
-    if (text.find(markup) != std::string_view::npos) return "";
-  return std::string(text);
+  // The header's newline is a newline in some templates (SmolLM2's) and Jinja's \n escape in
+  // others (Qwen2.5's); the first system header followed by literal text is the default one
+  // (Qwen2.5's first is in its tools branch, the second writes messages[0]['content']).
+  for (std::string_view open : {"<|im_start|>system\n", "<|im_start|>system\\n"}) {
+    for (size_t at = jinja.find(open); at != std::string_view::npos;
+         at = jinja.find(open, at + 1)) {
+      const size_t begin = at + open.size();
+      const size_t end = jinja.find("<|im_end|>", begin);
+      if (end == std::string_view::npos) break;
+      const std::string_view text = jinja.substr(begin, end - begin);
+      bool literal = !text.empty();
+      for (const char* markup : {"{{", "{%", "'", "\"", "\\"})
+        literal = literal && text.find(markup) == std::string_view::npos;
+      if (literal) return std::string(text);
+    }
+  }
+  return "";
 }
 
 std::vector<ChatMessage> with_default_system(const std::vector<ChatMessage>& messages,

@@ -84,8 +84,9 @@ const ChatTemplate* detect_chat_template(const Tokenizer& tokenizer);
 // The default system message a model's Jinja template inserts when a conversation has none, as
 // Hugging Face's apply_chat_template and llama.cpp's --jinja mode render it; "" when it has none
 // that loom can read. Read only when written literally in a ChatML template
-// ('<|im_start|>system\n' + text + '<|im_end|>', no Jinja inside the text: SmolLM2's "You are a
-// helpful AI assistant named SmolLM, trained by Hugging Face").
+// ('<|im_start|>system\n' + text + '<|im_end|>', no Jinja, quotes or escapes inside the text:
+// SmolLM2's "You are a helpful AI assistant named SmolLM, trained by Hugging Face", Qwen2.5's
+// "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.").
 std::string template_default_system(std::string_view jinja);
 // The messages with {"system", system} put first when `system` is not empty and the first
 // message is not a system message.

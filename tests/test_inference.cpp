@@ -370,6 +370,13 @@ TEST(Chat, RendersChatMLWithTheTemplatesDefaultSystemMessage) {
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
   EXPECT_EQ(template_default_system(smollm2),
             "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  // Qwen2.5's layout: Jinja's \n escapes; the first system header writes the caller's message,
+  // the second the literal default.
+  EXPECT_EQ(template_default_system(
+                "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + "
+                "messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- "
+                "'<|im_start|>system\\nYou are Qwen.<|im_end|>\\n' }}{%- endif %}"),
+            "You are Qwen.");
   EXPECT_THROW(render_chat_prompt("", {{"user", "Hi"}}), Error);
   // Mistral's v7 layout is not built in.
   EXPECT_THROW(render_chat_prompt("[SYSTEM_PROMPT]{{ s }}[/SYSTEM_PROMPT][INST]{{ m }}[/INST]",

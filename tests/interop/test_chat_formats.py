@@ -8,10 +8,11 @@ inside a message, non-ASCII text, with and without the generation prompt.
 1. loom's rendering (what `loom generate --chat` tokenizes) is llama.cpp's, byte for byte.
 2. loom's training segments joined are the same text without the generation prompt, and the
    trained part is exactly each assistant content (as rendered) followed by the turn end.
-3. With SmolLM2's own Jinja template (read from the GGUF with the gguf package) rendered by
-   jinja2 as Hugging Face's apply_chat_template renders it, a conversation without a system
-   message gets the template's default one; loom's training rendering with `default_system:
-   model` is that text, byte for byte (conversations with a system message: unchanged).
+3. With SmolLM2's own Jinja template (read from the GGUF with the gguf package) and Qwen2.5's
+   rendered by jinja2 as Hugging Face's apply_chat_template renders them, a conversation
+   without a system message gets the template's default one; loom's training rendering with
+   `default_system: model`, and its generation prompt, are that text, byte for byte
+   (conversations with a system message: unchanged).
 
 4. Mistral (mistral-v1, mistral-v3), token by token: Mistral's real SentencePiece tokenizers
    (tokenizer.model.v1 of Mistral-7B-Instruct v0.1 / v0.2, the v3 one of v0.3, carried in the
@@ -149,6 +150,66 @@ def hf_render(template, messages, add_generation_prompt, bos_token="", eos_token
         add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token)
 
 
+# Qwen2.5-Instruct's chat template (tokenizer_config.json of its Hugging Face repositories): a
+# ChatML template whose default system message is written in its no-tools branch, with Jinja's
+# \n escapes in its string literals.
+QWEN25_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+
+
 def check_model_default_system():
     """Section 3 of the module docstring."""
     model = os.path.join(SOURCE_DIR, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -159,23 +220,32 @@ def check_model_default_system():
     except ImportError as e:
         fail(f"the gguf package is not importable ({e}); run scripts/setup_python.sh")
     field = gguf.GGUFReader(model).fields["tokenizer.chat_template"]
-    template = bytes(field.parts[field.data[0]]).decode()
-    cases = [{"format": "chatml", "add_generation_prompt": False, "model_template": template,
-              "messages": [{"role": r, "content": c} for r, c in conv]}
-             for conv in CONVERSATIONS if any(r == "assistant" for r, _ in conv)]
-    results = run_tool(cases)
-    with_default = 0
-    for case, got in zip(cases, results):
-        msgs = [(m["role"], m["content"]) for m in case["messages"]]
-        want = hf_render(template, msgs, False)
-        if got["segments"] != want:
-            fail(f"SmolLM2's template: loom trains on the text\n{got['segments']!r}\n"
-                 f"apply_chat_template renders\n{want!r}")
-        with_default += msgs[0][0] != "system"
-    if with_default == 0 or "You are a helpful AI assistant named SmolLM" not in results[0]["segments"]:
-        fail("no case exercised SmolLM2's default system message")
-    print(f"{len(cases)} conversations ({with_default} without a system message) rendered for "
-          "training with SmolLM2's default system message equal its Jinja template's rendering")
+    smollm2 = bytes(field.parts[field.data[0]]).decode()
+    for name, template, default in (
+            ("SmolLM2", smollm2, "You are a helpful AI assistant named SmolLM"),
+            ("Qwen2.5", QWEN25_TEMPLATE, "You are Qwen, created by Alibaba Cloud.")):
+        # Training's rendering (no generation prompt) and `loom generate --chat`'s (with it).
+        cases = [{"format": "chatml", "add_generation_prompt": gen, "model_template": template,
+                  "messages": [{"role": r, "content": c} for r, c in conv]}
+                 for conv in CONVERSATIONS for gen in (False, True)]
+        results = run_tool(cases)
+        with_default = 0
+        for case, got in zip(cases, results):
+            msgs = [(m["role"], m["content"]) for m in case["messages"]]
+            gen = case["add_generation_prompt"]
+            want = hf_render(template, msgs, gen)
+            if (got["text"] if gen else got["segments"]) != want:
+                fail(f"{name}'s template, generation prompt {gen}: loom renders\n"
+                     f"{got['text'] if gen else got['segments']!r}\napply_chat_template renders\n"
+                     f"{want!r}")
+            if msgs[0][0] != "system":
+                with_default += 1
+                if default not in got["text"]:
+                    fail(f"{name}'s default system message is missing from {got['text']!r}")
+        if with_default == 0:
+            fail(f"no case exercised {name}'s default system message")
+        print(f"{len(cases)} renderings ({with_default} without a system message) with "
+              f"{name}'s default system message equal its Jinja template's rendering")
 
 
 MISTRAL_CONVERSATIONS = CONVERSATIONS + [
