@@ -119,11 +119,11 @@ void run_eval_data(const EvalArgs& a) {
                m.adapted.lora->config().summary());
   fmt::print("  weights:  {}\n", describe_dtype_mix(*m.model));
   fmt::print("  compute:  {}\n", precision_label(precision));
-  const bool chat = sp.format == "chat" || (sp.format == "instruct" && sp.instruct_as_chat);
+  const bool chat = renders_chat(sp);
   fmt::print("  data:     {} (format {}{})\n", a.data, sp.format,
              chat
                  ? fmt::format(", rendered as {}, conversations without a system message get {}",
-                               sp.chat_template,
+                               sc.chat_template,
                                sc.default_system.empty() ? std::string("none")
                                                          : fmt::format("\"{}\"", sc.default_system))
                  : "");
@@ -295,7 +295,8 @@ void add_eval_command(CLI::App& app) {
                   "--data chat: the field holding the messages (ShareGPT files: conversations)")
       ->capture_default_str();
   cmd->add_option("--chat-template", s.chat_template,
-                  "--data chat: chatml, llama3, mistral-v1, mistral-v3 or llama2")
+                  "--data chat: model (the model's own format), chatml, llama3, mistral-v1, "
+                  "mistral-v3 or llama2")
       ->capture_default_str();
   cmd->add_option("--default-system", s.default_system,
                   "--data chat: system message of conversations without one: model (the model "

@@ -48,7 +48,8 @@ struct SourceConfig {
   bool instruct_as_chat = false;
   // Chat
   std::string messages_field = "messages";
-  std::string chat_template = "chatml";  // a built-in template name (chat_template.h)
+  std::string chat_template = "chatml";  // a built-in template name (chat_template.h); the
+                                         // trainer resolves the recipe's "model" into one
   // Chat and instruct_as_chat: put first as a system message in a conversation that has none
   // ("": nothing). The trainer resolves the recipe's default_system into it.
   std::string default_system;

@@ -235,6 +235,19 @@ const ChatTemplate* detect_chat_template(const Tokenizer& tokenizer) {
   return detect_chat_template(tokenizer.chat_template(), tokenizer.find_token("[INST]") >= 0);
 }
 
+std::string resolve_chat_template(std::string_view name, const Tokenizer& tokenizer,
+                                  std::string_view what) {
+  if (name != "model") return find_chat_template(name, what).name;
+  if (const ChatTemplate* own = detect_chat_template(tokenizer)) return own->name;
+  throw Error(fmt::format(
+      "{}: chat_template is model (the default), but the model ({}) has {}; set chat_template "
+      "to the format to train it in: {}",
+      what, tokenizer.source(),
+      tokenizer.chat_template().empty() ? std::string("no chat template")
+                                        : std::string("a chat template none of loom's formats"),
+      builtin_chat_template_list()));
+}
+
 std::string template_default_system(std::string_view jinja) {
   const ChatTemplate* format = detect_chat_template(jinja, false);
   if (format == nullptr || format->name != "chatml") return "";

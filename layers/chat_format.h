@@ -80,6 +80,11 @@ const ChatTemplate& find_chat_template(std::string_view name, std::string_view w
 const ChatTemplate* detect_chat_template(std::string_view jinja, bool inst_is_token);
 // The same for a tokenizer's own template and vocabulary.
 const ChatTemplate* detect_chat_template(const Tokenizer& tokenizer);
+// A chat_template setting as a built-in name: "model" is the format of the tokenizer's own
+// template (throws naming `what` when it has none, or one loom does not render); any other
+// name is checked to be built in.
+std::string resolve_chat_template(std::string_view name, const Tokenizer& tokenizer,
+                                  std::string_view what);
 
 // The default system message a model's Jinja template inserts when a conversation has none, as
 // Hugging Face's apply_chat_template and llama.cpp's --jinja mode render it; "" when it has none

@@ -60,7 +60,9 @@ inline std::string gzread_all(const std::string& path) {
 
 // Byte-level vocabulary: token b (0..255) is byte b; then <|im_start|>, <|im_end|> (control) and
 // <|endoftext|> (control, EOS); then one token per merge. Without merges given, the single merge
-// "z"+"q" (byte-level BPE needs one; test texts avoid "zq"), so text is one token per byte.
+// "z"+"q" (byte-level BPE needs one; test texts avoid "zq"), so text is one token per byte. Its
+// chat template is a plain ChatML one (no default system message): chat sources left at
+// chat_template: model render ChatML.
 struct ByteTokenizer {
   static constexpr int32_t kImStart = 256, kImEnd = 257, kEos = 258;
   static std::unique_ptr<Tokenizer> make(
@@ -84,6 +86,9 @@ struct ByteTokenizer {
     spec.bos_id = kImStart;
     spec.add_bos = add_bos;
     spec.source = "test byte vocabulary";
+    spec.chat_template =
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+        "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
     return std::make_unique<Tokenizer>(std::move(spec));
   }
 };

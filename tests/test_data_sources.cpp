@@ -496,6 +496,41 @@ TEST(DataChat, ModelTemplatesAreRecognized) {
   EXPECT_EQ(detect_chat_template("", false), nullptr);
 }
 
+// chat_template: model (the default) is the format of the tokenizer's own template; a model
+// without one, or with one loom does not render, is an error that lists the formats.
+TEST(DataChat, ModelChatTemplateResolvesToTheTokenizersOwnFormat) {
+  const auto tok = test::ByteTokenizer::make();
+  EXPECT_EQ(resolve_chat_template("model", *tok, "source 'c'"), "chatml");
+  EXPECT_EQ(resolve_chat_template("llama3", *tok, "source 'c'"), "llama3");
+  EXPECT_THROW(resolve_chat_template("chatm", *tok, "source 'c'"), Error);
+  TokenizerSpec spec;
+  for (int b = 0; b < 256; ++b) spec.tokens.push_back(tok::byte_chars()[b]);
+  spec.tokens.push_back("zq");
+  spec.merges = {{"z", "q"}};
+  spec.types.assign(spec.tokens.size(), TokenType::Normal);
+  spec.kind = TokenizerKind::ByteLevelBpe;
+  spec.pre_name = "gpt2";
+  spec.source = "base.gguf";
+  for (const std::string& jinja : {std::string(), std::string("{{ 'User: ' + m }}")}) {
+    spec.chat_template = jinja;
+    const Tokenizer base(spec);
+    try {
+      resolve_chat_template("model", base, "data source 'c'");
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("data source 'c': chat_template is model (the default), but the model "
+                       "(base.gguf) has"),
+                std::string::npos)
+          << m;
+      EXPECT_NE(m.find(jinja.empty() ? "no chat template" : "none of loom's formats"),
+                std::string::npos)
+          << m;
+      EXPECT_NE(m.find("chatml, llama3, mistral-v1, mistral-v3, llama2"), std::string::npos) << m;
+    }
+  }
+}
+
 // ---- gzip and globs -----------------------------------------------------------------------------
 
 TEST(DataFiles, GzipAndGlobs) {

@@ -231,8 +231,10 @@ TEST(Recipe, ValidationNamesTheKeyAndWhereItWasSet) {
              "instruct_as_chat: true; source 'wiki' is format instruct without instruct_as_chat");
   msg = parse_error(kMinimal, {"data.sources.0.default_system=none"});
   EXPECT_HAS(msg, "data.sources.0.default_system applies to format chat");
-  // The defaults, as a printed recipe lists them for every source, are not an error.
-  parse(kMinimal, {"data.sources.0.chat_template=chatml", "data.sources.0.default_system=model"});
+  // The defaults, as a printed recipe lists them for every source, are not an error (chatml:
+  // the default in recipes printed before it became model).
+  parse(kMinimal, {"data.sources.0.chat_template=model", "data.sources.0.default_system=model"});
+  parse(kMinimal, {"data.sources.0.chat_template=chatml"});
   msg = parse_error(kMinimal, {"data.sources.0.default_system=Be brief."});
   EXPECT_HAS(msg, "data.sources.0.default_system applies to format chat");
   EXPECT_EQ(

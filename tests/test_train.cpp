@@ -513,6 +513,17 @@ TEST(TrainLoop, ResumeWithAChangedRecipeIsRefusedNamingTheKey) {
                Error);
   EXPECT_EQ(old.run("run", {"train.steps=6", "eval.every=0", "eval.batches=0"}, again).steps_done,
             6);
+  // A checkpoint written when chat_template's default was chatml (its recipe lists it for every
+  // source) resumes under today's default, model: it renders the same (here: text sources, which
+  // render no chat).
+  ck = load_checkpoint(checkpoint_path(dir, 6));
+  for (size_t at = ck.recipe_yaml.find("chat_template: model"); at != std::string::npos;
+       at = ck.recipe_yaml.find("chat_template: model", at))
+    ck.recipe_yaml.replace(at, std::string("chat_template: model").size(), "chat_template: chatml");
+  ASSERT_NE(ck.recipe_yaml.find("chat_template: chatml"), std::string::npos) << ck.recipe_yaml;
+  save_checkpoint(dir, ck, {.keep_last = 2, .after_dataset = {}});
+  EXPECT_EQ(old.run("run", {"train.steps=8", "eval.every=0", "eval.batches=0"}, again).steps_done,
+            8);
 }
 
 // --resume on a finished run changes nothing (no second final evaluation, export or summary);

@@ -81,7 +81,8 @@ struct DataSourceRecipe {
   std::string completion_field = "completion";
   bool instruct_as_chat = false;  // instruct: render as a user/assistant exchange (chat_template)
   std::string messages_field = "messages";  // chat: [{role, content}, ...]
-  std::string chat_template = "chatml";     // chat: a built-in template name
+  // chat: a built-in template name, or "model": the format of the model's own template
+  std::string chat_template = "model";
   // chat / instruct_as_chat: the system message of a conversation that has none: "model" (the
   // model's template's own default, as apply_chat_template inserts it), "none", or the text
   std::string default_system = "model";

@@ -455,9 +455,9 @@ const std::vector<Field<DataSourceRecipe>>& source_fields() {
                "chat: field holding [{role, content}, ...], or ShareGPT's [{from, value}, ...] "
                "(human -> user, gpt -> assistant; ShareGPT files name it conversations)"),
       field<S>("chat_template", LOOM_MEMBER(chat_template),
-               "chat (and instruct_as_chat): chatml (SmolLM2, Qwen2), llama3 (Llama 3), "
-               "mistral-v1 (Mistral-7B-Instruct v0.1 / v0.2), mistral-v3 (v0.3) or llama2 "
-               "(Llama-2-chat)"),
+               "chat (and instruct_as_chat): model (the format of the model's own template), "
+               "chatml (SmolLM2, Qwen2), llama3 (Llama 3), mistral-v1 (Mistral-7B-Instruct "
+               "v0.1 / v0.2), mistral-v3 (v0.3) or llama2 (Llama-2-chat)"),
       field<S>("default_system", LOOM_MEMBER(default_system),
                "chat (and instruct_as_chat): system message of conversations without one: model "
                "= the model template's own default (SmolLM2 has one; as Hugging Face and "

@@ -194,7 +194,10 @@ void check_data(Recipe& r, const Checker& c) {
                                "as a user / assistant exchange)"
                              : ""));
     };
-    if (!renders_chat && s.chat_template != defaults.chat_template) chat_only("chat_template");
+    // Recipes printed before chat_template's default became "model" list "chatml" for every
+    // source; both are taken as the default.
+    if (!renders_chat && s.chat_template != defaults.chat_template && s.chat_template != "chatml")
+      chat_only("chat_template");
     if (!renders_chat && s.default_system != defaults.default_system) chat_only("default_system");
     c.at_least(key + ".weight", s.weight, 0.0);
     c.in_range(key + ".heldout_fraction", s.heldout_fraction, 0.0, 1.0, false);

@@ -66,6 +66,11 @@ SourceConfig source_config(const TrainSourcePlan& s, const Tokenizer& tokenizer)
 // stream position.
 int64_t count_data_steps(const TrainData& data, const TrainPlan& plan, int64_t cap,
                          const TrainStreamPosition* from = nullptr);
+// Whether the source renders chat (format chat, or instruct with instruct_as_chat).
+bool renders_chat(const TrainSourcePlan& s);
+// The source's chat_template as a built-in name ("model": the model's own format; throws when
+// it has none loom renders).
+std::string source_chat_template(const TrainSourcePlan& s, const Tokenizer& tokenizer);
 // A source's default_system ("model", "none" or the text) as the system message its reader puts
 // first in conversations without one: "model" is the model template's own default (empty when it
 // has none loom can read, or its format is not the source's chat_template).

@@ -26,7 +26,7 @@ struct TrainSourcePlan {
   std::string completion_field = "completion";
   bool instruct_as_chat = false;
   std::string messages_field = "messages";
-  std::string chat_template = "chatml";
+  std::string chat_template = "model";   // or a built-in template name
   std::string default_system = "model";  // "model", "none" or the text
   double weight = 1.0;
   double heldout_fraction = 0.01;

@@ -22,6 +22,7 @@
 #include "autograd/kernels/cpu.h"
 #include "autograd/tape.h"
 #include "export/gguf_export.h"
+#include "layers/chat_format.h"
 #include "trainer/adapter_file.h"
 #include "trainer/adapter_load.h"
 #include "trainer/checkpoint.h"
@@ -232,6 +233,29 @@ std::vector<RecipeChange> recipe_changes(const std::string& saved, const std::st
   for (const auto& [k, v] : b)
     if (!a.count(k)) out.push_back({k, "", v});
   return out;
+}
+
+// A change of a source's chat_template that renders the same: both names resolve to the same
+// built-in format for this model (chat_template: model and the model's own format's name), or
+// the source renders no chat. Checkpoints written before "model" became the default list
+// "chatml" for every source.
+bool same_chat_rendering(const RecipeChange& c, const TrainPlan& plan, const Tokenizer& tokenizer) {
+  constexpr std::string_view prefix = "data.sources.", suffix = ".chat_template";
+  if (!c.key.starts_with(prefix) || !c.key.ends_with(suffix)) return false;
+  // Sources are keyed by name (flatten_recipe).
+  const std::string name =
+      c.key.substr(prefix.size(), c.key.size() - prefix.size() - suffix.size());
+  const TrainSourcePlan* source = nullptr;
+  for (const TrainSourcePlan& s : plan.sources)
+    if (s.name == name) source = &s;
+  if (source == nullptr) return false;
+  if (!renders_chat(*source)) return true;
+  try {
+    return resolve_chat_template(c.saved, tokenizer, "saved") ==
+           resolve_chat_template(c.now, tokenizer, "now");
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 // The console: stdout for the banner and results, the progress line on stderr.
@@ -535,11 +559,14 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
           "               {}: prompt and completion joined as they are, no chat template "
           "(instruct_as_chat: true renders them as a user / assistant exchange)\n",
           s.name);
-    if (s.format == "chat" || (s.format == "instruct" && s.instruct_as_chat)) {
+    if (renders_chat(s)) {
       const std::string system = resolve_default_system(s, *tm.tokenizer);
       out.print(
           "               {}: rendered as {}; conversations without a system message get {}\n",
-          s.name, s.chat_template,
+          s.name,
+          s.chat_template == "model"
+              ? source_chat_template(s, *tm.tokenizer) + " (the model's own, chat_template: model)"
+              : s.chat_template,
           system.empty() ? std::string("none (default_system: ") + s.default_system + ")"
                          : fmt::format("\"{}\" (default_system: {})", system,
                                        s.default_system == "model" ? "model, the model's own"
@@ -680,6 +707,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     bool data_changed = false;
     for (const RecipeChange& c : recipe_changes(ck.recipe_yaml, plan.recipe_yaml, *resume_path)) {
       if (c.key == "resume") continue;  // resuming is what this run does: nothing to note
+      if (same_chat_rendering(c, plan, *tm.tokenizer)) continue;
       if (c.key.starts_with("data.")) data_changed = true;
       if (resume_may_change(c.key) || options.allow_recipe_change) {
         out.print("note:          {} (changed on resume)\n", c.str());

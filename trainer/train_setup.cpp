@@ -185,12 +185,20 @@ AdapterCount count_adapter_parameters(LlamaModel& model, const LoraConfig& confi
   return n;
 }
 
+bool renders_chat(const TrainSourcePlan& s) {
+  return s.format == "chat" || (s.format == "instruct" && s.instruct_as_chat);
+}
+
+std::string source_chat_template(const TrainSourcePlan& s, const Tokenizer& tokenizer) {
+  return resolve_chat_template(s.chat_template, tokenizer, fmt::format("data source '{}'", s.name));
+}
+
 std::string resolve_default_system(const TrainSourcePlan& s, const Tokenizer& tokenizer) {
   if (s.default_system == "none") return "";
   if (s.default_system != "model") return s.default_system;
   // The model's own default only where its template is the format the source renders with.
   const ChatTemplate* format = detect_chat_template(tokenizer);
-  if (format == nullptr || format->name != s.chat_template) return "";
+  if (format == nullptr || format->name != source_chat_template(s, tokenizer)) return "";
   return template_default_system(tokenizer.chat_template());
 }
 
@@ -205,8 +213,10 @@ SourceConfig source_config(const TrainSourcePlan& s, const Tokenizer& tokenizer)
   sc.completion_field = s.completion_field;
   sc.instruct_as_chat = s.instruct_as_chat;
   sc.messages_field = s.messages_field;
-  sc.chat_template = s.chat_template;
-  sc.default_system = resolve_default_system(s, tokenizer);
+  if (renders_chat(s)) {
+    sc.chat_template = source_chat_template(s, tokenizer);
+    sc.default_system = resolve_default_system(s, tokenizer);
+  }
   sc.skip_bad_records = s.skip_bad_records;
   sc.weight = s.weight;
   sc.heldout_fraction = s.heldout_fraction;
