@@ -21,9 +21,32 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The chat format loom renders the tokenizer's template as (chat_template: model), and the
+// default system message it puts in conversations without one.
+void print_chat_template(const Tokenizer& tok) {
+  const ChatTemplate* format = detect_chat_template(tok);
+  const std::string system = template_default_system(tok.chat_template());
+  fmt::print(
+      "chat template: {}{}\n",
+      tok.chat_template().empty() ? std::string("none")
+      : format != nullptr
+          ? fmt::format("{} ({} bytes of Jinja; loom renders it as its built-in {})", format->name,
+                        tok.chat_template().size(), format->name)
+          : fmt::format("{} bytes of Jinja, not one of loom's built-in formats ({})",
+                        tok.chat_template().size(), builtin_chat_template_list()),
+      system.empty() ? std::string() : fmt::format("; default system message \"{}\"", system));
+}
+
 void inspect_gguf(const std::string& path, bool list_tensors) {
   const GgufFile file = GgufFile::open(path);
   fmt::print("{}", format_gguf_summary(summarize_gguf(file)));
+  if (file.has("tokenizer.ggml.model")) {
+    try {
+      print_chat_template(*load_tokenizer(file));
+    } catch (const Error& e) {
+      fmt::print("tokenizer:     not loadable by loom: {}\n", e.what());
+    }
+  }
   if (!list_tensors) return;
   fmt::print("tensor list (PyTorch shape order):\n");
   for (const GgufTensorInfo& t : file.tensors())
@@ -57,7 +80,6 @@ void print_tokenizer(const fs::path& path) {
   }
   try {
     const auto tok = load_tokenizer_json(path.string());
-    const ChatTemplate* format = detect_chat_template(*tok);
     auto token = [&](int32_t id) {
       return id < 0 ? std::string("none")
                     : fmt::format("{} ({})", id, tok->decode(std::vector<int32_t>{id}));
@@ -65,13 +87,7 @@ void print_tokenizer(const fs::path& path) {
     fmt::print("tokenizer:     tokenizer.json, {} tokens; BOS {}{}, EOS {}\n", tok->vocab_size(),
                token(tok->bos_id()), tok->add_bos() ? " added in front" : " not added",
                token(tok->eos_id()));
-    fmt::print("chat template: {}\n",
-               tok->chat_template().empty() ? std::string("none")
-               : format != nullptr
-                   ? fmt::format("{} ({} bytes of Jinja; loom renders it as its built-in {})",
-                                 format->name, tok->chat_template().size(), format->name)
-                   : fmt::format("{} bytes of Jinja, not one of loom's built-in formats ({})",
-                                 tok->chat_template().size(), builtin_chat_template_list()));
+    print_chat_template(*tok);
   } catch (const Error& e) {
     fmt::print("tokenizer:     not loadable by loom: {}\n", e.what());
   }

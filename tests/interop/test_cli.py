@@ -18,9 +18,11 @@ Hugging Face Llama in tests/golden/hf_llama, trained on the repository's own tex
    checkpoint and adapter of that step and no summary.json; `--resume` then ends byte-identical
    to an uninterrupted run. SIGTERM likewise (143).
 7. `loom inspect --tensors` of a sharded Hugging Face folder lists what its safetensors headers
-   hold.
+   hold; `loom inspect` of the SmolLM2 GGUF names its chat format and the default system
+   message its template renders (jinja2, the template read with the gguf package).
 
-Needs only the Python standard library and the build; exit 0: all hold, 1: one does not.
+Needs the build, the SmolLM2 model (scripts/fetch_models.sh) and the .venv's gguf and jinja2;
+exit 0: all hold, 1: one does not.
 """
 import json
 import math
@@ -161,6 +163,24 @@ def check_inspect():
     if "2 safetensors files" not in out or "rope scaling             llama3" not in out:
         fail(f"loom inspect does not show the shards or config.json:\n{out}")
     print(f"loom inspect {folder}: {len(expected)} tensors in 2 shards, as their headers say")
+
+    # A GGUF model: the chat format loom renders its template as, and the default system
+    # message, which jinja2 (as apply_chat_template) renders for a conversation without one.
+    model = os.path.join(SOURCE_DIR, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(model):
+        fail(f"{model} is missing: run scripts/fetch_models.sh")
+    import gguf
+    import jinja2
+    field = gguf.GGUFReader(model).fields["tokenizer.chat_template"]
+    template = bytes(field.parts[field.data[0]]).decode()
+    rendered = jinja2.Environment().from_string(template).render(
+        messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=False)
+    system = rendered.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
+    out = loom("inspect", model)
+    if f'chat template: chatml (' not in out or f'default system message "{system}"' not in out:
+        fail(f"loom inspect of {model} does not show the chatml format and the default system "
+             f"message {system!r}:\n{out}")
+    print(f"loom inspect of the SmolLM2 GGUF: chatml, default system message {system!r}")
 
 
 def main():
