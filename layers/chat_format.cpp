@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <cstdint>
+
 #include "autograd/check.h"
 #include "layers/tokenizer.h"
 
@@ -58,15 +60,52 @@ const ChatTemplate& builtin(std::string_view name) {
   throw Error(fmt::format("chat template '{}' is not built in", name));
 }
 
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+// Whitespace as Python's str.strip() sees it (Jinja's trim and the templates' .strip() are
+// Python's): ASCII \t-\r, \x1c-\x1f and space, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028,
+// U+2029, U+202F, U+205F, U+3000.
+bool is_space_code_point(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+         c == 0x205f || c == 0x3000;
+}
+
+// The code point of the UTF-8 sequence text[at, at + n) (n = 1..3 bytes: every whitespace code
+// point above is at most 3 bytes), or UINT32_MAX when it is not one well-formed sequence.
+uint32_t code_point(std::string_view text, size_t at, size_t n) {
+  const auto b = [&](size_t i) { return static_cast<uint8_t>(text[at + i]); };
+  if (n == 1) return b(0) < 0x80 ? b(0) : UINT32_MAX;
+  for (size_t i = 1; i < n; ++i)
+    if ((b(i) & 0xc0) != 0x80) return UINT32_MAX;
+  if (n == 2 && (b(0) & 0xe0) == 0xc0) return ((b(0) & 0x1fu) << 6) | (b(1) & 0x3fu);
+  if (n == 3 && (b(0) & 0xf0) == 0xe0)
+    return ((b(0) & 0x0fu) << 12) | ((b(1) & 0x3fu) << 6) | (b(2) & 0x3fu);
+  return UINT32_MAX;
 }
 
 // A message's content as the format writes it (trimmed for llama3).
 std::string trimmed(const std::string& text) {
+  // The length of the whitespace code point starting at (ending at) a position; 0 if none.
+  auto space_at = [&](size_t at, size_t limit) -> size_t {
+    for (size_t n = 1; n <= 3 && at + n <= limit; ++n)
+      if (is_space_code_point(code_point(text, at, n))) return n;
+    return 0;
+  };
+  auto space_before = [&](size_t end, size_t limit) -> size_t {
+    for (size_t n = 1; n <= 3 && end >= limit + n; ++n)
+      if (is_space_code_point(code_point(text, end - n, n))) return n;
+    return 0;
+  };
   size_t begin = 0, end = text.size();
-  while (begin < end && is_space(text[begin])) ++begin;
-  while (end > begin && is_space(text[end - 1])) --end;
+  while (begin < end) {
+    const size_t n = space_at(begin, end);
+    if (n == 0) break;
+    begin += n;
+  }
+  while (end > begin) {
+    const size_t n = space_before(end, begin);
+    if (n == 0) break;
+    end -= n;
+  }
   return text.substr(begin, end - begin);
 }
 

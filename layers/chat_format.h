@@ -8,7 +8,8 @@
 //   llama3      (Llama 3, 3.1, 3.2)
 //   <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
 //               the content with its surrounding whitespace dropped, as Llama 3's template
-//               (`| trim`) and llama.cpp's renderer do; the tokenizer adds <|begin_of_text|>
+//               (`| trim`) does (Python's whitespace: Unicode spaces too, where llama.cpp's
+//               renderer drops ASCII ones only); the tokenizer adds <|begin_of_text|>
 //   mistral-v1  (Mistral-7B-Instruct v0.1 / v0.2, Mixtral-8x7B-Instruct: [INST] is plain text)
 //               "[INST] {system\n\n}{user} [/INST]" "{assistant}" </s> ...
 //   mistral-v3  (Mistral-7B-Instruct v0.3, Mixtral-8x22B-Instruct: [INST] is a control token)

@@ -448,6 +448,14 @@ TEST(Chat, RendersLlama3Prompts) {
   EXPECT_EQ(render_chat_prompt(llama3, {{"user", " Hi\n"}}),
             "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  // Jinja's trim is Python's strip(): Unicode spaces (NBSP, U+3000, U+2028) come off too, a
+  // zero-width space (a format character) stays.
+  EXPECT_EQ(render_chat_prompt(llama3, {{"user", "\u00a0\u3000Hi\u2028 \u00a0"}}),
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(render_chat_prompt(llama3, {{"user", "\u200bHi"}}),
+            "<|start_header_id|>user<|end_header_id|>\n\n\u200bHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
   EXPECT_EQ(render_chat_prompt(llama3, {{"system", "Be brief."}, {"user", "Hi"}}),
             "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
             "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"

@@ -386,6 +386,10 @@ def check_llama2():
     convs = CONVERSATIONS + [
         [("system", "\n sys with spaces \n"), ("user", "  u  "), ("assistant", "  a  ")],
         [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")],
+        # Python's strip() (the template's) takes Unicode spaces off too: NBSP, U+3000, U+2028,
+        # U+0085, U+001F; not U+200B (a format character).
+        [("user", "\u00a0\u3000nbsp and ideographic\u2028"), ("assistant", "\x85 r \x1f\u00a0"),
+         ("user", "\u200bzero width\u200b")],
     ]
     with tempfile.TemporaryDirectory() as tmp:
         gguf_path = os.path.join(tmp, "llama2-style.gguf")
