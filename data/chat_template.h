@@ -1,5 +1,5 @@
 // Chat messages into document segments with loss masks, in a built-in chat format
-// (layers/chat_format.h: chatml, llama3, mistral-v1, mistral-v3): one segment per piece.
+// (layers/chat_format.h: chatml, llama3, mistral-v1, mistral-v3, llama2): one segment per piece.
 //
 // The markup is tokenized with special tokens parsed, the content as plain text (a literal
 // "<|im_start|>" typed by a user stays text). Trained on: the content of assistant messages and

@@ -82,7 +82,8 @@ uint32_t code_point(std::string_view text, size_t at, size_t n) {
   return UINT32_MAX;
 }
 
-// A message's content as the format writes it (trimmed for llama3).
+// The text without its surrounding whitespace, as Python's str.strip() (llama3's and llama2's
+// templates trim contents).
 std::string trimmed(const std::string& text) {
   // The length of the whitespace code point starting at (ending at) a position; 0 if none.
   auto space_at = [&](size_t at, size_t limit) -> size_t {
@@ -230,6 +231,56 @@ void render_llama2(const ChatTemplate& tmpl, const std::vector<ChatMessage>& mes
   }
 }
 
+// The Jinja tag ({% ... %}) that ends last before `at` with only whitespace and the opening of
+// one {{ ... }} expression between it and `at`; "" when there is none.
+std::string_view tag_right_before(std::string_view jinja, size_t at) {
+  const size_t expr = jinja.rfind("{{", at);
+  if (expr == std::string_view::npos) return {};
+  for (size_t i = expr + 2; i < at; ++i)
+    if (!is_space_code_point(static_cast<uint8_t>(jinja[i])) && jinja[i] != '-' &&
+        jinja[i] != '\'' && jinja[i] != '"')
+      return {};
+  const size_t close = jinja.rfind("%}", expr);
+  if (close == std::string_view::npos) return {};
+  for (size_t i = close + 2; i < expr; ++i)
+    if (!is_space_code_point(static_cast<uint8_t>(jinja[i]))) return {};
+  const size_t open = jinja.rfind("{%", close);
+  if (open == std::string_view::npos) return {};
+  return jinja.substr(open, close + 2 - open);
+}
+
+// The tag's keyword (if, elif, else, ...), after "{%", an optional "-" and spaces.
+std::string_view tag_keyword(std::string_view tag) {
+  if (tag.size() < 4) return {};
+  size_t i = 2;
+  while (i < tag.size() && (tag[i] == '-' || tag[i] == ' ' || tag[i] == '\n' || tag[i] == '\t'))
+    ++i;
+  size_t j = i;
+  while (j < tag.size() && tag[j] >= 'a' && tag[j] <= 'z') ++j;
+  return tag.substr(i, j - i);
+}
+
+// Whether the expression writing the system header at `at` is in a branch taken when the
+// conversation has no system message (template_default_system).
+bool in_no_system_branch(std::string_view jinja, size_t at) {
+  auto has = [](std::string_view tag, std::string_view a, std::string_view b) {
+    return tag.find(a) != std::string_view::npos || tag.find(b) != std::string_view::npos;
+  };
+  const std::string_view tag = tag_right_before(jinja, at);
+  const std::string_view keyword = tag_keyword(tag);
+  if (keyword == "if" || keyword == "elif") return has(tag, "!= 'system'", "!= \"system\"");
+  if (keyword != "else") return false;
+  // The if (or elif) the else belongs to: the tag right before it (an endif, for, set ... there
+  // means nested blocks: not read).
+  const size_t else_at = static_cast<size_t>(tag.data() - jinja.data());
+  if (else_at == 0) return false;
+  const size_t open = jinja.rfind("{%", else_at - 1);
+  if (open == std::string_view::npos) return false;
+  const std::string_view before = jinja.substr(open, jinja.find("%}", open) + 2 - open);
+  const std::string_view k = tag_keyword(before);
+  return (k == "if" || k == "elif") && has(before, "== 'system'", "== \"system\"");
+}
+
 }  // namespace
 
 std::vector<std::string> builtin_chat_template_names() {
@@ -280,7 +331,7 @@ std::string resolve_chat_template(std::string_view name, const Tokenizer& tokeni
   if (const ChatTemplate* own = detect_chat_template(tokenizer)) return own->name;
   throw Error(fmt::format(
       "{}: chat_template is model (the default), but the model ({}) has {}; set chat_template "
-      "to the format to train it in: {}",
+      "(loom eval: --chat-template) to the format to train it in: {}",
       what, tokenizer.source(),
       tokenizer.chat_template().empty() ? std::string("no chat template")
                                         : std::string("a chat template none of loom's formats"),
@@ -291,8 +342,12 @@ std::string template_default_system(std::string_view jinja) {
   const ChatTemplate* format = detect_chat_template(jinja, false);
   if (format == nullptr || format->name != "chatml") return "";
   // The header's newline is a newline in some templates (SmolLM2's) and Jinja's \n escape in
-  // others (Qwen2.5's); the first system header followed by literal text is the default one
-  // (Qwen2.5's first is in its tools branch, the second writes messages[0]['content']).
+  // others (Qwen2.5's). The default is a system header followed by literal text, written in the
+  // branch taken when the conversation has no system message: right after
+  // `{% if ... != 'system' %}` (SmolLM2, Qwen2) or after the `{% else %}` of
+  // `{% if messages[0]['role'] == 'system' %}` (Qwen2.5, whose first system headers are in its
+  // tools branch and write messages[0]['content']). A literal in any other branch (say one taken
+  // when tools are given) is not a default.
   for (std::string_view open : {"<|im_start|>system\n", "<|im_start|>system\\n"}) {
     for (size_t at = jinja.find(open); at != std::string_view::npos;
          at = jinja.find(open, at + 1)) {
@@ -303,7 +358,7 @@ std::string template_default_system(std::string_view jinja) {
       bool literal = !text.empty();
       for (const char* markup : {"{{", "{%", "'", "\"", "\\"})
         literal = literal && text.find(markup) == std::string_view::npos;
-      if (literal) return std::string(text);
+      if (literal && in_no_system_branch(jinja, at)) return std::string(text);
     }
   }
   return "";

@@ -14,9 +14,9 @@
 //               "[INST] {system\n\n}{user} [/INST]" "{assistant}" </s> ...
 //   mistral-v3  (Mistral-7B-Instruct v0.3, Mixtral-8x22B-Instruct: [INST] is a control token)
 //               [INST] "{system\n\n}{user}" [/INST] "{assistant}" </s> ...
-//   llama2      (Llama-2-chat)  "[INST] {<<SYS>>\nsystem\n<</SYS>>\n\n}{user} [/INST]" "{assistant}
-//   "
-//               </s> <s> "[INST] {user} [/INST]" ...: contents trimmed; the first <s> is the
+//   llama2      (Llama-2-chat)
+//               "[INST] {<<SYS>>\nsystem\n<</SYS>>\n\n}{user} [/INST]" "{assistant} " </s>
+//               <s> "[INST] {user} [/INST]" ...: contents trimmed; the first <s> is the
 //               tokenizer's BOS
 //
 // Each quoted piece is text (one SentencePiece call, which puts "▁" in front of it), the rest

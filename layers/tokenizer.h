@@ -132,7 +132,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const GgufFile& file);
 // From a Hugging Face tokenizer.json (model.type "BPE"; pre_tokenizer ByteLevel, Digits, Split
 // (Isolated), Metaspace, or a Sequence of them; normalizer Prepend / Replace for SPM-style
 // vocabularies; added_tokens). A tokenizer_config.json next to it, when present, gives the
-// BOS / EOS / PAD / UNK tokens, add_bos_token / add_eos_token and the chat template.
+// BOS / EOS / PAD / UNK tokens, add_bos_token / add_eos_token and the chat template; a
+// chat_template.jinja next to it, when present, the chat template (as transformers reads it).
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string& path);
 
 // Names accepted as tokenizer.ggml.pre, and the regexes each stands for.

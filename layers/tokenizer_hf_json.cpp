@@ -1,5 +1,5 @@
 // load_tokenizer_json(): a TokenizerSpec from a Hugging Face tokenizer.json (and the
-// tokenizer_config.json beside it, when there is one).
+// tokenizer_config.json and chat_template.jinja beside it, when there are).
 //
 // Supported: model.type "BPE" (vocab, merges as "a b" strings or [a, b] pairs, unk_token,
 // byte_fallback, ignore_merges); pre_tokenizer ByteLevel (add_prefix_space false), Digits,
@@ -426,6 +426,18 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string& path) {
         }
       }
     }
+  }
+  // chat_template.jinja beside it (where newer transformers save the template): it wins over
+  // tokenizer_config.json's, as transformers reads them.
+  const std::filesystem::path jinja_path =
+      std::filesystem::path(path).parent_path() / "chat_template.jinja";
+  if (std::filesystem::exists(jinja_path)) {
+    std::ifstream in(jinja_path, std::ios::binary);
+    if (!in)
+      JsonReader{jinja_path.string()}.fail(fmt::format("cannot open {}", jinja_path.string()));
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    spec.chat_template = buffer.str();
   }
   return std::make_unique<Tokenizer>(std::move(spec));
 }

@@ -377,6 +377,14 @@ TEST(Chat, RendersChatMLWithTheTemplatesDefaultSystemMessage) {
                 "messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- "
                 "'<|im_start|>system\\nYou are Qwen.<|im_end|>\\n' }}{%- endif %}"),
             "You are Qwen.");
+  // A literal system message in a branch not taken for conversations without one (here: when
+  // tools are given) is no default.
+  EXPECT_EQ(template_default_system(
+                "{% if messages[0]['role'] == 'system' %}{{ '<|im_start|>system\\n' + "
+                "messages[0]['content'] + '<|im_end|>\\n' }}{% elif tools %}{{ "
+                "'<|im_start|>system\\nYou can call tools.<|im_end|>\\n' }}{% endif %}"),
+            "");
+  EXPECT_EQ(template_default_system("{{ '<|im_start|>system\nAlways.<|im_end|>\n' }}"), "");
   EXPECT_THROW(render_chat_prompt("", {{"user", "Hi"}}), Error);
   // Mistral's v7 layout is not built in.
   EXPECT_THROW(render_chat_prompt("[SYSTEM_PROMPT]{{ s }}[/SYSTEM_PROMPT][INST]{{ m }}[/INST]",

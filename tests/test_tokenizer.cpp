@@ -489,6 +489,9 @@ TEST(TokenizerJson, ConfigBesideItGivesSpecialsAndTemplate) {
   EXPECT_EQ(t->pad_id(), 260);
   EXPECT_FALSE(t->add_bos());
   EXPECT_EQ(t->chat_template(), "{{ messages }}");
+  // chat_template.jinja beside them wins, as transformers reads it.
+  dir.write("chat_template.jinja", "{{ '<|im_start|>' }}\n");
+  EXPECT_EQ(load_tokenizer_json(path)->chat_template(), "{{ '<|im_start|>' }}\n");
 }
 
 void expect_json_error(const json& j, const std::string& needle) {

@@ -177,7 +177,7 @@ def check_inspect():
         messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=False)
     system = rendered.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
     out = loom("inspect", model)
-    if f'chat template: chatml (' not in out or f'default system message "{system}"' not in out:
+    if "chat template: chatml (" not in out or f'default system message "{system}"' not in out:
         fail(f"loom inspect of {model} does not show the chatml format and the default system "
              f"message {system!r}:\n{out}")
     print(f"loom inspect of the SmolLM2 GGUF: chatml, default system message {system!r}")
