@@ -963,6 +963,19 @@ TEST(TrainLoop, DryRunWritesNothing) {
   EXPECT_FALSE(fs::exists(t.dir / "dry"));
   dry.resume = true;
   EXPECT_THROW(t.run("dry", {}, dry), Error);
+  // The preview: a row that goes on with the row before's document (plain text: every token
+  // trained) shows its first token, the row before's last target, inside the brackets too.
+  TrainOptions shown;
+  shown.dry_run = true;
+  testing::internal::CaptureStdout();
+  train_recipe_file(t.recipe.string(), {"output.dir=" + (t.dir / "dry").string()}, shown);
+  const std::string out = testing::internal::GetCapturedStdout();
+  const size_t row2 = out.find("row 2 of");
+  ASSERT_NE(row2, std::string::npos) << out;
+  const size_t header = out.find("--- document from", row2);
+  ASSERT_NE(header, std::string::npos) << out;
+  const size_t text = out.find("---\n", header + 4) + 4;
+  EXPECT_EQ(out.compare(text, std::string("⟦").size(), "⟦"), 0) << out.substr(row2, 400);
 }
 
 // `loom eval --data`'s scoring (evaluate_documents): one document per row (padded), batches of

@@ -302,9 +302,11 @@ std::string data_preview(const TrainData& data, const Tokenizer& tokenizer, int6
         row += fmt::format("{}--- document from '{}' ---\n", j == 0 ? "" : "\n",
                            data.sources[static_cast<size_t>(b.source_ids[at + j])]->name());
       }
-      // Token j is the target of input j - 1 (a row's first token: of the row before).
-      const bool trained = j > 0 && b.targets[at + j - 1] != -100 &&
-                           b.document_ids[at + j] == b.document_ids[at + j - 1];
+      // Token j is the target of input j - 1; a row's first token is the row before's last
+      // target (rows share it), counted there when it continues that row's document.
+      const bool trained = j > 0 ? b.targets[at + j - 1] != -100 &&
+                                       b.document_ids[at + j] == b.document_ids[at + j - 1]
+                                 : r > 0 && b.targets[at - 1] != -100;
       if (trained != run_trained) flush();
       run_trained = trained;
       run.push_back(b.tokens[at + j]);
