@@ -6,7 +6,7 @@
 //
 //   chatml      (SmolLM2, Qwen2, ...)  <|im_start|>{role}\n{content}<|im_end|>\n
 //   llama3      (Llama 3, 3.1, 3.2)
-//   <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
+//               <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
 //               the content with its surrounding whitespace dropped, as Llama 3's template
 //               (`| trim`) does (Python's whitespace: Unicode spaces too, where llama.cpp's
 //               renderer drops ASCII ones only); the tokenizer adds <|begin_of_text|>
