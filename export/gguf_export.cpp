@@ -6,16 +6,19 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <unordered_map>
 
 #include "autograd/check.h"
 #include "autograd/quant/quant.h"
+#include "export/gguf_hf_metadata.h"
 #include "export/gguf_qk_order.h"
 #include "export/gguf_writer.h"
 #include "layers/gguf.h"
 #include "layers/llama.h"
+#include "layers/tokenizer.h"
 #include "lora/lora_model.h"
 #include "lora/merge.h"
 
@@ -223,23 +226,6 @@ DType merged_tensor_type(const std::string& name, const std::vector<int64_t>& sh
 
 namespace {
 
-// Names of model tensors missing from the source or shaped differently there (at most 5).
-std::vector<std::string> mismatches(const std::unordered_map<std::string, ModelTensor>& ours,
-                                    const GgufFile& source) {
-  std::vector<std::string> out;
-  for (const auto& [name, m] : ours) {
-    const GgufTensorInfo* info = source.find_tensor(name);
-    if (!info)
-      out.push_back(fmt::format("{} is not in the file", name));
-    else if (m.tensor->shape() != info->shape)
-      out.push_back(fmt::format("{} is {} in the model, {} in the file", name,
-                                shape_str(m.tensor->shape()), shape_str(info->shape)));
-  }
-  std::sort(out.begin(), out.end());
-  if (out.size() > 5) out.resize(5);
-  return out;
-}
-
 // Adds one model tensor as the merged model stores it: its bytes when they already are what the
 // file needs, else its (merged, reordered) values quantized when the file is written.
 // `tied`: token_embd.weight is the output projection too (the file has no output.weight).
@@ -263,18 +249,47 @@ void add_model_tensor(GgufWriter& w, const LlamaModel& model, const ModelTensor&
   });
 }
 
-}  // namespace
+// What a merged GGUF is written from: a GGUF file of the model, or the model's Hugging Face
+// folder with the file llama.cpp's converter would make of it described here.
+struct MergedSource {
+  std::string path;                     // for errors
+  std::vector<GgufTensorInfo> tensors;  // in file order; name and shape are what is used
+  std::function<void(GgufWriter&)> set_metadata;
+  // Adds a tensor loom does not model (a GGUF's rope_freqs, say) as the source holds it.
+  std::function<void(GgufWriter&, const GgufTensorInfo&)> add_unmodelled;
 
-GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lora,
-                                    const GgufFile& source, const std::string& out_path,
-                                    const MergedGgufOptions& options) {
-  check_allowed(merged_gguf_types(), options.type, "merged model");
-  check_source(model, source);
+  const GgufTensorInfo* find(const std::string& name) const {
+    for (const GgufTensorInfo& t : tensors)
+      if (t.name == name) return &t;
+    return nullptr;
+  }
+};
+
+// Names of model tensors missing from the source or shaped differently there (at most 5).
+std::vector<std::string> mismatches(const std::unordered_map<std::string, ModelTensor>& ours,
+                                    const MergedSource& source) {
+  std::vector<std::string> out;
+  for (const auto& [name, m] : ours) {
+    const GgufTensorInfo* info = source.find(name);
+    if (!info)
+      out.push_back(fmt::format("{} is not in the file", name));
+    else if (m.tensor->shape() != info->shape)
+      out.push_back(fmt::format("{} is {} in the model, {} in the file", name,
+                                shape_str(m.tensor->shape()), shape_str(info->shape)));
+  }
+  std::sort(out.begin(), out.end());
+  if (out.size() > 5) out.resize(5);
+  return out;
+}
+
+GgufExportResult write_merged_gguf(const LlamaModel& model, const LoraModel* lora,
+                                   const MergedSource& source, const std::string& out_path,
+                                   const MergedGgufOptions& options) {
   std::unordered_map<std::string, ModelTensor> ours = model_tensors(model, lora);
   // A tied model whose LM head was adapted gets an output.weight its source does not have,
   // written after token_embd.weight (llama.cpp then stops using the embedding as the output).
   std::optional<ModelTensor> added_head;
-  if (ours.count("output.weight") && source.find_tensor("output.weight") == nullptr) {
+  if (ours.count("output.weight") && source.find("output.weight") == nullptr) {
     added_head = ours.at("output.weight");
     ours.erase("output.weight");
   }
@@ -283,10 +298,10 @@ GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lo
     throw Error(fmt::format(
         "gguf export: the model does not match its source {} ({}); pass the file the base was "
         "loaded from",
-        source.path(), join(bad, "; ")));
+        source.path, join(bad, "; ")));
 
   GgufWriter w;
-  carry_metadata(source, w);
+  source.set_metadata(w);
   w.set_u32("general.file_type", llama_file_type(options.type));
   w.set_u32("general.quantization_version", kGgmlQuantizationVersion);
   if (!options.name.empty()) w.set_string("general.name", options.name);
@@ -294,10 +309,10 @@ GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lo
   GgufExportResult result;
   result.path = out_path;
   Fallbacks fallbacks;
-  for (const GgufTensorInfo& info : source.tensors()) {
+  for (const GgufTensorInfo& info : source.tensors) {
     const auto it = ours.find(info.name);
     if (it == ours.end()) {
-      w.add_tensor(info.name, source.tensor(info));  // loom does not model it: carried as it is
+      source.add_unmodelled(w, info);  // loom does not model it: carried as it is
       continue;
     }
     if (it->second.adapter) ++result.merged_modules;
@@ -323,18 +338,104 @@ GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lo
   return result;
 }
 
+GgufTensorInfo table_entry(std::string name, const Shape& shape) {
+  GgufTensorInfo info;
+  info.name = std::move(name);
+  info.shape = shape;
+  info.ne.assign(shape.rbegin(), shape.rend());
+  return info;
+}
+
+}  // namespace
+
+GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lora,
+                                    const GgufFile& source, const std::string& out_path,
+                                    const MergedGgufOptions& options) {
+  check_allowed(merged_gguf_types(), options.type, "merged model");
+  check_source(model, source);
+  MergedSource s;
+  s.path = source.path();
+  s.tensors = source.tensors();
+  s.set_metadata = [&source](GgufWriter& w) { carry_metadata(source, w); };
+  s.add_unmodelled = [&source](GgufWriter& w, const GgufTensorInfo& info) {
+    w.add_tensor(info.name, source.tensor(info));
+  };
+  return write_merged_gguf(model, lora, s, out_path, options);
+}
+
+namespace {
+
+std::unique_ptr<Tokenizer> hf_tokenizer_for_gguf(const std::string& folder) {
+  const fs::path tokenizer_json = fs::path(folder) / "tokenizer.json";
+  if (!fs::exists(tokenizer_json))
+    throw Error(fmt::format(
+        "gguf export: {} has no tokenizer.json; a GGUF model needs its tokenizer (loom reads "
+        "such a folder's text as bytes, which llama.cpp has no vocabulary type for)",
+        folder));
+  return load_tokenizer_json(tokenizer_json.string());
+}
+
+}  // namespace
+
+void check_merged_gguf_from_hf(const ModelConfig& config, const std::string& folder) {
+  gguf_metadata_from_hf(config, *hf_tokenizer_for_gguf(folder), "", 0);
+}
+
+GgufExportResult export_merged_gguf_from_hf(const LlamaModel& model, const LoraModel* lora,
+                                            const std::string& folder, const std::string& out_path,
+                                            const MergedGgufOptions& options) {
+  check_allowed(merged_gguf_types(), options.type, "merged model");
+  const std::unique_ptr<Tokenizer> tokenizer = hf_tokenizer_for_gguf(folder);
+  const ModelConfig& c = model.config();
+  const std::string name =
+      options.name.empty() ? fs::path(folder).lexically_normal().filename().string() : options.name;
+  const std::vector<float> rope_factors = gguf_rope_freq_factors(c);
+
+  // The tensor table llama.cpp's converter writes for the model, in loom's layer order.
+  MergedSource s;
+  s.path = folder;
+  const std::unordered_map<std::string, ModelTensor> ours = model_tensors(model, lora);
+  auto add = [&](const std::string& tensor) {
+    const auto it = ours.find(tensor);
+    if (it != ours.end()) s.tensors.push_back(table_entry(tensor, it->second.tensor->shape()));
+  };
+  if (!rope_factors.empty())
+    s.tensors.push_back(
+        table_entry("rope_freqs.weight", {static_cast<int64_t>(rope_factors.size())}));
+  add("token_embd.weight");
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    for (const char* t :
+         {"attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
+          "attn_v.weight", "attn_v.bias", "attn_output.weight", "attn_output.bias",
+          "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"})
+      add(fmt::format("blk.{}.{}", l, t));
+  }
+  add("output_norm.weight");
+  if (!c.tie_word_embeddings) add("output.weight");
+  // An adapted LM head of a tied model is added by write_merged_gguf, not listed here.
+  const size_t modelled =
+      ours.size() - (c.tie_word_embeddings && ours.count("output.weight") ? 1 : 0);
+  LOOM_CHECK(s.tensors.size() == modelled + (rope_factors.empty() ? 0 : 1),
+             "gguf export: the tensor table of {} has {} entries for {} model tensors", folder,
+             s.tensors.size(), modelled);
+  int64_t parameters = 0;  // as the converter counts them: every tensor's elements
+  for (const GgufTensorInfo& t : s.tensors) parameters += shape_numel(t.shape);
+  const GgufMetadata metadata = gguf_metadata_from_hf(c, *tokenizer, name, parameters);
+  s.set_metadata = [&metadata](GgufWriter& w) {
+    for (const auto& [key, value] : metadata) w.set(key, value);
+  };
+  s.add_unmodelled = [&rope_factors](GgufWriter& w, const GgufTensorInfo& info) {
+    LOOM_CHECK(info.name == "rope_freqs.weight", "gguf export: no values for {}", info.name);
+    w.add_tensor_values(info.name, info.shape, DType::F32, rope_factors);
+  };
+  return write_merged_gguf(model, lora, s, out_path, options);
+}
+
 GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lora,
                                     const std::string& source_path, const std::string& out_path,
                                     const MergedGgufOptions& options) {
   if (fs::is_directory(source_path))
-    throw Error(fmt::format(
-        "gguf export: merged GGUF export from a Hugging Face folder ({}) is not supported yet: "
-        "loom cannot yet derive llama.cpp's tokenizer.ggml.* metadata (pre-tokenizer name, token "
-        "types) from tokenizer.json reliably. Pass a GGUF file of the same model as the source "
-        "(its "
-        "metadata and tokenizer are used), or export safetensors and convert them with llama.cpp's "
-        "convert_hf_to_gguf.py",
-        source_path));
+    return export_merged_gguf_from_hf(model, lora, source_path, out_path, options);
   const GgufFile source = GgufFile::open(source_path);
   return export_merged_gguf(model, lora, source, out_path, options);
 }

@@ -18,11 +18,14 @@
 // general.quantization_version are set for the new types; split.* and quantize.imatrix.* keys
 // (which describe the source file) are dropped. Q/K rows (and biases) are written in llama.cpp's
 // order: a model loaded from GGUF already holds them so, a model loaded from a Hugging Face
-// folder is permuted on the way out -- such a model can be exported with a GGUF file of the same
-// model as `source`, which gives the metadata and tokenizer. A Hugging Face folder as the source
-// itself is refused for now: its tokenizer.ggml.* metadata (pre-tokenizer name, token types)
-// cannot yet be derived from tokenizer.json reliably, and a half-right tokenizer would run but
-// tokenize wrongly.
+// folder is permuted on the way out. Such a model is exported either with a GGUF file of the same
+// model as `source` (its metadata and tokenizer are carried over), or from its folder itself
+// (export_merged_gguf_from_hf): the metadata is then what llama.cpp's convert_hf_to_gguf.py
+// writes for that folder (export/gguf_hf_metadata.h: hyper-parameters from config.json, a
+// byte-level BPE tokenizer from tokenizer.json with its pre-tokenizer named as llama.cpp names
+// it, Llama 3's rope scaling as a rope_freqs.weight tensor), general.name the folder's name
+// unless given. Folders without tokenizer.json, with a SentencePiece-style one (Llama 2,
+// Mistral) or with a pre-tokenizer llama.cpp has no name for are refused, naming why.
 //
 // LoRA adapter (export_gguf_adapter): the keys llama.cpp's adapter loader reads --
 // general.type "adapter", adapter.type "lora", adapter.lora.alpha (f32), general.architecture
@@ -52,6 +55,7 @@ class GgufFile;
 class GgufWriter;
 class LlamaModel;
 class LoraModel;
+struct ModelConfig;
 
 struct GgufExportResult {
   std::string path;
@@ -88,8 +92,15 @@ DType merged_tensor_type(const std::string& name, const std::vector<int64_t>& sh
 GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lora,
                                     const GgufFile& source, const std::string& out_path,
                                     const MergedGgufOptions& options = {});
-// The same with the path the base was loaded from: a .gguf file, or a Hugging Face folder
-// (refused for now, see above).
+// From the Hugging Face folder the model was loaded from (see above); `lora` as above.
+GgufExportResult export_merged_gguf_from_hf(const LlamaModel& model, const LoraModel* lora,
+                                            const std::string& folder, const std::string& out_path,
+                                            const MergedGgufOptions& options = {});
+// Throws what export_merged_gguf_from_hf would throw about the folder's tokenizer (none, not
+// byte-level BPE, a pre-tokenizer llama.cpp has no name for, more tokens than the model), so
+// that a training run can refuse such an export before it starts.
+void check_merged_gguf_from_hf(const ModelConfig& config, const std::string& folder);
+// The same with the path the base was loaded from: a .gguf file or a Hugging Face folder.
 GgufExportResult export_merged_gguf(const LlamaModel& model, const LoraModel* lora,
                                     const std::string& source_path, const std::string& out_path,
                                     const MergedGgufOptions& options = {});

@@ -118,6 +118,8 @@ class Tokenizer {
   const std::string& pre_name() const;
   const std::string& chat_template() const;
   const std::string& source() const;
+  // Everything the tokenizer was built from (vocabulary, types, merges, pre-tokenizer regexes).
+  const TokenizerSpec& spec() const;
 
   struct Impl;  // tokenizer_internal.h
 

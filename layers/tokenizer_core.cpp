@@ -411,5 +411,8 @@ const std::string& Tokenizer::chat_template() const {
 const std::string& Tokenizer::source() const {
   return impl_->spec.source;
 }
+const TokenizerSpec& Tokenizer::spec() const {
+  return impl_->spec;
+}
 
 }  // namespace loom

@@ -35,4 +35,30 @@ install_once scripts/python-requirements-nodeps.txt --no-deps
 if ! install_once scripts/python-requirements-llamacpp.txt; then
   echo "setup_python: WARNING: llama-cpp-python could not be built; llama.cpp interop tests will be SKIPPED" >&2
 fi
+
+# llama.cpp's own converter, convert_hf_to_gguf.py with the gguf-py of the same llama.cpp: the
+# reference for merged GGUF exports from Hugging Face folders (tests/interop/
+# test_export_gguf_hf.py). Taken from the source archive of the llama-cpp-python pinned above,
+# whose vendor/llama.cpp holds both, into .cache/llama.cpp-convert-VERSION. A failure only skips
+# that test (loudly).
+llamacpp_version=$(sed -n 's/^llama-cpp-python==//p' scripts/python-requirements-llamacpp.txt)
+convert_dir=.cache/llama.cpp-convert-$llamacpp_version
+if [ ! -f "$convert_dir/convert_hf_to_gguf.py" ]; then
+  echo "setup_python: unpacking llama.cpp's convert_hf_to_gguf.py (llama-cpp-python $llamacpp_version source) into $convert_dir"
+  mkdir -p .cache/pip-downloads
+  tmp=$(mktemp -d .cache/llama.cpp-convert.XXXXXX)
+  sdist=.cache/pip-downloads/llama_cpp_python-$llamacpp_version.tar.gz
+  if { [ -f "$sdist" ] || .venv/bin/python3 -m pip download --quiet --disable-pip-version-check \
+         --no-deps --no-binary :all: --no-build-isolation -d .cache/pip-downloads \
+         "llama-cpp-python==$llamacpp_version"; } &&
+     tar -xzf "$sdist" -C "$tmp" --strip-components=3 \
+       "llama_cpp_python-$llamacpp_version/vendor/llama.cpp/convert_hf_to_gguf.py" \
+       "llama_cpp_python-$llamacpp_version/vendor/llama.cpp/gguf-py"; then
+    rm -rf "$convert_dir"
+    mv "$tmp" "$convert_dir"
+  else
+    rm -rf "$tmp"
+    echo "setup_python: WARNING: llama.cpp's convert_hf_to_gguf.py could not be unpacked; the test against it will be SKIPPED" >&2
+  fi
+fi
 echo "setup_python: .venv ready ($(.venv/bin/python3 --version))"

@@ -28,10 +28,12 @@
 #include "export/export_dir.h"
 #include "export/gguf_adapter_read.h"
 #include "export/gguf_export.h"
+#include "export/gguf_hf_metadata.h"
 #include "export/gguf_qk_order.h"
 #include "export/gguf_writer.h"
 #include "layers/gguf.h"
 #include "layers/llama.h"
+#include "layers/tokenizer.h"
 #include "lora/lora_model.h"
 #include "lora/random.h"
 #include "tests/test_helpers.h"
@@ -792,9 +794,9 @@ TEST(GgufMergedExport, RefusesAMismatchedSourceAndHfFolders) {
   }
   try {
     export_merged_gguf(model, nullptr, dir.path().string(), dir / "out.gguf");
-    FAIL() << "exported from a folder";
+    FAIL() << "exported from a folder without tokenizer.json";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("not supported yet"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("has no tokenizer.json"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(dir / "out.gguf"));
   EXPECT_THROW(parse_merged_gguf_type("q4_1"), Error);
@@ -1088,6 +1090,207 @@ TEST(GgufAdapterRead, ConverterLayoutAndClearErrors) {
       error_of(adapter("odd.gguf", "llama", "blk.0.attn_q.weight.lora_c", true)).find("lora_c"),
       std::string::npos);
   EXPECT_NE(error_of(dir / "base.gguf").find("general.type"), std::string::npos);
+}
+
+// ---- merged GGUF from a Hugging Face folder -----------------------------------------------------
+
+namespace {
+
+// GPT-2's byte -> character table (the printable bytes stand for themselves, the others from
+// U+0100 on), the alphabet of byte-level BPE vocabularies.
+std::vector<std::string> gpt2_byte_alphabet() {
+  std::vector<std::string> out(256);
+  int next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    const int cp = printable ? b : next++;
+    std::string utf8;
+    if (cp < 0x80) {
+      utf8 += static_cast<char>(cp);
+    } else {
+      utf8 += static_cast<char>(0xC0 | (cp >> 6));
+      utf8 += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    out[static_cast<size_t>(b)] = utf8;
+  }
+  return out;
+}
+
+// A byte-level tokenizer.json of 256 tokens with `pre_tokenizer`: the byte tokens but 0xFF's,
+// and "Ġt" made by the one merge "Ġ t".
+void write_byte_tokenizer_json(const fs::path& path, const std::string& pre_tokenizer,
+                               bool ignore_merges = false) {
+  std::vector<std::string> alphabet = gpt2_byte_alphabet();
+  alphabet.back() = alphabet[' '] + "t";
+  std::string vocab;
+  for (size_t id = 0; id < alphabet.size(); ++id) {
+    std::string escaped;
+    for (const char c : alphabet[id]) {
+      if (c == '"' || c == '\\') escaped += '\\';
+      escaped += c;
+    }
+    vocab += fmt::format("{}\"{}\": {}", id ? ", " : "", escaped, id);
+  }
+  std::ofstream(path) << fmt::format(
+      R"({{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {},
+"post_processor": null, "decoder": {{"type": "ByteLevel"}},
+"model": {{"type": "BPE", "ignore_merges": {}, "vocab": {{{}}}, "merges": ["{} t"]}}}})",
+      pre_tokenizer, ignore_merges ? "true" : "false", vocab, alphabet[' ']);
+}
+
+constexpr const char* kByteLevelPre =
+    R"({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})";
+
+// A copy of a golden Hugging Face folder with a byte-level tokenizer.json beside it.
+fs::path golden_folder_with_tokenizer(const TempDir& dir, const std::string& golden) {
+  const fs::path folder = dir / golden;
+  fs::create_directories(folder);
+  for (const auto& e : fs::directory_iterator(test::source_dir() / "tests" / "golden" / golden))
+    fs::copy_file(e.path(), folder / e.path().filename());
+  write_byte_tokenizer_json(folder / "tokenizer.json", kByteLevelPre);
+  return folder;
+}
+
+}  // namespace
+
+// Each architecture's Hugging Face folder (llama; Llama 3 rope scaling -> rope_freqs.weight; tied
+// embeddings with attention biases; qwen2 with q/k/v biases; mistral with its own head dim),
+// exported merged with an adapter on every projection, loads back through loom's GGUF loader as
+// the model it was exported from: same logits. (The GGUF loader is held to llama.cpp by the
+// LlamaCpp tests; interop.test_export_gguf_hf holds the whole file to llama.cpp's converter.)
+TEST(GgufMergedExport, FromHfFoldersLoadsBackAsTheSameModel) {
+  for (const std::string golden :
+       {"hf_llama", "hf_llama3", "hf_llama_tied", "hf_qwen2", "hf_mistral"}) {
+    SCOPED_TRACE(golden);
+    TempDir dir;
+    const fs::path folder = golden_folder_with_tokenizer(dir, golden);
+    LlamaModel hf_model = LlamaModel::from_hf(folder.string());
+    LoraModel lora(hf_model, all_linear(4, 8.0));
+    randomize_adapters(lora, 71);
+    lora.set_training(false);
+    MergedGgufOptions o;
+    o.type = DType::F32;
+    const GgufExportResult r =
+        export_merged_gguf(hf_model, &lora, folder.string(), dir / "merged.gguf", o);
+    EXPECT_EQ(r.merged_modules, static_cast<int64_t>(lora.modules().size()));
+    const GgufFile file = GgufFile::open(dir / "merged.gguf");
+    EXPECT_EQ(file.get_string("general.name"), golden);
+    EXPECT_EQ(file.get_string("tokenizer.ggml.pre"), "gpt2");
+    EXPECT_EQ(file.get_string_array("tokenizer.ggml.tokens").size(), 256u);
+    EXPECT_EQ(file.find_tensor("rope_freqs.weight") != nullptr, golden == "hf_llama3");
+    EXPECT_EQ(file.find_tensor("output.weight") == nullptr, golden == "hf_llama_tied");
+    const LlamaModel reread = LlamaModel::from_gguf(file);
+    EXPECT_EQ(reread.config().architecture, golden == "hf_qwen2" ? "qwen2" : "llama");
+    EXPECT_LT(max_abs_diff(logits_of(reread), logits_of(hf_model)), 2e-4f);
+  }
+}
+
+// Llama 3 scaling's rope_freqs are the divisors that turn each unscaled frequency into the
+// scaled one loom computes from config.json.
+TEST(GgufMergedExport, RopeFreqFactorsGiveTheScaledFrequencies) {
+  ModelConfig c;
+  c.head_dim = 128;
+  c.rope.theta = 500000.0f;
+  EXPECT_TRUE(gguf_rope_freq_factors(c).empty());
+  c.rope.llama3_scaling = Llama3RopeScaling{};  // Llama 3.1: 8, 1, 4, 8192
+  const std::vector<float> factors = gguf_rope_freq_factors(c);
+  const std::vector<float> scaled = rope_inv_freq(c.rope, c.head_dim);
+  RopeConfig plain = c.rope;
+  plain.llama3_scaling.reset();
+  const std::vector<float> unscaled = rope_inv_freq(plain, c.head_dim);
+  ASSERT_EQ(factors.size(), 64u);
+  int interpolated = 0, kept = 0;
+  for (size_t i = 0; i < factors.size(); ++i) {
+    EXPECT_NEAR(unscaled[i] / factors[i], scaled[i], 1e-6 * scaled[i]) << i;
+    interpolated += factors[i] == 8.0f;
+    kept += factors[i] == 1.0f;
+  }
+  EXPECT_GT(interpolated, 0);  // all three bands occur
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(interpolated + kept, 64);
+}
+
+// general.size_label: the values are what gguf-py's size_label() gives for these counts.
+TEST(GgufMergedExport, SizeLabelIsTheConvertersOwn) {
+  EXPECT_EQ(gguf_size_label(134515008), "135M");
+  EXPECT_EQ(gguf_size_label(1543714304), "1.5B");
+  EXPECT_EQ(gguf_size_label(8030261248), "8.0B");
+  EXPECT_EQ(gguf_size_label(70553706496), "71B");
+  EXPECT_EQ(gguf_size_label(360000), "360K");
+  EXPECT_EQ(gguf_size_label(12345), "12K");
+  EXPECT_EQ(gguf_size_label(999), "1.0K");
+}
+
+// The pre-tokenizer name comes from the tokenizer.json's regexes (Hugging Face's spellings of
+// them), and anything llama.cpp has no name for is refused naming the regexes.
+TEST(GgufMergedExport, PreTokenizerNamesFromTokenizerJson) {
+  TempDir dir;
+  const auto name_of = [&](const std::string& pre, bool ignore_merges = false) {
+    write_byte_tokenizer_json(dir / "tokenizer.json", pre, ignore_merges);
+    return gguf_pre_tokenizer_name(*load_tokenizer_json(dir / "tokenizer.json"));
+  };
+  EXPECT_EQ(name_of(kByteLevelPre), "gpt2");
+  EXPECT_EQ(name_of(fmt::format(R"({{"type": "Sequence", "pretokenizers": [{{"type": "Digits",
+      "individual_digits": true}}, {}]}})",
+                                kByteLevelPre)),
+            "smollm");
+  // Llama 3's and Qwen 2's tokenizer.json, as they ship.
+  const std::string llama3_regex =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+)";
+  const auto split_then_bytes = [](const std::string& regex) {
+    return fmt::format(
+        R"({{"type": "Sequence", "pretokenizers": [{{"type": "Split", "pattern": {{"Regex":
+        "{}"}}, "behavior": "Isolated", "invert": false}}, {{"type": "ByteLevel",
+        "add_prefix_space": false, "trim_offsets": true, "use_regex": false}}]}})",
+        regex);
+  };
+  EXPECT_EQ(name_of(split_then_bytes(llama3_regex), /*ignore_merges=*/true), "llama-bpe");
+  EXPECT_EQ(name_of(split_then_bytes(llama3_regex), /*ignore_merges=*/false), "dbrx");
+  std::string qwen2_regex = llama3_regex;
+  qwen2_regex.replace(qwen2_regex.find(R"(\\p{N}{1,3})"), 11, R"(\\p{N})");
+  EXPECT_EQ(name_of(split_then_bytes(qwen2_regex)), "qwen2");
+  try {
+    name_of(split_then_bytes(R"(\\p{N}{1,2}| ?\\p{L}+)"));
+    FAIL() << "named an unknown pre-tokenizer";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(R"(\p{N}{1,2}| ?\p{L}+)"), std::string::npos) << e.what();
+  }
+  // SentencePiece-style tokenizer.json: no scores for a GGUF "llama" vocabulary.
+  try {
+    gguf_pre_tokenizer_name(*load_tokenizer_json(
+        (test::source_dir() / "tests" / "golden" / "tiny_spm.tokenizer.json").string()));
+    FAIL() << "named a SentencePiece tokenizer";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("SentencePiece"), std::string::npos) << e.what();
+  }
+}
+
+// A folder whose tokenizer has more tokens than the model's vocabulary is refused; one with
+// fewer gets llama.cpp's converter's "[PAD<id>]" unused tokens up to it.
+TEST(GgufMergedExport, FromHfFolderPadsOrRefusesTheVocabulary) {
+  TempDir dir;
+  const fs::path folder = golden_folder_with_tokenizer(dir, "hf_llama");
+  const LlamaModel model = LlamaModel::from_hf(folder.string());
+  const std::unique_ptr<Tokenizer> t = load_tokenizer_json((folder / "tokenizer.json").string());
+  ModelConfig bigger = model.config();
+  bigger.vocab_size = 260;
+  const GgufMetadata m = gguf_metadata_from_hf(bigger, *t, "x", 0);
+  for (const auto& [key, value] : m) {
+    if (key == "tokenizer.ggml.tokens") {
+      const std::vector<std::string> tokens = value.as_string_array(key);
+      ASSERT_EQ(tokens.size(), 260u);
+      EXPECT_EQ(tokens[259], "[PAD259]");
+    }
+    if (key == "tokenizer.ggml.token_type") {
+      const std::vector<int64_t> types = value.as_int_array(key);
+      ASSERT_EQ(types.size(), 260u);
+      EXPECT_EQ(types[255], 1);  // normal
+      EXPECT_EQ(types[256], 5);  // unused
+    }
+  }
+  ModelConfig smaller = model.config();
+  smaller.vocab_size = 200;
+  EXPECT_THROW(gguf_metadata_from_hf(smaller, *t, "x", 0), Error);
 }
 
 }  // namespace

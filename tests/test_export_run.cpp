@@ -361,5 +361,27 @@ TEST(ExportRun, CtrlCDuringTheFinalEvaluationFinishesTheRunAndSkipsTheExports) {
   EXPECT_EQ(std::signal(SIGINT, SIG_DFL), SIG_DFL) << "the guard did not restore the handler";
 }
 
+// A merged GGUF a Hugging Face base cannot be written as (this folder has no tokenizer.json) is
+// refused before training starts, naming the format and why; nothing is written.
+TEST(ExportRun, MergedGgufOfAnHfBaseWithoutTokenizerIsRefusedBeforeTraining) {
+  TempDir t;
+  write_corpus(t.path() / "a.txt", 300, 3);
+  std::string recipe = recipe_text(t.path());
+  const std::string formats = "[peft, gguf-adapter, merged-safetensors-f32]";
+  recipe.replace(recipe.find(formats), formats.size(), "[peft, merged-gguf-q8_0]");
+  std::ofstream(t.path() / "r.yaml") << recipe;
+  TrainOptions o;
+  o.quiet = true;
+  try {
+    train_recipe_file((t.path() / "r.yaml").string(), {}, o);
+    FAIL() << "trained a run whose export cannot be written";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("output.export lists merged-gguf-q8_0"), std::string::npos) << what;
+    EXPECT_NE(what.find("has no tokenizer.json"), std::string::npos) << what;
+  }
+  EXPECT_FALSE(fs::exists(t.path() / "run"));
+}
+
 }  // namespace
 }  // namespace loom

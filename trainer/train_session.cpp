@@ -505,6 +505,19 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
             fmt::format("output.export lists {}, which cannot hold this run's adapter (drop it, "
                         "e.g. output.export=[merged-gguf-q8_0,peft]): {}",
                         f, gguf_tied_head_adapter_reason()));
+  if (std::filesystem::is_directory(plan.model_path))
+    for (const std::string& f : plan.export_formats) {
+      if (f.rfind("merged-gguf", 0) != 0) continue;
+      try {
+        check_merged_gguf_from_hf(mc, plan.model_path);
+      } catch (const Error& e) {
+        throw Error(fmt::format(
+            "output.export lists {}, which this run's Hugging Face base cannot be written as "
+            "(drop it, e.g. output.export=[merged-safetensors,peft]): {}",
+            f, e.what()));
+      }
+      break;
+    }
   const int64_t tokens_per_step = plan.batch_size * plan.seq_len * plan.grad_accum;
 
   out.print("loom train {}\n", plan.recipe_source);
