@@ -387,8 +387,9 @@ GgufExportResult export_merged_gguf_from_hf(const LlamaModel& model, const LoraM
   check_allowed(merged_gguf_types(), options.type, "merged model");
   const std::unique_ptr<Tokenizer> tokenizer = hf_tokenizer_for_gguf(folder);
   const ModelConfig& c = model.config();
-  const std::string name =
-      options.name.empty() ? fs::path(folder).lexically_normal().filename().string() : options.name;
+  fs::path folder_path = fs::path(folder).lexically_normal();
+  if (folder_path.filename().empty()) folder_path = folder_path.parent_path();  // "dir/"
+  const std::string name = options.name.empty() ? folder_path.filename().string() : options.name;
   const std::vector<float> rope_factors = gguf_rope_freq_factors(c);
 
   // The tensor table llama.cpp's converter writes for the model, in loom's layer order.

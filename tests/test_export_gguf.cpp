@@ -1171,7 +1171,7 @@ TEST(GgufMergedExport, FromHfFoldersLoadsBackAsTheSameModel) {
     MergedGgufOptions o;
     o.type = DType::F32;
     const GgufExportResult r =
-        export_merged_gguf(hf_model, &lora, folder.string(), dir / "merged.gguf", o);
+        export_merged_gguf(hf_model, &lora, folder.string() + "/", dir / "merged.gguf", o);
     EXPECT_EQ(r.merged_modules, static_cast<int64_t>(lora.modules().size()));
     const GgufFile file = GgufFile::open(dir / "merged.gguf");
     EXPECT_EQ(file.get_string("general.name"), golden);
