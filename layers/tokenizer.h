@@ -70,6 +70,7 @@ struct TokenizerSpec {
   std::string pre_name = "default";
   std::vector<std::string> pre_regexes;
   bool ignore_merges = false;    // a pre-tokenized piece that is a whole token is kept whole
+  bool normalize_nfc = false;    // text between special tokens is put in Unicode NFC first
   bool add_space_prefix = true;  // SPM: "▁" in front of each text fragment
   bool byte_fallback = true;     // SPM: unknown characters become <0xXX> tokens (else unk)
   int32_t bos_id = -1, eos_id = -1, pad_id = -1, unk_id = -1;  // -1: none
@@ -132,9 +133,9 @@ class Tokenizer {
 std::unique_ptr<Tokenizer> load_tokenizer(const GgufFile& file);
 
 // From a Hugging Face tokenizer.json (model.type "BPE"; pre_tokenizer ByteLevel, Digits, Split
-// (Isolated), Metaspace, or a Sequence of them; normalizer Prepend / Replace for SPM-style
-// vocabularies; added_tokens). A tokenizer_config.json next to it, when present, gives the
-// BOS / EOS / PAD / UNK tokens, add_bos_token / add_eos_token and the chat template; a
+// (Isolated), Metaspace, or a Sequence of them; normalizer NFC (Qwen2), Prepend / Replace for
+// SPM-style vocabularies; added_tokens). A tokenizer_config.json next to it, when present, gives
+// the BOS / EOS / PAD / UNK tokens, add_bos_token / add_eos_token and the chat template; a
 // chat_template.jinja next to it, when present, the chat template (as transformers reads it).
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string& path);
 

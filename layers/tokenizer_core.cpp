@@ -8,6 +8,7 @@
 #include "autograd/check.h"
 #include "layers/tokenizer.h"
 #include "layers/tokenizer_internal.h"
+#include "layers/unicode_nfc.h"
 
 namespace loom {
 
@@ -244,6 +245,11 @@ void Tokenizer::Impl::build_specials() {
 }
 
 void Tokenizer::Impl::encode_fragment(std::string_view text, std::vector<int32_t>& out) const {
+  std::string normalized;  // as the tokenizer.json normalizer has it (after special tokens)
+  if (spec.normalize_nfc && !nfc_trivially_stable(text)) {
+    normalized = nfc(text);
+    text = normalized;
+  }
   if (spec.kind == TokenizerKind::ByteLevelBpe) {
     encode_byte_level(text, out);
   } else {

@@ -4,7 +4,8 @@
 // Supported: model.type "BPE" (vocab, merges as "a b" strings or [a, b] pairs, unk_token,
 // byte_fallback, ignore_merges); pre_tokenizer ByteLevel (add_prefix_space false), Digits,
 // Split (Regex or String pattern, behavior Isolated, not inverted), Metaspace (split false), or
-// a Sequence of them; normalizer Prepend("▁") / Replace(" " -> "▁") or a Sequence of them;
+// a Sequence of them; normalizer NFC (Qwen2's; layers/unicode_nfc.h), Prepend("▁") /
+// Replace(" " -> "▁") or a Sequence of them;
 // added_tokens (special -> control, else user-defined; lstrip / rstrip); a TemplateProcessing
 // post-processor that puts a special token first / last (add_bos / add_eos). Anything else is
 // an error naming the field and listing what is supported: a tokenizer that quietly differs
@@ -77,6 +78,7 @@ struct Pipeline {
   bool byte_level = false;
   bool space_marker = false;  // spaces become "▁" (Metaspace, or the normalizer)
   bool space_prefix = false;  // "▁" in front of the text
+  bool nfc = false;           // Unicode NFC first
   std::vector<std::string> regexes;
   std::vector<std::string> steps;  // for pre_name: "Digits(individual)", "ByteLevel", ...
 };
@@ -175,6 +177,9 @@ void read_normalizer(const JsonReader& r, const json& n, const std::string& wher
     for (size_t i = 0; i < list.size(); ++i) {
       read_normalizer(r, list[i], fmt::format("{}.normalizers[{}]", where, i), p);
     }
+  } else if (type == "NFC") {
+    p.nfc = true;
+    p.steps.emplace_back("NFC");
   } else if (type == "Prepend" &&
              r.string_of(r.member(n, "prepend", where), where + ".prepend") == kSpaceMarker) {
     p.space_prefix = true;
@@ -184,7 +189,7 @@ void read_normalizer(const JsonReader& r, const json& n, const std::string& wher
     p.space_marker = true;
   } else {
     r.fail(
-        fmt::format("{}: normalizer '{}' is not supported; supported: Prepend(\"▁\"), "
+        fmt::format("{}: normalizer '{}' is not supported; supported: NFC, Prepend(\"▁\"), "
                     "Replace(\" \" -> \"▁\"), Sequence of those, or null",
                     where, type));
   }
@@ -356,6 +361,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string& path) {
   if (root.contains("pre_tokenizer")) {
     read_pre_tokenizer(r, root.at("pre_tokenizer"), "pre_tokenizer", p);
   }
+  spec.normalize_nfc = p.nfc;
   if (p.byte_level && p.space_marker) {
     r.fail("the pipeline has both ByteLevel and a \"▁\" space marker; expected one of them");
   }

@@ -22,6 +22,12 @@ Writes into --out (default tests/golden), from tests/golden/tokenizer_text.txt:
                         Llama-3-style Split regex + ByteLevel(use_regex=False), special tokens,
                         a non-special added token, a TemplateProcessing post-processor.
   tiny_bpe_tokens.json  `tokenizers`' ids for the text and the cases.
+  tiny_bpe_nfc.tokenizer.json  the same with an NFC normalizer (as Qwen2's tokenizer.json has),
+                        saved by `tokenizers`.
+  tiny_bpe_nfc_tokens.json  `tokenizers`' ids for the text in NFD (decomposed: the normalizer
+                        puts it back together), for the cases and for cases of combining marks,
+                        Hangul jamo and composition exclusions; with each case's NFC form as
+                        `tokenizers`' normalizer gives it.
 
 --with-json also writes smollm2.tokenizer.json (the reference tokenizer itself, ~2 MB, not
 committed) so that loom's tokenizer.json loader can be checked on it.
@@ -35,6 +41,7 @@ import json
 import os
 import shutil
 import sys
+import unicodedata
 
 SOURCE_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 GOLDEN_DIR = os.path.join(SOURCE_DIR, "tests", "golden")
@@ -348,6 +355,43 @@ def make_tiny_bpe(out, text, retrain):
     print(f"tiny_bpe: {tok.get_vocab_size()} tokens, {len(obj['parse_special'])} ids")
 
 
+# Where NFC has work to do: decomposed letters, marks out of canonical order, singletons and
+# composition exclusions, Hangul jamo, marks next to special tokens.
+NFC_CASES = [
+    "cafe\u0301", "caf\u00e9", "Ha\u0308ndel", "A\u030a", "\u212b", "\u2126", "\u0958",
+    "a\u0301\u0323", "a\u0323\u0301", "\u1e0b\u0323", "q\u0307\u0323", "x\u0338", "\u2260",
+    "\u00c5\u0301", "\u0301", " \u0301x", "\u1100\u1161\u11a8", "\ud55c\uad6d\uc5b4",
+    "\u1112\u1161\u11ab\u1100\u116e\u11a8", "Vie\u0323\u0302t Nam", "e\u0301<|im_start|>\u0301",
+    "<|im_end|>\u0301 e\u0301", "SmolLM\u0301", "\u0915\u093c", "\u0b47\u0b3e", "Zoe\u0308 1\u20e3",
+]
+
+
+def make_tiny_bpe_nfc(out):
+    import tokenizers
+    from tokenizers import Tokenizer, normalizers
+    tok = Tokenizer.from_file(os.path.join(out, "tiny_bpe.tokenizer.json"))
+    tok.normalizer = normalizers.NFC()
+    tok.save(os.path.join(out, "tiny_bpe_nfc.tokenizer.json"))
+    text = read_text()
+    nfd = unicodedata.normalize("NFD", text)
+    parsed, plain = encode_both(tok, nfd)
+    assert tok.decode(parsed, skip_special_tokens=False) == unicodedata.normalize("NFC", text)
+    cases = []
+    for c in CASES + NFC_CASES:
+        p, q = encode_both(tok, c)
+        cases.append({"text": c, "normalized": tok.normalizer.normalize_str(c),
+                      "parse_special": p, "plain": q,
+                      "add_special": tok.encode(c, add_special_tokens=True).ids})
+    obj = {"reference": f"tokenizers=={tokenizers.__version__} (Hugging Face, Rust)",
+           "model": "tests/golden/tiny_bpe_nfc.tokenizer.json (tiny_bpe with an NFC normalizer)",
+           **text_meta(text), "input": "the text in NFD (Python's unicodedata)", "nfd_text": nfd,
+           "parse_special": parsed, "plain": plain, "cases": cases}
+    write_json(os.path.join(out, "tiny_bpe_nfc_tokens.json"), obj)
+    changed = sum(c["normalized"] != c["text"] for c in cases)
+    print(f"tiny_bpe_nfc: {len(parsed)} ids for the NFD text ({len(nfd) - len(text)} more code "
+          f"points than the text); {changed} of {len(cases)} cases changed by the normalizer")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=GOLDEN_DIR)
@@ -366,6 +410,7 @@ def main():
     make_smollm2(args.out, text, args.with_json)
     make_spm(args.out, text, args.retrain)
     make_tiny_bpe(args.out, text, args.retrain)
+    make_tiny_bpe_nfc(args.out)
     return 0
 
 

@@ -22,6 +22,7 @@
 #include "layers/gguf.h"
 #include "layers/tokenizer.h"
 #include "layers/tokenizer_internal.h"
+#include "layers/unicode_nfc.h"
 
 namespace loom {
 namespace {
@@ -757,6 +758,41 @@ TEST(Golden, TokenizerJsonMatchesHuggingFaceTokenizers) {
   expect_same_pieces({file["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]},
                      golden["cases"], "tiny_bpe Split regex");
   std::cout << "[ golden   ] tiny tokenizer.json: " << parsed.size() << " ids equal to "
+            << golden["reference"].get<std::string>() << "\n";
+}
+
+// The NFC normalizer of Qwen2's tokenizer.json: tiny_bpe with it, saved by `tokenizers`, on the
+// golden text in NFD (the normalizer has to put it back together) and on cases of combining
+// marks, Hangul jamo and composition exclusions, next to special tokens too.
+TEST(Golden, NfcTokenizerJsonMatchesHuggingFaceTokenizers) {
+  const json golden = read_json(golden_dir() / "tiny_bpe_nfc_tokens.json");
+  auto t = load_tokenizer_json((golden_dir() / "tiny_bpe_nfc.tokenizer.json").string());
+  EXPECT_EQ(t->pre_name(), "tokenizer.json: NFC, Split, ByteLevel");
+  EXPECT_TRUE(t->spec().normalize_nfc);
+  const std::string nfd = golden["nfd_text"];
+  ASSERT_NE(nfd, golden_text());
+  const Ids parsed = t->encode(nfd, false, true);
+  expect_same_ids(*t, ids_of(golden["parse_special"]), parsed, "NFD text, specials parsed");
+  expect_same_ids(*t, ids_of(golden["plain"]), t->encode(nfd, false, false), "NFD text, plain");
+  EXPECT_EQ(t->decode(parsed), nfc(golden_text()));
+  size_t changed = 0;
+  for (const json& c : golden["cases"]) {
+    const std::string s = c["text"];
+    EXPECT_EQ(nfc(s), c["normalized"].get<std::string>()) << json(s).dump();
+    changed += c["normalized"].get<std::string>() != s;
+    expect_same_ids(*t, ids_of(c["parse_special"]), t->encode(s, false, true),
+                    "case " + json(s).dump() + ", specials parsed");
+    expect_same_ids(*t, ids_of(c["plain"]), t->encode(s, false, false),
+                    "case " + json(s).dump() + ", plain");
+    expect_same_ids(*t, ids_of(c["add_special"]), t->encode(s, true, true),
+                    "case " + json(s).dump() + ", add_special");
+  }
+  EXPECT_GE(changed, 15u);
+  // Without the normalizer the NFD text tokenizes differently: the test can tell.
+  auto plain_tok = load_tokenizer_json((golden_dir() / "tiny_bpe.tokenizer.json").string());
+  EXPECT_NE(plain_tok->encode(nfd, false, true), parsed);
+  std::cout << "[ golden   ] NFC tokenizer.json: " << parsed.size() << " ids of the NFD text, "
+            << golden["cases"].size() << " cases (" << changed << " changed by NFC) equal to "
             << golden["reference"].get<std::string>() << "\n";
 }
 

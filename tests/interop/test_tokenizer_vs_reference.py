@@ -37,6 +37,7 @@ GOLDENS = {  # file -> id lists compared
     "tiny_spm_tokens.json": ["ids"],
     "tiny_spm_hf_tokens.json": ["parse_special", "plain"],
     "tiny_bpe_tokens.json": ["parse_special", "plain"],
+    "tiny_bpe_nfc_tokens.json": ["parse_special", "plain"],
 }
 
 
