@@ -5,7 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <numbers>
+#include <optional>
 
 #include "autograd/check.h"
 #include "export/gguf_qk_order.h"
@@ -45,6 +49,51 @@ GgufValue int32_array(const std::vector<int32_t>& items) {
   a.items.reserve(items.size());
   for (int32_t v : items) a.items.emplace_back(GgufValue(v));
   return GgufValue(std::move(a));
+}
+
+// What llama.cpp's converter reads straight from the folder's JSON files, beside what loom's
+// config and tokenizer hold: which keys it writes depends on them.
+struct ConverterReads {
+  bool head_dim = false;  // config.json names head_dim: attention.key_length / value_length
+  // config.json's <bos|eos|unk|pad>_token_id: the ids the tokenizer files do not give.
+  std::optional<int64_t> bos_id, eos_id, unk_id, pad_id;
+  // tokenizer_config.json's add_bos_token / add_eos_token, when they are booleans.
+  std::optional<bool> add_bos, add_eos;
+};
+
+nlohmann::json read_json_if_there(const std::filesystem::path& path) {
+  if (path.empty() || !std::filesystem::is_regular_file(path)) return nlohmann::json::object();
+  std::ifstream in(path, std::ios::binary);
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object())
+    throw Error(fmt::format("gguf export: {} is not a JSON object", path.string()));
+  return j;
+}
+
+ConverterReads converter_reads(const ModelConfig& c, const TokenizerSpec& spec) {
+  ConverterReads r;
+  std::filesystem::path config_path(c.source);  // config.json, or the folder holding it
+  if (std::filesystem::is_directory(config_path)) config_path /= "config.json";
+  const nlohmann::json config = read_json_if_there(config_path);
+  r.head_dim = config.contains("head_dim") && !config.at("head_dim").is_null();
+  const auto id = [&config](const char* key) -> std::optional<int64_t> {
+    if (config.contains(key) && config.at(key).is_number_integer())
+      return config.at(key).get<int64_t>();
+    return std::nullopt;
+  };
+  r.bos_id = id("bos_token_id");
+  r.eos_id = id("eos_token_id");
+  r.unk_id = id("unk_token_id");
+  r.pad_id = id("pad_token_id");
+  const nlohmann::json tc = read_json_if_there(std::filesystem::path(spec.source).parent_path() /
+                                               "tokenizer_config.json");
+  const auto flag = [&tc](const char* key) -> std::optional<bool> {
+    if (tc.contains(key) && tc.at(key).is_boolean()) return tc.at(key).get<bool>();
+    return std::nullopt;
+  };
+  r.add_bos = flag("add_bos_token");
+  r.add_eos = flag("add_eos_token");
+  return r;
 }
 
 }  // namespace
@@ -152,11 +201,15 @@ GgufMetadata gguf_metadata_from_hf(const ModelConfig& c, const Tokenizer& tokeni
   set(p + "attention.head_count_kv", u32(c.n_kv_heads));
   set(p + "rope.freq_base", GgufValue(c.rope.theta));
   set(p + "attention.layer_norm_rms_epsilon", GgufValue(c.rms_norm_eps));
-  set(p + "attention.key_length", u32(c.head_dim));
-  set(p + "attention.value_length", u32(c.head_dim));
-  set(p + "vocab_size", u32(c.vocab_size));
-  if (arch == "llama")
+  const ConverterReads reads = converter_reads(c, spec);
+  if (reads.head_dim) {
+    set(p + "attention.key_length", u32(c.head_dim));
+    set(p + "attention.value_length", u32(c.head_dim));
+  }
+  if (arch == "llama") {  // the converter's LlamaModel writes these; its Qwen2Model does not
+    set(p + "vocab_size", u32(c.vocab_size));
     set(p + "rope.dimension_count", u32(c.rope.rotary_dim == 0 ? c.head_dim : c.rope.rotary_dim));
+  }
   if (c.rope_linear_factor != 1.0f) {
     set(p + "rope.scaling.type", GgufValue(std::string("linear")));
     set(p + "rope.scaling.factor", GgufValue(c.rope_linear_factor));
@@ -191,12 +244,23 @@ GgufMetadata gguf_metadata_from_hf(const ModelConfig& c, const Tokenizer& tokeni
   set("tokenizer.ggml.tokens", string_array(std::move(tokens)));
   set("tokenizer.ggml.token_type", int32_array(types));
   set("tokenizer.ggml.merges", string_array(std::move(merges)));
-  if (spec.bos_id >= 0) set("tokenizer.ggml.bos_token_id", u32(spec.bos_id));
-  if (spec.eos_id >= 0) set("tokenizer.ggml.eos_token_id", u32(spec.eos_id));
-  if (spec.unk_id >= 0) set("tokenizer.ggml.unknown_token_id", u32(spec.unk_id));
-  if (spec.pad_id >= 0) set("tokenizer.ggml.padding_token_id", u32(spec.pad_id));
-  set("tokenizer.ggml.add_bos_token", GgufValue(spec.add_bos));
-  set("tokenizer.ggml.add_eos_token", GgufValue(spec.add_eos));
+  // Special ids: the tokenizer's, else config.json's (in range), as the converter takes them.
+  const auto special = [&](const char* key, int32_t ours, std::optional<int64_t> config_id) {
+    if (ours >= 0) {
+      set(key, u32(ours));
+    } else if (config_id && *config_id >= 0 && *config_id < n_tokens) {
+      set(key, u32(*config_id));
+    }
+  };
+  special("tokenizer.ggml.bos_token_id", spec.bos_id, reads.bos_id);
+  special("tokenizer.ggml.eos_token_id", spec.eos_id, reads.eos_id);
+  special("tokenizer.ggml.unknown_token_id", spec.unk_id, reads.unk_id);
+  special("tokenizer.ggml.padding_token_id", spec.pad_id, reads.pad_id);
+  // add_bos / add_eos: written where tokenizer_config.json says (as the converter), and where
+  // the tokenizer adds the token anyway (a TemplateProcessing post-processor, Llama 3): left
+  // out, llama.cpp would fall back on its default for the pre-tokenizer.
+  if (reads.add_bos || spec.add_bos) set("tokenizer.ggml.add_bos_token", GgufValue(spec.add_bos));
+  if (reads.add_eos || spec.add_eos) set("tokenizer.ggml.add_eos_token", GgufValue(spec.add_eos));
   if (!spec.chat_template.empty()) set("tokenizer.chat_template", GgufValue(spec.chat_template));
   return m;
 }

