@@ -1083,8 +1083,13 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
     const SourceEval* b = nullptr;
     for (const SourceEval& x : result.eval_before)
       if (x.name == e.name) b = &x;
-    out.print("eval {}: perplexity {:.3f} -> {:.3f} (loss {:.4f} -> {:.4f})\n", e.name,
-              b ? b->perplexity : std::nan(""), e.perplexity, b ? b->loss : std::nan(""), e.loss);
+    if (b != nullptr) {
+      out.print("eval {}: perplexity {:.3f} -> {:.3f} (loss {:.4f} -> {:.4f})\n", e.name,
+                b->perplexity, e.perplexity, b->loss, e.loss);
+    } else {  // eval.at_start: false, or a resumed run
+      out.print("eval {}: perplexity {:.3f} (loss {:.4f}; not evaluated at the start)\n", e.name,
+                e.perplexity, e.loss);
+    }
   }
   if (result.stopped) out.print("STOPPED: {}\n", result.stop_reason);
   if (!result.data_ended.empty()) out.print("data:          {}\n", result.data_ended);
