@@ -612,6 +612,21 @@ Ids ids_of(const json& j) {
   return j.get<Ids>();
 }
 
+// Each case's ids with specials parsed, as plain text, and with BOS / EOS added (where the
+// golden has them).
+void expect_same_case_ids(const Tokenizer& t, const json& cases, const std::string& what) {
+  for (const json& c : cases) {
+    const std::string s = c["text"];
+    const std::string name = what + " " + json(s).dump();
+    expect_same_ids(t, ids_of(c["parse_special"]), t.encode(s, false, true),
+                    name + ", specials parsed");
+    expect_same_ids(t, ids_of(c["plain"]), t.encode(s, false, false), name + ", plain");
+    if (c.contains("add_special")) {
+      expect_same_ids(t, ids_of(c["add_special"]), t.encode(s, true, true), name + ", add_special");
+    }
+  }
+}
+
 // The pre-tokenizer alone against the reference's pieces for each case.
 void expect_same_pieces(const std::vector<std::string>& regexes, const json& cases,
                         const std::string& what) {
@@ -724,15 +739,7 @@ TEST(Golden, SentencePieceTokenizerJsonMatchesHuggingFaceTokenizers) {
   expect_same_ids(*t, ids_of(golden["parse_special"]), t->encode(text, false, true),
                   "text, specials parsed");
   EXPECT_EQ(t->decode(ids), text);
-  for (const json& c : golden["cases"]) {
-    const std::string s = c["text"];
-    expect_same_ids(*t, ids_of(c["parse_special"]), t->encode(s, false, true),
-                    "case " + json(s).dump() + ", specials parsed");
-    expect_same_ids(*t, ids_of(c["plain"]), t->encode(s, false, false),
-                    "case " + json(s).dump() + ", plain");
-    expect_same_ids(*t, ids_of(c["add_special"]), t->encode(s, true, true),
-                    "case " + json(s).dump() + ", add_special");
-  }
+  expect_same_case_ids(*t, golden["cases"], "case");
   std::cout << "[ golden   ] SentencePiece tokenizer.json: " << ids.size() << " ids equal to "
             << golden["reference"].get<std::string>() << "\n";
 }
@@ -745,15 +752,7 @@ TEST(Golden, TokenizerJsonMatchesHuggingFaceTokenizers) {
   expect_same_ids(*t, ids_of(golden["parse_special"]), parsed, "text, specials parsed");
   expect_same_ids(*t, ids_of(golden["plain"]), t->encode(text, false, false), "text, plain");
   EXPECT_EQ(t->decode(parsed), text);
-  for (const json& c : golden["cases"]) {
-    const std::string s = c["text"];
-    expect_same_ids(*t, ids_of(c["parse_special"]), t->encode(s, false, true),
-                    "case " + json(s).dump() + ", specials parsed");
-    expect_same_ids(*t, ids_of(c["plain"]), t->encode(s, false, false),
-                    "case " + json(s).dump() + ", plain");
-    expect_same_ids(*t, ids_of(c["add_special"]), t->encode(s, true, true),
-                    "case " + json(s).dump() + ", add_special");
-  }
+  expect_same_case_ids(*t, golden["cases"], "case");
   const json file = read_json(golden_dir() / "tiny_bpe.tokenizer.json");
   expect_same_pieces({file["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]},
                      golden["cases"], "tiny_bpe Split regex");
@@ -780,13 +779,8 @@ TEST(Golden, NfcTokenizerJsonMatchesHuggingFaceTokenizers) {
     const std::string s = c["text"];
     EXPECT_EQ(nfc(s), c["normalized"].get<std::string>()) << json(s).dump();
     changed += c["normalized"].get<std::string>() != s;
-    expect_same_ids(*t, ids_of(c["parse_special"]), t->encode(s, false, true),
-                    "case " + json(s).dump() + ", specials parsed");
-    expect_same_ids(*t, ids_of(c["plain"]), t->encode(s, false, false),
-                    "case " + json(s).dump() + ", plain");
-    expect_same_ids(*t, ids_of(c["add_special"]), t->encode(s, true, true),
-                    "case " + json(s).dump() + ", add_special");
   }
+  expect_same_case_ids(*t, golden["cases"], "case");
   EXPECT_GE(changed, 15u);
   // Without the normalizer the NFD text tokenizes differently: the test can tell.
   auto plain_tok = load_tokenizer_json((golden_dir() / "tiny_bpe.tokenizer.json").string());
@@ -821,13 +815,7 @@ TEST(Golden, Qwen2TokenizerJsonMatchesTransformers) {
   expect_same_ids(*t, ids_of(golden["plain"]), t->encode(text, false, false), "Qwen2 text, plain");
   expect_same_ids(*t, ids_of(golden["nfd_parse_special"]), t->encode(nfd, false, true),
                   "Qwen2 NFD text");
-  for (const json& c : golden["cases"]) {
-    const std::string s = c["text"];
-    expect_same_ids(*t, ids_of(c["parse_special"]), t->encode(s, false, true),
-                    "Qwen2 case " + json(s).dump() + ", specials parsed");
-    expect_same_ids(*t, ids_of(c["plain"]), t->encode(s, false, false),
-                    "Qwen2 case " + json(s).dump() + ", plain");
-  }
+  expect_same_case_ids(*t, golden["cases"], "Qwen2 case");
   TokenizerSpec gguf_like = t->spec();
   gguf_like.normalize_nfc = false;
   gguf_like.pre_name = "qwen2";
