@@ -97,6 +97,7 @@ uint64_t tokenizer_fingerprint(const Tokenizer& tokenizer) {
   const int32_t n = tokenizer.vocab_size();
   h.update_u64(static_cast<uint64_t>(tokenizer.kind()));
   h.update_string(tokenizer.pre_name());
+  if (tokenizer.spec().normalize_nfc) h.update_string("NFC");  // (older caches stay valid)
   h.update_u64(static_cast<uint64_t>(n));
   for (int32_t id :
        {tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id(), tokenizer.unk_id()}) {

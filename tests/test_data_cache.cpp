@@ -219,6 +219,10 @@ TEST(DataCache, FingerprintSeesMergesAndVocabulary) {
   EXPECT_NE(tokenizer_fingerprint(*a), tokenizer_fingerprint(*bos));
   // Same vocabulary, merges in another order: only the merges' effect tells them apart.
   EXPECT_NE(tokenizer_fingerprint(*a), tokenizer_fingerprint(*swapped));
+  // The same tokenizer with an NFC normalizer (Qwen2) tokenizes other ids for decomposed text.
+  TokenizerSpec spec = a->spec();
+  spec.normalize_nfc = true;
+  EXPECT_NE(tokenizer_fingerprint(*a), tokenizer_fingerprint(Tokenizer(std::move(spec))));
 }
 
 // The header fields sit where tokenized_source.h says.
