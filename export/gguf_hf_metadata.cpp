@@ -96,6 +96,16 @@ ConverterReads converter_reads(const ModelConfig& c, const TokenizerSpec& spec) 
   return r;
 }
 
+// The converter's does_token_look_special(): added tokens it makes control tokens even when
+// tokenizer.json does not call them special (Qwen2.5's <|fim_prefix|>, <|repo_name|>, ...).
+bool converter_looks_special(const std::string& t) {
+  const auto wrapped = [&t](std::string_view open, std::string_view close) {
+    return t.starts_with(open) && t.ends_with(close);  // may overlap, as Python's: "<|>"
+  };
+  return t == "<pad>" || t == "<mask>" || t == "<2mass>" || t == "[@BOS@]" || wrapped("<|", "|>") ||
+         wrapped("<\uff5c", "\uff5c>") || wrapped("<unused", ">");
+}
+
 }  // namespace
 
 std::string gguf_pre_tokenizer_name(const Tokenizer& tokenizer) {
@@ -223,6 +233,9 @@ GgufMetadata gguf_metadata_from_hf(const ModelConfig& c, const Tokenizer& tokeni
     // tokenizer.json's special added tokens, unk among them, are control tokens in llama.cpp's
     // byte-level vocabularies (its converter never writes "unknown" there).
     if (t == TokenType::Unknown) t = TokenType::Control;
+    if (t == TokenType::UserDefined &&
+        converter_looks_special(spec.tokens[static_cast<size_t>(id)]))
+      t = TokenType::Control;
     types.push_back(static_cast<int32_t>(t));
   }
   for (int64_t id = n_tokens; id < c.vocab_size; ++id) {

@@ -13,8 +13,10 @@
 //
 // Tokenizer (byte-level BPE only): tokenizer.ggml.model "gpt2", tokenizer.ggml.pre (the llama.cpp
 // name whose regexes equal the tokenizer.json pre-tokenizer's: gguf_pre_tokenizer_name), tokens,
-// token_type (special added tokens control, other added tokens user-defined, the rest normal;
-// ids the tokenizer lacks up to the model's vocab_size "[PAD<id>]", unused), merges ("a b"),
+// token_type (special added tokens control; other added tokens user-defined, or control when
+// they look special to the converter: <|...|>, <unused...>, as Qwen2.5's <|fim_prefix|>; the
+// rest normal; ids the tokenizer lacks up to the model's vocab_size "[PAD<id>]", unused),
+// merges ("a b"),
 // bos / eos / unknown / padding token ids where the tokenizer has them (else config.json's
 // <name>_token_id, as the converter falls back on it), add_bos_token / add_eos_token where
 // tokenizer_config.json has them or the tokenizer adds the token, and tokenizer.chat_template

@@ -14,9 +14,9 @@ lets transformers build its Qwen2 tokenizers from them:
   - Qwen2Tokenizer, the slow pure-Python one (unicodedata NFC, the `regex` package, its own
     BPE loop): a second, independent reference.
 
-Special tokens as Qwen2.5 numbers them: <|endoftext|> 151643 (EOS and PAD, as in the base
-models), <|im_start|> 151644,
-<|im_end|> 151645.
+Added tokens as Qwen2.5's tokenizer.json numbers them, 151643-151664: <|endoftext|> (EOS and
+PAD, as in the base models), <|im_start|>, <|im_end|> and the vision / box markers special;
+<tool_call>, </tool_call>, the <|fim_*|> markers, <|repo_name|> and <|file_sep|> not special.
 """
 
 import base64
@@ -24,7 +24,12 @@ import importlib.util
 import json
 import os
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+            "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+            "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+            "<|video_pad|>"]
+NOT_SPECIAL = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+               "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
 
 
 def vocab_path():
@@ -103,7 +108,7 @@ def write_vocab_and_merges(folder):
 
 def tokenizers(folder):
     """(fast, slow) transformers Qwen2 tokenizers from the vocabulary written into `folder`."""
-    from transformers import Qwen2Tokenizer, Qwen2TokenizerFast
+    from transformers import AddedToken, Qwen2Tokenizer, Qwen2TokenizerFast
     write_vocab_and_merges(folder)
     kwargs = dict(vocab_file=os.path.join(folder, "vocab.json"),
                   merges_file=os.path.join(folder, "merges.txt"),
@@ -113,6 +118,7 @@ def tokenizers(folder):
     slow = Qwen2Tokenizer(**kwargs)
     fast = Qwen2TokenizerFast(**kwargs, from_slow=True)
     for name, t in (("fast", fast), ("slow", slow)):
-        got = [t.convert_tokens_to_ids(s) for s in SPECIALS]
-        assert got == [151643, 151644, 151645], f"{name}: special token ids {got}"
+        t.add_tokens([AddedToken(s, special=False, normalized=False) for s in NOT_SPECIAL])
+        got = [t.convert_tokens_to_ids(s) for s in SPECIALS + NOT_SPECIAL]
+        assert got == list(range(151643, 151665)), f"{name}: added token ids {got}"
     return fast, slow

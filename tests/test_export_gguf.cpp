@@ -1320,6 +1320,40 @@ TEST(GgufMergedExport, FromHfFolderKeysFollowWhatTheConverterReads) {
   EXPECT_EQ(m.count("llama.attention.key_length"), 1u);  // its config.json has head_dim
 }
 
+// Added tokens that tokenizer.json does not call special are user-defined in the GGUF, unless
+// they look special to the converter (<|...|>, <unused...>, ...): control, as Qwen2.5's
+// <|fim_prefix|> and <|repo_name|> are in its GGUFs.
+TEST(GgufMergedExport, FromHfFolderAddedTokensTypedAsTheConverterDoes) {
+  TempDir dir;
+  const fs::path folder = golden_folder_with_tokenizer(dir, "hf_qwen2");
+  nlohmann::json tj = nlohmann::json::parse(std::ifstream(folder / "tokenizer.json"));
+  const auto added = [](int id, const char* content, bool special) {
+    return nlohmann::json{{"id", id},          {"content", content}, {"single_word", false},
+                          {"lstrip", false},   {"rstrip", false},    {"normalized", false},
+                          {"special", special}};
+  };
+  tj["added_tokens"] = {added(256, "<|fim_prefix|>", false), added(257, "<tool_call>", false),
+                        added(258, "<|im_start|>", true), added(259, "<|>", false)};
+  std::ofstream(folder / "tokenizer.json") << tj.dump();
+  const LlamaModel model = LlamaModel::from_hf(folder.string());
+  ModelConfig bigger = model.config();
+  bigger.vocab_size = 261;
+  const std::unique_ptr<Tokenizer> t = load_tokenizer_json((folder / "tokenizer.json").string());
+  ASSERT_EQ(t->vocab_size(), 260);
+  EXPECT_EQ(t->token_type(256), TokenType::UserDefined);  // loom's own tokenizer: as tokenizers
+  for (const auto& [key, value] : gguf_metadata_from_hf(bigger, *t, "x", 0)) {
+    if (key != "tokenizer.ggml.token_type") continue;
+    const std::vector<int64_t> types = value.as_int_array(key);
+    ASSERT_EQ(types.size(), 261u);
+    EXPECT_EQ(types[255], 1);  // normal
+    EXPECT_EQ(types[256], 3);  // looks special: control
+    EXPECT_EQ(types[257], 4);  // user-defined
+    EXPECT_EQ(types[258], 3);  // special: control
+    EXPECT_EQ(types[259], 3);  // "<|>": Python's startswith / endswith overlap
+    EXPECT_EQ(types[260], 5);  // [PAD260]
+  }
+}
+
 // A folder whose tokenizer has more tokens than the model's vocabulary is refused; one with
 // fewer gets llama.cpp's converter's "[PAD<id>]" unused tokens up to it.
 TEST(GgufMergedExport, FromHfFolderPadsOrRefusesTheVocabulary) {

@@ -790,7 +790,7 @@ TEST(Golden, NfcTokenizerJsonMatchesHuggingFaceTokenizers) {
             << golden["reference"].get<std::string>() << "\n";
 }
 
-// Qwen2 / Qwen2.5's real tokenizer (151,643 BPE tokens + its special tokens) as transformers
+// Qwen2 / Qwen2.5's real tokenizer (151,643 BPE tokens + its 22 added tokens) as transformers
 // builds and saves it, in a fresh reference folder only (interop.test_tokenizer_vs_reference,
 // scripts/qwen2_reference.py): loaded from its tokenizer.json (NFC, Qwen's Split regex,
 // ByteLevel), and the same vocabulary under loom's GGUF "qwen2" pre-tokenizer, as a Qwen2 GGUF
@@ -804,10 +804,11 @@ TEST(Golden, Qwen2TokenizerJsonMatchesTransformers) {
   }
   const json golden = read_json(golden_dir() / "qwen2_tokens.json");
   auto t = load_tokenizer_json((folder / "tokenizer.json").string());
-  EXPECT_EQ(t->vocab_size(), 151646);
+  EXPECT_EQ(t->vocab_size(), 151665);
   EXPECT_EQ(t->pre_name(), "tokenizer.json: NFC, Split, ByteLevel");
   EXPECT_EQ(t->eos_id(), 151643);
   EXPECT_EQ(t->token_type(151644), TokenType::Control);
+  EXPECT_EQ(t->token_type(151657), TokenType::UserDefined);  // <tool_call>: not special
   const std::string text = golden_text();
   const std::string nfd = golden["nfd_text"];
   expect_same_ids(*t, ids_of(golden["parse_special"]), t->encode(text, false, true),
