@@ -84,9 +84,17 @@ void print_tokenizer(const fs::path& path) {
       return id < 0 ? std::string("none")
                     : fmt::format("{} ({})", id, tok->decode(std::vector<int32_t>{id}));
     };
-    fmt::print("tokenizer:     tokenizer.json, {} tokens; BOS {}{}, EOS {}\n", tok->vocab_size(),
-               token(tok->bos_id()), tok->add_bos() ? " added in front" : " not added",
-               token(tok->eos_id()));
+    // The pipeline as loaded: "tokenizer.json: NFC, Split, ByteLevel" -> "NFC, Split, ByteLevel".
+    std::string pipeline = tok->pre_name();
+    if (pipeline.starts_with("tokenizer.json: ")) pipeline.erase(0, 16);
+    const std::string kind =
+        tok->kind() == TokenizerKind::ByteLevelBpe
+            ? fmt::format("byte-level BPE ({})", pipeline)
+            : std::string(tok->spec().normalize_nfc ? "SentencePiece-style BPE (NFC)"
+                                                    : "SentencePiece-style BPE");
+    fmt::print("tokenizer:     tokenizer.json, {} tokens, {}; BOS {}{}, EOS {}\n",
+               tok->vocab_size(), kind, token(tok->bos_id()),
+               tok->add_bos() ? " added in front" : " not added", token(tok->eos_id()));
     print_chat_template(*tok);
   } catch (const Error& e) {
     fmt::print("tokenizer:     not loadable by loom: {}\n", e.what());

