@@ -472,7 +472,10 @@ TEST(Gemm, SgemmMatchesNaiveProduct) {
 }
 
 // gemm_bf16 (oneDNN, strided operands, alpha, accumulate) against ref::gemm_bf16 on the same
-// bf16 bits: the products are exact in f32, so only the accumulation order differs.
+// bf16 bits: the products are exact in f32, so only the accumulation order differs. Operands are
+// dense (row-major or transposed) or have gaps between rows (attention reads K and V in place);
+// on AMX CPUs the small products with gaps run on dense copies (gemm_dnnl.cpp), and C's padding
+// columns must come out untouched.
 TEST(Gemm, Bf16GemmMatchesScalarReference) {
   if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "SKIPPED: this CPU has no AVX512_BF16";
   std::mt19937 rng(9);
@@ -482,28 +485,31 @@ TEST(Gemm, Bf16GemmMatchesScalarReference) {
       for (int64_t K : {3, 64, 200})
         for (bool ta : {false, true})
           for (bool tb : {false, true})
-            for (bool acc : {false, true}) {
-              std::vector<uint16_t> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * N));
-              for (auto& x : a) x = f32_to_bf16(dist(rng));
-              for (auto& x : b) x = f32_to_bf16(dist(rng));
-              const int64_t ldc = N + 3;
-              std::vector<float> c(static_cast<size_t>(M * ldc));
-              for (auto& x : c) x = dist(rng);
-              std::vector<float> want = c;
-              // A stored row-major [M x K] or as its transpose [K x M]; the same for B.
-              const int64_t as0 = ta ? 1 : K, as1 = ta ? M : 1;
-              const int64_t bs0 = tb ? 1 : N, bs1 = tb ? K : 1;
-              gemm_bf16(M, N, K, 0.75f, a.data(), as0, as1, b.data(), bs0, bs1, c.data(), ldc, acc);
-              ref::gemm_bf16(M, N, K, 0.75f, a.data(), as0, as1, b.data(), bs0, bs1, want.data(),
-                             ldc, acc);
-              double worst = 0;
-              for (int64_t i = 0; i < M; ++i)
-                for (int64_t j = 0; j < N; ++j)
-                  worst = std::max(worst, std::fabs(double(c[i * ldc + j]) - want[i * ldc + j]));
-              EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
-                  << "M=" << M << " N=" << N << " K=" << K << " ta=" << ta << " tb=" << tb
-                  << " accumulate=" << acc;
-            }
+            for (bool acc : {false, true})
+              for (int64_t gap : {0, 5}) {
+                // A stored row-major [M x K] or as its transpose [K x M], each stored row `gap`
+                // elements longer than the matrix's; the same for B.
+                const int64_t as0 = ta ? 1 : K + gap, as1 = ta ? M + gap : 1;
+                const int64_t bs0 = tb ? 1 : N + gap, bs1 = tb ? K + gap : 1;
+                std::vector<uint16_t> a(static_cast<size_t>((M + gap) * (K + gap)));
+                std::vector<uint16_t> b(static_cast<size_t>((K + gap) * (N + gap)));
+                for (auto& x : a) x = f32_to_bf16(dist(rng));
+                for (auto& x : b) x = f32_to_bf16(dist(rng));
+                const int64_t ldc = N + 3;
+                std::vector<float> c(static_cast<size_t>(M * ldc));
+                for (auto& x : c) x = dist(rng);
+                std::vector<float> want = c;
+                gemm_bf16(M, N, K, 0.75f, a.data(), as0, as1, b.data(), bs0, bs1, c.data(), ldc,
+                          acc);
+                ref::gemm_bf16(M, N, K, 0.75f, a.data(), as0, as1, b.data(), bs0, bs1, want.data(),
+                               ldc, acc);
+                double worst = 0;
+                for (size_t i = 0; i < c.size(); ++i)  // padding columns included
+                  worst = std::max(worst, std::fabs(double(c[i]) - want[i]));
+                EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
+                    << "M=" << M << " N=" << N << " K=" << K << " ta=" << ta << " tb=" << tb
+                    << " accumulate=" << acc << " gap=" << gap;
+              }
 }
 
 // test_main calls ensure_blas_coretype: on an AVX-512 CPU OpenBLAS must now run AVX-512 kernels,
