@@ -289,12 +289,18 @@ INSTANTIATE_TEST_SUITE_P(AllDtypes, GemmParity,
                          param_name);
 
 // SmolLM2-135M's MLP shape through the public API with the default tiles (K=576 gives tiles of
-// 896 rows, so N=1536 is one full tile and a partial one).
+// 896 rows, so N=1536 is one full tile and a partial one; on AMX CPUs, one tile of 1536 rows,
+// and 4096 rows -- more than 2^21 elements -- take tiles of 896).
 TEST(Gemm, DefaultTilesOnModelShape) {
   std::mt19937 rng(99);
+  const int64_t N = detail::onednn_uses_amx() ? 4096 : 1536;
+  if (detail::onednn_uses_amx()) {
+    EXPECT_EQ(detail::default_tile_rows(make_weight(rng, DType::NF4, 1536, 576).view()), 1536);
+  }
   for (DType dtype : {DType::NF4, DType::Q4_K, DType::BF16}) {
-    const TestWeight w = make_weight(rng, dtype, 1536, 576);
-    EXPECT_GT(1536, detail::default_tile_rows(w.view()));
+    const TestWeight w = make_weight(rng, dtype, N, 576);
+    EXPECT_GT(N, detail::default_tile_rows(w.view()));
+    EXPECT_NE(N % detail::default_tile_rows(w.view()), 0);  // a partial tile at the end
     for (Product product : {Product::Forward, Product::BackwardInput}) {
       const Case c{product, 33, 0, false, 0};
       SCOPED_TRACE(describe(c, dtype, Precision::Auto));

@@ -23,6 +23,9 @@ namespace loom::detail {
 int64_t row_granularity(const WeightView& W);
 // Rows of W per dequantized tile when the caller passes tile_rows = 0.
 int64_t default_tile_rows(const WeightView& W);
+// Whether oneDNN's matmul may use AMX on this CPU (then default_tile_rows keeps small weights
+// whole).
+bool onednn_uses_amx();
 // tile_rows rounded up to a multiple of row_granularity(W) (0 = default_tile_rows).
 int64_t effective_tile_rows(const WeightView& W, int64_t tile_rows);
 // First row of thread t's share of `rows` rows, on a row_granularity boundary; thread t takes
