@@ -3,8 +3,9 @@
 # Debian's python3 with its system packages visible (numpy, python3-torch), plus the PyPI
 # references in scripts/python-requirements.txt (and, without their dependencies,
 # scripts/python-requirements-nodeps.txt), then llama.cpp (llama-cpp-python, built from
-# source for AVX2, kept as a wheel) at the version scripts/python-requirements-llamacpp.txt pins. A failure of
-# the llama.cpp build is reported and only skips the tests that need it. Idempotent.
+# source for AVX2, kept as a wheel) at the version scripts/python-requirements-llamacpp.txt
+# pins. A failure of the llama.cpp build is reported and only skips the tests that need it.
+# Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +51,7 @@ install_llamacpp() {
   cache=$(.venv/bin/python3 -m pip cache dir 2>/dev/null || echo "$HOME/.cache/pip")
   wheel_dir="$cache/loom-llama-cpp-python-$llamacpp_version-avx2"
   if ! ls "$wheel_dir"/llama_cpp_python-"$llamacpp_version"-*.whl >/dev/null 2>&1; then
-    echo "setup_python: building llama-cpp-python $llamacpp_version from source ($llamacpp_cmake_args; about 4 minutes on 2 cores)"
+    echo "setup_python: building llama-cpp-python $llamacpp_version from source ($llamacpp_cmake_args; about 2 minutes on 2 cores)"
     mkdir -p "$cache"
     tmp=$(mktemp -d "$cache/loom-llama-cpp-python.XXXXXX")
     if ! CMAKE_ARGS="$llamacpp_cmake_args" .venv/bin/python3 -m pip wheel --quiet \
