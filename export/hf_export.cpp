@@ -235,9 +235,12 @@ ExportReport export_hf_model(const LlamaModel& model, const LoraModel* lora,
       dir.write_text("special_tokens_map.json", tokenizer->special_tokens_map_json);
       check_hf_tokenizer(dir.file("tokenizer.json"), *gguf_tokenizer);
       report.notes.push_back(fmt::format(
-          "tokenizer.json synthesized from the GGUF's byte-level BPE (pre-tokenizer '{}'), "
+          "tokenizer.json synthesized from the GGUF's byte-level BPE (pre-tokenizer '{}'{}), "
           "checked by reading it back",
-          gguf_tokenizer->pre_name()));
+          gguf_tokenizer->pre_name(),
+          gguf_tokenizer->pre_name() == "qwen2"
+              ? "; with Qwen2's NFC normalizer, which the GGUF does not record"
+              : ""));
     } else {
       report.notes.push_back(fmt::format(
           "{} has no tokenizer (tokenizer.ggml.model), so the export has none", source_path));

@@ -47,6 +47,16 @@ json pre_tokenizer(const tok::PretokenizerPreset& preset) {
   return {{"type", "Sequence"}, {"pretokenizers", steps}};
 }
 
+// Qwen2 / Qwen2.5's own tokenizer.json applies NFC before its Split and ByteLevel steps (the
+// normalizer transformers' Qwen2 converter writes); a GGUF does not record normalizers, and
+// llama.cpp applies none, so the GGUF's 'qwen2' pre-tokenizer name is what tells. Written back,
+// the folder tokenizes as the original model does in transformers / vLLM (text with decomposed
+// accents included), not as llama.cpp does.
+json qwen2_normalizer(const std::string& pre_name) {
+  if (pre_name != "qwen2") return nullptr;
+  return {{"type", "NFC"}};
+}
+
 // TemplateProcessing that puts BOS / EOS around each sequence, as Llama 3's tokenizer.json does:
 // single [BOS] A [EOS], pair [BOS] A [EOS] [BOS] B [EOS] (B's with type_id 1).
 json template_processing(const Tokenizer& t) {
@@ -183,7 +193,7 @@ HfTokenizerFiles hf_tokenizer_from_gguf(const GgufFile& file, int64_t model_max_
       {"truncation", nullptr},
       {"padding", nullptr},
       {"added_tokens", std::move(added)},
-      {"normalizer", nullptr},
+      {"normalizer", qwen2_normalizer(t->pre_name())},
       {"pre_tokenizer", pre_tokenizer(preset)},
       {"post_processor", t->add_bos() || t->add_eos() ? template_processing(*t) : byte_level},
       {"decoder",

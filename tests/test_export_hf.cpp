@@ -23,6 +23,7 @@
 #include "export/export_dir.h"
 #include "export/gguf_writer.h"
 #include "export/hf_export.h"
+#include "export/hf_tokenizer.h"
 #include "export/peft_export.h"
 #include "export/peft_read.h"
 #include "export/qk_rows.h"
@@ -153,6 +154,7 @@ GgufValue string_array(const std::vector<std::string>& items) {
 
 struct TinyGgufOptions {
   std::string tokenizer_model = "gpt2";
+  std::string pre = "smollm";  // tokenizer.ggml.pre
   bool rope_freqs = false;
 };
 
@@ -172,7 +174,7 @@ void write_tiny_gguf(const std::string& path, const TinyGgufOptions& options = {
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   w.set_f32("llama.rope.freq_base", 10000.0f);
   w.set_string("tokenizer.ggml.model", options.tokenizer_model);
-  w.set_string("tokenizer.ggml.pre", "smollm");
+  w.set_string("tokenizer.ggml.pre", options.pre);
   w.set("tokenizer.ggml.tokens", string_array(vocab.tokens));
   GgufArray types{GgufType::INT32, {}};
   for (int32_t t : vocab.types) types.items.emplace_back(t);
@@ -542,6 +544,40 @@ TEST(HfExport, HfFolderSourceKeepsItsConfigAndWritesBf16AsRounded) {
   LoraModel back = load_peft_adapter(tmp / "peft", fresh);
   back.set_training(false);
   EXPECT_EQ(logits_of(fresh, kIds), ref);
+}
+
+// tokenizer.json from a GGUF: a 'qwen2' pre-tokenizer gets Qwen2's NFC normalizer (the GGUF
+// cannot say so), so decomposed accents tokenize as composed ones, as in transformers; other
+// pre-tokenizers get none.
+TEST(HfExport, TokenizerJsonFromAQwen2GgufNormalizesToNfc) {
+  TempDir tmp;
+  const std::string cafe_nfc = "caf\xC3\xA9 na\xC3\xAFve", cafe_nfd = "cafe\xCC\x81 nai\xCC\x88ve";
+  for (const char* pre : {"qwen2", "smollm"}) {
+    SCOPED_TRACE(pre);
+    const std::string gguf = tmp / fmt::format("{}.gguf", pre);
+    TinyGgufOptions options;
+    options.pre = pre;
+    write_tiny_gguf(gguf, options);
+    const HfTokenizerFiles files = hf_tokenizer_from_gguf(GgufFile::open(gguf), 256);
+    const json tok = json::parse(files.tokenizer_json);
+    const fs::path path = tmp / fmt::format("{}.tokenizer.json", pre);
+    std::ofstream(path) << files.tokenizer_json;
+    const std::unique_ptr<Tokenizer> from_json = load_tokenizer_json(path.string());
+    const std::unique_ptr<Tokenizer> from_gguf = load_tokenizer(GgufFile::open(gguf));
+    // Composed text: the same ids either way.
+    EXPECT_EQ(from_json->encode(cafe_nfc, false, false), from_gguf->encode(cafe_nfc, false, false));
+    // The GGUF tokenizer (as llama.cpp) does not normalize: NFD text is other bytes, other ids.
+    EXPECT_NE(from_gguf->encode(cafe_nfd, false, false), from_gguf->encode(cafe_nfc, false, false));
+    if (std::string(pre) == "qwen2") {
+      EXPECT_EQ(tok["normalizer"], json({{"type", "NFC"}}));
+      EXPECT_EQ(from_json->encode(cafe_nfd, false, false),
+                from_gguf->encode(cafe_nfc, false, false));
+    } else {
+      EXPECT_TRUE(tok["normalizer"].is_null());
+      EXPECT_EQ(from_json->encode(cafe_nfd, false, false),
+                from_gguf->encode(cafe_nfd, false, false));
+    }
+  }
 }
 
 TEST(HfExport, Qwen2WithBiasesRoundTrips) {
