@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "autograd/kernels/gemm_internal.h"
 
@@ -38,6 +39,23 @@ void prepare(const float* src, int64_t M, int64_t width, int64_t ld_src, bf16_t*
   });
 }
 
+// Y[m, 0 : cols] (+)= src[m, :] for m in [0, M) (src dense [M x cols]), rows split over the
+// threads.
+void copy_columns(const float* src, int64_t M, int64_t cols, float* Y, int64_t ldy,
+                  bool accumulate) {
+  const int threads = M * cols < kParallelMin ? 1 : omp_get_max_threads();
+  parallel_run(threads, [&](int t, int nt) {
+    for (int64_t m = share_begin(M, t, nt); m < share_begin(M, t + 1, nt); ++m) {
+      const float* in = src + m * cols;
+      float* o = Y + m * ldy;
+      if (accumulate)
+        for (int64_t j = 0; j < cols; ++j) o[j] += in[j];
+      else
+        std::memcpy(o, in, static_cast<size_t>(cols) * sizeof(float));
+    }
+  });
+}
+
 }  // namespace
 
 void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
@@ -48,6 +66,8 @@ void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, f
   // over a large N (1017 vs 919 GFLOP/s at 576 -> 49152, M = 2048), the same for small N.
   const bool direct = W.dtype == DType::BF16;
   bf16_t* tile = direct ? nullptr : scratch_bf16(1, std::min(tile_rows, N) * K);
+  const bool dense_out = onednn_uses_amx() && tile_rows < N;
+  float* out = dense_out ? scratch_f32(2, M * std::min(tile_rows, N)) : nullptr;
   for (int64_t n0 = 0; n0 < N; n0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, N - n0);
     // X is rounded together with the first tile's dequantization (one parallel region).
@@ -55,7 +75,14 @@ void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, f
     const bf16_t* wt = direct ? static_cast<const bf16_t*>(W.data) + n0 * K : tile;
     // Y[:, n0 : n0+rows] (+)= X . W[n0 : n0+rows, :]^T; the tile [rows x K] row-major is read
     // as its transpose [K x rows]: strides (1, K).
-    dnnl_matmul_bf16(M, rows, K, xb, K, wt, 1, K, Y + n0, ldy, accumulate);
+    if (dense_out) {
+      // On AMX a tile narrower than Y runs into dense scratch (oneDNN's AMX kernels want
+      // ldc == N) and is copied into Y by all threads.
+      dnnl_matmul_bf16(M, rows, K, xb, K, wt, 1, K, out, rows, false);
+      copy_columns(out, M, rows, Y + n0, ldy, accumulate);
+    } else {
+      dnnl_matmul_bf16(M, rows, K, xb, K, wt, 1, K, Y + n0, ldy, accumulate);
+    }
   }
 }
 
