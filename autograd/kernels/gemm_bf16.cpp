@@ -5,7 +5,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstring>
 
 #include "autograd/kernels/gemm_internal.h"
 
@@ -45,14 +44,8 @@ void copy_columns(const float* src, int64_t M, int64_t cols, float* Y, int64_t l
                   bool accumulate) {
   const int threads = M * cols < kParallelMin ? 1 : omp_get_max_threads();
   parallel_run(threads, [&](int t, int nt) {
-    for (int64_t m = share_begin(M, t, nt); m < share_begin(M, t + 1, nt); ++m) {
-      const float* in = src + m * cols;
-      float* o = Y + m * ldy;
-      if (accumulate)
-        for (int64_t j = 0; j < cols; ++j) o[j] += in[j];
-      else
-        std::memcpy(o, in, static_cast<size_t>(cols) * sizeof(float));
-    }
+    const int64_t m0 = share_begin(M, t, nt), m1 = share_begin(M, t + 1, nt);
+    store_rows(src + m0 * cols, m1 - m0, cols, Y + m0 * ldy, ldy, accumulate);
   });
 }
 

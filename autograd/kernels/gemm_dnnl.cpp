@@ -190,16 +190,7 @@ void dnnl_matmul_bf16_strided(int64_t M, int64_t N, int64_t K, float alpha, cons
     memory c(mm.c, ctx.engine, c_data);
     mm.prim.execute(ctx.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
     ctx.stream.wait();
-    if (mm.dense && mm.pack_c) {
-      for (int64_t i = 0; i < M; ++i) {
-        const float* in = c_data + i * N;
-        float* out = C + i * ldc;
-        if (accumulate)
-          for (int64_t j = 0; j < N; ++j) out[j] += in[j];
-        else
-          std::memcpy(out, in, static_cast<size_t>(N) * sizeof(float));
-      }
-    }
+    if (mm.dense && mm.pack_c) store_rows(c_data, M, N, C, ldc, accumulate);
   } catch (const dnnl::error& e) {
     LOOM_FAIL(
         "oneDNN bf16 matmul [{} x {}] . [{} x {}] (A strides ({}, {}), B strides ({}, {}), "

@@ -23,6 +23,10 @@ namespace loom::detail {
 int64_t row_granularity(const WeightView& W);
 // Rows of W per dequantized tile when the caller passes tile_rows = 0.
 int64_t default_tile_rows(const WeightView& W);
+// dst[r * ld + c] (+)= src[r * cols + c] for r < rows, c < cols: a dense result put into a
+// strided output (on the calling thread).
+void store_rows(const float* src, int64_t rows, int64_t cols, float* dst, int64_t ld,
+                bool accumulate);
 // Whether oneDNN's matmul may use AMX on this CPU (then default_tile_rows keeps small weights
 // whole).
 bool onednn_uses_amx();

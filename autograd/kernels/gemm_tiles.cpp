@@ -2,6 +2,7 @@
 // threads, and the thread-local scratch buffers the tiles live in (reused, never a whole W).
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -14,6 +15,18 @@ namespace loom::detail {
 int64_t row_granularity(const WeightView& W) {
   const int64_t block = dtype_info(W.dtype).block_elems;
   return block / std::gcd(std::max<int64_t>(W.cols, 1), block);
+}
+
+void store_rows(const float* src, int64_t rows, int64_t cols, float* dst, int64_t ld,
+                bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = src + r * cols;
+    float* out = dst + r * ld;
+    if (accumulate)
+      for (int64_t c = 0; c < cols; ++c) out[c] += in[c];
+    else
+      std::memcpy(out, in, static_cast<size_t>(cols) * sizeof(float));
+  }
 }
 
 bool onednn_uses_amx() {
