@@ -8,8 +8,9 @@
 // read in place with a row stride of 192) ran at 16-44 GFLOP/s against 730-1,000 dense. A small
 // product whose strided primitive is not brgemm while the dense one is AMX brgemm is therefore
 // run on dense copies: the operands are gathered into per-thread scratch and the result added
-// or copied back. Large products (a projection's weight tile writing into a wider output) are
-// left alone: there the copies would cost what AMX saves.
+// or copied back. Large products are left alone here, where the copy back would run on one
+// thread: the weight tiles that write into a wider output (the LM head's) go through dense
+// scratch in gemm_bf16.cpp, copied back by all threads.
 #include <cstring>
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
