@@ -120,8 +120,8 @@ CachedMatmul& lookup(DnnlContext& ctx, const MatmulKey& k) {
   const Pack pa = pack_for(k.M, k.K, k.a_stride_m, k.a_stride_k);
   const Pack pb = pack_for(k.K, k.N, k.b_stride_k, k.b_stride_n);
   const bool pc = k.ldc != k.N && k.M > 1;
-  if ((pa != Pack::None || pb != Pack::None || pc) && k.M * k.N <= kDenseCopyMaxOutputs &&
-      !is_amx_brgemm(pd)) {
+  if (onednn_uses_amx() && (pa != Pack::None || pb != Pack::None || pc) &&
+      k.M * k.N <= kDenseCopyMaxOutputs && !is_amx_brgemm(pd)) {
     // Dense C holds alpha . A . B alone; the copy back adds it when accumulating.
     memory::desc da({k.M, k.K}, dt::bf16, packed_strides(pa, k.M, k.K, k.a_stride_m, k.a_stride_k));
     memory::desc db({k.K, k.N}, dt::bf16, packed_strides(pb, k.K, k.N, k.b_stride_k, k.b_stride_n));
