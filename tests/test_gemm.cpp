@@ -261,6 +261,7 @@ TEST(Gemm, SquareWeights) {
 // A weight is a flat run of blocks, so a block may straddle two rows when K is not a multiple of
 // the block size (Q4_K at K = 576 in SmolLM2). Tiles must then start on whole blocks: K = 320
 // gives 4-row units for Q4_K (tile_rows 6 becomes 8: tiles 8, 8, 4), K = 96 2-row units for NF4.
+// One row (decoding) cannot take the row kernel there (its rows are not whole blocks).
 TEST(Gemm, BlocksStraddlingRows) {
   std::mt19937 rng(77);
   const TestWeight q4k = make_weight(rng, DType::Q4_K, 20, 320);
@@ -269,8 +270,8 @@ TEST(Gemm, BlocksStraddlingRows) {
   EXPECT_EQ(detail::effective_tile_rows(q4k.view(), 6), 8);
   EXPECT_EQ(detail::row_granularity(nf4.view()), 2);
   for (Precision p : {Precision::F32, Precision::BF16}) {
-    EXPECT_EQ(check_cases(rng, q4k, p, {7, 33}, {0, 6}), 2 * 2 * 2 * 2 * 2);
-    EXPECT_EQ(check_cases(rng, nf4, p, {7, 33}, {0, 5}), 2 * 2 * 2 * 2 * 2);
+    EXPECT_EQ(check_cases(rng, q4k, p, {1, 7, 33}, {0, 6}), 2 * 3 * 2 * 2 * 2);
+    EXPECT_EQ(check_cases(rng, nf4, p, {1, 7, 33}, {0, 5}), 2 * 3 * 2 * 2 * 2);
   }
 }
 
@@ -316,6 +317,71 @@ TEST(Gemm, DefaultTilesOnModelShape) {
       EXPECT_EQ(r.bad, 0) << r.first;
     }
   }
+}
+
+// linear_*_low_rank (a LoRA projection): the base product plus scale * act . factor, against the
+// scalar reference plus the term in double, for both products and precisions, tiles that do not
+// divide N (the input gradient's term rides on the last tile only), accumulate, padded rows, odd
+// M and rank, a bf16 weight (copied into tiles once a term rides along) and Q4_K (blocks
+// straddling rows, so a tile's rows are spread to the wider row stride after dequantizing). The
+// term's products join L2 in the tolerance. Dropping the term (scale 0) must be caught.
+TEST(Gemm, LowRankTermMatchesReference) {
+  std::mt19937 rng(88);
+  const int64_t R = 5, ld_act = R + 2;
+  const float scale = 1.75f;
+  int checked = 0;
+  for (DType dtype : {DType::F32, DType::BF16, DType::NF4, DType::Q4_K})
+    for (Precision p : {Precision::F32, Precision::BF16}) {
+      const TestWeight w = make_weight(rng, dtype, dtype == DType::Q4_K ? 20 : 130,
+                                       dtype == DType::Q4_K ? 320 : test_k(dtype));
+      for (Product product : {Product::Forward, Product::BackwardInput})
+        for (int64_t M : {1, 7, 33})
+          for (bool accumulate : {false, true})
+            for (int64_t tile_rows : {0, 6}) {
+              const Case c{product, M, 3, accumulate, tile_rows};
+              SCOPED_TRACE(describe(c, dtype, p));
+              Fixture f = make_fixture(rng, c, w);
+              const bool fwd = product == Product::Forward;
+              const int64_t N = w.rows, K = w.cols, out_width = f.s.out_width;
+              const std::vector<float> act =
+                  random_matrix(rng, M, R, ld_act, 1.0f, std::numeric_limits<float>::quiet_NaN());
+              // forward: B [N x R]; input gradient: A [R x K]
+              const std::vector<float> factor = fwd ? random_matrix(rng, N, R, R, 0.05f, 0.0f)
+                                                    : random_matrix(rng, R, K, K, 0.05f, 0.0f);
+              for (int64_t m = 0; m < M; ++m)
+                for (int64_t j = 0; j < out_width; ++j) {
+                  double term = 0, sq = 0;
+                  for (int64_t r = 0; r < R; ++r) {
+                    const double prod = double(act[m * ld_act + r]) *
+                                        double(fwd ? factor[j * R + r] : factor[r * K + j]);
+                    term += prod;
+                    sq += prod * prod;
+                  }
+                  const size_t i = static_cast<size_t>(m * f.s.ld_out + j);
+                  f.want[i] = static_cast<float>(double(f.want[i]) + scale * term);
+                  f.l2sq[i] += static_cast<float>(double(scale) * scale * sq);
+                }
+              auto run = [&](float s) {
+                std::vector<float> got = f.out0;
+                const detail::LowRank lr{act.data(), ld_act, factor.data(), R, s};
+                if (fwd)
+                  detail::linear_forward_tiled(f.in.data(), M, f.s.ld_in, w.view(), got.data(),
+                                               f.s.ld_out, accumulate, p, tile_rows, &lr);
+                else
+                  detail::linear_backward_input_tiled(f.in.data(), M, f.s.ld_in, w.view(),
+                                                      got.data(), f.s.ld_out, accumulate, p,
+                                                      tile_rows, &lr);
+                return compare(got, f.want, f.l2sq, M, out_width, f.s.ld_out,
+                               l2_coefficient(resolve_precision(p), f.s.reduction + R));
+              };
+              const Comparison r = run(scale);
+              EXPECT_EQ(r.bad, 0) << r.bad << " elements out of tolerance; first: " << r.first;
+              EXPECT_EQ(r.pad_touched, 0) << "output padding was written";
+              EXPECT_GT(run(0.0f).bad, 0) << "the checker misses a dropped low-rank term";
+              ++checked;
+            }
+    }
+  EXPECT_EQ(checked, 4 * 2 * 2 * 3 * 2 * 2);
 }
 
 TEST(Gemm, AutoIsTheResolvedPrecision) {

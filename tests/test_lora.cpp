@@ -248,7 +248,11 @@ TEST(LoraAdapter, DropoutMaskIsDeterministicPerStepLayerAndModule) {
 
 // forward() (one linear_low_rank op) against apply() on the base output (linear, then the
 // adapter's own ops): the same outputs and the same gradients for x, A and B, in eval mode and
-// with dropout, with a bias, in f32 and in the bf16 route.
+// with dropout, with a bias, in f32 (to 1e-6) and in the bf16 route. There forward() rounds the
+// low-rank operands to bf16 too (they ride along the base product) and apply() keeps them f32,
+// so the two agree to the bf16 bound of test_gemm.cpp, 4 * 2^-8 (a missing or mis-scaled term is
+// off by O(1): B is not zero here); Gemm.LowRankTermMatchesReference holds the folded product
+// itself to a scalar reference.
 TEST(LoraAdapter, FusedForwardMatchesApply) {
   Linear p = make_linear(40, 24, 1, true);
   auto runtime = std::make_shared<LoraRuntime>();
@@ -279,8 +283,9 @@ TEST(LoraAdapter, FusedForwardMatchesApply) {
         grads.push_back(ad.lora_a().grad().to_vector());
         grads.push_back(ad.lora_b().grad().to_vector());
       }
-      EXPECT_LE(diff(outs[1], outs[0]).rel(), 1e-6);
-      for (size_t i = 0; i < 3; ++i) EXPECT_LE(diff(grads[3 + i], grads[i]).rel(), 1e-6) << i;
+      const double tol = resolve_precision(prec) == Precision::F32 ? 1e-6 : 4.0 / 256.0;
+      EXPECT_LE(diff(outs[1], outs[0]).rel(), tol);
+      for (size_t i = 0; i < 3; ++i) EXPECT_LE(diff(grads[3 + i], grads[i]).rel(), tol) << i;
     }
 }
 

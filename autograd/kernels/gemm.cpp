@@ -47,6 +47,19 @@ void check_activation(const char* op, const char* name, const void* p, int64_t M
   LOOM_CHECK(p != nullptr || M == 0, "{}: {} is null with M={} rows", op, name, M);
 }
 
+// A low-rank term's operands: rank >= 0, and pointers and a row stride that fit it.
+void check_low_rank(const char* op, const detail::LowRank* lr, int64_t M) {
+  if (lr == nullptr) return;
+  LOOM_CHECK(lr->rank >= 0, "{}: low-rank term has rank {}; expected >= 0", op, lr->rank);
+  if (lr->rank == 0) return;
+  LOOM_CHECK(lr->ld_act >= lr->rank,
+             "{}: low-rank activations have row stride {} but rank {} needs at least {}", op,
+             lr->ld_act, lr->rank, lr->rank);
+  LOOM_CHECK((lr->act != nullptr || M == 0) && lr->factor != nullptr,
+             "{}: low-rank term of rank {} has a null {}", op, lr->rank,
+             lr->factor == nullptr ? "factor" : "activation matrix");
+}
+
 // Empty products: C (M x width, ldc) is zeroed unless accumulating.
 void zero_unless_accumulate(float* C, int64_t M, int64_t width, int64_t ldc, bool accumulate) {
   if (accumulate) return;
@@ -58,40 +71,66 @@ void zero_unless_accumulate(float* C, int64_t M, int64_t width, int64_t ldc, boo
 namespace detail {
 
 void linear_forward_tiled(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
-                          int64_t ldy, bool accumulate, Precision precision, int64_t tile_rows) {
+                          int64_t ldy, bool accumulate, Precision precision, int64_t tile_rows,
+                          const LowRank* lr) {
   const char* op = "linear_forward";
   check_weight(op, W);
   check_activation(op, "X", X, M, W.cols, ldx, W);
   check_activation(op, "Y", Y, M, W.rows, ldy, W);
+  check_low_rank(op, lr, M);
   LOOM_CHECK(tile_rows >= 0, "{}: tile_rows={} must be >= 0", op, tile_rows);
   if (M == 0 || W.rows == 0) return;
-  if (W.cols == 0) return zero_unless_accumulate(Y, M, W.rows, ldy, accumulate);
+  const bool term = lr != nullptr && lr->rank > 0;
+  // scale * U . B^T into Y, as its own sgemm (the f32 route and the degenerate shapes).
+  auto add_term = [&] {
+    if (term)
+      sgemm(false, true, M, W.rows, lr->rank, lr->scale, lr->act, lr->ld_act, lr->factor, lr->rank,
+            1.0f, Y, ldy);
+  };
+  if (W.cols == 0) {
+    zero_unless_accumulate(Y, M, W.rows, ldy, accumulate);
+    return add_term();
+  }
   const Precision p = resolve_precision(precision);
   tile_rows = effective_tile_rows(W, tile_rows);
   // One row (a decoded token) on a block format with a row kernel takes the f32 route whatever
   // the precision: the kernel reads the blocks once, where the bf16 route would first dequantize
   // a tile to bf16 scratch for a one-row matmul; and it is the more exact of the two.
-  const bool row_kernel = M == 1 && gemv_rows_available(W.dtype);
+  const bool row_kernel = M == 1 && row_kernel_fits(W);
   if (p == Precision::BF16 && !row_kernel)
-    return forward_bf16(X, M, ldx, W, Y, ldy, accumulate, tile_rows);
+    return forward_bf16(X, M, ldx, W, Y, ldy, accumulate, tile_rows, term ? lr : nullptr);
   forward_f32(X, M, ldx, W, Y, ldy, accumulate, tile_rows);
+  add_term();
 }
 
 void linear_backward_input_tiled(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
                                  float* dX, int64_t lddx, bool accumulate, Precision precision,
-                                 int64_t tile_rows) {
+                                 int64_t tile_rows, const LowRank* lr) {
   const char* op = "linear_backward_input";
   check_weight(op, W);
   check_activation(op, "dY", dY, M, W.rows, lddy, W);
   check_activation(op, "dX", dX, M, W.cols, lddx, W);
+  check_low_rank(op, lr, M);
   LOOM_CHECK(tile_rows >= 0, "{}: tile_rows={} must be >= 0", op, tile_rows);
   if (M == 0 || W.cols == 0) return;
-  if (W.rows == 0) return zero_unless_accumulate(dX, M, W.cols, lddx, accumulate);
+  const bool term = lr != nullptr && lr->rank > 0;
+  // scale * T . A into dX, as its own sgemm.
+  auto add_term = [&] {
+    if (term)
+      sgemm(false, false, M, W.cols, lr->rank, lr->scale, lr->act, lr->ld_act, lr->factor, W.cols,
+            1.0f, dX, lddx);
+  };
+  if (W.rows == 0) {
+    zero_unless_accumulate(dX, M, W.cols, lddx, accumulate);
+    return add_term();
+  }
   const Precision p = resolve_precision(precision);
   tile_rows = effective_tile_rows(W, tile_rows);
   if (p == Precision::BF16)
-    return backward_input_bf16(dY, M, lddy, W, dX, lddx, accumulate, tile_rows);
+    return backward_input_bf16(dY, M, lddy, W, dX, lddx, accumulate, tile_rows,
+                               term ? lr : nullptr);
   backward_input_f32(dY, M, lddy, W, dX, lddx, accumulate, tile_rows);
+  add_term();
 }
 
 }  // namespace detail
@@ -104,6 +143,21 @@ void linear_forward(const float* X, int64_t M, int64_t ldx, const WeightView& W,
 void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
                            float* dX, int64_t lddx, bool accumulate, Precision precision) {
   detail::linear_backward_input_tiled(dY, M, lddy, W, dX, lddx, accumulate, precision, 0);
+}
+
+void linear_forward_low_rank(const float* X, int64_t M, int64_t ldx, const WeightView& W,
+                             const float* U, int64_t ldu, const float* B, int64_t R, float scale,
+                             float* Y, int64_t ldy, bool accumulate, Precision precision) {
+  const detail::LowRank lr{U, ldu, B, R, scale};
+  detail::linear_forward_tiled(X, M, ldx, W, Y, ldy, accumulate, precision, 0, &lr);
+}
+
+void linear_backward_input_low_rank(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                                    const float* T, int64_t ldt, const float* A, int64_t R,
+                                    float scale, float* dX, int64_t lddx, bool accumulate,
+                                    Precision precision) {
+  const detail::LowRank lr{T, ldt, A, R, scale};
+  detail::linear_backward_input_tiled(dY, M, lddy, W, dX, lddx, accumulate, precision, 0, &lr);
 }
 
 void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,

@@ -43,6 +43,22 @@ void linear_backward_input(const float* dY, int64_t M, int64_t lddy, const Weigh
                            float* dX, int64_t lddx, bool accumulate,
                            Precision precision = Precision::Auto);
 
+// A LoRA projection's two frozen-weight products with their low-rank terms (linear_low_rank):
+//   forward         Y[M x N]  (+)= X . W^T + scale * U[M x R] . B[N x R]^T
+//   input gradient  dX[M x K] (+)= dY . W  + scale * T[M x R] . A[R x K]
+// U and T have row stride ldu / ldt; A and B are contiguous, f32. On the bf16 route the term's
+// operands are rounded to bf16 and ride along the product's reduction (R more columns of X and
+// of the weight tile, so Y or dX is written once); on the f32 route the term is an sgemm into
+// the result.
+void linear_forward_low_rank(const float* X, int64_t M, int64_t ldx, const WeightView& W,
+                             const float* U, int64_t ldu, const float* B, int64_t R, float scale,
+                             float* Y, int64_t ldy, bool accumulate,
+                             Precision precision = Precision::Auto);
+void linear_backward_input_low_rank(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                                    const float* T, int64_t ldt, const float* A, int64_t R,
+                                    float scale, float* dX, int64_t lddx, bool accumulate,
+                                    Precision precision = Precision::Auto);
+
 // Plain f32 GEMM for trainable weights and activations (row-major, cblas conventions):
 // C = alpha * op(A) . op(B) + beta * C.
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -1,10 +1,13 @@
 // The bf16 route of the linear-layer GEMM (CPUs with AVX512_BF16): activations are rounded to
 // bf16 once per call (forward) or per tile (input gradient), weights that are not bf16 are
 // dequantized a tile of rows at a time into bf16 scratch, and oneDNN's bf16 matmul accumulates
-// in f32 straight into the strided f32 output.
+// in f32 straight into the strided f32 output. A LoRA term is folded into the reduction (its
+// activations as more columns, its factor as more weight columns or rows), so a LoRA
+// projection writes its output once.
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "autograd/kernels/gemm_internal.h"
 
@@ -17,23 +20,88 @@ constexpr int64_t kParallelMin = 1 << 14;
 // Share [0, n) of thread t among nt threads.
 inline int64_t share_begin(int64_t n, int t, int nt) { return n * t / nt; }
 
-// One parallel step before a tile's matmul: rows [0, M) of src (width columns, row stride
-// ld_src) rounded into dst (contiguous, width columns), and -- when wtile is non-null -- rows
-// [n0, n0 + rows) of W dequantized into wtile. Each thread takes its share of both.
-void prepare(const float* src, int64_t M, int64_t width, int64_t ld_src, bf16_t* dst,
-             const WeightView& W, int64_t n0, int64_t rows, bf16_t* wtile) {
-  const int64_t K = W.cols;
-  const int64_t work = M * width + (wtile ? rows * K : 0);
+// What one parallel step before a tile's matmul rounds and dequantizes; each thread takes its
+// share of every part.
+struct Prep {
+  // Activations: rows [0, M) of src (width columns, row stride ld_src) rounded into dst (row
+  // stride ld_dst); with `tail`, its rows (tail_width columns, row stride ld_tail) rounded into
+  // columns [width, width + tail_width) of dst, then tail_pad zeros.
+  const float* src = nullptr;
+  int64_t M = 0, width = 0, ld_src = 0;
+  const float* tail = nullptr;
+  int64_t tail_width = 0, tail_pad = 0, ld_tail = 0;
+  bf16_t* dst = nullptr;
+  int64_t ld_dst = 0;
+  // Weight (when tile is non-null): rows [n0, n0 + rows) of W dequantized into tile (row stride
+  // ld_tile >= K); then a low-rank factor times scale, rounded, either as R more columns of those
+  // rows (w_cols = B [N x R]: its rows n0..) or as R more rows after them (w_rows = A [R x K]),
+  // followed by R_pad zero columns or rows.
+  const WeightView* W = nullptr;
+  int64_t n0 = 0, rows = 0;
+  bf16_t* tile = nullptr;
+  int64_t ld_tile = 0;
+  const float* w_cols = nullptr;
+  const float* w_rows = nullptr;
+  int64_t R = 0, R_pad = 0;
+  float scale = 1.0f;
+};
+
+// A folded reduction's length rounded up to whole 64-byte bf16 rows: oneDNN's AMX kernels ran
+// the 592-long reduction of a 576-wide projection plus rank 16 at 1.5 ms or, about half the
+// calls, 8-13 ms (2048 x 576 outputs); at 608, 0.8-1.5 ms like the plain 576.
+int64_t padded_reduction(int64_t n) {
+  return (n + 31) / 32 * 32;
+}
+
+void round_scaled(const float* src, int64_t n, float scale, bf16_t* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(scale * src[i]);
+}
+
+void prepare(const Prep& p) {
+  const int64_t K = p.W ? p.W->cols : 0;
+  const int64_t work = p.M * (p.width + p.tail_width) + (p.tile ? (p.rows + p.R) * K : 0);
+  const bf16_t zero = 0;
   if (work == 0) return;
   const int threads = work < kParallelMin ? 1 : omp_get_max_threads();
   parallel_run(threads, [&](int t, int nt) {
-    const int64_t m0 = share_begin(M, t, nt), m1 = share_begin(M, t + 1, nt);
-    for (int64_t m = m0; m < m1; ++m) convert_f32_to_bf16(src + m * ld_src, dst + m * width, width);
-    if (wtile) {
-      const int64_t r0 = row_share_begin(W, rows, t, nt), r1 = row_share_begin(W, rows, t + 1, nt);
-      if (r1 > r0)
-        dequantize_bf16(W.dtype, W.data, W.rows * K, (n0 + r0) * K, (r1 - r0) * K,
-                        wtile + r0 * K);
+    const int64_t m0 = share_begin(p.M, t, nt), m1 = share_begin(p.M, t + 1, nt);
+    for (int64_t m = m0; m < m1; ++m) {
+      convert_f32_to_bf16(p.src + m * p.ld_src, p.dst + m * p.ld_dst, p.width);
+      if (p.tail) {
+        bf16_t* out = p.dst + m * p.ld_dst + p.width;
+        convert_f32_to_bf16(p.tail + m * p.ld_tail, out, p.tail_width);
+        std::fill_n(out + p.tail_width, p.tail_pad, zero);
+      }
+    }
+    if (!p.tile) return;
+    const WeightView& W = *p.W;
+    const int64_t r0 = row_share_begin(W, p.rows, t, nt),
+                  r1 = row_share_begin(W, p.rows, t + 1, nt);
+    if (r1 > r0) {
+      // Dequantized as one run from row r0's place (a block may straddle rows), then spread
+      // to the row stride from the last row down (each row moves up, never over one not moved).
+      bf16_t* part = p.tile + r0 * p.ld_tile;
+      dequantize_bf16(W.dtype, W.data, W.rows * K, (p.n0 + r0) * K, (r1 - r0) * K, part);
+      if (p.ld_tile != K)
+        for (int64_t r = r1 - 1; r > r0; --r)
+          std::memmove(p.tile + r * p.ld_tile, part + (r - r0) * K, K * sizeof(bf16_t));
+      if (p.w_cols)
+        for (int64_t r = r0; r < r1; ++r) {
+          bf16_t* out = p.tile + r * p.ld_tile + K;
+          round_scaled(p.w_cols + (p.n0 + r) * p.R, p.R, p.scale, out);
+          std::fill_n(out + p.R, p.R_pad, zero);
+        }
+    }
+    if (p.w_rows) {
+      const int64_t rows = p.R + p.R_pad;
+      const int64_t j0 = share_begin(rows, t, nt), j1 = share_begin(rows, t + 1, nt);
+      for (int64_t j = j0; j < j1; ++j) {
+        bf16_t* out = p.tile + (p.rows + j) * p.ld_tile;
+        if (j < p.R)
+          round_scaled(p.w_rows + j * K, K, p.scale, out);
+        else
+          std::fill_n(out, K, zero);
+      }
     }
   });
 }
@@ -52,49 +120,79 @@ void copy_columns(const float* src, int64_t M, int64_t cols, float* Y, int64_t l
 }  // namespace
 
 void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
-                  int64_t ldy, bool accumulate, int64_t tile_rows) {
+                  int64_t ldy, bool accumulate, int64_t tile_rows, const LowRank* lr) {
   const int64_t N = W.rows, K = W.cols;
-  bf16_t* xb = scratch_bf16(0, M * K);
+  // A low-rank term rides along the reduction: X's rows get U's R columns, each tile row its
+  // row of scale * B, so Y = [X | U] . [W | scale B]^T in one matmul per tile; both padded with
+  // zeros to whole 64-byte rows.
+  const int64_t R = lr ? lr->rank : 0, Kx = R > 0 ? padded_reduction(K + R) : K;
+  bf16_t* xb = scratch_bf16(0, M * Kx);
   // A bf16 W is used in place, still a tile of rows at a time: measured faster than one matmul
-  // over a large N (1017 vs 919 GFLOP/s at 576 -> 49152, M = 2048), the same for small N.
-  const bool direct = W.dtype == DType::BF16;
-  bf16_t* tile = direct ? nullptr : scratch_bf16(1, std::min(tile_rows, N) * K);
+  // over a large N (1017 vs 919 GFLOP/s at 576 -> 49152, M = 2048), the same for small N. With
+  // a low-rank term it is copied into tiles (its rows need the R more columns).
+  const bool direct = W.dtype == DType::BF16 && R == 0;
+  bf16_t* tile = direct ? nullptr : scratch_bf16(1, std::min(tile_rows, N) * Kx);
   const bool dense_out = onednn_uses_amx() && tile_rows < N;
   float* out = dense_out ? scratch_f32(2, M * std::min(tile_rows, N)) : nullptr;
   for (int64_t n0 = 0; n0 < N; n0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, N - n0);
     // X is rounded together with the first tile's dequantization (one parallel region).
-    prepare(X, n0 == 0 ? M : 0, K, ldx, xb, W, n0, rows, tile);
+    Prep p;
+    if (n0 == 0) {
+      p.src = X, p.M = M, p.width = K, p.ld_src = ldx, p.dst = xb, p.ld_dst = Kx;
+      if (R > 0)
+        p.tail = lr->act, p.tail_width = R, p.tail_pad = Kx - K - R, p.ld_tail = lr->ld_act;
+    }
+    if (tile) {
+      p.W = &W, p.n0 = n0, p.rows = rows, p.tile = tile, p.ld_tile = Kx;
+      if (R > 0) p.w_cols = lr->factor, p.R = R, p.R_pad = Kx - K - R, p.scale = lr->scale;
+    }
+    prepare(p);
     const bf16_t* wt = direct ? static_cast<const bf16_t*>(W.data) + n0 * K : tile;
-    // Y[:, n0 : n0+rows] (+)= X . W[n0 : n0+rows, :]^T; the tile [rows x K] row-major is read
-    // as its transpose [K x rows]: strides (1, K).
+    // Y[:, n0 : n0+rows] (+)= X . W[n0 : n0+rows, :]^T; the tile [rows x Kx] row-major is read
+    // as its transpose [Kx x rows]: strides (1, Kx).
     if (dense_out) {
       // On AMX a tile narrower than Y runs into dense scratch (oneDNN's AMX kernels want
       // ldc == N) and is copied into Y by all threads.
-      dnnl_matmul_bf16(M, rows, K, xb, K, wt, 1, K, out, rows, false);
+      dnnl_matmul_bf16(M, rows, Kx, xb, Kx, wt, 1, Kx, out, rows, false);
       copy_columns(out, M, rows, Y + n0, ldy, accumulate);
     } else {
-      dnnl_matmul_bf16(M, rows, K, xb, K, wt, 1, K, Y + n0, ldy, accumulate);
+      dnnl_matmul_bf16(M, rows, Kx, xb, Kx, wt, 1, Kx, Y + n0, ldy, accumulate);
     }
   }
 }
 
 void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightView& W, float* dX,
-                         int64_t lddx, bool accumulate, int64_t tile_rows) {
+                         int64_t lddx, bool accumulate, int64_t tile_rows, const LowRank* lr) {
   const int64_t N = W.rows, K = W.cols;
   const int64_t max_rows = std::min(tile_rows, N);
+  // A low-rank term rides along the last tile's reduction: dY's columns get T's R columns, the
+  // tile R more rows of scale * A, so dX += [dY | T] . [W ; scale A] in that tile's matmul; both
+  // padded with zeros to a reduction of whole 64-byte rows.
+  const int64_t R = lr ? lr->rank : 0;
+  const int64_t max_width = R > 0 ? padded_reduction(max_rows + R) : max_rows;
   // dY is rounded a tile of columns at a time: an [M x N] bf16 copy of the lm_head gradient
   // would cost M * 49152 * 2 bytes.
-  bf16_t* dyb = scratch_bf16(0, M * max_rows);
-  const bool direct = W.dtype == DType::BF16;
-  bf16_t* tile = direct ? nullptr : scratch_bf16(1, max_rows * K);
+  bf16_t* dyb = scratch_bf16(0, M * max_width);
+  const bool direct = W.dtype == DType::BF16 && R == 0;
+  bf16_t* tile = direct ? nullptr : scratch_bf16(1, max_width * K);
   for (int64_t n0 = 0; n0 < N; n0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, N - n0);
-    prepare(dY + n0, M, rows, lddy, dyb, W, n0, rows, tile);
+    const bool term = R > 0 && n0 + rows == N;
+    const int64_t width = term ? padded_reduction(rows + R) : rows;
+    Prep p;
+    p.src = dY + n0, p.M = M, p.width = rows, p.ld_src = lddy, p.dst = dyb, p.ld_dst = width;
+    if (term)
+      p.tail = lr->act, p.tail_width = R, p.tail_pad = width - rows - R, p.ld_tail = lr->ld_act;
+    if (tile) {
+      p.W = &W, p.n0 = n0, p.rows = rows, p.tile = tile, p.ld_tile = K;
+      if (term) p.w_rows = lr->factor, p.R = R, p.R_pad = width - rows - R, p.scale = lr->scale;
+    }
+    prepare(p);
     const bf16_t* wt = direct ? static_cast<const bf16_t*>(W.data) + n0 * K : tile;
     // dX (+)= dY[:, n0 : n0+rows] . W[n0 : n0+rows, :]; the first tile overwrites unless
-    // accumulating. The tile is a plain row-major [rows x K] matrix: strides (K, 1).
-    dnnl_matmul_bf16(M, K, rows, dyb, rows, wt, K, 1, dX, lddx, n0 > 0 || accumulate);
+    // accumulating. The tile is a plain row-major [width x K] matrix: strides (K, 1).
+    dnnl_matmul_bf16(M, K, width, dyb, width, wt, K, 1, dX, lddx, n0 > 0 || accumulate);
   }
 }
 

@@ -17,10 +17,10 @@ void forward_f32(const float* X, int64_t M, int64_t ldx, const WeightView& W, fl
     sgemm(false, true, M, N, K, 1.0f, X, ldx, static_cast<const float*>(W.data), K, beta, Y, ldy);
     return;
   }
-  if (M == 1 && gemv_rows_available(W.dtype)) {
-    // One row (a decoded token) on block formats with a direct kernel: each thread takes a
-    // share of the rows and multiplies them with x straight from their blocks -- one OpenMP
-    // region for the whole matrix, no f32 copy of the weights.
+  if (M == 1 && row_kernel_fits(W)) {
+    // One row (a decoded token) on block formats with a direct kernel (rows of whole blocks):
+    // each thread takes a share of the rows and multiplies them with x straight from their
+    // blocks -- one OpenMP region for the whole matrix, no f32 copy of the weights.
     const int threads = N * K < kParallelDequantMin ? 1 : omp_get_max_threads();
     parallel_run(threads, [&](int t, int nt) {
       const int64_t begin = N * t / nt, end = N * (t + 1) / nt;

@@ -30,19 +30,34 @@ void store_rows(const float* src, int64_t rows, int64_t cols, float* dst, int64_
 // Whether oneDNN's matmul may use AMX on this CPU (then default_tile_rows keeps small weights
 // whole).
 bool onednn_uses_amx();
+// Whether one activation row (M = 1) can go through gemv_rows straight from W's blocks: a row
+// kernel exists for the dtype and every row is whole blocks (not Q4_K at K = 576, say).
+bool row_kernel_fits(const WeightView& W);
 // tile_rows rounded up to a multiple of row_granularity(W) (0 = default_tile_rows).
 int64_t effective_tile_rows(const WeightView& W, int64_t tile_rows);
 // First row of thread t's share of `rows` rows, on a row_granularity boundary; thread t takes
 // [row_share_begin(.., t, ..), row_share_begin(.., t + 1, ..)), and t = threads gives rows.
 int64_t row_share_begin(const WeightView& W, int64_t rows, int t, int threads);
 
-// Validating entry points behind linear_forward / linear_backward_input, with the tile height
-// exposed (0 = default_tile_rows).
+// A low-rank term added to a product (gemm.h, linear_*_low_rank): `act` [M x rank] (row stride
+// ld_act) times `factor` -- forward: scale * act . B^T with factor = B [N x rank]; input
+// gradient: scale * act . A with factor = A [rank x K].
+struct LowRank {
+  const float* act = nullptr;
+  int64_t ld_act = 0;
+  const float* factor = nullptr;
+  int64_t rank = 0;
+  float scale = 1.0f;
+};
+
+// Validating entry points behind linear_forward / linear_backward_input (and their low_rank
+// forms when lr is non-null), with the tile height exposed (0 = default_tile_rows).
 void linear_forward_tiled(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
-                          int64_t ldy, bool accumulate, Precision precision, int64_t tile_rows);
+                          int64_t ldy, bool accumulate, Precision precision, int64_t tile_rows,
+                          const LowRank* lr = nullptr);
 void linear_backward_input_tiled(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
                                  float* dX, int64_t lddx, bool accumulate, Precision precision,
-                                 int64_t tile_rows);
+                                 int64_t tile_rows, const LowRank* lr = nullptr);
 
 // The routes, called with validated, non-empty arguments (M, N, K > 0).
 // f32 route (gemm_f32.cpp): OpenBLAS sgemm; non-f32 weights dequantized to f32 tiles.
@@ -51,11 +66,13 @@ void forward_f32(const float* X, int64_t M, int64_t ldx, const WeightView& W, fl
 void backward_input_f32(const float* dY, int64_t M, int64_t lddy, const WeightView& W, float* dX,
                         int64_t lddx, bool accumulate, int64_t tile_rows);
 // bf16 route (gemm_bf16.cpp): activations rounded to bf16, non-bf16 weights dequantized to bf16
-// tiles, oneDNN matmul with f32 accumulation. Needs cpu_has_avx512_bf16().
+// tiles, oneDNN matmul with f32 accumulation. Needs cpu_has_avx512_bf16(). A low-rank term
+// (lr non-null, rank > 0) is folded into the reduction.
 void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
-                  int64_t ldy, bool accumulate, int64_t tile_rows);
+                  int64_t ldy, bool accumulate, int64_t tile_rows, const LowRank* lr = nullptr);
 void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightView& W, float* dX,
-                         int64_t lddx, bool accumulate, int64_t tile_rows);
+                         int64_t lddx, bool accumulate, int64_t tile_rows,
+                         const LowRank* lr = nullptr);
 
 // oneDNN matmul (gemm_dnnl.cpp): C[M x N] (f32, row stride ldc) = A . B  (+ C if accumulate),
 // A [M x K] bf16 with row stride lda, B [K x N] bf16 with element (k, n) at

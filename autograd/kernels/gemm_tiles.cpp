@@ -55,6 +55,10 @@ int64_t default_tile_rows(const WeightView& W) {
   return std::min(rows, std::max<int64_t>(W.rows, 1));
 }
 
+bool row_kernel_fits(const WeightView& W) {
+  return W.cols % dtype_info(W.dtype).block_elems == 0 && gemv_rows_available(W.dtype);
+}
+
 int64_t effective_tile_rows(const WeightView& W, int64_t tile_rows) {
   if (tile_rows == 0) tile_rows = default_tile_rows(W);
   const int64_t g = row_granularity(W);

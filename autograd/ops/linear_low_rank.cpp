@@ -3,10 +3,11 @@
 //   y = x W^T + bias + scale (x_lr A^T) B^T,
 //
 // so a LoRA projection makes one output tensor instead of four (base, x A^T B^T, its scaled copy,
-// the sum) and one backward instead of four. The rank-r products run in f32 with the scale
-// folded into the GEMM's alpha and written straight into y (beta = 1); backward keeps only
-// u = x_lr A^T [M x r] besides the inputs, and when x_lr is x itself the low-rank input gradient
-// is added into the base's dX by the same GEMM (no second [M x K] tensor, no tape add).
+// the sum) and one backward instead of four. u = x_lr A^T [M x r] is an f32 sgemm, kept for dB;
+// u B^T joins the base product (linear_forward_low_rank: on the bf16 route as r more columns of
+// the reduction, so y is written once; on the f32 route an sgemm into y), and when x_lr is x
+// itself the low-rank input gradient t A joins the base's dX product the same way (no second
+// [M x K] tensor, no tape add). dA and dB are f32 sgemms.
 #include "autograd/kernels/gemm.h"
 #include "autograd/ops.h"
 #include "autograd/ops/common.h"
@@ -58,10 +59,10 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
   Tensor u = empty_f32({M, R});  // x_lr A^T, kept for dB
   if (M > 0 && N > 0 && K > 0) {
     // GraphOnly (nothing reads y): u is still needed for dB, the two products into y are not.
-    if (compute) linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);
     sgemm(false, true, M, R, K, 1.0f, x_lr.data_f32(), K, a.data_f32(), K, 0.0f, u.data_f32(), R);
     if (compute)
-      sgemm(false, true, M, N, R, scale, u.data_f32(), R, b.data_f32(), R, 1.0f, y.data_f32(), N);
+      linear_forward_low_rank(x.data_f32(), M, K, wv, u.data_f32(), R, b.data_f32(), R, scale,
+                              y.data_f32(), N, false, precision);
   } else if (M > 0) {
     std::fill_n(u.data_f32(), M * R, 0.0f);
   }
@@ -88,10 +89,11 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     if (need_x) {
       dx = work ? empty_f32(x.shape()) : new_f32(x.shape());
       if (work) {
-        linear_backward_input(pg, M, N, w_view, dx.data_f32(), K, false, precision);
         if (lr_into_dx)
-          sgemm(false, false, M, K, R, scale, t.data_f32(), R, a.data_f32(), K, 1.0f,
-                dx.data_f32(), K);
+          linear_backward_input_low_rank(pg, M, N, w_view, t.data_f32(), R, a.data_f32(), R, scale,
+                                         dx.data_f32(), K, false, precision);
+        else
+          linear_backward_input(pg, M, N, w_view, dx.data_f32(), K, false, precision);
       }
     }
     if (need_x_lr) {
