@@ -17,8 +17,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <random>
 #include <string>
@@ -28,6 +28,7 @@
 #include "autograd/kernels/cpu.h"
 #include "autograd/kernels/gemm.h"
 #include "autograd/kernels/gemm_internal.h"
+#include "autograd/kernels/skinny.h"
 #include "autograd/quant/quant.h"
 
 namespace loom {
@@ -382,6 +383,82 @@ TEST(Gemm, LowRankTermMatchesReference) {
             }
     }
   EXPECT_EQ(checked, 4 * 2 * 2 * 3 * 2 * 2);
+}
+
+// The skinny LoRA products (skinny.h) against a double reference at the f32 tolerance, for ranks
+// below, at and across the 16-lane vectors (masked tails), row and reduction lengths that leave
+// partial register blocks, NaN past each input row (a kernel reading beyond a row is caught) and
+// output padding that must stay untouched; and the same bits on one thread as on all of them.
+TEST(Skinny, ProductAndReduceMatchReference) {
+  std::mt19937 rng(91);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  int checked = 0;
+  for (int64_t R : {1, 5, 16, 17, 32, 40, 64})
+    for (int64_t M : {1, 7, 19, 300})
+      for (int64_t K : {1, 13, 100}) {
+        SCOPED_TRACE("R=" + std::to_string(R) + " M=" + std::to_string(M) +
+                     " K=" + std::to_string(K));
+        const float alpha = -1.25f;
+        const std::vector<float> X = random_matrix(rng, M, K, K + 3, 1.0f, nan);
+        const std::vector<float> F = random_matrix(rng, K, R, R, 1.0f, nan);
+        const std::vector<float> G = random_matrix(rng, M, R, R + 2, 1.0f, nan);
+        // product: out [M x R], ldo R + 1
+        std::vector<float> out(static_cast<size_t>(M * (R + 1)), kOutputPad);
+        skinny_product(M, K, R, alpha, X.data(), K + 3, F.data(), out.data(), R + 1);
+        int64_t bad = 0;
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t r = 0; r < R; ++r) {
+            double want = 0, l2 = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double p = double(X[m * (K + 3) + k]) * F[k * R + r];
+              want += p;
+              l2 += p * p;
+            }
+            want *= alpha;
+            const double tol =
+                8 * std::ldexp(1.0, -24) * std::sqrt(double(K)) * std::fabs(alpha) * std::sqrt(l2) +
+                std::ldexp(std::fabs(want), -22);
+            if (!(std::fabs(out[m * (R + 1) + r] - want) <= tol)) ++bad;
+          }
+          if (out[m * (R + 1) + R] != kOutputPad) ++bad;
+        }
+        EXPECT_EQ(bad, 0) << "skinny_product";
+        // reduce: out [K x R] = alpha X^T G
+        std::vector<float> red(static_cast<size_t>(K * R), kOutputPad);
+        skinny_reduce(M, K, R, alpha, X.data(), K + 3, G.data(), R + 2, red.data());
+        bad = 0;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t r = 0; r < R; ++r) {
+            double want = 0, l2 = 0;
+            for (int64_t m = 0; m < M; ++m) {
+              const double p = double(X[m * (K + 3) + k]) * G[m * (R + 2) + r];
+              want += p;
+              l2 += p * p;
+            }
+            want *= alpha;
+            const double tol =
+                8 * std::ldexp(1.0, -24) * std::sqrt(double(M)) * std::fabs(alpha) * std::sqrt(l2) +
+                std::ldexp(std::fabs(want), -22);
+            if (!(std::fabs(red[k * R + r] - want) <= tol)) ++bad;
+          }
+        EXPECT_EQ(bad, 0) << "skinny_reduce";
+        if (cpu_features().avx512f) {  // one thread gives the same bits as two
+          std::vector<float> one(out.size(), kOutputPad), one_red(red.size(), kOutputPad);
+          detail::skinny_product_avx512(M, K, R, alpha, X.data(), K + 3, F.data(), one.data(),
+                                        R + 1, 1);
+          detail::skinny_reduce_avx512(M, K, R, alpha, X.data(), K + 3, G.data(), R + 2,
+                                       one_red.data(), 1);
+          std::vector<float> two(out.size(), kOutputPad), two_red(red.size(), kOutputPad);
+          detail::skinny_product_avx512(M, K, R, alpha, X.data(), K + 3, F.data(), two.data(),
+                                        R + 1, 2);
+          detail::skinny_reduce_avx512(M, K, R, alpha, X.data(), K + 3, G.data(), R + 2,
+                                       two_red.data(), 2);
+          EXPECT_EQ(one, two);
+          EXPECT_EQ(one_red, two_red);
+        }
+        ++checked;
+      }
+  EXPECT_EQ(checked, 7 * 4 * 3);
 }
 
 TEST(Gemm, AutoIsTheResolvedPrecision) {

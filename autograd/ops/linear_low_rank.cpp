@@ -3,18 +3,34 @@
 //   y = x W^T + bias + scale (x_lr A^T) B^T,
 //
 // so a LoRA projection makes one output tensor instead of four (base, x A^T B^T, its scaled copy,
-// the sum) and one backward instead of four. u = x_lr A^T [M x r] is an f32 sgemm, kept for dB;
+// the sum) and one backward instead of four. u = x_lr A^T [M x r] is an f32 skinny product
+// (skinny.h: the activations read once, unpacked), kept for dB;
 // u B^T joins the base product (linear_forward_low_rank: on the bf16 route as r more columns of
 // the reduction, so y is written once; on the f32 route an sgemm into y), and when x_lr is x
 // itself the low-rank input gradient t A joins the base's dX product the same way (no second
-// [M x K] tensor, no tape add). dA and dB are f32 sgemms.
+// [M x K] tensor, no tape add). t = dY B, dA and dB are skinny products too.
+#include <vector>
+
 #include "autograd/kernels/gemm.h"
+#include "autograd/kernels/skinny.h"
 #include "autograd/ops.h"
 #include "autograd/ops/common.h"
 
 namespace loom {
 
 using namespace ops_detail;
+
+namespace {
+
+// The [cols x rows] transpose of a contiguous [rows x cols] matrix.
+std::vector<float> transposed(const float* m, int64_t rows, int64_t cols) {
+  std::vector<float> t(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = m[r * cols + c];
+  return t;
+}
+
+}  // namespace
 
 Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& bias_in,
                        const Tensor& x_lr_in, const Tensor& a_in, const Tensor& b_in, float scale,
@@ -59,7 +75,8 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
   Tensor u = empty_f32({M, R});  // x_lr A^T, kept for dB
   if (M > 0 && N > 0 && K > 0) {
     // GraphOnly (nothing reads y): u is still needed for dB, the two products into y are not.
-    sgemm(false, true, M, R, K, 1.0f, x_lr.data_f32(), K, a.data_f32(), K, 0.0f, u.data_f32(), R);
+    const std::vector<float> a_t = transposed(a.data_f32(), R, K);
+    skinny_product(M, K, R, 1.0f, x_lr.data_f32(), K, a_t.data(), u.data_f32(), R);
     if (compute)
       linear_forward_low_rank(x.data_f32(), M, K, wv, u.data_f32(), R, b.data_f32(), R, scale,
                               y.data_f32(), N, false, precision);
@@ -85,7 +102,7 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     Tensor dx, dx_lr, da, db, dbias;
     // t = dY B [M x r]: the gradient reaching u, unscaled.
     Tensor t = work ? empty_f32({M, R}) : Tensor();
-    if (work) sgemm(false, false, M, R, N, 1.0f, pg, N, b.data_f32(), R, 0.0f, t.data_f32(), R);
+    if (work) skinny_product(M, N, R, 1.0f, pg, N, b.data_f32(), t.data_f32(), R);
     if (need_x) {
       dx = work ? empty_f32(x.shape()) : new_f32(x.shape());
       if (work) {
@@ -104,14 +121,16 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     }
     if (need_a) {  // dA [r x K] = scale t^T x_lr
       da = work ? empty_f32({R, K}) : new_f32({R, K});
-      if (work)
-        sgemm(true, false, R, K, M, scale, t.data_f32(), R, saved_x_lr.data_f32(), K, 0.0f,
-              da.data_f32(), K);
+      if (work) {
+        std::vector<float> da_t(static_cast<size_t>(K * R));  // dA^T [K x r]
+        skinny_reduce(M, K, R, scale, saved_x_lr.data_f32(), K, t.data_f32(), R, da_t.data());
+        const std::vector<float> d = transposed(da_t.data(), K, R);
+        std::copy(d.begin(), d.end(), da.data_f32());
+      }
     }
     if (need_b) {  // dB [N x r] = scale dY^T u
       db = work ? empty_f32({N, R}) : new_f32({N, R});
-      if (work)
-        sgemm(true, false, N, R, M, scale, pg, N, saved_u.data_f32(), R, 0.0f, db.data_f32(), R);
+      if (work) skinny_reduce(M, N, R, scale, pg, N, saved_u.data_f32(), R, db.data_f32());
     }
     if (need_bias) {
       dbias = new_f32({N});

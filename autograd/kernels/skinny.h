@@ -1,0 +1,31 @@
+// The f32 products of a LoRA projection with its rank-R side: one operand is an activation
+// matrix [M x K] (M = tokens, K = features, both large), the other has only R columns (R = the
+// rank, 4..64). OpenBLAS packs the large operand before each such product -- a full copy of the
+// activations for a few flops per element -- so these run unpacked: the large operand is read
+// once, straight from where it lies, and the R-wide results stay in registers.
+#pragma once
+
+#include <cstdint>
+
+namespace loom {
+
+// out[M x R] (row stride ldo) = alpha * X[M x K] (row stride ldx) . F[K x R] (contiguous).
+// (LoRA: u = x A^T with F = A^T, t = dY B with F = B.)
+void skinny_product(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
+                    const float* F, float* out, int64_t ldo);
+
+// out[K x R] (contiguous) = alpha * X[M x K]^T (row stride ldx) . G[M x R] (row stride ldg):
+// a sum over the M rows. (LoRA: dB = s dY^T u; dA^T = s x^T t.)
+void skinny_reduce(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
+                   const float* G, int64_t ldg, float* out);
+
+namespace detail {
+// The AVX-512 kernels behind them (skinny_avx512.cpp; need AVX512F), on `threads` OpenMP
+// threads; skinny_product / skinny_reduce choose them or sgemm.
+void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X,
+                           int64_t ldx, const float* F, float* out, int64_t ldo, int threads);
+void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
+                          const float* G, int64_t ldg, float* out, int threads);
+}  // namespace detail
+
+}  // namespace loom

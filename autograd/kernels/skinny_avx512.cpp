@@ -1,0 +1,172 @@
+// The skinny LoRA products (skinny.h) with AVX-512 intrinsics: each output row's R values (or
+// each reduced row's) are one or two zmm accumulators per row, the large operand is read once
+// in place, one float broadcast at a time. Every output element is one thread's sequential sum
+// over the reduction, so results do not depend on the thread count.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+
+#include "autograd/kernels/skinny.h"
+
+namespace loom::detail {
+namespace {
+
+// Lanes [0, n) of a 16-float vector (n >= 16: all).
+inline __mmask16 lane_mask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// Columns [r0, r0 + 16 * NC) of a result in NC vectors, the last one masked to `last`.
+template <int NC>
+inline __mmask16 chunk_mask(int j, __mmask16 last) {
+  return j == NC - 1 ? last : static_cast<__mmask16>(0xFFFF);
+}
+
+// out rows [m0, m0 + MB), columns [r0, r0 + 16 NC) of alpha * X . F.
+template <int MB, int NC>
+void product_block(int64_t m0, int64_t K, int64_t R, int64_t r0, __mmask16 last, float alpha,
+                   const float* X, int64_t ldx, const float* F, float* out, int64_t ldo) {
+  __m512 acc[MB][NC];
+#pragma GCC unroll 16
+  for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_setzero_ps();
+  const float* x = X + m0 * ldx;
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 f[NC];
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j)
+      f[j] = _mm512_maskz_loadu_ps(chunk_mask<NC>(j, last), F + k * R + r0 + 16 * j);
+#pragma GCC unroll 16
+    for (int i = 0; i < MB; ++i) {
+      const __m512 xv = _mm512_set1_ps(x[i * ldx + k]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_fmadd_ps(xv, f[j], acc[i][j]);
+    }
+  }
+  const __m512 a = _mm512_set1_ps(alpha);
+#pragma GCC unroll 16
+  for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j)
+      _mm512_mask_storeu_ps(out + (m0 + i) * ldo + r0 + 16 * j, chunk_mask<NC>(j, last),
+                            _mm512_mul_ps(acc[i][j], a));
+}
+
+template <int MB, int NC>
+void product_rows(int64_t m_begin, int64_t m_end, int64_t K, int64_t R, int64_t r0, __mmask16 last,
+                  float alpha, const float* X, int64_t ldx, const float* F, float* out,
+                  int64_t ldo) {
+  int64_t m = m_begin;
+  for (; m + MB <= m_end; m += MB)
+    product_block<MB, NC>(m, K, R, r0, last, alpha, X, ldx, F, out, ldo);
+  for (; m < m_end; ++m) product_block<1, NC>(m, K, R, r0, last, alpha, X, ldx, F, out, ldo);
+}
+
+// out rows [k0, k0 + KB), columns [r0, r0 + 16 NC) of X^T . G over rows [m0, m1) of X and G,
+// added to what out holds unless m0 == 0; scaled by alpha when m1 == M (the last rows).
+template <int KB, int NC>
+void reduce_block(int64_t m0, int64_t m1, int64_t M, int64_t k0, int64_t R, int64_t r0,
+                  __mmask16 last, float alpha, const float* X, int64_t ldx, const float* G,
+                  int64_t ldg, float* out) {
+  __m512 acc[KB][NC];
+#pragma GCC unroll 16
+  for (int i = 0; i < KB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j)
+      acc[i][j] = m0 == 0 ? _mm512_setzero_ps()
+                          : _mm512_maskz_loadu_ps(chunk_mask<NC>(j, last),
+                                                  out + (k0 + i) * R + r0 + 16 * j);
+  for (int64_t m = m0; m < m1; ++m) {
+    __m512 g[NC];
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j)
+      g[j] = _mm512_maskz_loadu_ps(chunk_mask<NC>(j, last), G + m * ldg + r0 + 16 * j);
+    const float* x = X + m * ldx + k0;
+#pragma GCC unroll 16
+    for (int i = 0; i < KB; ++i) {
+      const __m512 xv = _mm512_set1_ps(x[i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_fmadd_ps(xv, g[j], acc[i][j]);
+    }
+  }
+  const __m512 a = _mm512_set1_ps(m1 == M ? alpha : 1.0f);
+#pragma GCC unroll 16
+  for (int i = 0; i < KB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j)
+      _mm512_mask_storeu_ps(out + (k0 + i) * R + r0 + 16 * j, chunk_mask<NC>(j, last),
+                            _mm512_mul_ps(acc[i][j], a));
+}
+
+// Rows of X are taken kRowChunk at a time, each chunk swept over all of this thread's columns
+// while it sits in L2: sweeping one 64-byte column strip down all M rows (thousands of pages)
+// ran at a third of the speed.
+constexpr int64_t kRowChunk = 64;
+
+template <int KB, int NC>
+void reduce_cols(int64_t k_begin, int64_t k_end, int64_t M, int64_t R, int64_t r0, __mmask16 last,
+                 float alpha, const float* X, int64_t ldx, const float* G, int64_t ldg,
+                 float* out) {
+  if (M == 0) {  // an empty sum: zeros
+    for (int64_t k = k_begin; k < k_end; ++k)
+      reduce_block<1, NC>(0, 0, 0, k, R, r0, last, alpha, X, ldx, G, ldg, out);
+    return;
+  }
+  for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
+    const int64_t m1 = std::min(M, m0 + kRowChunk);
+    int64_t k = k_begin;
+    for (; k + KB <= k_end; k += KB)
+      reduce_block<KB, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
+    for (; k < k_end; ++k)
+      reduce_block<1, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
+  }
+}
+
+// Runs fn(begin, end) over thread shares of [0, n), each share a multiple of `unit` but the
+// last.
+template <typename Fn>
+void split(int64_t n, int64_t unit, int threads, Fn&& fn) {
+  const int64_t units = (n + unit - 1) / unit;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t begin = std::min(n, units * t / nt * unit);
+    const int64_t end = std::min(n, units * (t + 1) / nt * unit);
+    if (end > begin) fn(begin, end);
+  }
+}
+
+}  // namespace
+
+void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X,
+                           int64_t ldx, const float* F, float* out, int64_t ldo, int threads) {
+  split(M, 8, threads, [&](int64_t m0, int64_t m1) {
+    // Columns in chunks of 32 (two vectors: 12 accumulators for 6 rows) or a last one of <= 16
+    // (8 rows of one vector).
+    for (int64_t r0 = 0; r0 < R; r0 += 32) {
+      const int64_t rem = R - r0;
+      if (rem > 16)
+        product_rows<6, 2>(m0, m1, K, R, r0, lane_mask(rem - 16), alpha, X, ldx, F, out, ldo);
+      else
+        product_rows<8, 1>(m0, m1, K, R, r0, lane_mask(rem), alpha, X, ldx, F, out, ldo);
+    }
+  });
+}
+
+void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
+                          const float* G, int64_t ldg, float* out, int threads) {
+  split(K, 16, threads, [&](int64_t k0, int64_t k1) {
+    // 8 reduced rows of two vectors or 16 of one: 16 accumulators, 64-byte runs of each X row.
+    for (int64_t r0 = 0; r0 < R; r0 += 32) {
+      const int64_t rem = R - r0;
+      if (rem > 16)
+        reduce_cols<8, 2>(k0, k1, M, R, r0, lane_mask(rem - 16), alpha, X, ldx, G, ldg, out);
+      else
+        reduce_cols<16, 1>(k0, k1, M, R, r0, lane_mask(rem), alpha, X, ldx, G, ldg, out);
+    }
+  });
+}
+
+}  // namespace loom::detail
