@@ -67,6 +67,28 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 Tensor linear_low_rank(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& x_lr, const Tensor& a, const Tensor& b, float scale,
                        Precision precision = Precision::Auto, OutputUse use = OutputUse::Read);
+// A trainable low-rank update of a frozen weight, as linear_low_rank takes it: the output gets
+// scale (x_lr . A^T) . B^T. x_lr has the input's shape (the input itself, or dropout of it); A
+// [r, in] and B [out, r] are f32, and their products run in f32. (Also the LM head's LoRA in
+// the chunked loss: logits = hidden . W^T + the term.)
+struct LowRankTerm {
+  Tensor x_lr, a, b;
+  float scale = 1.0f;
+};
+// One projection of linear_group: a frozen weight [N, K] of any storage dtype, an optional f32
+// bias [N], an optional low-rank term.
+struct GroupLinear {
+  Tensor weight, bias;
+  std::optional<LowRankTerm> low_rank;
+};
+// Several projections reading the same x [..., K] (a block's q/k/v, its gate/up) as one op, one
+// output per projection: outputs[i] equals linear_low_rank(x, weight_i, bias_i, x_lr_i, a_i, b_i,
+// scale_i) (linear() without a term) up to f32 rounding. x is rounded to bf16 once for all of
+// them (gemm.h linear_forward_group); the terms whose x_lr is x itself share one x . A^T
+// product, one dA reduction over x and the input gradient, which all projections write into
+// one dX.
+std::vector<Tensor> linear_group(const Tensor& x, const std::vector<GroupLinear>& linears,
+                                 Precision precision = Precision::Auto);
 // f32 matrix product over the last two dims: a [..., M, K] . b [..., K, N] -> [..., M, N].
 // Batch dims must match, or one operand is 2-D (shared by every batch element).
 Tensor matmul(const Tensor& a, const Tensor& b);
@@ -150,13 +172,6 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed);
 bool dropout_keeps(uint64_t seed, int64_t index, float p);  // the mask, for tests
 
 // ---- cross-entropy over a large vocabulary (ops/cross_entropy.cpp) ---------------------------
-// A trainable low-rank update of the output weight (LoRA on the LM head), as linear_low_rank
-// takes it: logits = hidden . W^T + scale (x_lr . A^T) . B^T. x_lr has hidden's shape (hidden
-// itself, or dropout(hidden)); A [r, D] and B [V, r] are f32, and their products run in f32.
-struct LowRankTerm {
-  Tensor x_lr, a, b;
-  float scale = 1.0f;
-};
 struct CrossEntropyOptions {
   // Rows of logits alive at a time (chunk_rows x V floats). 0 picks about 64 MB: 16M / V rows,
   // between 16 and 1024 (341 rows for a 49152 vocabulary).

@@ -81,6 +81,21 @@ Tensor Linear::forward(const Tensor& x, Precision precision, OutputUse use) cons
                  : linear(x, weight, bias, precision, use);
 }
 
+std::vector<Tensor> forward_shared_input(std::span<const Linear* const> linears, const Tensor& x,
+                                         Precision precision) {
+  std::vector<GroupLinear> group;
+  for (const Linear* l : linears) {
+    if (l->adapter && !l->adapter->is_low_rank_term()) {
+      std::vector<Tensor> out;
+      for (const Linear* each : linears) out.push_back(each->forward(x, precision));
+      return out;
+    }
+    group.push_back(
+        {l->weight, l->bias, l->adapter ? l->adapter->low_rank_term(*l, x) : std::nullopt});
+  }
+  return linear_group(x, group, precision);
+}
+
 // ---- weight checks ----------------------------------------------------------------------------
 
 namespace {
@@ -347,11 +362,11 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   const ModelConfig& c = config_;
   const int64_t B = x.size(0), T = x.size(1);
   Tensor h = rms_norm(x, b.attn_norm, c.rms_norm_eps);
-  Tensor q = reshape(b.wq.forward(h, precision), {B, T, c.n_heads, c.head_dim});
-  Tensor k = reshape(b.wk.forward(h, precision), {B, T, c.n_kv_heads, c.head_dim});
-  Tensor v = reshape(b.wv.forward(h, precision), {B, T, c.n_kv_heads, c.head_dim});
-  q = rope(q, rope_cs);
-  k = rope(k, rope_cs);
+  const Linear* const qkv_proj[] = {&b.wq, &b.wk, &b.wv};
+  const std::vector<Tensor> qkv = forward_shared_input(qkv_proj, h, precision);
+  Tensor q = rope(reshape(qkv[0], {B, T, c.n_heads, c.head_dim}), rope_cs);
+  Tensor k = rope(reshape(qkv[1], {B, T, c.n_kv_heads, c.head_dim}), rope_cs);
+  Tensor v = reshape(qkv[2], {B, T, c.n_kv_heads, c.head_dim});
   AttentionOptions attn;
   attn.causal = true;
   attn.document_ids = document_ids;
@@ -359,7 +374,9 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   Tensor a = reshape(attention(q, k, v, attn), {B, T, c.q_dim()});
   Tensor x1 = add(x, b.wo.forward(a, precision));
   h = rms_norm(x1, b.ffn_norm, c.rms_norm_eps);
-  Tensor m = swiglu(b.w_gate.forward(h, precision), b.w_up.forward(h, precision));
+  const Linear* const gate_up_proj[] = {&b.w_gate, &b.w_up};
+  const std::vector<Tensor> gate_up = forward_shared_input(gate_up_proj, h, precision);
+  Tensor m = swiglu(gate_up[0], gate_up[1]);
   return add(x1, b.w_down.forward(m, precision, use));
 }
 

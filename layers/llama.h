@@ -70,6 +70,9 @@ class LinearAdapter {
   // nullopt when the adapter adds nothing now (merged into the weight). The default throws: an
   // adapter not of that form cannot go on the LM head.
   virtual std::optional<LowRankTerm> low_rank_term(const Linear& base, const Tensor& x) const;
+  // Whether low_rank_term() is the adapter's whole effect (plain LoRA; false by default): then
+  // projections sharing an input may run as one linear_group (forward_shared_input).
+  virtual bool is_low_rank_term() const { return false; }
 };
 
 // One projection: a frozen weight of any storage dtype, an optional f32 bias, an optional
@@ -90,6 +93,12 @@ struct Linear {
   // OutputUse::GraphOnly the output's values may be left zero (see linear()).
   Tensor forward(const Tensor& x, Precision precision, OutputUse use = OutputUse::Read) const;
 };
+
+// The outputs of projections that read the same x (a block's q/k/v, its gate/up), in order: one
+// linear_group when each is plain or carries a plain low-rank adapter (LoRA, not DoRA), else
+// each Linear::forward.
+std::vector<Tensor> forward_shared_input(std::span<const Linear* const> linears, const Tensor& x,
+                                         Precision precision);
 
 struct LlamaBlock {
   Tensor attn_norm;  // [D]

@@ -65,6 +65,7 @@ class LoraAdapter : public LinearAdapter {
                  OutputUse use = OutputUse::Read) const override;
   // {dropout(x), A, B, s} (nullopt while merged): the LM head's term in the chunked loss.
   std::optional<LowRankTerm> low_rank_term(const Linear& base, const Tensor& x) const override;
+  bool is_low_rank_term() const override { return !is_dora(); }
 
   // PEFT's default init (init_lora_weights=True): A Kaiming-uniform with a = sqrt(5), i.e.
   // U(-1/sqrt(in), 1/sqrt(in)), and B = 0, so the adapted model starts equal to the base.

@@ -385,6 +385,92 @@ TEST(Gemm, LowRankTermMatchesReference) {
   EXPECT_EQ(checked, 4 * 2 * 2 * 3 * 2 * 2);
 }
 
+// linear_forward_group: weights of several dtypes reading one X, each output with its term in
+// its own columns of U (one without a term, a U column no output reads), on both routes, for
+// one row (the per-output fallback) and several; against the scalar reference per output.
+TEST(Gemm, GroupMatchesReference) {
+  std::mt19937 rng(93);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int64_t K = 192, u_cols = 13, ldu = 16;
+  struct Member {
+    TestWeight w;
+    int64_t rank, u_col;
+    float scale;
+    std::vector<float> B;
+  };
+  std::vector<Member> members;
+  members.push_back({make_weight(rng, DType::NF4, 130, K), 5, 3, 1.75f, {}});
+  members.push_back({make_weight(rng, DType::F32, 20, K), 3, 0, -0.5f, {}});
+  members.push_back({make_weight(rng, DType::BF16, 40, K), 0, 0, 1.0f, {}});
+  members.push_back({make_weight(rng, DType::Q8_0, 24, K), 4, 9, 2.0f, {}});  // column 8 unread
+  for (Member& m : members) m.B = random_matrix(rng, m.w.rows, m.rank, m.rank, 0.05f, 0.0f);
+  int checked = 0;
+  for (Precision p : {Precision::F32, Precision::BF16})
+    for (int64_t M : {1, 7, 33}) {
+      const int64_t ldx = K + 3;
+      const std::vector<float> X = random_matrix(rng, M, K, ldx, 1.0f, nan);
+      const std::vector<float> U = random_matrix(rng, M, u_cols, ldu, 1.0f, nan);
+      auto run = [&](bool drop_terms) {
+        std::vector<std::vector<float>> Y;
+        std::vector<GroupProduct> outs;
+        for (const Member& m : members) {
+          const int64_t N = m.w.rows;
+          Y.emplace_back(static_cast<size_t>(M * (N + 2)), kOutputPad);
+          for (int64_t r = 0; r < M; ++r) std::fill_n(Y.back().begin() + r * (N + 2), N, 777.0f);
+        }
+        for (size_t i = 0; i < members.size(); ++i) {
+          const Member& m = members[i];
+          outs.push_back({m.w.view(), Y[i].data(), m.w.rows + 2, m.rank > 0 ? m.B.data() : nullptr,
+                          m.rank, m.u_col, drop_terms ? 0.0f : m.scale});
+        }
+        linear_forward_group(X.data(), M, ldx, U.data(), ldu, u_cols, outs, p);
+        return Y;
+      };
+      const std::vector<std::vector<float>> got = run(false), dropped = run(true);
+      for (size_t i = 0; i < members.size(); ++i) {
+        const Member& m = members[i];
+        const int64_t N = m.w.rows, ld = N + 2;
+        SCOPED_TRACE("output " + std::to_string(i) + " M=" + std::to_string(M) +
+                     (p == Precision::F32 ? " F32" : " BF16"));
+        std::vector<float> want(static_cast<size_t>(M * ld), kOutputPad), l2sq(want.size(), 0.0f);
+        run_ref(Product::Forward, M, X.data(), ldx, m.w, want.data(), ld, false);
+        const TestWeight w2 = from_values(squared(m.w.values), N, K);
+        const std::vector<float> x2 = squared(X);
+        run_ref(Product::Forward, M, x2.data(), ldx, w2, l2sq.data(), ld, false);
+        for (int64_t r = 0; r < M; ++r)
+          for (int64_t j = 0; j < N; ++j) {
+            double term = 0, sq = 0;
+            for (int64_t c = 0; c < m.rank; ++c) {
+              const double prod = double(U[r * ldu + m.u_col + c]) * m.B[j * m.rank + c];
+              term += prod;
+              sq += prod * prod;
+            }
+            const size_t e = static_cast<size_t>(r * ld + j);
+            want[e] = static_cast<float>(double(want[e]) + m.scale * term);
+            l2sq[e] += static_cast<float>(double(m.scale) * m.scale * sq);
+          }
+        const double coef = l2_coefficient(resolve_precision(p), K + u_cols);
+        const Comparison c = compare(got[i], want, l2sq, M, N, ld, coef);
+        EXPECT_EQ(c.bad, 0) << c.bad << " elements out of tolerance; first: " << c.first;
+        EXPECT_EQ(c.pad_touched, 0) << "output padding was written";
+        if (m.rank > 0) {
+          EXPECT_GT(compare(dropped[i], want, l2sq, M, N, ld, coef).bad, 0)
+              << "the checker misses a dropped low-rank term";
+        }
+        ++checked;
+      }
+    }
+  EXPECT_EQ(checked, 2 * 3 * 4);
+  // Outputs must read the same X width, and terms must fit U.
+  std::vector<float> X(2 * K), U(2 * ldu), Y(2 * 130);
+  const GroupProduct a{members[0].w.view(), Y.data(), 130, members[0].B.data(), 5, 10, 1.0f};
+  EXPECT_THROW(linear_forward_group(X.data(), 2, K, U.data(), ldu, u_cols, {&a, 1}), Error);
+  const TestWeight narrow = make_weight(rng, DType::F32, 4, 100);
+  const GroupProduct b{narrow.view(), Y.data(), 4, nullptr, 0, 0, 1.0f};
+  const GroupProduct ab[] = {{members[0].w.view(), Y.data(), 130, nullptr, 0, 0, 1.0f}, b};
+  EXPECT_THROW(linear_forward_group(X.data(), 2, K, U.data(), ldu, u_cols, ab), Error);
+}
+
 // The skinny LoRA products (skinny.h) against a double reference at the f32 tolerance, for ranks
 // below, at and across the 16-lane vectors (masked tails), row and reduction lengths that leave
 // partial register blocks, NaN past each input row (a kernel reading beyond a row is caught) and

@@ -321,6 +321,36 @@ TEST(Gradcheck, LinearLowRankSeparateInputQuantizedWeight) {
       Tolerance{1e-2, 3e-4, 3e-4});
 }
 
+// linear_group: projections of one input, each output's gradient by finite differences of
+// the outputs flattened side by side. Terms on x itself (sharing the product and reduction over
+// x), a term on its own input (as with dropout), a plain projection with a bias, a Q8_0 weight;
+// and an output left out of the result (its gradient never arrives).
+TEST(Gradcheck, LinearGroup) {
+  Tensor w0 = random_tensor({4, 32}, 12), w2 = random_tensor({3, 32}, 13);
+  Tensor w1 = Tensor::quantized_from({6, 32}, DType::Q8_0, random_values(6 * 32, 14));
+  auto group = [=](const std::vector<Tensor>& in, bool all) {
+    const std::vector<GroupLinear> g = {{w0, in[4], LowRankTerm{in[0], in[2], in[3], 1.75f}},
+                                        {w1, Tensor(), LowRankTerm{in[1], in[5], in[6], -0.5f}},
+                                        {w2, in[7], std::nullopt},
+                                        {w0, Tensor(), LowRankTerm{in[0], in[8], in[9], 0.25f}}};
+    const std::vector<Tensor> y = linear_group(in[0], g, Precision::F32);
+    std::vector<Tensor> flat;
+    for (size_t i = 0; i < y.size(); ++i)
+      if (all || i != 2) flat.push_back(reshape(y[i], {-1}));
+    return concat(flat, 0);
+  };
+  const std::vector<Tensor> inputs = {param({3, 32}, 1), param({3, 32}, 2), param({2, 32}, 3),
+                                      param({4, 2}, 4),  param({4}, 5),     param({3, 32}, 6),
+                                      param({6, 3}, 7),  param({3}, 8),     param({1, 32}, 9),
+                                      param({4, 1}, 10)};
+  const Tolerance tol{1e-2, 3e-4, 3e-4};
+  EXPECT_GRADCHECK([=](const std::vector<Tensor>& in) { return group(in, true); }, inputs, tol);
+  std::vector<Tensor> without_bias = inputs;
+  without_bias[7] = random_tensor({3}, 8);  // the left-out output's bias: frozen, no gradient
+  EXPECT_GRADCHECK([=](const std::vector<Tensor>& in) { return group(in, false); }, without_bias,
+                   tol);
+}
+
 TEST(Gradcheck, Matmul) {
   auto mm = [](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); };
   EXPECT_GRADCHECK(mm, {param({3, 4}, 1), param({4, 5}, 2)}, kLinearTol);

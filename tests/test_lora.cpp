@@ -289,6 +289,76 @@ TEST(LoraAdapter, FusedForwardMatchesApply) {
     }
 }
 
+// forward_shared_input (the model's q/k/v and gate/up) runs LoRA projections of one input as a
+// linear_group: outputs and every gradient as each projection's own forward gives them. Weights
+// f32 and Q8_0, a bias, one adapter with dropout (its own input), one projection without an
+// adapter; with a DoRA adapter among them the projections run one by one.
+TEST(LoraAdapter, SharedInputGroupMatchesEachProjection) {
+  auto runtime = std::make_shared<LoraRuntime>();
+  runtime->dropout_step = 2;
+  std::vector<Linear> lin = {make_linear(40, 32, 1, true), make_linear(16, 32, 3, false),
+                             make_linear(24, 32, 5, false), make_linear(8, 32, 7, true)};
+  lin[1].weight = Tensor::quantized_from({16, 32}, DType::Q8_0, random_values(16 * 32, 4));
+  const Projection kinds[] = {Projection::Q, Projection::K, Projection::V, Projection::O};
+  for (size_t i = 0; i < lin.size(); ++i) lin[i].kind = kinds[i];
+  const float dropouts[] = {0.0f, 0.25f, 0.0f};
+  std::vector<std::shared_ptr<LoraAdapter>> adapters;
+  for (size_t i = 0; i < 3; ++i) {
+    LoraModuleOptions o;
+    o.rank = static_cast<int64_t>(2 + i);
+    o.alpha = 4.0 + static_cast<double>(i);
+    o.dropout = dropouts[i];
+    o.seed = 9;
+    auto ad = std::make_shared<LoraAdapter>(lin[i], o, runtime);
+    ad->set_lora_a(random_values(o.rank * 32, 40 + i));
+    ad->set_lora_b(random_values(lin[i].out_features() * o.rank, 50 + i));
+    lin[i].adapter = ad;
+    adapters.push_back(ad);
+  }
+  LoraModuleOptions dora_options;
+  dora_options.rank = 2;
+  auto dora = std::make_shared<DoraAdapter>(lin[3], dora_options, runtime);
+  dora->set_lora_a(random_values(2 * 32, 60));
+  dora->set_lora_b(random_values(8 * 2, 61));
+  for (bool with_dora : {false, true})
+    for (Precision prec : {Precision::F32, Precision::Auto}) {
+      SCOPED_TRACE(fmt::format("{} precision {}", with_dora ? "with DoRA" : "LoRA",
+                               prec == Precision::F32 ? "f32" : "auto"));
+      lin[3].adapter = with_dora ? dora : nullptr;
+      std::vector<const Linear*> ps;
+      for (const Linear& l : lin) ps.push_back(&l);
+      std::vector<std::vector<float>> got[2];
+      for (bool grouped : {false, true}) {
+        Tensor x = Tensor::from_vector({2, 5, 32}, random_values(2 * 5 * 32, 70));
+        x.set_requires_grad(true);
+        std::vector<Tensor> params;
+        for (const auto& ad : adapters) params.insert(params.end(), {ad->lora_a(), ad->lora_b()});
+        if (with_dora) params.insert(params.end(), {dora->lora_a(), dora->lora_b()});
+        for (const Tensor& t : params) t.impl()->grad.reset();
+        std::vector<Tensor> ys;
+        if (grouped) {
+          ys = forward_shared_input(ps, x, prec);
+        } else {
+          for (const Linear* l : ps) ys.push_back(l->forward(x, prec));
+        }
+        Tensor loss;
+        for (size_t i = 0; i < ys.size(); ++i) {
+          got[grouped].push_back(ys[i].to_vector());
+          const Tensor r = Tensor::from_vector(ys[i].shape(), random_values(ys[i].numel(), 80 + i));
+          const Tensor term = sum(mul(ys[i], r));
+          loss = loss.defined() ? add(loss, term) : term;
+        }
+        loss.backward();
+        got[grouped].push_back(x.grad().to_vector());
+        for (const Tensor& t : params) got[grouped].push_back(t.grad().to_vector());
+      }
+      const double tol = resolve_precision(prec) == Precision::F32 ? 1e-6 : 4.0 / 256.0;
+      ASSERT_EQ(got[0].size(), got[1].size());
+      for (size_t i = 0; i < got[0].size(); ++i)
+        EXPECT_LE(diff(got[1][i], got[0][i]).rel(), tol) << "result " << i;
+    }
+}
+
 // OutputUse::GraphOnly: zeros instead of the output, the same gradients bit for bit (the recompute
 // of a checkpointed block relies on it for its down projection). Also for a plain linear.
 TEST(LoraAdapter, GraphOnlyOutputKeepsEveryGradient) {

@@ -160,6 +160,39 @@ void linear_backward_input_low_rank(const float* dY, int64_t M, int64_t lddy, co
   detail::linear_backward_input_tiled(dY, M, lddy, W, dX, lddx, accumulate, precision, 0, &lr);
 }
 
+void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
+                          int64_t u_cols, std::span<const GroupProduct> outputs,
+                          Precision precision) {
+  const char* op = "linear_forward_group";
+  if (outputs.empty()) return;
+  const int64_t K = outputs.front().W.cols;
+  LOOM_CHECK(u_cols >= 0 && (u_cols == 0 || M == 0 || (U != nullptr && ldu >= u_cols)),
+             "{}: low-rank activations of {} columns have row stride {}{}", op, u_cols, ldu,
+             U == nullptr ? " and are null" : "");
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const GroupProduct& o = outputs[i];
+    check_weight(op, o.W);
+    LOOM_CHECK(o.W.cols == K,
+               "{}: output {}'s weight [{} x {}] does not read the group's {} input columns", op, i,
+               o.W.rows, o.W.cols, K);
+    check_activation(op, "Y", o.Y, M, o.W.rows, o.ldy, o.W);
+    LOOM_CHECK(o.rank >= 0 && o.u_col >= 0 && o.u_col + o.rank <= u_cols &&
+                   (o.rank == 0 || o.B != nullptr),
+               "{}: output {}'s term (rank {} at column {}{}) does not fit {} low-rank columns", op,
+               i, o.rank, o.u_col, o.rank > 0 && o.B == nullptr ? ", null B" : "", u_cols);
+  }
+  check_activation(op, "X", X, M, K, ldx, outputs.front().W);
+  if (M == 0) return;
+  bool bf16 = resolve_precision(precision) == Precision::BF16 && M > 1 && K > 0;
+  for (const GroupProduct& o : outputs) bf16 = bf16 && o.W.rows > 0;
+  if (bf16) return detail::forward_bf16_group(X, M, ldx, U, ldu, u_cols, outputs);
+  for (const GroupProduct& o : outputs) {
+    const detail::LowRank lr{U + o.u_col, ldu, o.B, o.rank, o.scale};
+    detail::linear_forward_tiled(X, M, ldx, o.W, o.Y, o.ldy, false, precision, 0,
+                                 o.rank > 0 ? &lr : nullptr);
+  }
+}
+
 void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
                int64_t a_stride_m, int64_t a_stride_k, const uint16_t* B, int64_t b_stride_k,
                int64_t b_stride_n, float* C, int64_t ldc, bool accumulate) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "autograd/dtype.h"
 
@@ -58,6 +59,27 @@ void linear_backward_input_low_rank(const float* dY, int64_t M, int64_t lddy, co
                                     const float* T, int64_t ldt, const float* A, int64_t R,
                                     float scale, float* dX, int64_t lddx, bool accumulate,
                                     Precision precision = Precision::Auto);
+
+// One output of linear_forward_group: Y[M x N] = X . W^T + scale * U[:, u_col : u_col + rank] .
+// B^T, with B [N x rank] contiguous f32 (null with rank 0).
+struct GroupProduct {
+  WeightView W;
+  float* Y = nullptr;
+  int64_t ldy = 0;
+  const float* B = nullptr;
+  int64_t rank = 0;
+  int64_t u_col = 0;
+  float scale = 1.0f;
+};
+
+// Several weights reading the same X (a block's q/k/v, gate/up), each output overwritten with
+// its product and low-rank term, the terms' activations being columns of U [M x u_cols] (row
+// stride ldu). On the bf16 route [X | U] is rounded once for all of them and every term rides
+// along its weight's reduction (the weight's tile gets scale * B in its own U columns, zeros in
+// the others'); elsewhere (f32, one row) each output is linear_forward_low_rank.
+void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
+                          int64_t u_cols, std::span<const GroupProduct> outputs,
+                          Precision precision = Precision::Auto);
 
 // Plain f32 GEMM for trainable weights and activations (row-major, cblas conventions):
 // C = alpha * op(A) . op(B) + beta * C.

@@ -3,7 +3,8 @@
 // dequantized a tile of rows at a time into bf16 scratch, and oneDNN's bf16 matmul accumulates
 // in f32 straight into the strided f32 output. A LoRA term is folded into the reduction (its
 // activations as more columns, its factor as more weight columns or rows), so a LoRA
-// projection writes its output once.
+// projection writes its output once. Weights reading the same activations (a block's q/k/v,
+// gate/up: forward_bf16_group) share one rounding of them and of their terms' activations.
 #include <omp.h>
 
 #include <algorithm>
@@ -33,14 +34,15 @@ struct Prep {
   bf16_t* dst = nullptr;
   int64_t ld_dst = 0;
   // Weight (when tile is non-null): rows [n0, n0 + rows) of W dequantized into tile (row stride
-  // ld_tile >= K); then a low-rank factor times scale, rounded, either as R more columns of those
-  // rows (w_cols = B [N x R]: its rows n0..) or as R more rows after them (w_rows = A [R x K]),
-  // followed by R_pad zero columns or rows.
+  // ld_tile >= K). Forward: columns [K, ld_tile) of those rows zero but for a low-rank factor
+  // times scale, rounded, at columns [K + R_lead, K + R_lead + R) (w_cols = B [N x R]: its rows
+  // n0..). Input gradient: R more rows after them (w_rows = A [R x K]), then R_pad zero rows.
   const WeightView* W = nullptr;
   int64_t n0 = 0, rows = 0;
   bf16_t* tile = nullptr;
   int64_t ld_tile = 0;
   const float* w_cols = nullptr;
+  int64_t R_lead = 0;
   const float* w_rows = nullptr;
   int64_t R = 0, R_pad = 0;
   float scale = 1.0f;
@@ -85,11 +87,11 @@ void prepare(const Prep& p) {
       if (p.ld_tile != K)
         for (int64_t r = r1 - 1; r > r0; --r)
           std::memmove(p.tile + r * p.ld_tile, part + (r - r0) * K, K * sizeof(bf16_t));
-      if (p.w_cols)
+      if (p.ld_tile > K && !p.w_rows)
         for (int64_t r = r0; r < r1; ++r) {
           bf16_t* out = p.tile + r * p.ld_tile + K;
-          round_scaled(p.w_cols + (p.n0 + r) * p.R, p.R, p.scale, out);
-          std::fill_n(out + p.R, p.R_pad, zero);
+          std::fill_n(out, p.ld_tile - K, zero);
+          if (p.w_cols) round_scaled(p.w_cols + (p.n0 + r) * p.R, p.R, p.scale, out + p.R_lead);
         }
     }
     if (p.w_rows) {
@@ -119,33 +121,29 @@ void copy_columns(const float* src, int64_t M, int64_t cols, float* Y, int64_t l
 
 }  // namespace
 
-void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
-                  int64_t ldy, bool accumulate, int64_t tile_rows, const LowRank* lr) {
+namespace {
+
+// One weight's part of a forward: Y (+)= xb . [W | tile columns]^T, xb being the rounded
+// activations [M x Kx] (row stride Kx). The weight goes a tile of rows at a time; each tile's
+// columns past K are zero but for scale * B at [K + R_lead, K + R_lead + R). `first`, when
+// given, is rounding still to do: it runs in the first tile's parallel step.
+void tiles_forward(const bf16_t* xb, int64_t M, int64_t Kx, const WeightView& W, const float* B,
+                   int64_t R, int64_t R_lead, float scale, float* Y, int64_t ldy, bool accumulate,
+                   int64_t tile_rows, const Prep* first) {
   const int64_t N = W.rows, K = W.cols;
-  // A low-rank term rides along the reduction: X's rows get U's R columns, each tile row its
-  // row of scale * B, so Y = [X | U] . [W | scale B]^T in one matmul per tile; both padded with
-  // zeros to whole 64-byte rows.
-  const int64_t R = lr ? lr->rank : 0, Kx = R > 0 ? padded_reduction(K + R) : K;
-  bf16_t* xb = scratch_bf16(0, M * Kx);
   // A bf16 W is used in place, still a tile of rows at a time: measured faster than one matmul
   // over a large N (1017 vs 919 GFLOP/s at 576 -> 49152, M = 2048), the same for small N. With
-  // a low-rank term it is copied into tiles (its rows need the R more columns).
-  const bool direct = W.dtype == DType::BF16 && R == 0;
+  // a folded reduction it is copied into tiles (its rows need the extra columns).
+  const bool direct = W.dtype == DType::BF16 && Kx == K;
   bf16_t* tile = direct ? nullptr : scratch_bf16(1, std::min(tile_rows, N) * Kx);
   const bool dense_out = onednn_uses_amx() && tile_rows < N;
   float* out = dense_out ? scratch_f32(2, M * std::min(tile_rows, N)) : nullptr;
   for (int64_t n0 = 0; n0 < N; n0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, N - n0);
-    // X is rounded together with the first tile's dequantization (one parallel region).
-    Prep p;
-    if (n0 == 0) {
-      p.src = X, p.M = M, p.width = K, p.ld_src = ldx, p.dst = xb, p.ld_dst = Kx;
-      if (R > 0)
-        p.tail = lr->act, p.tail_width = R, p.tail_pad = Kx - K - R, p.ld_tail = lr->ld_act;
-    }
+    Prep p = n0 == 0 && first ? *first : Prep{};
     if (tile) {
       p.W = &W, p.n0 = n0, p.rows = rows, p.tile = tile, p.ld_tile = Kx;
-      if (R > 0) p.w_cols = lr->factor, p.R = R, p.R_pad = Kx - K - R, p.scale = lr->scale;
+      if (R > 0) p.w_cols = B, p.R = R, p.R_lead = R_lead, p.scale = scale;
     }
     prepare(p);
     const bf16_t* wt = direct ? static_cast<const bf16_t*>(W.data) + n0 * K : tile;
@@ -159,6 +157,46 @@ void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, f
     } else {
       dnnl_matmul_bf16(M, rows, Kx, xb, Kx, wt, 1, Kx, Y + n0, ldy, accumulate);
     }
+  }
+}
+
+// The rounding of [X | U | zeros] into xb (row stride Kx), as a Prep.
+Prep round_activations(const float* X, int64_t M, int64_t K, int64_t ldx, const float* U,
+                       int64_t ldu, int64_t u_cols, bf16_t* xb, int64_t Kx) {
+  Prep p;
+  p.src = X, p.M = M, p.width = K, p.ld_src = ldx, p.dst = xb, p.ld_dst = Kx;
+  if (u_cols > 0) p.tail = U, p.tail_width = u_cols, p.tail_pad = Kx - K - u_cols, p.ld_tail = ldu;
+  return p;
+}
+
+}  // namespace
+
+void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, float* Y,
+                  int64_t ldy, bool accumulate, int64_t tile_rows, const LowRank* lr) {
+  const int64_t K = W.cols;
+  // A low-rank term rides along the reduction: X's rows get U's R columns, each tile row its
+  // row of scale * B, so Y = [X | U] . [W | scale B]^T in one matmul per tile; both padded with
+  // zeros to whole 64-byte rows.
+  const int64_t R = lr ? lr->rank : 0, Kx = R > 0 ? padded_reduction(K + R) : K;
+  bf16_t* xb = scratch_bf16(0, M * Kx);
+  // X is rounded together with the first tile's dequantization (one parallel region).
+  const Prep round =
+      round_activations(X, M, K, ldx, R > 0 ? lr->act : nullptr, R > 0 ? lr->ld_act : 0, R, xb, Kx);
+  tiles_forward(xb, M, Kx, W, R > 0 ? lr->factor : nullptr, R, 0, R > 0 ? lr->scale : 1.0f, Y, ldy,
+                accumulate, tile_rows, &round);
+}
+
+void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
+                        int64_t u_cols, std::span<const GroupProduct> outputs) {
+  if (outputs.empty()) return;
+  const int64_t K = outputs.front().W.cols;
+  const int64_t Kx = u_cols > 0 ? padded_reduction(K + u_cols) : K;
+  bf16_t* xb = scratch_bf16(0, M * Kx);
+  const Prep round = round_activations(X, M, K, ldx, U, ldu, u_cols, xb, Kx);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const GroupProduct& o = outputs[i];
+    tiles_forward(xb, M, Kx, o.W, o.B, o.rank, o.u_col, o.scale, o.Y, o.ldy, false,
+                  effective_tile_rows(o.W, 0), i == 0 ? &round : nullptr);
   }
 }
 

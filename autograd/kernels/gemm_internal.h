@@ -73,6 +73,10 @@ void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, f
 void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightView& W, float* dX,
                          int64_t lddx, bool accumulate, int64_t tile_rows,
                          const LowRank* lr = nullptr);
+// linear_forward_group's bf16 route: [X | U | zeros] rounded once (U may be null with u_cols 0),
+// then each output's tiles, the output's term in its U columns.
+void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
+                        int64_t u_cols, std::span<const GroupProduct> outputs);
 
 // oneDNN matmul (gemm_dnnl.cpp): C[M x N] (f32, row stride ldc) = A . B  (+ C if accumulate),
 // A [M x K] bf16 with row stride lda, B [K x N] bf16 with element (k, n) at

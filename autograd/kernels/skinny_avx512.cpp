@@ -101,27 +101,19 @@ void reduce_block(int64_t m0, int64_t m1, int64_t M, int64_t k0, int64_t R, int6
 }
 
 // Rows of X are taken kRowChunk at a time, each chunk swept over all of this thread's columns
-// while it sits in L2: sweeping one 64-byte column strip down all M rows (thousands of pages)
-// ran at a third of the speed.
+// (and all column chunks of the result) while it sits in L2: sweeping one 64-byte column strip
+// down all M rows (thousands of pages) ran at a third of the speed.
 constexpr int64_t kRowChunk = 64;
 
+// Result rows [k_begin, k_end), columns [r0, r0 + 16 NC), over X's rows [m0, m1).
 template <int KB, int NC>
-void reduce_cols(int64_t k_begin, int64_t k_end, int64_t M, int64_t R, int64_t r0, __mmask16 last,
-                 float alpha, const float* X, int64_t ldx, const float* G, int64_t ldg,
-                 float* out) {
-  if (M == 0) {  // an empty sum: zeros
-    for (int64_t k = k_begin; k < k_end; ++k)
-      reduce_block<1, NC>(0, 0, 0, k, R, r0, last, alpha, X, ldx, G, ldg, out);
-    return;
-  }
-  for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
-    const int64_t m1 = std::min(M, m0 + kRowChunk);
-    int64_t k = k_begin;
-    for (; k + KB <= k_end; k += KB)
-      reduce_block<KB, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
-    for (; k < k_end; ++k)
-      reduce_block<1, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
-  }
+void reduce_cols(int64_t k_begin, int64_t k_end, int64_t m0, int64_t m1, int64_t M, int64_t R,
+                 int64_t r0, __mmask16 last, float alpha, const float* X, int64_t ldx,
+                 const float* G, int64_t ldg, float* out) {
+  int64_t k = k_begin;
+  for (; k + KB <= k_end; k += KB)
+    reduce_block<KB, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
+  for (; k < k_end; ++k) reduce_block<1, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
 }
 
 // Runs fn(begin, end) over thread shares of [0, n), each share a multiple of `unit` but the
@@ -142,15 +134,19 @@ void split(int64_t n, int64_t unit, int threads, Fn&& fn) {
 
 void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X,
                            int64_t ldx, const float* F, float* out, int64_t ldo, int threads) {
-  split(M, 8, threads, [&](int64_t m0, int64_t m1) {
+  split(M, 8, threads, [&](int64_t m_begin, int64_t m_end) {
     // Columns in chunks of 32 (two vectors: 12 accumulators for 6 rows) or a last one of <= 16
-    // (8 rows of one vector).
-    for (int64_t r0 = 0; r0 < R; r0 += 32) {
-      const int64_t rem = R - r0;
-      if (rem > 16)
-        product_rows<6, 2>(m0, m1, K, R, r0, lane_mask(rem - 16), alpha, X, ldx, F, out, ldo);
-      else
-        product_rows<8, 1>(m0, m1, K, R, r0, lane_mask(rem), alpha, X, ldx, F, out, ldo);
+    // (8 rows of one vector); every chunk of a 24-row band before the next band, so a rank
+    // above 32 reads X once from memory.
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += 24) {
+      const int64_t m1 = std::min(m_end, m0 + 24);
+      for (int64_t r0 = 0; r0 < R; r0 += 32) {
+        const int64_t rem = R - r0;
+        if (rem > 16)
+          product_rows<6, 2>(m0, m1, K, R, r0, lane_mask(rem - 16), alpha, X, ldx, F, out, ldo);
+        else
+          product_rows<8, 1>(m0, m1, K, R, r0, lane_mask(rem), alpha, X, ldx, F, out, ldo);
+      }
     }
   });
 }
@@ -159,12 +155,17 @@ void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const fl
                           const float* G, int64_t ldg, float* out, int threads) {
   split(K, 16, threads, [&](int64_t k0, int64_t k1) {
     // 8 reduced rows of two vectors or 16 of one: 16 accumulators, 64-byte runs of each X row.
-    for (int64_t r0 = 0; r0 < R; r0 += 32) {
-      const int64_t rem = R - r0;
-      if (rem > 16)
-        reduce_cols<8, 2>(k0, k1, M, R, r0, lane_mask(rem - 16), alpha, X, ldx, G, ldg, out);
-      else
-        reduce_cols<16, 1>(k0, k1, M, R, r0, lane_mask(rem), alpha, X, ldx, G, ldg, out);
+    // M = 0 takes one empty chunk (the result is zeros).
+    for (int64_t m0 = 0; m0 < std::max<int64_t>(M, 1); m0 += kRowChunk) {
+      const int64_t m1 = std::min(M, m0 + kRowChunk);
+      for (int64_t r0 = 0; r0 < R; r0 += 32) {
+        const int64_t rem = R - r0;
+        if (rem > 16)
+          reduce_cols<8, 2>(k0, k1, m0, m1, M, R, r0, lane_mask(rem - 16), alpha, X, ldx, G, ldg,
+                            out);
+        else
+          reduce_cols<16, 1>(k0, k1, m0, m1, M, R, r0, lane_mask(rem), alpha, X, ldx, G, ldg, out);
+      }
     }
   });
 }
