@@ -18,6 +18,34 @@ thread_local bool g_grad_enabled = true;
 constexpr int64_t kParallelMin = int64_t{1} << 15;
 constexpr int64_t kChunk = int64_t{1} << 14;
 
+// What one checkpoint keeps from its first run for its recompute (keep_for_recompute).
+struct KeptValues {
+  std::vector<Tensor> tensors;
+  size_t next = 0;  // the next one the recompute takes
+};
+// The checkpoint run in progress on this thread, if any: its kept values and whether it is the
+// recompute (taking them) or the first run (keeping them).
+thread_local KeptValues* g_kept = nullptr;
+thread_local bool g_replay = false;
+
+class KeptScope {
+ public:
+  KeptScope(KeptValues* kept, bool replay) : kept_(g_kept), replay_(g_replay) {
+    g_kept = kept;
+    g_replay = replay;
+  }
+  ~KeptScope() {
+    g_kept = kept_;
+    g_replay = replay_;
+  }
+  KeptScope(const KeptScope&) = delete;
+  KeptScope& operator=(const KeptScope&) = delete;
+
+ private:
+  KeptValues* kept_;
+  bool replay_;
+};
+
 // Re-enables recording inside backward, for checkpoint's recompute.
 class GradModeScope {
  public:
@@ -176,8 +204,11 @@ Tensor checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs, std
 
 Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs, std::string name) {
   Tensor out;
+  // Kept values only when there will be a recompute to take them.
+  auto kept = g_grad_enabled ? std::make_shared<KeptValues>() : nullptr;
   {
     NoGradGuard no_record;
+    KeptScope keep(kept.get(), false);
     out = fn(inputs, CheckpointRun::Forward);
   }
   if (!g_grad_enabled) return out;
@@ -187,7 +218,7 @@ Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs, 
   auto node = std::make_shared<Node>();
   node->op = std::move(name);
   node->inputs = inputs;
-  node->vjp = [fn, inputs](const Tensor& grad_out, const Tensor&) {
+  node->vjp = [fn, inputs, kept, name = node->op](const Tensor& grad_out, const Tensor&) {
     std::vector<Tensor> leaves;
     leaves.reserve(inputs.size());
     for (const Tensor& in : inputs) {
@@ -198,8 +229,14 @@ Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs, 
     Tensor recomputed;
     {
       GradModeScope record_on(true);
+      KeptScope replay(kept.get(), true);
       recomputed = fn(leaves, CheckpointRun::Recompute);
     }
+    LOOM_CHECK(kept->next == kept->tensors.size(),
+               "checkpoint '{}': the recompute took {} of the {} values its first run kept; the "
+               "checkpointed function must run the same way both times",
+               name, kept->next, kept->tensors.size());
+    kept->tensors.clear();
     if (recomputed.requires_grad()) run_backward(recomputed, grad_out);
     std::vector<Tensor> grads;
     for (const Tensor& leaf : leaves) grads.push_back(leaf.grad());
@@ -208,6 +245,20 @@ Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs, 
   out.impl()->grad_fn = std::move(node);
   out.impl()->requires_grad = true;
   return out;
+}
+
+Tensor keep_for_recompute(const std::function<Tensor()>& compute) {
+  if (g_kept == nullptr) return compute();
+  if (!g_replay) {
+    Tensor t = compute();
+    g_kept->tensors.push_back(t);
+    return t;
+  }
+  LOOM_CHECK(g_kept->next < g_kept->tensors.size(),
+             "checkpoint recompute: asked for kept value {} but the first run kept {}; the "
+             "checkpointed function must run the same way both times",
+             g_kept->next + 1, g_kept->tensors.size());
+  return g_kept->tensors[g_kept->next++];
 }
 
 }  // namespace loom

@@ -239,6 +239,63 @@ TEST(Checkpoint, SameGradientsAndRecomputesOnce) {
   EXPECT_EQ(w.grad().to_vector(), gw);  // the closed-over parameter gets its gradient
 }
 
+// keep_for_recompute: the first run computes and keeps, the recompute takes the kept value
+// (the same tensor, not recomputed) and the gradients are unchanged; outside a checkpoint, and
+// under no-grad, it just computes. A recompute that takes fewer values than were kept throws.
+TEST(Checkpoint, KeptValuesAreTakenNotRecomputed) {
+  Tensor x = Tensor::from_vector({3}, {1, 2, 3});
+  Tensor w = Tensor::from_vector({3}, {0.5f, -1, 2});
+  x.set_requires_grad();
+  w.set_requires_grad();
+  int kept_calls = 0;
+  std::vector<const TensorImpl*> seen;
+  auto block = [&](const std::vector<Tensor>& in) {
+    const Tensor k = keep_for_recompute([&] {
+      ++kept_calls;
+      return Tensor::from_vector({3}, {3, 3, 3});
+    });
+    seen.push_back(k.impl());
+    return product(product(in[0], k), w);
+  };
+  sum_all(block({x})).backward();
+  EXPECT_EQ(kept_calls, 1);
+  const std::vector<float> gx = x.grad().to_vector(), gw = w.grad().to_vector();
+  x.zero_grad();
+  w.zero_grad();
+
+  kept_calls = 0;
+  seen.clear();
+  Tensor y = checkpoint(block, {x});
+  sum_all(y).backward();
+  EXPECT_EQ(kept_calls, 1);  // the recompute took it
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0], seen[1]);
+  EXPECT_EQ(x.grad().to_vector(), gx);
+  EXPECT_EQ(w.grad().to_vector(), gw);
+
+  kept_calls = 0;
+  {
+    NoGradGuard no_grad;
+    checkpoint(block, {x});
+    checkpoint(block, {x});
+  }
+  EXPECT_EQ(kept_calls, 2);
+
+  bool recompute = false;
+  auto uneven = [&](const std::vector<Tensor>& in) {
+    if (!recompute) keep_for_recompute([] { return Tensor::from_vector({1}, {1}); });
+    recompute = true;
+    return times(in[0], 2);
+  };
+  Tensor z = checkpoint(uneven, {x});
+  try {
+    sum_all(z).backward();
+    ADD_FAILURE() << "a recompute that skips a kept value must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("took 0 of the 1 values"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Checkpoint, IdentityFunctionDoesNotAliasItsInput) {
   Tensor x = Tensor::from_vector({2}, {1, 2});
   x.set_requires_grad();

@@ -100,10 +100,11 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
       if (on_x) shared_cols += p.R;
     }
 
-  // U = [x_lr_i A_i^T ...] [M x u_cols].
-  Tensor u = u_cols > 0 ? empty_f32({M, u_cols}) : Tensor();
-  if (M > 0 && u_cols > 0) {
-    float* pu = u.data_f32();
+  // U = [x_lr_i A_i^T ...] [M x u_cols]; a checkpoint's recompute takes it from the first run.
+  const Tensor u = u_cols == 0 ? Tensor() : keep_for_recompute([&] {
+    Tensor v = empty_f32({M, u_cols});
+    if (M == 0) return v;
+    float* pu = v.data_f32();
     if (shared_cols > 0) {
       std::vector<float> f(static_cast<size_t>(K * shared_cols));  // [K x shared_cols]
       for (const Part& p : parts)
@@ -122,7 +123,8 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
           for (int64_t k = 0; k < K; ++k) a_t[k * p.R + r] = a[r * K + k];
         skinny_product(M, K, p.R, 1.0f, p.x_lr.data_f32(), K, a_t.data(), pu + p.col, u_cols);
       }
-  }
+    return v;
+  });
 
   std::vector<Tensor> outputs;
   std::vector<GroupProduct> products;
