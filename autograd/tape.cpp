@@ -186,10 +186,15 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     std::vector<Tensor> grads = node.vjp(g, Tensor(t));
     LOOM_CHECK(grads.size() == node.inputs.size(), "backward of '{}': vjp returned {} gradients for {} inputs",
                node.op, grads.size(), node.inputs.size());
+    // A vjp may hand back g itself (add: the same tensor for both inputs). Dropping our
+    // reference, and each gradient's slot as it is delivered, lets the last holder of a tensor
+    // be stored without a copy (copy_of).
+    g = Tensor();
     for (size_t k = 0; k < grads.size(); ++k) {
       const Tensor& in = node.inputs[k];
-      if (!grads[k].defined() || !in.defined() || !in.requires_grad()) continue;
-      deliver(in, grads[k], node.op, k);
+      const Tensor gk = std::move(grads[k]);
+      if (!gk.defined() || !in.defined() || !in.requires_grad()) continue;
+      deliver(in, gk, node.op, k);
     }
     // Release what the node saved (like PyTorch's retain_graph=False).
     node.vjp = nullptr;
