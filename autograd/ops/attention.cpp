@@ -432,13 +432,20 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   const Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
   auto mask = std::make_shared<MaskInfo>(build_mask(g, options.document_ids));
   auto blocks = std::make_shared<std::vector<Block>>(make_blocks(g, *mask));
-  auto lse = std::make_shared<std::vector<float>>(static_cast<size_t>(g.B * g.Hq * g.T));
   const bool bf16 = resolve_precision(options.precision) == Precision::BF16;
-  Tensor out = empty_f32(q.shape());  // every row written (forward_block)
-  if (g.D > 0)
-    attention_forward(g, *mask, *blocks, Operand(q.data_f32(), q.numel(), bf16),
-                      Operand(k.data_f32(), k.numel(), bf16), Operand(v.data_f32(), v.numel(), bf16),
-                      out.data_f32(), lse->data());
+  // The output and the per-row logsumexp; a checkpointed block's recompute takes both from its
+  // first run (keep_for_recompute) instead of running the forward again.
+  Tensor lse;
+  const Tensor out = keep_for_recompute([&] {
+    Tensor o = empty_f32(q.shape());  // every row written (forward_block)
+    lse = empty_f32({g.B * g.Hq * g.T});
+    if (g.D > 0)
+      attention_forward(g, *mask, *blocks, Operand(q.data_f32(), q.numel(), bf16),
+                        Operand(k.data_f32(), k.numel(), bf16),
+                        Operand(v.data_f32(), v.numel(), bf16), o.data_f32(), lse.data_f32());
+    return o;
+  });
+  lse = keep_for_recompute([&] { return lse; });
 
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
@@ -450,7 +457,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
       attention_backward(g, *mask, *blocks, Operand(q.data_f32(), q.numel(), bf16),
                          Operand(k.data_f32(), k.numel(), bf16),
                          Operand(v.data_f32(), v.numel(), bf16), o.data_f32(),
-                         Operand(dout.data_f32(), dout.numel(), bf16), lse->data(),
+                         Operand(dout.data_f32(), dout.numel(), bf16), lse.data_f32(),
                          {need_q ? dq.data_f32() : nullptr, need_k ? dk.data_f32() : nullptr,
                           need_v ? dv.data_f32() : nullptr});
     return std::vector<Tensor>{dq, dk, dv};
