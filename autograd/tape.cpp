@@ -219,7 +219,8 @@ Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs, 
   if (!g_grad_enabled) return out;
   out = out.detach();  // a fresh handle: fn may have returned one of its inputs itself
   // Always recorded when grad mode is on: parameters inside fn may need gradients even when no
-  // input does. The node keeps only the inputs, never fn's intermediate activations.
+  // input does. The node keeps the inputs and what fn kept through keep_for_recompute, no other
+  // intermediate activation.
   auto node = std::make_shared<Node>();
   node->op = std::move(name);
   node->inputs = inputs;

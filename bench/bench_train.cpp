@@ -71,7 +71,7 @@ double rss_mb() { return static_cast<double>(loom::rss_bytes()) / 1048576.0; }
 // counted): the projections' forward and input gradient (and their recompute with
 // checkpointing, less the down projection's, whose output the recompute skips), the LM head's
 // forward and input gradient (computed in the chunked loss), and causal attention (forward: 2
-// products over T/2 keys on average, backward: 5, recompute: 2 more).
+// products over T/2 keys on average, backward: 5; the recompute takes the forward's output).
 double step_gemm_flops_per_token(const loom::ModelConfig& c, int64_t seq, bool checkpoint) {
   const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
   const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
@@ -79,7 +79,7 @@ double step_gemm_flops_per_token(const loom::ModelConfig& c, int64_t seq, bool c
   const double proj = 2 * block + 2 * block + (checkpoint ? 2 * block - 2 * down : 0.0);
   const double head = 4.0 * static_cast<double>(c.vocab_size) * D;
   const double attn_fwd = 2.0 * static_cast<double>(seq) * q;
-  const double attn = attn_fwd * (1.0 + 2.5 + (checkpoint ? 1.0 : 0.0));
+  const double attn = attn_fwd * (1.0 + 2.5);
   return static_cast<double>(c.n_layers) * (proj + attn) + head;
 }
 
