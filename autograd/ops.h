@@ -155,6 +155,9 @@ struct AttentionOptions {
   // q, k, v, dO and the probabilities are rounded to bf16 for them, accumulation, softmax and
   // logsumexp stay f32 (as FlashAttention does); F32 keeps every product in f32.
   Precision precision = Precision::F32;
+  // Inside a checkpointed function: keep the output and logsumexp from the first run for the
+  // recompute (keep_for_recompute) instead of computing them again.
+  bool keep_for_recompute = false;
 };
 // q [B, T, Hq, D], k and v [B, T, Hkv, D], Hq a multiple of Hkv (grouped-query attention)
 // -> [B, T, Hq, D]. Fused: saves the per-row logsumexp, recomputes probabilities in backward.

@@ -357,7 +357,8 @@ std::shared_ptr<const RopeTable> LlamaModel::rope_table(std::span<const int32_t>
 Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
                                  const std::shared_ptr<const RopeTable>& rope_cs,
                                  std::span<const int32_t> document_ids, Precision precision,
-                                 Precision attention_precision, OutputUse use) const {
+                                 Precision attention_precision, OutputUse use,
+                                 bool keep_attention) const {
   const LlamaBlock& b = weights_.blocks.at(static_cast<size_t>(layer));
   const ModelConfig& c = config_;
   const int64_t B = x.size(0), T = x.size(1);
@@ -371,6 +372,7 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   attn.causal = true;
   attn.document_ids = document_ids;
   attn.precision = attention_precision;
+  attn.keep_for_recompute = keep_attention;
   Tensor a = reshape(attention(q, k, v, attn), {B, T, c.q_dim()});
   Tensor x1 = add(x, b.wo.forward(a, precision));
   h = rms_norm(x1, b.ffn_norm, c.rms_norm_eps);
@@ -437,11 +439,11 @@ Tensor LlamaModel::forward_from_embeddings(const Tensor& x_in, const TokenBatch&
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     if (options.checkpoint_blocks) {
       // The recompute's output only carries the graph: its last product is skipped.
-      auto fn = [this, l, rope_cs, docs, precision, attn](const std::vector<Tensor>& in,
-                                                          CheckpointRun run) {
-        return block_forward(l, in[0], rope_cs, *docs, precision, attn,
-                             run == CheckpointRun::Recompute ? OutputUse::GraphOnly
-                                                             : OutputUse::Read);
+      auto fn = [this, l, rope_cs, docs, precision, attn, keep = options.keep_attention](
+                    const std::vector<Tensor>& in, CheckpointRun run) {
+        return block_forward(
+            l, in[0], rope_cs, *docs, precision, attn,
+            run == CheckpointRun::Recompute ? OutputUse::GraphOnly : OutputUse::Read, keep);
       };
       x = checkpoint(fn, {x}, fmt::format("llama block {}", l));
     } else {

@@ -140,6 +140,9 @@ struct ForwardOptions {
   // evaluation matches the KV-cache decoder; the training step passes its bf16 precision here,
   // where the products run three times a step (forward, recompute, backward).
   Precision attention_precision = Precision::F32;
+  // With checkpoint_blocks: keep each block's attention output and logsumexp from the forward
+  // for its backward (tokens x q_dim floats per block) instead of recomputing them.
+  bool keep_attention = true;
 };
 
 class LlamaModel {
@@ -186,10 +189,11 @@ class LlamaModel {
   // One block on x [B, T, D], recorded op by op (no checkpoint). document_ids as in TokenBatch.
   // OutputUse::GraphOnly (a checkpoint's recompute, where only the graph is used): the down
   // projection's output values are not computed, so the returned values are not the block's.
+  // keep_attention: AttentionOptions::keep_for_recompute (inside a checkpoint).
   Tensor block_forward(int64_t layer, const Tensor& x, const std::shared_ptr<const RopeTable>& rope,
                        std::span<const int32_t> document_ids, Precision precision,
                        Precision attention_precision = Precision::F32,
-                       OutputUse use = OutputUse::Read) const;
+                       OutputUse use = OutputUse::Read, bool keep_attention = false) const;
 
  private:
   void check_batch(const TokenBatch& batch) const;

@@ -715,10 +715,14 @@ struct StepResult {
   std::vector<std::vector<float>> grads;  // per LoraModel parameter
 };
 StepResult run_step(const LlamaModel& model, const LoraModel& lora, const Batch& b,
-                    bool checkpoint = true) {
+                    bool checkpoint = true, bool keep_attention = true) {
   StepResult r;
   const_cast<LoraModel&>(lora).zero_grad();
-  const Tensor hidden = model.forward_hidden(b.token_batch(), {checkpoint, Precision::F32});
+  ForwardOptions fo;
+  fo.checkpoint_blocks = checkpoint;
+  fo.precision = Precision::F32;
+  fo.keep_attention = keep_attention;
+  const Tensor hidden = model.forward_hidden(b.token_batch(), fo);
   CrossEntropyResult ce = model.loss(hidden, b.targets, -100, Precision::F32);
   ce.loss.backward();
   r.loss = ce.loss.item();
@@ -790,8 +794,10 @@ TEST(LoraModel, AttachesToTheGoldenModelsAndOnlyAdaptersGetGradients) {
   }
 }
 
-// With LoRA the checkpointed recompute skips the down projection's output (OutputUse::GraphOnly);
-// DoRA computes it. Either way the gradients equal those of the plain backward, bit for bit.
+// With LoRA the checkpointed recompute skips the down projection's output (OutputUse::GraphOnly)
+// and takes the u = x A^T products and (keep_attention) attention's output kept from the first
+// run; DoRA computes its output. Either way the gradients equal those of the plain backward, bit
+// for bit.
 TEST(LoraModel, DropoutGivesTheSameGradientsWithAndWithoutCheckpointing) {
   for (bool dora : {false, true}) {
     SCOPED_TRACE(dora ? "DoRA" : "LoRA");
@@ -805,8 +811,13 @@ TEST(LoraModel, DropoutGivesTheSameGradientsWithAndWithoutCheckpointing) {
     const Batch b = make_batch(model.config().vocab_size);
     lora.set_dropout_step(3);
     const StepResult on = run_step(model, lora, b, true), off = run_step(model, lora, b, false);
+    const StepResult recomputed = run_step(model, lora, b, true, false);
     EXPECT_EQ(on.loss, off.loss);
-    for (size_t i = 0; i < on.grads.size(); ++i) EXPECT_EQ(on.grads[i], off.grads[i]) << i;
+    EXPECT_EQ(recomputed.loss, off.loss);
+    for (size_t i = 0; i < on.grads.size(); ++i) {
+      EXPECT_EQ(on.grads[i], off.grads[i]) << i;
+      EXPECT_EQ(recomputed.grads[i], off.grads[i]) << i;
+    }
     lora.set_dropout_step(4);
     EXPECT_NE(run_step(model, lora, b).loss, on.loss);  // another step, another mask
     lora.set_training(false);

@@ -42,6 +42,7 @@ struct ModelRecipe {
   bool double_quant = true;  // with base_dtype nf4: also quantize the absmax values (QLoRA)
   Precision precision = Precision::Auto;
   bool checkpoint_activations = true;
+  bool keep_attention = true;  // with checkpoint_activations
   bool operator==(const ModelRecipe&) const = default;
 };
 

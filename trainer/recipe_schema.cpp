@@ -325,6 +325,9 @@ const std::vector<Field<Recipe>>& recipe_fields() {
                "matrix-product compute: bf16, f32, or auto (bf16 where the CPU has AVX512_BF16)"),
       field<R>("model.checkpoint_activations", LOOM_MEMBER(model.checkpoint_activations),
                "recompute each block's activations in backward to save memory"),
+      field<R>("model.keep_attention", LOOM_MEMBER(model.keep_attention),
+               "with checkpoint_activations: keep each block's attention output for its "
+               "backward (tokens x q_dim floats per block) instead of recomputing it"),
 
       field<R>("lora.rank", LOOM_MEMBER(lora.rank), "adapter rank r"),
       field<R>("lora.alpha", LOOM_MEMBER(lora.alpha),

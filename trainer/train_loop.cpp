@@ -25,6 +25,7 @@ TrainPlan make_train_plan(const Recipe& recipe) {
   p.double_quant = recipe.model.double_quant;
   p.precision = recipe.model.precision;
   p.checkpoint_activations = recipe.model.checkpoint_activations;
+  p.keep_attention = recipe.model.keep_attention;
 
   const LoraRecipe& l = recipe.lora;
   p.rank = l.rank;

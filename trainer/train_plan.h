@@ -44,6 +44,7 @@ struct TrainPlan {
   bool double_quant = true;
   Precision precision = Precision::Auto;
   bool checkpoint_activations = true;
+  bool keep_attention = true;
 
   // lora
   int64_t rank = 16;

@@ -193,7 +193,7 @@ void flatten_recipe(const YAML::Node& node, const std::string& prefix,
 bool resume_may_change(const std::string& key) {
   for (const char* prefix :
        {"eval.", "checkpoint.", "output.", "resume", "train.steps", "train.epochs",
-        "train.max_skipped_steps", "model.checkpoint_activations"})
+        "train.max_skipped_steps", "model.checkpoint_activations", "model.keep_attention"})
     if (key.rfind(prefix, 0) == 0) return true;
   return false;
 }
@@ -527,9 +527,13 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   out.print("  tokenizer:   {}\n", tm.tokenizer_description);
   out.print("  storage:     {}\n", describe_storage(model));
   out.print("  base_dtype:  {}\n", base_dtype_text(plan.base_dtype));
-  out.print("  compute:     {}; LoRA, norms, softmax, loss and AdamW in f32; activation "
-            "checkpointing {}\n",
-            precision_text(plan.precision), plan.checkpoint_activations ? "on (per block)" : "off");
+  out.print(
+      "  compute:     {}; LoRA, norms, softmax, loss and AdamW in f32; activation "
+      "checkpointing {}\n",
+      precision_text(plan.precision),
+      !plan.checkpoint_activations ? "off"
+      : plan.keep_attention        ? "on (per block, attention outputs kept)"
+                                   : "on (per block)");
   const LoraConfig& lc = lora_config;
   if (init_from)
     out.print("  init_from:   {} ({} adapter): its structure below, trained further\n",
@@ -879,6 +883,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
   // ---- the loop -------------------------------------------------------------------------------
   ForwardOptions fwd;
   fwd.checkpoint_blocks = plan.checkpoint_activations;
+  fwd.keep_attention = plan.keep_attention;
   fwd.precision = plan.precision;
   fwd.attention_precision = plan.precision;  // bf16 attention products in the training step
   double train_seconds = 0;

@@ -433,10 +433,10 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   auto mask = std::make_shared<MaskInfo>(build_mask(g, options.document_ids));
   auto blocks = std::make_shared<std::vector<Block>>(make_blocks(g, *mask));
   const bool bf16 = resolve_precision(options.precision) == Precision::BF16;
-  // The output and the per-row logsumexp; a checkpointed block's recompute takes both from its
-  // first run (keep_for_recompute) instead of running the forward again.
+  // The output and the per-row logsumexp; with options.keep_for_recompute a checkpointed
+  // block's recompute takes both from its first run instead of running the forward again.
   Tensor lse;
-  const Tensor out = keep_for_recompute([&] {
+  const auto forward = [&] {
     Tensor o = empty_f32(q.shape());  // every row written (forward_block)
     lse = empty_f32({g.B * g.Hq * g.T});
     if (g.D > 0)
@@ -444,8 +444,9 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                         Operand(k.data_f32(), k.numel(), bf16),
                         Operand(v.data_f32(), v.numel(), bf16), o.data_f32(), lse.data_f32());
     return o;
-  });
-  lse = keep_for_recompute([&] { return lse; });
+  };
+  const Tensor out = options.keep_for_recompute ? keep_for_recompute(forward) : forward();
+  if (options.keep_for_recompute) lse = keep_for_recompute([&] { return lse; });
 
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
