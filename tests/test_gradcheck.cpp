@@ -349,6 +349,10 @@ TEST(Gradcheck, LinearGroup) {
   without_bias[7] = random_tensor({3}, 8);  // the left-out output's bias: frozen, no gradient
   EXPECT_GRADCHECK([=](const std::vector<Tensor>& in) { return group(in, false); }, without_bias,
                    tol);
+  // A frozen A on the term with its own input: the gradient still reaches that input.
+  std::vector<Tensor> frozen_a = inputs;
+  frozen_a[5] = random_tensor({3, 32}, 6);
+  EXPECT_GRADCHECK([=](const std::vector<Tensor>& in) { return group(in, true); }, frozen_a, tol);
 }
 
 TEST(Gradcheck, Matmul) {

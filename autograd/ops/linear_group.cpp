@@ -164,13 +164,10 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
   const Tensor saved_x = keep_x ? x : Tensor();
   const Tensor saved_u = keep_u ? u : Tensor();
   auto dys = std::make_shared<std::vector<Tensor>>(parts.size());
-  std::vector<Part> saved_parts = parts;
-  for (Part& p : saved_parts)
-    if (!(p.R > 0 && !p.on_x && p.a.requires_grad())) p.x_lr = Tensor();  // not read
   const bool need_x = x.requires_grad();
   Tensor hub =
       record(Tensor::zeros({1}), op, inputs,
-             [=, parts = std::move(saved_parts)](const Tensor&, const Tensor&) {
+             [=](const Tensor&, const Tensor&) {
                std::vector<Tensor> grads(1 + 4 * parts.size());
                const bool work = M > 0 && K > 0;
                // T = [dY_i B_i ...] [M x u_cols], zero in the columns of outputs no gradient
