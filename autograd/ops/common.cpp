@@ -85,6 +85,13 @@ void sum_rows(const float* g, int64_t rows, int64_t cols, float* out, bool accum
   }
 }
 
+std::vector<float> transposed(const float* m, int64_t rows, int64_t cols) {
+  std::vector<float> t(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = m[r * cols + c];
+  return t;
+}
+
 void add_to_rows(float* y, int64_t rows, int64_t cols, const float* v) {
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMinElements)
   for (int64_t r = 0; r < rows; ++r)

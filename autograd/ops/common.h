@@ -51,6 +51,9 @@ void sum_rows(const float* g, int64_t rows, int64_t cols, float* out, bool accum
 // y[r * cols + c] += v[c] for every row (a bias added to each output row), rows in parallel.
 void add_to_rows(float* y, int64_t rows, int64_t cols, const float* v);
 
+// The [cols x rows] transpose of a contiguous [rows x cols] matrix (small ones: LoRA factors).
+std::vector<float> transposed(const float* m, int64_t rows, int64_t cols);
+
 // Normalizes a possibly negative dim; throws naming the op when out of range.
 int64_t normalize_dim(const char* op, int64_t dim, int64_t ndim);
 

@@ -117,10 +117,7 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
     }
     for (const Part& p : parts)
       if (p.R > 0 && !p.on_x) {
-        std::vector<float> a_t(static_cast<size_t>(K * p.R));
-        const float* a = p.a.data_f32();
-        for (int64_t r = 0; r < p.R; ++r)
-          for (int64_t k = 0; k < K; ++k) a_t[k * p.R + r] = a[r * K + k];
+        const std::vector<float> a_t = transposed(p.a.data_f32(), p.R, K);
         skinny_product(M, K, p.R, 1.0f, p.x_lr.data_f32(), K, a_t.data(), pu + p.col, u_cols);
       }
     return v;
@@ -230,8 +227,8 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
                      std::vector<float> da_t(static_cast<size_t>(K * p.R));
                      skinny_reduce(M, K, p.R, p.scale, p.x_lr.data_f32(), K, t.data_f32() + p.col,
                                    u_cols, da_t.data());
-                     for (int64_t k = 0; k < K; ++k)
-                       for (int64_t r = 0; r < p.R; ++r) da[r * K + k] = da_t[k * p.R + r];
+                     const std::vector<float> d = transposed(da_t.data(), K, p.R);
+                     std::copy(d.begin(), d.end(), da);
                    }
                  }
                  if (p.R > 0 && p.b.requires_grad()) {  // dB [N x r] = scale dY^T u

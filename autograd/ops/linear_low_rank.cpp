@@ -21,18 +21,6 @@ namespace loom {
 
 using namespace ops_detail;
 
-namespace {
-
-// The [cols x rows] transpose of a contiguous [rows x cols] matrix.
-std::vector<float> transposed(const float* m, int64_t rows, int64_t cols) {
-  std::vector<float> t(static_cast<size_t>(rows * cols));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = m[r * cols + c];
-  return t;
-}
-
-}  // namespace
-
 Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& bias_in,
                        const Tensor& x_lr_in, const Tensor& a_in, const Tensor& b_in, float scale,
                        Precision precision, OutputUse use) {
