@@ -14,6 +14,7 @@
 #include "autograd/kernels/cpu.h"
 #include "autograd/ops.h"
 #include "autograd/ops/vec_kernels.h"
+#include "autograd/quant/quant.h"
 #include "autograd/tape.h"
 
 namespace loom {
@@ -163,6 +164,24 @@ void expect_vec_kernels_match_portable(const ops_detail::VecKernels* fast) {
     fast->softmax_grad(z.data(), a.data(), n, 0.25f);
     ref.softmax_grad(z.data(), b.data(), n, 0.25f);
     for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(near(a[i], b[i])) << i;
+    {  // bf16 outputs: exactly each build's f32 kernels' values, rounded by f32_to_bf16
+      std::vector<uint16_t> pa(n), pb(n), sa(n);
+      auto is_rounded = [](uint16_t got, float want) { return got == f32_to_bf16(want); };
+      for (const ops_detail::VecKernels* k : {fast, &ref}) {
+        const float sum = k->exp_sum_bf16(x.data(), pa.data(), n, 3.0f);
+        EXPECT_TRUE(near(sum, k->exp_sum(x.data(), b.data(), n, 3.0f)));
+        for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(is_rounded(pa[i], b[i])) << i;
+        k->softmax_grad_bf16(x.data(), y.data(), n, 2.0f, 0.25f, pb.data(), sa.data());
+        k->exp_scale(x.data(), a.data(), n, 2.0f, 1.0f);
+        c = y;
+        k->softmax_grad(a.data(), c.data(), n, 0.25f);
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_TRUE(is_rounded(pb[i], a[i]) && is_rounded(sa[i], c[i])) << i;
+      }
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      ref.exp_sum_bf16(&nan, pa.data(), 1, 0.0f);
+      EXPECT_TRUE(std::isnan(bf16_to_f32(pa[0])));  // a NaN stays one
+    }
     fast->log_softmax_grad(z.data(), y.data(), a.data(), n, 0.7f);
     ref.log_softmax_grad(z.data(), y.data(), b.data(), n, 0.7f);
     for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(near(a[i], b[i])) << i;

@@ -3,12 +3,14 @@
 // per-row logsumexp; backward recomputes each block's probabilities from it.
 //
 // Work is split into tasks (batch b, kv head, block of query rows). The query rows of the
-// kv head's whole group of q heads are stacked into one [group * rows x D] matrix, so each task
-// runs a few larger GEMMs. Threads take whole tasks (each GEMM then runs on one thread): the
-// forward any block, the backward whole (batch, kv head) groups, which share dK/dV rows. Only the key range a block can see is touched: causal blocks stop
-// at their last row, document blocks start at their first document's first token.
-// With bf16 precision the products read bf16 copies of q, k, v, dO (made once per call) and of
-// each block's probabilities / score gradients; softmax, logsumexp and the dO.O correction stay f32.
+// kv head's whole group of q heads form one [group * rows x D] matrix, so each task runs a few
+// larger GEMMs. Threads take whole tasks (each GEMM then runs on one thread): the forward any
+// block, the backward whole (batch, kv head) groups, which share dK/dV rows. Only the key range
+// a block can see is touched: causal blocks stop at their last row, document blocks start at
+// their first document's first token.
+// The products read copies of q, k, v and dO in a grouped layout made once per call (Operand),
+// bf16 with bf16 precision, as are each block's probabilities / score gradients; softmax,
+// logsumexp and the dO.O correction stay f32.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -96,30 +98,55 @@ std::vector<Block> make_blocks(const Geometry& g, const MaskInfo& m) {
   return blocks;
 }
 
-// Offset of row (b, i0 + r, head hk*G + gi) of a [B, T, H, D] tensor.
-inline int64_t row_offset(const Geometry& g, const Block& blk, int64_t H, int64_t gi, int64_t r) {
-  return ((blk.b * g.T + blk.i0 + r) * H + blk.hk * g.G + gi) * g.D;
-}
+// The products read q, k, v and dO from copies in a grouped layout, made once per call:
+// [B, Hkv, T, G', D] for a [B, T, H, D] tensor with G' = H / Hkv heads per kv head. A block's
+// query rows of all G q heads are then one dense [nq * G x D] matrix (stacked row r is query
+// i0 + r / G of q head hk * G + r % G) and its keys and values dense [nk x D] ones, so every
+// product runs on its operands in place (oneDNN's AMX kernels need dense operands; strided ones
+// were copied per product). In bf16 precision the copies are the rounded ones.
+struct Operand {
+  std::vector<float> f32;    // f32 precision
+  std::vector<bf16_t> bf16;  // bf16 precision
+  int64_t per_t = 0;         // G' * D: elements of one position of one kv head
+  Operand(const Geometry& g, const float* data, int64_t H, bool round) : per_t(H / g.Hkv * g.D) {
+    const int64_t n = g.B * g.T * H * g.D;
+    if (round)
+      bf16.resize(static_cast<size_t>(n));
+    else
+      f32.resize(static_cast<size_t>(n));
+    // One run of per_t elements per (b, t, kv head): from [b, t, hk * G', 0] to [b, hk, t, 0, 0].
+    const int64_t runs = g.B * g.T * g.Hkv;
+#pragma omp parallel for schedule(static) if (n >= kParallelMinElements)
+    for (int64_t i = 0; i < runs; ++i) {
+      const int64_t b = i / (g.T * g.Hkv), t = i / g.Hkv % g.T, hk = i % g.Hkv;
+      const float* src = data + i * per_t;
+      const int64_t dst = ((b * g.Hkv + hk) * g.T + t) * per_t;
+      if (round)
+        convert_f32_to_bf16(src, bf16.data() + dst, per_t);
+      else
+        std::memcpy(f32.data() + dst, src, static_cast<size_t>(per_t) * sizeof(float));
+    }
+  }
+  bool rounded() const {
+    return !bf16.empty();
+  }
+  // The block's first row (position ks or i0 of kv head hk of batch row b).
+  const void* at(const Geometry& g, int64_t b, int64_t hk, int64_t t) const {
+    const int64_t offset = ((b * g.Hkv + hk) * g.T + t) * per_t;
+    return bf16.empty() ? static_cast<const void*>(f32.data() + offset)
+                        : static_cast<const void*>(bf16.data() + offset);
+  }
+};
 
-// Gathers the block's rows of every q head in the group into a stacked [G*nq x D] matrix
-// (row gi*nq + r). T is float or the raw bf16 bits of a rounded copy.
-template <class T>
-void gather_rows(const Geometry& g, const Block& blk, const T* tensor, T* stacked) {
-  for (int64_t gi = 0; gi < g.G; ++gi)
-    for (int64_t r = 0; r < blk.nq; ++r)
-      std::memcpy(stacked + (gi * blk.nq + r) * g.D, tensor + row_offset(g, blk, g.Hq, gi, r),
-                  static_cast<size_t>(g.D) * sizeof(T));
-}
-
-// The inverse of gather_rows.
+// Copies the block's stacked [nq * G x D] rows into a [B, T, Hq, D] tensor: G heads of one
+// position are one contiguous run there.
 void scatter_rows(const Geometry& g, const Block& blk, const float* stacked, float* tensor) {
-  for (int64_t gi = 0; gi < g.G; ++gi)
-    for (int64_t r = 0; r < blk.nq; ++r)
-      std::memcpy(tensor + row_offset(g, blk, g.Hq, gi, r), stacked + (gi * blk.nq + r) * g.D,
-                  static_cast<size_t>(g.D) * sizeof(float));
+  for (int64_t r = 0; r < blk.nq; ++r)
+    std::memcpy(tensor + ((blk.b * g.T + blk.i0 + r) * g.Hq + blk.hk * g.G) * g.D,
+                stacked + r * g.G * g.D, static_cast<size_t>(g.G * g.D) * sizeof(float));
 }
 
-// The visible key range [lo, hi) of stacked row r (query i0 + r % nq), relative to the block's
+// The visible key range [lo, hi) of stacked row r (query i0 + r / G), relative to the block's
 // first key, and the query's document id. Keys outside the range are masked; inside it, keys of
 // another document are masked too (mask_docs).
 struct RowRange {
@@ -128,19 +155,23 @@ struct RowRange {
 };
 
 inline RowRange row_range(const Geometry& g, const MaskInfo& m, const Block& blk, int64_t r) {
-  const size_t qi = static_cast<size_t>(blk.b * g.T + blk.i0 + r % blk.nq);
+  const size_t qi = static_cast<size_t>(blk.b * g.T + blk.i0 + r / g.G);
   const int64_t lo = std::min(blk.nk, m.lo[qi] - blk.ks);
   const int64_t hi = std::max(lo, std::min(blk.nk, m.hi[qi] - blk.ks));
   return {lo, hi, g.has_docs ? m.docs[qi] : 0};
 }
 
-inline const int32_t* block_docs(const Geometry& g, const MaskInfo& m, const Block& blk) {
-  return g.has_docs ? m.docs.data() + blk.b * g.T + blk.ks : nullptr;
+// Index of stacked row r's (position, q head) in [B, T, Hq] order (row deltas) and in the
+// [B, Hq, T] order of the logsumexps.
+inline int64_t bth_index(const Geometry& g, const Block& blk, int64_t r) {
+  return (blk.b * g.T + blk.i0 + r / g.G) * g.Hq + blk.hk * g.G + r % g.G;
+}
+inline int64_t lse_index(const Geometry& g, const Block& blk, int64_t r) {
+  return (blk.b * g.Hq + blk.hk * g.G + r % g.G) * g.T + blk.i0 + r / g.G;
 }
 
-// Offset of the block's first key row (kv head hk) in a [B, T, Hkv, D] tensor.
-inline int64_t kv_offset(const Geometry& g, const Block& blk) {
-  return ((blk.b * g.T + blk.ks) * g.Hkv + blk.hk) * g.D;
+inline const int32_t* block_docs(const Geometry& g, const MaskInfo& m, const Block& blk) {
+  return g.has_docs ? m.docs.data() + blk.b * g.T + blk.ks : nullptr;
 }
 
 // One matrix operand of a block product: element (i, j) is p[i * s0 + j * s1], f32 or bf16 bits
@@ -156,26 +187,17 @@ void block_gemm(bool bf16, int64_t M, int64_t N, int64_t K, float alpha, Mat a, 
   if (bf16)
     return gemm_bf16(M, N, K, alpha, static_cast<const uint16_t*>(a.p), a.s0, a.s1,
                      static_cast<const uint16_t*>(b.p), b.s0, b.s1, c, ldc, accumulate);
-  const bool ta = a.s1 != 1, tb = b.s1 != 1;
-  sgemm(ta, tb, M, N, K, alpha, static_cast<const float*>(a.p), ta ? a.s1 : a.s0,
-        static_cast<const float*>(b.p), tb ? b.s1 : b.s0, accumulate ? 1.0f : 0.0f, c, ldc);
+  // BLAS form of a [rows x cols] operand: row-major (unit column stride; a single row may
+  // have any row stride) or transposed (unit row stride), and its leading dimension.
+  const auto blas = [](Mat m, int64_t rows, int64_t cols) {
+    if (m.s1 == 1 && (m.s0 >= cols || rows == 1)) return std::pair{false, std::max(m.s0, cols)};
+    return std::pair{true, std::max(m.s1, rows)};
+  };
+  const auto [ta, lda] = blas(a, M, K);
+  const auto [tb, ldb] = blas(b, K, N);
+  sgemm(ta, tb, M, N, K, alpha, static_cast<const float*>(a.p), lda, static_cast<const float*>(b.p),
+        ldb, accumulate ? 1.0f : 0.0f, c, ldc);
 }
-
-// A [B, T, H, D] tensor as the products read it: its f32 data, or (bf16 precision) a rounded
-// copy made once per call.
-struct Operand {
-  const float* f32 = nullptr;
-  std::vector<bf16_t> bf16;  // filled in bf16 mode
-  Operand(const float* data, int64_t n, bool round) : f32(data) {
-    if (!round) return;
-    bf16.resize(static_cast<size_t>(n));
-    parallel_ranges(n, [&](int64_t b, int64_t e) { convert_f32_to_bf16(data + b, bf16.data() + b, e - b); });
-  }
-  const void* at(int64_t offset) const {
-    return bf16.empty() ? static_cast<const void*>(f32 + offset)
-                        : static_cast<const void*>(bf16.data() + offset);
-  }
-};
 
 // A growable buffer that is never zero-filled: every element a block reads it wrote first.
 template <class T>
@@ -191,49 +213,29 @@ struct Buffer {
   }
 };
 
-// Per-thread buffers of one block: stacked query (and dO) rows, f32 results, and the bf16
-// copies of the stacked rows and of the probabilities / score gradients in bf16 mode. Kept per
-// thread across calls (scratch()): a step calls attention 90 times, and fresh zeroed buffers of
-// a few hundred KB each cost page faults and memsets every time.
+// Per-thread buffers of one block: the f32 results and, in bf16 mode, the bf16 probabilities /
+// score gradients the products read, and the forward's per-row 1 / sum. Kept per thread across
+// calls (scratch()): a step calls attention 90 times, and fresh zeroed buffers of a few hundred KB
+// each cost page faults and memsets every time.
 struct Scratch {
-  float *qs = nullptr, *dos = nullptr, *out_rows = nullptr, *p = nullptr, *dp = nullptr;
-  bf16_t *qs_b = nullptr, *dos_b = nullptr, *p_b = nullptr, *dp_b = nullptr;
+  float *out_rows = nullptr, *p = nullptr, *dp = nullptr, *inv_sum = nullptr;
+  bf16_t *p_b = nullptr, *dp_b = nullptr;
   void prepare(const Geometry& g, bool bf16, bool backward) {
     const size_t rows = static_cast<size_t>(g.G * kBlockRows * g.D);
     const size_t probs = static_cast<size_t>(g.G * kBlockRows * g.T);
     out_rows = f_[0].get(rows);
     p = f_[1].get(probs);
+    inv_sum = f_[3].get(static_cast<size_t>(g.G * kBlockRows));
     if (backward) dp = f_[2].get(probs);
     if (bf16) {
-      qs_b = b_[0].get(rows);
-      p_b = b_[1].get(probs);
-      if (backward) dos_b = b_[2].get(rows), dp_b = b_[3].get(probs);
-    } else {
-      qs = f_[3].get(rows);
-      if (backward) dos = f_[4].get(rows);
+      p_b = b_[0].get(probs);
+      if (backward) dp_b = b_[1].get(probs);
     }
-  }
-  // Stacked rows of `t` for this block, in the products' precision.
-  const void* stack(const Geometry& g, const Block& blk, const Operand& t, bool dout) {
-    if (t.bf16.empty()) {
-      float* dst = dout ? dos : qs;
-      gather_rows(g, blk, t.f32, dst);
-      return dst;
-    }
-    bf16_t* dst = dout ? dos_b : qs_b;
-    gather_rows(g, blk, t.bf16.data(), dst);
-    return dst;
-  }
-  // The [R x n] f32 matrix m (p or dp) as a product operand: itself, or rounded into its copy.
-  const void* rounded(bool bf16, float* m, bf16_t* copy, int64_t n) {
-    if (!bf16) return m;
-    convert_f32_to_bf16(m, copy, n);
-    return copy;
   }
 
  private:
-  Buffer<float> f_[5];
-  Buffer<bf16_t> b_[4];
+  Buffer<float> f_[4];
+  Buffer<bf16_t> b_[2];
 };
 
 Scratch& scratch(const Geometry& g, bool bf16, bool backward) {
@@ -246,23 +248,23 @@ Scratch& scratch(const Geometry& g, bool bf16, bool backward) {
 void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
                    const Operand& k, const Operand& v, float* out, float* lse, Scratch& w) {
   const VecKernels& vk = vec_kernels();
-  const bool bf16 = !q.bf16.empty();
-  const int64_t ldkv = g.Hkv * g.D;
+  const bool bf16 = q.rounded();
   const int64_t R = g.G * blk.nq;
-  float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;  // + gi*T + r
   if (blk.nk == 0) {
-    for (int64_t gi = 0; gi < g.G; ++gi)
-      for (int64_t r = 0; r < blk.nq; ++r) {
-        lse_rows[gi * g.T + r] = -std::numeric_limits<float>::infinity();
-        std::fill_n(out + row_offset(g, blk, g.Hq, gi, r), g.D, 0.0f);  // no visible key: output 0
-      }
+    for (int64_t r = 0; r < R; ++r) {
+      lse[lse_index(g, blk, r)] = -std::numeric_limits<float>::infinity();
+      std::fill_n(out + bth_index(g, blk, r) * g.D, g.D, 0.0f);  // no visible key: output 0
+    }
     return;
   }
-  const int64_t kv = kv_offset(g, blk);
+  const void* keys = k.at(g, blk.b, blk.hk, blk.ks);
+  const void* values = v.at(g, blk.b, blk.hk, blk.ks);
   // S = scale Q K^T
-  block_gemm(bf16, R, blk.nk, g.D, g.scale, {w.stack(g, blk, q, false), g.D, 1},
-             {k.at(kv), 1, ldkv}, w.p, blk.nk, false);
+  block_gemm(bf16, R, blk.nk, g.D, g.scale, {q.at(g, blk.b, blk.hk, blk.i0), g.D, 1},
+             {keys, 1, g.D}, w.p, blk.nk, false);
   const int32_t* docs = block_docs(g, m, blk);
+  // Each row's softmax: f32 probabilities in place, or (bf16) the unnormalized e^(s - max)
+  // rounded into p_b with the row's 1 / sum applied to its output row instead.
   for (int64_t r = 0; r < R; ++r) {
     float* sr = w.p + r * blk.nk;
     const RowRange rr = row_range(g, m, blk, r);
@@ -270,10 +272,21 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
     float* sv = sr + rr.lo;
     if (docs && n > 0) vk.mask_docs(sv, docs + rr.lo, rr.doc, n);
     const float mx = n > 0 ? vk.max(sv, n) : -std::numeric_limits<float>::infinity();
-    float& row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
+    float& row_lse = lse[lse_index(g, blk, r)];
+    const bool visible = mx != -std::numeric_limits<float>::infinity();
+    if (bf16) {
+      bf16_t* pr = w.p_b + r * blk.nk;
+      std::fill(pr, pr + rr.lo, bf16_t{0});
+      std::fill(pr + rr.lo + n, pr + blk.nk, bf16_t{0});
+      if (!visible) std::fill(pr + rr.lo, pr + rr.lo + n, bf16_t{0});
+      const float l = visible ? vk.exp_sum_bf16(sv, pr + rr.lo, n, mx) : 0.0f;
+      w.inv_sum[r] = visible ? 1.0f / l : 0.0f;
+      row_lse = visible ? mx + std::log(l) : mx;  // no visible key: output 0
+      continue;
+    }
     std::fill(sr, sv, 0.0f);
     std::fill(sv + n, sr + blk.nk, 0.0f);
-    if (mx == -std::numeric_limits<float>::infinity()) {  // no visible key: output 0
+    if (!visible) {  // no visible key: output 0
       std::fill(sv, sv + n, 0.0f);
       row_lse = mx;
       continue;
@@ -283,8 +296,10 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
     row_lse = mx + std::log(l);
   }
   // O = P V
-  block_gemm(bf16, R, g.D, blk.nk, 1.0f, {w.rounded(bf16, w.p, w.p_b, R * blk.nk), blk.nk, 1},
-             {v.at(kv), ldkv, 1}, w.out_rows, g.D, false);
+  block_gemm(bf16, R, g.D, blk.nk, 1.0f, {bf16 ? static_cast<const void*>(w.p_b) : w.p, blk.nk, 1},
+             {values, g.D, 1}, w.out_rows, g.D, false);
+  if (bf16)
+    for (int64_t r = 0; r < R; ++r) vk.scale(w.out_rows + r * g.D, g.D, w.inv_sum[r]);
   scatter_rows(g, blk, w.out_rows, out);
 }
 
@@ -301,7 +316,7 @@ void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<B
   const int64_t n = static_cast<int64_t>(order.size());
 #pragma omp parallel if (n > 1)
   {
-    Scratch& w = scratch(g, !q.bf16.empty(), false);
+    Scratch& w = scratch(g, q.rounded(), false);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < n; ++i)
       forward_block(g, m, blocks[static_cast<size_t>(order[static_cast<size_t>(i)])], q, k, v, out,
@@ -310,8 +325,8 @@ void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<B
 }
 
 struct Grads {
-  float* dq;  // null when not needed
-  float* dk;
+  float* dq;  // [B, T, Hq, D]; null when not needed
+  float* dk;  // [B, Hkv, T, D] (the grouped layout, zeroed); null when not needed
   float* dv;
 };
 
@@ -332,49 +347,58 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
                     const float* lse, Grads grads, Scratch& w) {
   if (blk.nk == 0) return;  // no visible keys: zero gradients
   const VecKernels& vk = vec_kernels();
-  const bool bf16 = !q.bf16.empty();
-  const int64_t ldkv = g.Hkv * g.D;
+  const bool bf16 = q.rounded();
   const int64_t R = g.G * blk.nq;
-  const int64_t kv = kv_offset(g, blk);
-  const float* lse_rows = lse + (blk.b * g.Hq + blk.hk * g.G) * g.T + blk.i0;
-  const void* qs = w.stack(g, blk, q, false);
-  const void* dos = w.stack(g, blk, dout, true);
+  const void* qs = q.at(g, blk.b, blk.hk, blk.i0);
+  const void* dos = dout.at(g, blk.b, blk.hk, blk.i0);
+  const void* keys = k.at(g, blk.b, blk.hk, blk.ks);
+  const void* values = v.at(g, blk.b, blk.hk, blk.ks);
   // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
-  block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {k.at(kv), 1, ldkv}, w.p, blk.nk,
-             false);
-  block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {v.at(kv), 1, ldkv}, w.dp, blk.nk,
-             false);
+  block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {keys, 1, g.D}, w.p, blk.nk, false);
+  block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {values, 1, g.D}, w.dp, blk.nk, false);
   const int32_t* docs = block_docs(g, m, blk);
   for (int64_t r = 0; r < R; ++r) {
     float* pr = w.p + r * blk.nk;
     float* dpr = w.dp + r * blk.nk;
-    const float row_lse = lse_rows[(r / blk.nq) * g.T + r % blk.nq];
+    const float row_lse = lse[lse_index(g, blk, r)];
     const RowRange rr = row_range(g, m, blk, r);
     int64_t n = rr.hi - rr.lo;
     if (row_lse == -std::numeric_limits<float>::infinity()) n = 0;
+    float* pv = pr + rr.lo;
+    if (docs && n > 0) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
+    const float delta_r = delta[bth_index(g, blk, r)];
+    if (bf16) {  // P and dS straight into the products' bf16 copies
+      bf16_t* pb = w.p_b + r * blk.nk;
+      bf16_t* dsb = w.dp_b + r * blk.nk;
+      std::fill(pb, pb + rr.lo, bf16_t{0});
+      std::fill(pb + rr.lo + n, pb + blk.nk, bf16_t{0});
+      std::fill(dsb, dsb + rr.lo, bf16_t{0});
+      std::fill(dsb + rr.lo + n, dsb + blk.nk, bf16_t{0});
+      if (n > 0)
+        vk.softmax_grad_bf16(pv, dpr + rr.lo, n, row_lse, delta_r, pb + rr.lo, dsb + rr.lo);
+      continue;
+    }
     std::fill(pr, pr + rr.lo, 0.0f);
     std::fill(pr + rr.lo + n, pr + blk.nk, 0.0f);
     std::fill(dpr, dpr + rr.lo, 0.0f);
     std::fill(dpr + rr.lo + n, dpr + blk.nk, 0.0f);
     if (n == 0) continue;
-    float* pv = pr + rr.lo;
-    if (docs) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
     vk.exp_scale(pv, pv, n, row_lse, 1.0f);  // P = exp(S - lse)
-    const int64_t row = row_offset(g, blk, g.Hq, r / blk.nq, r % blk.nq) / g.D;
-    vk.softmax_grad(pv, dpr + rr.lo, n, delta[row]);  // dS = P * (dP - delta)
+    vk.softmax_grad(pv, dpr + rr.lo, n, delta_r);  // dS = P * (dP - delta)
   }
-  const void* ds = w.rounded(bf16, w.dp, w.dp_b, R * blk.nk);
+  const void* ds = bf16 ? static_cast<const void*>(w.dp_b) : w.dp;
+  const void* p = bf16 ? static_cast<const void*>(w.p_b) : w.p;
+  const int64_t kv = ((blk.b * g.Hkv + blk.hk) * g.T + blk.ks) * g.D;
   if (grads.dq) {  // dQ = scale dS K
-    block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {k.at(kv), ldkv, 1},
-               w.out_rows, g.D, false);
+    block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {keys, g.D, 1}, w.out_rows, g.D,
+               false);
     scatter_rows(g, blk, w.out_rows, grads.dq);
   }
   if (grads.dk)  // dK += scale dS^T Q
-    block_gemm(bf16, blk.nk, g.D, R, g.scale, {ds, 1, blk.nk}, {qs, g.D, 1}, grads.dk + kv, ldkv,
+    block_gemm(bf16, blk.nk, g.D, R, g.scale, {ds, 1, blk.nk}, {qs, g.D, 1}, grads.dk + kv, g.D,
                true);
   if (grads.dv)  // dV += P^T dO
-    block_gemm(bf16, blk.nk, g.D, R, 1.0f, {w.rounded(bf16, w.p, w.p_b, R * blk.nk), 1, blk.nk},
-               {dos, g.D, 1}, grads.dv + kv, ldkv, true);
+    block_gemm(bf16, blk.nk, g.D, R, 1.0f, {p, 1, blk.nk}, {dos, g.D, 1}, grads.dv + kv, g.D, true);
 }
 
 // The blocks of one (batch, kv head) group all add into the same dK/dV rows, so a thread takes
@@ -382,19 +406,34 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
 // the number of threads or on which thread ran what.
 void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
                         const Operand& q, const Operand& k, const Operand& v, const float* out,
-                        const Operand& dout, const float* lse, Grads grads) {
-  const std::vector<float> delta = row_deltas(g, out, dout.f32);
+                        const float* dout_f32, const Operand& dout, const float* lse, Grads grads) {
+  const std::vector<float> delta = row_deltas(g, out, dout_f32);
   const int64_t groups = g.B * g.Hkv;
   const int64_t per_group = static_cast<int64_t>(blocks.size()) / std::max<int64_t>(groups, 1);
 #pragma omp parallel if (groups > 1)
   {
-    Scratch& w = scratch(g, !q.bf16.empty(), true);
+    Scratch& w = scratch(g, q.rounded(), true);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t gr = 0; gr < groups; ++gr)
       for (int64_t i = gr * per_group; i < (gr + 1) * per_group; ++i)
         backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, delta.data(), dout, lse,
                        grads, w);
   }
+}
+
+// [B, Hkv, T, D] (the grouped layout of a kv tensor) -> [B, T, Hkv, D].
+Tensor ungroup_kv(const Geometry& g, const Tensor& grouped) {
+  Tensor t = empty_f32({g.B, g.T, g.Hkv, g.D});
+  const float* src = grouped.data_f32();
+  float* dst = t.data_f32();
+  const int64_t runs = g.B * g.T * g.Hkv;
+#pragma omp parallel for schedule(static) if (runs * g.D >= kParallelMinElements)
+  for (int64_t i = 0; i < runs; ++i) {
+    const int64_t b = i / (g.T * g.Hkv), tt = i / g.Hkv % g.T, hk = i % g.Hkv;
+    std::memcpy(dst + i * g.D, src + ((b * g.Hkv + hk) * g.T + tt) * g.D,
+                static_cast<size_t>(g.D) * sizeof(float));
+  }
+  return t;
 }
 
 }  // namespace
@@ -440,9 +479,9 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     Tensor o = empty_f32(q.shape());  // every row written (forward_block)
     lse = empty_f32({g.B * g.Hq * g.T});
     if (g.D > 0)
-      attention_forward(g, *mask, *blocks, Operand(q.data_f32(), q.numel(), bf16),
-                        Operand(k.data_f32(), k.numel(), bf16),
-                        Operand(v.data_f32(), v.numel(), bf16), o.data_f32(), lse.data_f32());
+      attention_forward(g, *mask, *blocks, Operand(g, q.data_f32(), g.Hq, bf16),
+                        Operand(g, k.data_f32(), g.Hkv, bf16),
+                        Operand(g, v.data_f32(), g.Hkv, bf16), o.data_f32(), lse.data_f32());
     return o;
   };
   const Tensor out = options.keep_for_recompute ? keep_for_recompute(forward) : forward();
@@ -452,15 +491,18 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
     const Tensor dout = dense(g_in);
     Tensor dq = need_q ? new_f32(q.shape()) : Tensor();
-    Tensor dk = need_k ? new_f32(k.shape()) : Tensor();
-    Tensor dv = need_v ? new_f32(v.shape()) : Tensor();
+    // dK and dV are summed in the grouped layout, then put back in k's and v's.
+    Tensor dk = need_k ? new_f32({g.B, g.Hkv, g.T, g.D}) : Tensor();
+    Tensor dv = need_v ? new_f32({g.B, g.Hkv, g.T, g.D}) : Tensor();
     if (g.D > 0)
-      attention_backward(g, *mask, *blocks, Operand(q.data_f32(), q.numel(), bf16),
-                         Operand(k.data_f32(), k.numel(), bf16),
-                         Operand(v.data_f32(), v.numel(), bf16), o.data_f32(),
-                         Operand(dout.data_f32(), dout.numel(), bf16), lse.data_f32(),
+      attention_backward(g, *mask, *blocks, Operand(g, q.data_f32(), g.Hq, bf16),
+                         Operand(g, k.data_f32(), g.Hkv, bf16),
+                         Operand(g, v.data_f32(), g.Hkv, bf16), o.data_f32(), dout.data_f32(),
+                         Operand(g, dout.data_f32(), g.Hq, bf16), lse.data_f32(),
                          {need_q ? dq.data_f32() : nullptr, need_k ? dk.data_f32() : nullptr,
                           need_v ? dv.data_f32() : nullptr});
+    if (need_k) dk = ungroup_kv(g, dk);
+    if (need_v) dv = ungroup_kv(g, dv);
     return std::vector<Tensor>{dq, dk, dv};
   });
 }

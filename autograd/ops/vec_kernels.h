@@ -22,6 +22,12 @@ struct VecKernels {
   void (*mask_docs)(float* s, const int32_t* docs, int32_t doc, int64_t n);  // s = docs==doc ? s : -inf
   void (*softmax_grad)(const float* p, float* dp, int64_t n, float delta);    // dp = p * (dp - delta)
   void (*log_softmax_grad)(const float* y, const float* g, float* dx, int64_t n, float gsum);  // dx = g - e^y*gsum
+  // The same with bf16 outputs (raw bits, rounded to nearest even as f32_to_bf16), for products
+  // that read bf16: y = bf16(e^(x-shift)), returning the sum of the unrounded terms; and
+  // p = e^(s-lse), p_out = bf16(p), ds_out = bf16(p * (dp - delta)).
+  float (*exp_sum_bf16)(const float* x, uint16_t* y, int64_t n, float shift);
+  void (*softmax_grad_bf16)(const float* s, const float* dp, int64_t n, float lse, float delta,
+                            uint16_t* p_out, uint16_t* ds_out);
   // activations (n elements)
   void (*silu_fwd)(const float* x, float* y, int64_t n);
   void (*silu_bwd)(const float* x, const float* g, float* dx, int64_t n);

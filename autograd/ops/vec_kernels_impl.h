@@ -91,6 +91,35 @@ static void vk_softmax_grad(const float* p, float* dp, int64_t n, float delta) {
   for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - delta);
 }
 
+// f32 -> bf16 bits, round to nearest even, NaN kept quiet (as loom::f32_to_bf16).
+static inline uint16_t vk_bf16(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet = (u >> 16) | 0x40u;
+  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded);
+}
+
+static float vk_exp_sum_bf16(const float* x, uint16_t* y, int64_t n, float shift) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = vk_exp(x[i] - shift);
+    y[i] = vk_bf16(e);
+    s += e;
+  }
+  return s;
+}
+
+static void vk_softmax_grad_bf16(const float* s, const float* dp, int64_t n, float lse, float delta,
+                                 uint16_t* p_out, uint16_t* ds_out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float p = vk_exp(s[i] - lse);
+    p_out[i] = vk_bf16(p);
+    ds_out[i] = vk_bf16(p * (dp[i] - delta));
+  }
+}
+
 static void vk_log_softmax_grad(const float* y, const float* g, float* dx, int64_t n, float gsum) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dx[i] = g[i] - vk_exp(y[i]) * gsum;
@@ -176,9 +205,26 @@ static void vk_dropout(const float* x, float* y, int64_t n, uint32_t first, uint
 }
 
 static loom::ops_detail::VecKernels vk_table(const char* name) {
-  return loom::ops_detail::VecKernels{
-      vk_max,         vk_exp_sum,     vk_sum_exp,     vk_exp_scale,        vk_scale,
-      vk_dot,         vk_mask_docs,   vk_softmax_grad, vk_log_softmax_grad, vk_silu_fwd,
-      vk_silu_bwd,    vk_swiglu_fwd,  vk_swiglu_bwd,  vk_sum_squares,      vk_dot3,
-      vk_rmsnorm_fwd, vk_rmsnorm_bwd, vk_rmsnorm_dw,  vk_dropout,          name};
+  return loom::ops_detail::VecKernels{vk_max,
+                                      vk_exp_sum,
+                                      vk_sum_exp,
+                                      vk_exp_scale,
+                                      vk_scale,
+                                      vk_dot,
+                                      vk_mask_docs,
+                                      vk_softmax_grad,
+                                      vk_log_softmax_grad,
+                                      vk_exp_sum_bf16,
+                                      vk_softmax_grad_bf16,
+                                      vk_silu_fwd,
+                                      vk_silu_bwd,
+                                      vk_swiglu_fwd,
+                                      vk_swiglu_bwd,
+                                      vk_sum_squares,
+                                      vk_dot3,
+                                      vk_rmsnorm_fwd,
+                                      vk_rmsnorm_bwd,
+                                      vk_rmsnorm_dw,
+                                      vk_dropout,
+                                      name};
 }
