@@ -176,8 +176,8 @@ bool dropout_keeps(uint64_t seed, int64_t index, float p);  // the mask, for tes
 
 // ---- cross-entropy over a large vocabulary (ops/cross_entropy.cpp) ---------------------------
 struct CrossEntropyOptions {
-  // Rows of logits alive at a time (chunk_rows x V floats). 0 picks about 64 MB: 16M / V rows,
-  // between 16 and 1024 (341 rows for a 49152 vocabulary).
+  // Rows of logits alive at a time (chunk_rows x V floats). 0 picks at most 128 MB: 32M / V rows
+  // in multiples of 32, between 16 and 512 (512 rows, 96 MB, for a 49152 vocabulary).
   int64_t chunk_rows = 0;
   int32_t ignore_index = -100;
   Precision precision = Precision::Auto;  // of the hidden . W^T products
