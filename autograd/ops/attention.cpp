@@ -275,13 +275,21 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
     float& row_lse = lse[lse_index(g, blk, r)];
     const bool visible = mx != -std::numeric_limits<float>::infinity();
     if (bf16) {
+      // The row from its first visible key to the block's end, the keys past its last visible
+      // one at -inf (e^-inf = 0): whole vectors for the kernel (a causal block's nk is a
+      // multiple of 64) instead of a ragged tail per row.
       bf16_t* pr = w.p_b + r * blk.nk;
       std::fill(pr, pr + rr.lo, bf16_t{0});
-      std::fill(pr + rr.lo + n, pr + blk.nk, bf16_t{0});
-      if (!visible) std::fill(pr + rr.lo, pr + rr.lo + n, bf16_t{0});
-      const float l = visible ? vk.exp_sum_bf16(sv, pr + rr.lo, n, mx) : 0.0f;
-      w.inv_sum[r] = visible ? 1.0f / l : 0.0f;
-      row_lse = visible ? mx + std::log(l) : mx;  // no visible key: output 0
+      if (!visible) {  // no visible key: output 0
+        std::fill(pr + rr.lo, pr + blk.nk, bf16_t{0});
+        w.inv_sum[r] = 0.0f;
+        row_lse = mx;
+        continue;
+      }
+      std::fill(sv + n, sr + blk.nk, -std::numeric_limits<float>::infinity());
+      const float l = vk.exp_sum_bf16(sv, pr + rr.lo, blk.nk - rr.lo, mx);
+      w.inv_sum[r] = 1.0f / l;
+      row_lse = mx + std::log(l);
       continue;
     }
     std::fill(sr, sv, 0.0f);
@@ -368,14 +376,20 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
     if (docs && n > 0) vk.mask_docs(pv, docs + rr.lo, rr.doc, n);
     const float delta_r = delta[bth_index(g, blk, r)];
     if (bf16) {  // P and dS straight into the products' bf16 copies
+      // As in the forward: to the block's end, the keys past the last visible one at -inf
+      // (P = 0 there, and so dS).
       bf16_t* pb = w.p_b + r * blk.nk;
       bf16_t* dsb = w.dp_b + r * blk.nk;
       std::fill(pb, pb + rr.lo, bf16_t{0});
-      std::fill(pb + rr.lo + n, pb + blk.nk, bf16_t{0});
       std::fill(dsb, dsb + rr.lo, bf16_t{0});
-      std::fill(dsb + rr.lo + n, dsb + blk.nk, bf16_t{0});
-      if (n > 0)
-        vk.softmax_grad_bf16(pv, dpr + rr.lo, n, row_lse, delta_r, pb + rr.lo, dsb + rr.lo);
+      if (n == 0) {
+        std::fill(pb + rr.lo, pb + blk.nk, bf16_t{0});
+        std::fill(dsb + rr.lo, dsb + blk.nk, bf16_t{0});
+        continue;
+      }
+      std::fill(pv + n, pr + blk.nk, -std::numeric_limits<float>::infinity());
+      vk.softmax_grad_bf16(pv, dpr + rr.lo, blk.nk - rr.lo, row_lse, delta_r, pb + rr.lo,
+                           dsb + rr.lo);
       continue;
     }
     std::fill(pr, pr + rr.lo, 0.0f);
