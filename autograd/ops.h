@@ -86,9 +86,10 @@ struct GroupLinear {
 // scale_i) (linear() without a term) up to f32 rounding. x is rounded to bf16 once for all of
 // them (gemm.h linear_forward_group); the terms whose x_lr is x itself share one x . A^T
 // product, one dA reduction over x and the input gradient, which all projections write into
-// one dX.
+// one dX. OutputUse::GraphOnly: the outputs are zeros (no products), the gradients the same.
 std::vector<Tensor> linear_group(const Tensor& x, const std::vector<GroupLinear>& linears,
-                                 Precision precision = Precision::Auto);
+                                 Precision precision = Precision::Auto,
+                                 OutputUse use = OutputUse::Read);
 // f32 matrix product over the last two dims: a [..., M, K] . b [..., K, N] -> [..., M, N].
 // Batch dims must match, or one operand is 2-D (shared by every batch element).
 Tensor matmul(const Tensor& a, const Tensor& b);
@@ -141,7 +142,9 @@ std::shared_ptr<const RopeTable> make_rope_table(std::span<const int32_t> positi
                                                  const RopeConfig& config, int64_t head_dim);
 
 // x [B, T, H, D]. The table (or positions) has T entries (shared over the batch) or B*T.
-Tensor rope(const Tensor& x, const std::shared_ptr<const RopeTable>& table);
+// OutputUse::GraphOnly: zeros instead of the rotation (its gradient needs no values).
+Tensor rope(const Tensor& x, const std::shared_ptr<const RopeTable>& table,
+            OutputUse use = OutputUse::Read);
 Tensor rope(const Tensor& x, std::span<const int32_t> positions, const RopeConfig& config);
 
 // ---- attention (ops/attention.cpp) ------------------------------------------------------------
@@ -156,7 +159,9 @@ struct AttentionOptions {
   // logsumexp stay f32 (as FlashAttention does); F32 keeps every product in f32.
   Precision precision = Precision::F32;
   // Inside a checkpointed function: keep the output and logsumexp from the first run for the
-  // recompute (keep_for_recompute) instead of computing them again.
+  // recompute (keep_for_recompute) instead of computing them again; with bf16 products also the
+  // rounded q, k, v the products read, so the recompute's q, k, v values are not read at all
+  // (their producers may run OutputUse::GraphOnly) and the backward does not round them again.
   bool keep_for_recompute = false;
 };
 // q [B, T, Hq, D], k and v [B, T, Hkv, D], Hq a multiple of Hkv (grouped-query attention)

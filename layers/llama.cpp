@@ -82,18 +82,18 @@ Tensor Linear::forward(const Tensor& x, Precision precision, OutputUse use) cons
 }
 
 std::vector<Tensor> forward_shared_input(std::span<const Linear* const> linears, const Tensor& x,
-                                         Precision precision) {
+                                         Precision precision, OutputUse use) {
   std::vector<GroupLinear> group;
   for (const Linear* l : linears) {
     if (l->adapter && !l->adapter->is_low_rank_term()) {
       std::vector<Tensor> out;
-      for (const Linear* each : linears) out.push_back(each->forward(x, precision));
+      for (const Linear* each : linears) out.push_back(each->forward(x, precision, use));
       return out;
     }
     group.push_back(
         {l->weight, l->bias, l->adapter ? l->adapter->low_rank_term(*l, x) : std::nullopt});
   }
-  return linear_group(x, group, precision);
+  return linear_group(x, group, precision, use);
 }
 
 // ---- weight checks ----------------------------------------------------------------------------
@@ -363,10 +363,16 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   const ModelConfig& c = config_;
   const int64_t B = x.size(0), T = x.size(1);
   Tensor h = rms_norm(x, b.attn_norm, c.rms_norm_eps);
+  // In a recompute whose attention kept its bf16 operands, nothing reads q, k, v.
+  const bool recompute = use == OutputUse::GraphOnly;
+  const OutputUse qkv_use =
+      recompute && keep_attention && resolve_precision(attention_precision) == Precision::BF16
+          ? OutputUse::GraphOnly
+          : OutputUse::Read;
   const Linear* const qkv_proj[] = {&b.wq, &b.wk, &b.wv};
-  const std::vector<Tensor> qkv = forward_shared_input(qkv_proj, h, precision);
-  Tensor q = rope(reshape(qkv[0], {B, T, c.n_heads, c.head_dim}), rope_cs);
-  Tensor k = rope(reshape(qkv[1], {B, T, c.n_kv_heads, c.head_dim}), rope_cs);
+  const std::vector<Tensor> qkv = forward_shared_input(qkv_proj, h, precision, qkv_use);
+  Tensor q = rope(reshape(qkv[0], {B, T, c.n_heads, c.head_dim}), rope_cs, qkv_use);
+  Tensor k = rope(reshape(qkv[1], {B, T, c.n_kv_heads, c.head_dim}), rope_cs, qkv_use);
   Tensor v = reshape(qkv[2], {B, T, c.n_kv_heads, c.head_dim});
   AttentionOptions attn;
   attn.causal = true;

@@ -96,9 +96,9 @@ struct Linear {
 
 // The outputs of projections that read the same x (a block's q/k/v, its gate/up), in order: one
 // linear_group when each is plain or carries a plain low-rank adapter (LoRA, not DoRA), else
-// each Linear::forward.
+// each Linear::forward. `use` as in linear().
 std::vector<Tensor> forward_shared_input(std::span<const Linear* const> linears, const Tensor& x,
-                                         Precision precision);
+                                         Precision precision, OutputUse use = OutputUse::Read);
 
 struct LlamaBlock {
   Tensor attn_norm;  // [D]
@@ -141,7 +141,9 @@ struct ForwardOptions {
   // where the products run three times a step (forward, recompute, backward).
   Precision attention_precision = Precision::F32;
   // With checkpoint_blocks: keep each block's attention output and logsumexp from the forward
-  // for its backward (tokens x q_dim floats per block) instead of recomputing them.
+  // for its backward (tokens x q_dim floats per block) instead of recomputing them, and with
+  // bf16 attention products its rounded q, k, v (tokens x (q_dim + 2 kv_dim) bf16 values), so
+  // that the recompute skips the q/k/v products and rope.
   bool keep_attention = true;
 };
 
@@ -188,7 +190,9 @@ class LlamaModel {
   std::shared_ptr<const RopeTable> rope_table(std::span<const int32_t> positions) const;
   // One block on x [B, T, D], recorded op by op (no checkpoint). document_ids as in TokenBatch.
   // OutputUse::GraphOnly (a checkpoint's recompute, where only the graph is used): the down
-  // projection's output values are not computed, so the returned values are not the block's.
+  // projection's output values are not computed, so the returned values are not the block's;
+  // with keep_attention and bf16 attention products neither are q, k and v (attention takes
+  // what it kept from the first run).
   // keep_attention: AttentionOptions::keep_for_recompute (inside a checkpoint).
   Tensor block_forward(int64_t layer, const Tensor& x, const std::shared_ptr<const RopeTable>& rope,
                        std::span<const int32_t> document_ids, Precision precision,

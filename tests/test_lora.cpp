@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "autograd/check.h"
+#include "autograd/kernels/cpu.h"
 #include "autograd/tape.h"
 #include "layers/llama.h"
 #include "layers/safetensors.h"
@@ -715,15 +716,17 @@ struct StepResult {
   std::vector<std::vector<float>> grads;  // per LoraModel parameter
 };
 StepResult run_step(const LlamaModel& model, const LoraModel& lora, const Batch& b,
-                    bool checkpoint = true, bool keep_attention = true) {
+                    bool checkpoint = true, bool keep_attention = true,
+                    Precision precision = Precision::F32) {
   StepResult r;
   const_cast<LoraModel&>(lora).zero_grad();
   ForwardOptions fo;
   fo.checkpoint_blocks = checkpoint;
-  fo.precision = Precision::F32;
+  fo.precision = precision;
+  fo.attention_precision = precision;
   fo.keep_attention = keep_attention;
   const Tensor hidden = model.forward_hidden(b.token_batch(), fo);
-  CrossEntropyResult ce = model.loss(hidden, b.targets, -100, Precision::F32);
+  CrossEntropyResult ce = model.loss(hidden, b.targets, -100, precision);
   ce.loss.backward();
   r.loss = ce.loss.item();
   for (const LoraParameter& p : lora.parameters())
@@ -796,11 +799,18 @@ TEST(LoraModel, AttachesToTheGoldenModelsAndOnlyAdaptersGetGradients) {
 
 // With LoRA the checkpointed recompute skips the down projection's output (OutputUse::GraphOnly)
 // and takes the u = x A^T products and (keep_attention) attention's output kept from the first
-// run; DoRA computes its output. Either way the gradients equal those of the plain backward, bit
-// for bit.
+// run, with bf16 attention products also its rounded q, k, v (so the recompute skips the q/k/v
+// products and rope); DoRA computes its output. Either way the gradients equal those of the
+// plain backward, bit for bit, in f32 and in bf16.
 TEST(LoraModel, DropoutGivesTheSameGradientsWithAndWithoutCheckpointing) {
-  for (bool dora : {false, true}) {
-    SCOPED_TRACE(dora ? "DoRA" : "LoRA");
+  std::vector<std::pair<bool, Precision>> cases = {{false, Precision::F32}, {true, Precision::F32}};
+  if (cpu_has_avx512_bf16())
+    cases.insert(cases.end(), {{false, Precision::BF16}, {true, Precision::BF16}});
+  else
+    std::fprintf(stderr, "SKIPPED (bf16 cases): this CPU has no AVX512_BF16\n");
+  for (const auto& [dora, precision] : cases) {
+    SCOPED_TRACE(std::string(dora ? "DoRA" : "LoRA") +
+                 (precision == Precision::BF16 ? " bf16" : " f32"));
     LlamaModel model = LlamaModel::from_hf((golden_dir() / "hf_llama").string());
     LoraConfig c;
     c.targets.modules = {"all-linear"};
@@ -810,8 +820,9 @@ TEST(LoraModel, DropoutGivesTheSameGradientsWithAndWithoutCheckpointing) {
     randomize(lora, 50);
     const Batch b = make_batch(model.config().vocab_size);
     lora.set_dropout_step(3);
-    const StepResult on = run_step(model, lora, b, true), off = run_step(model, lora, b, false);
-    const StepResult recomputed = run_step(model, lora, b, true, false);
+    const StepResult on = run_step(model, lora, b, true, true, precision),
+                     off = run_step(model, lora, b, false, true, precision);
+    const StepResult recomputed = run_step(model, lora, b, true, false, precision);
     EXPECT_EQ(on.loss, off.loss);
     EXPECT_EQ(recomputed.loss, off.loss);
     for (size_t i = 0; i < on.grads.size(); ++i) {
@@ -819,7 +830,7 @@ TEST(LoraModel, DropoutGivesTheSameGradientsWithAndWithoutCheckpointing) {
       EXPECT_EQ(recomputed.grads[i], off.grads[i]) << i;
     }
     lora.set_dropout_step(4);
-    EXPECT_NE(run_step(model, lora, b).loss, on.loss);  // another step, another mask
+    EXPECT_NE(run_step(model, lora, b, true, true, precision).loss, on.loss);  // another mask
     lora.set_training(false);
     const double eval1 = run_step(model, lora, b).loss;
     lora.set_dropout_step(5);

@@ -104,37 +104,41 @@ std::vector<Block> make_blocks(const Geometry& g, const MaskInfo& m) {
 // i0 + r / G of q head hk * G + r % G) and its keys and values dense [nk x D] ones, so every
 // product runs on its operands in place (oneDNN's AMX kernels need dense operands; strided ones
 // were copied per product). In bf16 precision the copies are the rounded ones.
-struct Operand {
-  std::vector<float> f32;    // f32 precision
-  std::vector<bf16_t> bf16;  // bf16 precision
-  int64_t per_t = 0;         // G' * D: elements of one position of one kv head
-  Operand(const Geometry& g, const float* data, int64_t H, bool round) : per_t(H / g.Hkv * g.D) {
-    const int64_t n = g.B * g.T * H * g.D;
-    if (round)
-      bf16.resize(static_cast<size_t>(n));
-    else
-      f32.resize(static_cast<size_t>(n));
-    // One run of per_t elements per (b, t, kv head): from [b, t, hk * G', 0] to [b, hk, t, 0, 0].
-    const int64_t runs = g.B * g.T * g.Hkv;
+// A tensor of [B, T, H, D] in the grouped layout: bf16 (rounded) or f32.
+Tensor grouped_copy(const Geometry& g, const float* data, int64_t H, bool round) {
+  const int64_t per_t = H / g.Hkv * g.D;
+  Tensor t = Tensor::empty({g.B, g.Hkv, g.T, per_t}, round ? DType::BF16 : DType::F32);
+  const int64_t n = t.numel();
+  auto* dst_bf16 = static_cast<bf16_t*>(t.data_bytes());
+  auto* dst_f32 = static_cast<float*>(t.data_bytes());
+  // One run of per_t elements per (b, t, kv head): from [b, t, hk * G', 0] to [b, hk, t, 0, 0].
+  const int64_t runs = g.B * g.T * g.Hkv;
 #pragma omp parallel for schedule(static) if (n >= kParallelMinElements)
-    for (int64_t i = 0; i < runs; ++i) {
-      const int64_t b = i / (g.T * g.Hkv), t = i / g.Hkv % g.T, hk = i % g.Hkv;
-      const float* src = data + i * per_t;
-      const int64_t dst = ((b * g.Hkv + hk) * g.T + t) * per_t;
-      if (round)
-        convert_f32_to_bf16(src, bf16.data() + dst, per_t);
-      else
-        std::memcpy(f32.data() + dst, src, static_cast<size_t>(per_t) * sizeof(float));
-    }
+  for (int64_t i = 0; i < runs; ++i) {
+    const int64_t b = i / (g.T * g.Hkv), tt = i / g.Hkv % g.T, hk = i % g.Hkv;
+    const float* src = data + i * per_t;
+    const int64_t dst = ((b * g.Hkv + hk) * g.T + tt) * per_t;
+    if (round)
+      convert_f32_to_bf16(src, dst_bf16 + dst, per_t);
+    else
+      std::memcpy(dst_f32 + dst, src, static_cast<size_t>(per_t) * sizeof(float));
   }
-  bool rounded() const {
-    return !bf16.empty();
-  }
+  return t;
+}
+
+// An operand of the products: a grouped copy (grouped_copy).
+struct Operand {
+  Tensor t;
+  int64_t per_t = 0;  // G' * D: elements of one position of one kv head
+  explicit Operand(Tensor grouped) : t(std::move(grouped)), per_t(t.size(3)) {}
+  Operand(const Geometry& g, const float* data, int64_t H, bool round)
+      : Operand(grouped_copy(g, data, H, round)) {}
+  bool rounded() const { return t.dtype() == DType::BF16; }
   // The block's first row (position ks or i0 of kv head hk of batch row b).
-  const void* at(const Geometry& g, int64_t b, int64_t hk, int64_t t) const {
-    const int64_t offset = ((b * g.Hkv + hk) * g.T + t) * per_t;
-    return bf16.empty() ? static_cast<const void*>(f32.data() + offset)
-                        : static_cast<const void*>(bf16.data() + offset);
+  const void* at(const Geometry& g, int64_t b, int64_t hk, int64_t pos) const {
+    const int64_t offset = ((b * g.Hkv + hk) * g.T + pos) * per_t;
+    return rounded() ? static_cast<const void*>(static_cast<const bf16_t*>(t.data_bytes()) + offset)
+                     : static_cast<const void*>(static_cast<const float*>(t.data_bytes()) + offset);
   }
 };
 
@@ -486,6 +490,16 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   auto mask = std::make_shared<MaskInfo>(build_mask(g, options.document_ids));
   auto blocks = std::make_shared<std::vector<Block>>(make_blocks(g, *mask));
   const bool bf16 = resolve_precision(options.precision) == Precision::BF16;
+  // The products' rounded q, k, v: kept for a checkpoint's recompute (which then reads nothing
+  // of q, k, v and only records the graph) and for the backward, with bf16 products and
+  // options.keep_for_recompute; otherwise made here and again in the backward.
+  const bool keep_operands = options.keep_for_recompute && bf16;
+  Tensor qg, kg, vg;
+  if (keep_operands) {
+    qg = keep_for_recompute([&] { return grouped_copy(g, q.data_f32(), g.Hq, true); });
+    kg = keep_for_recompute([&] { return grouped_copy(g, k.data_f32(), g.Hkv, true); });
+    vg = keep_for_recompute([&] { return grouped_copy(g, v.data_f32(), g.Hkv, true); });
+  }
   // The output and the per-row logsumexp; with options.keep_for_recompute a checkpointed
   // block's recompute takes both from its first run instead of running the forward again.
   Tensor lse;
@@ -493,15 +507,20 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     Tensor o = empty_f32(q.shape());  // every row written (forward_block)
     lse = empty_f32({g.B * g.Hq * g.T});
     if (g.D > 0)
-      attention_forward(g, *mask, *blocks, Operand(g, q.data_f32(), g.Hq, bf16),
-                        Operand(g, k.data_f32(), g.Hkv, bf16),
-                        Operand(g, v.data_f32(), g.Hkv, bf16), o.data_f32(), lse.data_f32());
+      attention_forward(g, *mask, *blocks,
+                        keep_operands ? Operand(qg) : Operand(g, q.data_f32(), g.Hq, bf16),
+                        keep_operands ? Operand(kg) : Operand(g, k.data_f32(), g.Hkv, bf16),
+                        keep_operands ? Operand(vg) : Operand(g, v.data_f32(), g.Hkv, bf16),
+                        o.data_f32(), lse.data_f32());
     return o;
   };
   const Tensor out = options.keep_for_recompute ? keep_for_recompute(forward) : forward();
   if (options.keep_for_recompute) lse = keep_for_recompute([&] { return lse; });
 
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
+  // Captured for the backward: the kept operands, or q, k, v to round again.
+  const Tensor q_src = keep_operands ? Tensor() : q, k_src = keep_operands ? Tensor() : k,
+               v_src = keep_operands ? Tensor() : v;
   return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
     const Tensor dout = dense(g_in);
     Tensor dq = need_q ? new_f32(q.shape()) : Tensor();
@@ -509,12 +528,13 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     Tensor dk = need_k ? new_f32({g.B, g.Hkv, g.T, g.D}) : Tensor();
     Tensor dv = need_v ? new_f32({g.B, g.Hkv, g.T, g.D}) : Tensor();
     if (g.D > 0)
-      attention_backward(g, *mask, *blocks, Operand(g, q.data_f32(), g.Hq, bf16),
-                         Operand(g, k.data_f32(), g.Hkv, bf16),
-                         Operand(g, v.data_f32(), g.Hkv, bf16), o.data_f32(), dout.data_f32(),
-                         Operand(g, dout.data_f32(), g.Hq, bf16), lse.data_f32(),
-                         {need_q ? dq.data_f32() : nullptr, need_k ? dk.data_f32() : nullptr,
-                          need_v ? dv.data_f32() : nullptr});
+      attention_backward(
+          g, *mask, *blocks, keep_operands ? Operand(qg) : Operand(g, q_src.data_f32(), g.Hq, bf16),
+          keep_operands ? Operand(kg) : Operand(g, k_src.data_f32(), g.Hkv, bf16),
+          keep_operands ? Operand(vg) : Operand(g, v_src.data_f32(), g.Hkv, bf16), o.data_f32(),
+          dout.data_f32(), Operand(g, dout.data_f32(), g.Hq, bf16), lse.data_f32(),
+          {need_q ? dq.data_f32() : nullptr, need_k ? dk.data_f32() : nullptr,
+           need_v ? dv.data_f32() : nullptr});
     if (need_k) dk = ungroup_kv(g, dk);
     if (need_v) dv = ungroup_kv(g, dv);
     return std::vector<Tensor>{dq, dk, dv};

@@ -63,7 +63,7 @@ void check_part(const char* op, size_t i, const GroupLinear& l, const Tensor& x,
 }  // namespace
 
 std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLinear>& linears,
-                                 Precision precision) {
+                                 Precision precision, OutputUse use) {
   const char* op = "linear_group";
   check_f32(op, "x", x_in);
   LOOM_CHECK(!linears.empty(), "{}: no projections", op);
@@ -128,7 +128,7 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
   for (const Part& p : parts) {
     Shape shape = x.shape();
     shape.back() = p.N;
-    outputs.push_back(K > 0 ? empty_f32(shape) : new_f32(shape));
+    outputs.push_back(K > 0 && use == OutputUse::Read ? empty_f32(shape) : new_f32(shape));
     GroupProduct g;
     g.W = WeightView{p.weight.dtype(), p.weight.data_bytes(), p.N, K};
     g.Y = outputs.back().data_f32();
@@ -136,11 +136,11 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
     if (p.R > 0) g.B = p.b.data_f32(), g.rank = p.R, g.u_col = p.col, g.scale = p.scale;
     products.push_back(g);
   }
-  if (M > 0 && K > 0)
+  if (M > 0 && K > 0 && use == OutputUse::Read)
     linear_forward_group(x.data_f32(), M, K, u_cols > 0 ? u.data_f32() : nullptr,
                          std::max<int64_t>(u_cols, 1), u_cols, products, precision);
   for (size_t i = 0; i < parts.size(); ++i)
-    if (parts[i].bias.defined() && M > 0)
+    if (parts[i].bias.defined() && M > 0 && use == OutputUse::Read)
       add_to_rows(outputs[i].data_f32(), M, parts[i].N, parts[i].bias.data_f32());
 
   // The hub's inputs: x, then per projection its own x_lr (terms not on x), a, b, bias.

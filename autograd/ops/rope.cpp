@@ -115,7 +115,7 @@ void rotate(const float* x, float* y, int64_t B, int64_t T, int64_t H, int64_t D
 
 }  // namespace
 
-Tensor rope(const Tensor& x_in, const std::shared_ptr<const RopeTable>& table) {
+Tensor rope(const Tensor& x_in, const std::shared_ptr<const RopeTable>& table, OutputUse use) {
   check_f32("rope", "x", x_in);
   LOOM_CHECK(table != nullptr, "rope: no table given");
   LOOM_CHECK(x_in.dim() == 4, "rope: x must be [B, T, H, D], got {}", shape_str(x_in.shape()));
@@ -126,8 +126,8 @@ Tensor rope(const Tensor& x_in, const std::shared_ptr<const RopeTable>& table) {
              "rope: x {} needs T={} or B*T={} positions, got {}", shape_str(x_in.shape()), T, B * T,
              table->n_tokens);
   const Tensor x = contiguous(x_in);
-  Tensor y = empty_f32(x.shape());
-  rotate(x.data_f32(), y.data_f32(), B, T, H, D, *table, 1.0f);
+  Tensor y = use == OutputUse::Read ? empty_f32(x.shape()) : new_f32(x.shape());
+  if (use == OutputUse::Read) rotate(x.data_f32(), y.data_f32(), B, T, H, D, *table, 1.0f);
   return record(y, "rope", {x}, [table, B, T, H, D](const Tensor& g_in, const Tensor&) {
     const Tensor g = dense(g_in);
     Tensor dx = empty_f32(g.shape());
