@@ -326,8 +326,9 @@ const std::vector<Field<Recipe>>& recipe_fields() {
       field<R>("model.checkpoint_activations", LOOM_MEMBER(model.checkpoint_activations),
                "recompute each block's activations in backward to save memory"),
       field<R>("model.keep_attention", LOOM_MEMBER(model.keep_attention),
-               "with checkpoint_activations: keep each block's attention output for its "
-               "backward (tokens x q_dim floats per block) instead of recomputing it"),
+               "with checkpoint_activations: keep each block's attention output (and, with "
+               "bf16 products, its rounded q, k, v) for its backward instead of recomputing "
+               "them (tokens x (q_dim floats + q_dim + 2 kv_dim bf16) per block)"),
 
       field<R>("lora.rank", LOOM_MEMBER(lora.rank), "adapter rank r"),
       field<R>("lora.alpha", LOOM_MEMBER(lora.alpha),

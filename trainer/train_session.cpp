@@ -532,7 +532,7 @@ TrainResult run_training(const TrainPlan& plan, const TrainOptions& options) {
       "checkpointing {}\n",
       precision_text(plan.precision),
       !plan.checkpoint_activations ? "off"
-      : plan.keep_attention        ? "on (per block, attention outputs kept)"
+      : plan.keep_attention        ? "on (per block, attention kept)"
                                    : "on (per block)");
   const LoraConfig& lc = lora_config;
   if (init_from)
