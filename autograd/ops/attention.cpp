@@ -104,7 +104,8 @@ std::vector<Block> make_blocks(const Geometry& g, const MaskInfo& m) {
 // i0 + r / G of q head hk * G + r % G) and its keys and values dense [nk x D] ones, so every
 // product runs on its operands in place (oneDNN's AMX kernels need dense operands; strided ones
 // were copied per product). In bf16 precision the copies are the rounded ones.
-// A tensor of [B, T, H, D] in the grouped layout: bf16 (rounded) or f32.
+//
+// data ([B, T, H, D] f32) in the grouped layout, rounded to bf16 or as f32.
 Tensor grouped_copy(const Geometry& g, const float* data, int64_t H, bool round) {
   const int64_t per_t = H / g.Hkv * g.D;
   Tensor t = Tensor::empty({g.B, g.Hkv, g.T, per_t}, round ? DType::BF16 : DType::F32);
@@ -518,9 +519,6 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   if (options.keep_for_recompute) lse = keep_for_recompute([&] { return lse; });
 
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
-  // Captured for the backward: the kept operands, or q, k, v to round again.
-  const Tensor q_src = keep_operands ? Tensor() : q, k_src = keep_operands ? Tensor() : k,
-               v_src = keep_operands ? Tensor() : v;
   return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
     const Tensor dout = dense(g_in);
     Tensor dq = need_q ? new_f32(q.shape()) : Tensor();
@@ -529,9 +527,9 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     Tensor dv = need_v ? new_f32({g.B, g.Hkv, g.T, g.D}) : Tensor();
     if (g.D > 0)
       attention_backward(
-          g, *mask, *blocks, keep_operands ? Operand(qg) : Operand(g, q_src.data_f32(), g.Hq, bf16),
-          keep_operands ? Operand(kg) : Operand(g, k_src.data_f32(), g.Hkv, bf16),
-          keep_operands ? Operand(vg) : Operand(g, v_src.data_f32(), g.Hkv, bf16), o.data_f32(),
+          g, *mask, *blocks, keep_operands ? Operand(qg) : Operand(g, q.data_f32(), g.Hq, bf16),
+          keep_operands ? Operand(kg) : Operand(g, k.data_f32(), g.Hkv, bf16),
+          keep_operands ? Operand(vg) : Operand(g, v.data_f32(), g.Hkv, bf16), o.data_f32(),
           dout.data_f32(), Operand(g, dout.data_f32(), g.Hq, bf16), lse.data_f32(),
           {need_q ? dq.data_f32() : nullptr, need_k ? dk.data_f32() : nullptr,
            need_v ? dv.data_f32() : nullptr});
