@@ -69,14 +69,18 @@ double rss_mb() { return static_cast<double>(loom::rss_bytes()) / 1048576.0; }
 
 // The step's frozen-weight and attention GEMM work per token (the rank-r LoRA products are not
 // counted): the projections' forward and input gradient (and their recompute with
-// checkpointing, less the down projection's, whose output the recompute skips), the LM head's
-// forward and input gradient (computed in the chunked loss), and causal attention (forward: 2
-// products over T/2 keys on average, backward: 5; the recompute takes the forward's output).
-double step_gemm_flops_per_token(const loom::ModelConfig& c, int64_t seq, bool checkpoint) {
+// checkpointing, less the down projection's, whose output the recompute skips, and with bf16
+// attention products less q/k/v's, whose outputs attention keeps), the LM head's forward and
+// input gradient (computed in the chunked loss), and causal attention (forward: 2 products over
+// T/2 keys on average, backward: 5; the recompute takes the forward's output).
+double step_gemm_flops_per_token(const loom::ModelConfig& c, int64_t seq, bool checkpoint,
+                                 bool bf16_attention) {
   const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
   const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
-  const double block = D * q + 2 * D * kv + q * D + 3 * D * I, down = I * D;
-  const double proj = 2 * block + 2 * block + (checkpoint ? 2 * block - 2 * down : 0.0);
+  const double qkv = D * q + 2 * D * kv;
+  const double block = qkv + q * D + 3 * D * I, down = I * D;
+  const double recompute = 2 * block - 2 * down - (bf16_attention ? 2 * qkv : 0.0);
+  const double proj = 2 * block + 2 * block + (checkpoint ? recompute : 0.0);
   const double head = 4.0 * static_cast<double>(c.vocab_size) * D;
   const double attn_fwd = 2.0 * static_cast<double>(seq) * q;
   const double attn = attn_fwd * (1.0 + 2.5);
@@ -193,7 +197,11 @@ nlohmann::json run_child(const Args& a) {
           {"peak_rss_mb_converted", hwm_converted},
           {"rss_mb_after_forward", rss_forward},
           {"threads", loom::num_threads()},
-          {"gemm_mflop_per_token", step_gemm_flops_per_token(model.config(), a.seq, a.checkpoint) / 1e6},
+          {"gemm_mflop_per_token",
+           step_gemm_flops_per_token(
+               model.config(), a.seq, a.checkpoint,
+               loom::resolve_precision(fwd.attention_precision) == loom::Precision::BF16) /
+               1e6},
           {"gemm_probe_gflops", gemm.gflops},
           {"gemm_probe", gemm.what}};
 }
