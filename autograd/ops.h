@@ -48,8 +48,9 @@ Tensor contiguous(const Tensor& x);  // x itself when contiguous, else a paralle
 // ---- linear and matmul (ops/linear.cpp) -------------------------------------------------------
 // Whether anything will read an op's output values. GraphOnly: the op records its node as usual
 // (every gradient comes out the same) but returns zeros of the output's shape instead of
-// computing them -- for the last projection of a checkpointed block's recompute, whose output
-// only carries the graph back to the block's input.
+// computing them -- for outputs a checkpointed block's recompute never reads: its last
+// projection's, which only carries the graph back to the block's input, and q/k/v's and rope's
+// when attention kept its operands (AttentionOptions::keep_for_recompute).
 enum class OutputUse : uint8_t { Read, GraphOnly };
 
 // y[..., N] = x[..., K] . W^T + bias. W is [N, K] in any storage dtype. A frozen W (no
