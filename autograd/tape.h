@@ -64,7 +64,8 @@ Tensor checkpoint(const CheckpointRunFn& fn, const std::vector<Tensor>& inputs,
 
 // A value a checkpointed function keeps from its first run for its recompute: cheap to hold
 // next to what it costs to remake (a LoRA projection's u = x A^T, r columns per token;
-// attention's output and logsumexp, a product and a softmax pass). Inside checkpoint()'s
+// attention's output and logsumexp, a product and a softmax pass, and its rounded q, k, v, which
+// spare the recompute the q/k/v products). Inside checkpoint()'s
 // first run (grad mode on) it runs compute and keeps the result; in the recompute the same calls,
 // in the same order, hand back the kept tensors without computing; elsewhere it computes. The
 // kept tensors are released after the recompute. A recompute asking for more or fewer than were
