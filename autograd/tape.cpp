@@ -58,12 +58,8 @@ class GradModeScope {
   bool previous_;
 };
 
-// The gradient to store for a target: g itself when nothing else can reach its memory (a fresh,
-// dense tensor a vjp made and handed over), else a contiguous copy.
+// A contiguous copy of g that nothing else reaches.
 Tensor copy_of(const Tensor& g) {
-  const bool sole_owner = g.impl_ptr().use_count() == 1 && g.storage().use_count() == 1;
-  if (sole_owner && g.is_contiguous() && g.offset() == 0 && !g.grad_fn() && !g.requires_grad())
-    return g;
   Tensor out = Tensor::empty(g.shape());  // written whole below
   if (g.is_contiguous()) {
     const float* src = g.data_f32();
@@ -78,6 +74,21 @@ Tensor copy_of(const Tensor& g) {
     std::copy(v.begin(), v.end(), out.data_f32());
   }
   return out;
+}
+
+// Whether g can be stored as a gradient as it is: a plain dense tensor, though other holders
+// may still reach its memory (add's vjp hands one tensor to both inputs; a checkpoint's
+// recompute starts from the outer gradient). Stored gradients are only read until
+// accumulate() or the end of run_backward, which copy one that is still shared before
+// anything writes to it: the copies happen only when they must (a residual stream's
+// gradient was copied three times per block, ~1% of a training step).
+bool storable(const Tensor& g) {
+  return g.is_contiguous() && g.offset() == 0 && !g.grad_fn() && !g.requires_grad();
+}
+
+// Whether nothing but this handle reaches t's memory.
+bool exclusive(const std::shared_ptr<TensorImpl>& t) {
+  return t.use_count() == 1 && Tensor(t).storage().use_count() == 1;
 }
 
 void add_inplace(const Tensor& dst, const Tensor& src) {
@@ -158,19 +169,33 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     stack.pop_back();
   }
 
-  std::unordered_map<TensorImpl*, Tensor> pending;  // gradients of non-leaf tensors
+  // Gradients of non-leaf tensors, and the leaves given one here (made exclusive at the end).
+  std::unordered_map<TensorImpl*, std::shared_ptr<TensorImpl>> pending;
+  std::vector<std::shared_ptr<TensorImpl>> leaves;
   auto deliver = [&](const Tensor& target, const Tensor& g, const std::string& op, size_t index) {
     LOOM_CHECK(g.dtype() == DType::F32 && g.shape() == target.shape(),
                "backward of '{}': gradient for input {} has shape {} ({}), expected {} (f32)", op,
                index, shape_str(g.shape()), dtype_name(g.dtype()), shape_str(target.shape()));
+    // A second gradient for the same target is added in place, into a copy first if the
+    // stored one is still shared.
+    auto accumulate = [&](std::shared_ptr<TensorImpl>& stored) {
+      if (!exclusive(stored)) stored = copy_of(Tensor(stored)).impl_ptr();
+      add_inplace(Tensor(stored), g);
+    };
     if (target.grad_fn()) {
       auto it = pending.find(target.impl());
-      if (it == pending.end()) pending.emplace(target.impl(), copy_of(g));
-      else add_inplace(it->second, g);
+      if (it == pending.end())
+        pending.emplace(target.impl(), storable(g) ? g.impl_ptr() : copy_of(g).impl_ptr());
+      else
+        accumulate(it->second);
     } else if (target.requires_grad()) {
       std::shared_ptr<TensorImpl>& slot = target.impl()->grad;
-      if (!slot) slot = copy_of(g).impl_ptr();
-      else add_inplace(Tensor(slot), g);
+      if (!slot) {
+        slot = storable(g) ? g.impl_ptr() : copy_of(g).impl_ptr();
+        leaves.push_back(target.impl_ptr());
+      } else {
+        accumulate(slot);
+      }
     }
   };
 
@@ -179,7 +204,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     const std::shared_ptr<TensorImpl>& t = order[i];
     auto it = pending.find(t.get());
     if (it == pending.end()) continue;  // no gradient flowed here
-    Tensor g = std::move(it->second);
+    Tensor g(std::move(it->second));
     pending.erase(it);
     Node& node = *t->grad_fn;
     LOOM_CHECK(node.vjp != nullptr, "backward through '{}' a second time: the graph was already released", node.op);
@@ -200,6 +225,10 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     node.vjp = nullptr;
     node.inputs.clear();
   }
+  // A leaf's gradient is the caller's to change (an optimizer scales it in place): none may
+  // share memory with another holder.
+  for (const std::shared_ptr<TensorImpl>& leaf : leaves)
+    if (leaf->grad && !exclusive(leaf->grad)) leaf->grad = copy_of(Tensor(leaf->grad)).impl_ptr();
 }
 
 Tensor checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs, std::string name) {

@@ -42,6 +42,15 @@ Tensor product(const Tensor& x, const Tensor& y) {
   });
 }
 
+// z = x + y, whose vjp hands the one incoming gradient tensor to both inputs (as ops' add does).
+Tensor plus(const Tensor& x, const Tensor& y) {
+  Tensor z = Tensor::zeros(x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) z.data_f32()[i] = x.data_f32()[i] + y.data_f32()[i];
+  return record(z, "plus", {x, y}, [](const Tensor& g, const Tensor&) {
+    return std::vector<Tensor>{g, g};
+  });
+}
+
 Tensor sum_all(const Tensor& x) {
   float s = 0;
   for (int64_t i = 0; i < x.numel(); ++i) s += x.data_f32()[i];
@@ -158,6 +167,35 @@ TEST(Tape, ChainRuleThroughSharedInput) {
   loss.backward();
   ASSERT_TRUE(x.grad().defined());
   EXPECT_EQ(x.grad().to_vector(), (std::vector<float>{6, -12, 3}));
+}
+
+TEST(Tape, SharedGradientIsCopiedBeforeASecondOneIsAddedToIt) {
+  // out = sum((p + q) + p), p = 2x, q = 3x: both sums hand one tensor to each of their inputs,
+  // so p's and q's gradients start out as the same memory; p's second gradient must not reach
+  // q's. d/dx = 2 * 2 + 3 * 1 = 7 (10 if q's gradient were doubled with p's).
+  Tensor x = Tensor::from_vector({3}, {1, -2, 0.5f});
+  x.set_requires_grad();
+  Tensor p = times(x, 2.0f), q = times(x, 3.0f);
+  sum_all(plus(plus(p, q), p)).backward();
+  EXPECT_EQ(x.grad().to_vector(), (std::vector<float>{7, 7, 7}));
+}
+
+TEST(Tape, LeafGradientsNeverShareMemory) {
+  // plus's vjp hands both leaves one tensor; each leaf's gradient is its own to change (an
+  // optimizer clips it in place).
+  Tensor a = Tensor::from_vector({2}, {1, 2}), b = Tensor::from_vector({2}, {3, 4});
+  a.set_requires_grad();
+  b.set_requires_grad();
+  sum_all(plus(a, b)).backward();
+  EXPECT_NE(a.grad().data_f32(), b.grad().data_f32());
+  a.grad().data_f32()[0] = 100.0f;
+  EXPECT_EQ(b.grad().to_vector(), (std::vector<float>{1, 1}));
+  // The same through a checkpoint, whose recompute's leaves hand their gradients outward.
+  Tensor c = Tensor::from_vector({2}, {5, 6});
+  c.set_requires_grad();
+  Tensor d = checkpoint([](const std::vector<Tensor>& in) { return plus(in[0], in[0]); }, {c});
+  sum_all(plus(d, c)).backward();
+  EXPECT_EQ(c.grad().to_vector(), (std::vector<float>{3, 3}));
 }
 
 TEST(Tape, GradientsAccumulateAcrossBackwardCalls) {
