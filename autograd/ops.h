@@ -47,10 +47,11 @@ Tensor contiguous(const Tensor& x);  // x itself when contiguous, else a paralle
 
 // ---- linear and matmul (ops/linear.cpp) -------------------------------------------------------
 // Whether anything will read an op's output values. GraphOnly: the op records its node as usual
-// (every gradient comes out the same) but returns zeros of the output's shape instead of
-// computing them -- for outputs a checkpointed block's recompute never reads: its last
-// projection's, which only carries the graph back to the block's input, and q/k/v's and rope's
-// when attention kept its operands (AttentionOptions::keep_for_recompute).
+// (every gradient comes out the same) but returns read-only zeros of the output's shape (shared
+// zero pages: no memory, no fill; writing to them faults) instead of computing them -- for outputs
+// a checkpointed block's recompute never reads: its last projection's, which only carries the graph
+// back to the block's input, and q/k/v's and rope's when attention kept its operands
+// (AttentionOptions::keep_for_recompute).
 enum class OutputUse : uint8_t { Read, GraphOnly };
 
 // y[..., N] = x[..., K] . W^T + bias. W is [N, K] in any storage dtype. A frozen W (no

@@ -404,6 +404,21 @@ TEST(LoraAdapter, GraphOnlyOutputKeepsEveryGradient) {
     }
 }
 
+// GraphOnly outputs view one read-only mapping of zero pages: no memory per output, and a write
+// to one faults instead of changing every other.
+TEST(LoraAdapterDeathTest, GraphOnlyOutputsAreSharedReadOnlyZeros) {
+  Linear p = make_linear(40, 24, 1, false);
+  Tensor x = Tensor::from_vector({2, 6, 24}, random_values(2 * 6 * 24, 35));
+  x.set_requires_grad(true);
+  Tensor y1 = linear(x, p.weight, Tensor(), Precision::Auto, OutputUse::GraphOnly);
+  const std::vector<int32_t> positions{0, 1, 2, 3, 4, 5};
+  Tensor y2 = rope(reshape(y1, {2, 6, 4, 10}), make_rope_table(positions, RopeConfig{}, 10),
+                   OutputUse::GraphOnly);
+  EXPECT_EQ(y1.data_f32(), y2.data_f32());
+  EXPECT_EQ(y2.to_vector(), std::vector<float>(y2.numel(), 0.0f));
+  EXPECT_DEATH(y1.data_f32()[7] = 1.0f, "");
+}
+
 // ---- DoRA --------------------------------------------------------------------------------------
 
 // y = base(x) + (m/n - 1) (W x) + (m/n) s B A x, n = ||W + s B A||_row, in double, with the norm

@@ -358,7 +358,14 @@ std::vector<float> row_deltas(const Geometry& g, const float* out, const float* 
 void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
                     const Operand& k, const Operand& v, const float* delta, const Operand& dout,
                     const float* lse, Grads grads, Scratch& w) {
-  if (blk.nk == 0) return;  // no visible keys: zero gradients
+  if (blk.nk == 0) {  // no visible keys: zero gradients (dK, dV start at zero; dQ's rows
+                      // are written by their block alone)
+    if (grads.dq)
+      for (int64_t r = 0; r < blk.nq; ++r)
+        std::fill_n(grads.dq + ((blk.b * g.T + blk.i0 + r) * g.Hq + blk.hk * g.G) * g.D, g.G * g.D,
+                    0.0f);
+    return;
+  }
   const VecKernels& vk = vec_kernels();
   const bool bf16 = q.rounded();
   const int64_t R = g.G * blk.nq;
@@ -521,7 +528,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   return record(out, "attention", {q, k, v}, [=](const Tensor& g_in, const Tensor& o) {
     const Tensor dout = dense(g_in);
-    Tensor dq = need_q ? new_f32(q.shape()) : Tensor();
+    Tensor dq = need_q ? empty_f32(q.shape()) : Tensor();  // every row written by its block
     // dK and dV are summed in the grouped layout, then put back in k's and v's.
     Tensor dk = need_k ? new_f32({g.B, g.Hkv, g.T, g.D}) : Tensor();
     Tensor dv = need_v ? new_f32({g.B, g.Hkv, g.T, g.D}) : Tensor();

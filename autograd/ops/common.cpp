@@ -2,8 +2,33 @@
 #include "autograd/ops/common.h"
 
 #include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <mutex>
 
 namespace loom::ops_detail {
+
+Tensor graph_only_f32(const Shape& shape) {
+  static std::mutex mutex;
+  static std::shared_ptr<Storage> zeros;
+  const int64_t nbytes = std::max<int64_t>(shape_numel(shape), 1) * int64_t{sizeof(float)};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!zeros || zeros->nbytes() < nbytes) {
+    const int64_t page = sysconf(_SC_PAGESIZE);
+    const size_t capacity = static_cast<size_t>((nbytes + page - 1) / page * page);
+    void* p = mmap(nullptr, capacity, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    LOOM_CHECK(p != MAP_FAILED, "out of memory mapping {:.1f} MB of zeros for {}: {}",
+               static_cast<double>(capacity) / 1048576.0, shape_str(shape), std::strerror(errno));
+    // Tensors made before keep the smaller mapping alive through their storage.
+    zeros = Storage::borrow(p, static_cast<int64_t>(capacity),
+                            std::shared_ptr<void>(p, [capacity](void* q) { munmap(q, capacity); }));
+  }
+  return Tensor::from_storage(zeros, shape, DType::F32);
+}
 
 void check_defined(const char* op, const char* what, const Tensor& t) {
   LOOM_CHECK(t.defined(), "{}: {} is an undefined tensor", op, what);

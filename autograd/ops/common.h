@@ -33,6 +33,10 @@ inline Tensor new_f32(const Shape& shape) { return Tensor::zeros(shape, DType::F
 // A new f32 tensor left unset, for outputs every element of which the op writes (saves the
 // zero-fill and its page faults on every activation).
 inline Tensor empty_f32(const Shape& shape) { return Tensor::empty(shape, DType::F32); }
+// The output of an op run with OutputUse::GraphOnly: zeros that cost neither memory nor a fill.
+// Every such tensor views one read-only mapping of zero pages (grown as needed); writing to it
+// is a segfault, not a silent change of every other such output.
+Tensor graph_only_f32(const Shape& shape);
 
 // Copies a strided f32 array of `shape` from src (src_strides) to dst (dst_strides), parallel
 // over outer rows. Strides are in elements.

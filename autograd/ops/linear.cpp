@@ -49,7 +49,7 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   out_shape.back() = N;
   const bool compute = use == OutputUse::Read;
   // Written whole when computed: M, N > 0 below, or no elements.
-  Tensor y = compute ? empty_f32(out_shape) : new_f32(out_shape);
+  Tensor y = compute ? empty_f32(out_shape) : graph_only_f32(out_shape);
   const WeightView wv = weight_view(weight);
   if (compute && M > 0 && N > 0)
     linear_forward(x.data_f32(), M, K, wv, y.data_f32(), N, false, precision);

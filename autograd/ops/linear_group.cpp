@@ -128,7 +128,9 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
   for (const Part& p : parts) {
     Shape shape = x.shape();
     shape.back() = p.N;
-    outputs.push_back(K > 0 && use == OutputUse::Read ? empty_f32(shape) : new_f32(shape));
+    outputs.push_back(use == OutputUse::GraphOnly ? graph_only_f32(shape)
+                      : K > 0                     ? empty_f32(shape)
+                                                  : new_f32(shape));
     GroupProduct g;
     g.W = WeightView{p.weight.dtype(), p.weight.data_bytes(), p.N, K};
     g.Y = outputs.back().data_f32();

@@ -59,7 +59,9 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
   Shape out_shape = x.shape();
   out_shape.back() = N;
   const bool compute = use == OutputUse::Read;
-  Tensor y = compute && M > 0 && N > 0 && K > 0 ? empty_f32(out_shape) : new_f32(out_shape);
+  Tensor y = !compute                  ? graph_only_f32(out_shape)
+             : M > 0 && N > 0 && K > 0 ? empty_f32(out_shape)
+                                       : new_f32(out_shape);
   const WeightView wv{weight.dtype(), weight.data_bytes(), N, K};
   // u = x_lr A^T, saved for dB; a checkpoint's recompute takes it from the first run.
   // GraphOnly (nothing reads y): u is still needed for dB, the two products into y are not.

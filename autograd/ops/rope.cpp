@@ -126,7 +126,7 @@ Tensor rope(const Tensor& x_in, const std::shared_ptr<const RopeTable>& table, O
              "rope: x {} needs T={} or B*T={} positions, got {}", shape_str(x_in.shape()), T, B * T,
              table->n_tokens);
   const Tensor x = contiguous(x_in);
-  Tensor y = use == OutputUse::Read ? empty_f32(x.shape()) : new_f32(x.shape());
+  Tensor y = use == OutputUse::Read ? empty_f32(x.shape()) : graph_only_f32(x.shape());
   if (use == OutputUse::Read) rotate(x.data_f32(), y.data_f32(), B, T, H, D, *table, 1.0f);
   return record(y, "rope", {x}, [table, B, T, H, D](const Tensor& g_in, const Tensor&) {
     const Tensor g = dense(g_in);
