@@ -49,10 +49,13 @@ Tensor contiguous(const Tensor& x);  // x itself when contiguous, else a paralle
 // Whether anything will read an op's output values. GraphOnly: the op records its node as usual
 // (every gradient comes out the same) but returns read-only zeros of the output's shape (shared
 // zero pages: no memory, no fill; writing to them faults) instead of computing them -- for outputs
-// a checkpointed block's recompute never reads: its last projection's, which only carries the graph
-// back to the block's input, and q/k/v's and rope's when attention kept its operands
-// (AttentionOptions::keep_for_recompute).
+// a checkpointed block's recompute never reads: its last projection's and the residual sum after
+// it, which only carry the graph back to the block's input, and q/k/v's and rope's when attention
+// kept its operands (AttentionOptions::keep_for_recompute).
 enum class OutputUse : uint8_t { Read, GraphOnly };
+// add with an OutputUse: GraphOnly records the sum's node over read-only zeros (a checkpointed
+// block's recompute ends with it: the graph's root, whose values nobody reads).
+Tensor add(const Tensor& a, const Tensor& b, OutputUse use);
 
 // y[..., N] = x[..., K] . W^T + bias. W is [N, K] in any storage dtype. A frozen W (no
 // requires_grad) gets no gradient: the input gradient uses linear_backward_input only. An f32 W

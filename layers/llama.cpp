@@ -385,7 +385,7 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   const Linear* const gate_up_proj[] = {&b.w_gate, &b.w_up};
   const std::vector<Tensor> gate_up = forward_shared_input(gate_up_proj, h, precision);
   Tensor m = swiglu(gate_up[0], gate_up[1]);
-  return add(x1, b.w_down.forward(m, precision, use));
+  return add(x1, b.w_down.forward(m, precision, use), use);
 }
 
 void LlamaModel::check_batch(const TokenBatch& batch) const {

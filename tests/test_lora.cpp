@@ -417,6 +417,24 @@ TEST(LoraAdapterDeathTest, GraphOnlyOutputsAreSharedReadOnlyZeros) {
   EXPECT_EQ(y1.data_f32(), y2.data_f32());
   EXPECT_EQ(y2.to_vector(), std::vector<float>(y2.numel(), 0.0f));
   EXPECT_DEATH(y1.data_f32()[7] = 1.0f, "");
+  // add's GraphOnly sum: the same zeros, the same gradients as the computed sum.
+  std::vector<float> grads[2];
+  for (OutputUse use : {OutputUse::Read, OutputUse::GraphOnly}) {
+    Tensor a = Tensor::from_vector({2, 3}, random_values(6, 36));
+    Tensor b = Tensor::from_vector({3}, random_values(3, 37));
+    a.set_requires_grad(true);
+    b.set_requires_grad(true);
+    Tensor s = add(a, b, use);
+    if (use == OutputUse::GraphOnly) {
+      EXPECT_EQ(s.data_f32(), y1.data_f32());
+    } else {
+      EXPECT_EQ(s.to_vector()[4], a.to_vector()[4] + b.to_vector()[1]);
+    }
+    s.backward(Tensor::from_vector({2, 3}, random_values(6, 38)));
+    grads[use == OutputUse::GraphOnly] = a.grad().to_vector();
+    for (float v : b.grad().to_vector()) grads[use == OutputUse::GraphOnly].push_back(v);
+  }
+  EXPECT_EQ(grads[1], grads[0]);
 }
 
 // ---- DoRA --------------------------------------------------------------------------------------

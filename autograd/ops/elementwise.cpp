@@ -121,21 +121,28 @@ Tensor sum_to_shape(const Tensor& g, const Shape& target_shape) {
   return result;
 }
 
-Tensor binary(BinOp op, const Tensor& a, const Tensor& b) {
+Tensor binary(BinOp op, const Tensor& a, const Tensor& b, OutputUse use = OutputUse::Read) {
   const char* name = op_name(op);
   check_f32(name, "a", a);
   check_f32(name, "b", b);
   const Shape out_shape = broadcast_shape(name, a.shape(), b.shape());
-  Tensor out = empty_f32(out_shape);
+  const bool compute = use == OutputUse::Read;
+  Tensor out = compute ? empty_f32(out_shape) : graph_only_f32(out_shape);
   const Shape sa = broadcast_strides(a, out_shape), sb = broadcast_strides(b, out_shape);
   const float* pa = a.data_f32();
   const float* pb = b.data_f32();
   float* po = out.data_f32();
-  switch (op) {
-    case BinOp::Add: binary_map(pa, sa, pb, sb, out_shape, po, [](float x, float y) { return x + y; }); break;
-    case BinOp::Sub: binary_map(pa, sa, pb, sb, out_shape, po, [](float x, float y) { return x - y; }); break;
-    case BinOp::Mul: binary_map(pa, sa, pb, sb, out_shape, po, [](float x, float y) { return x * y; }); break;
-  }
+  if (compute) switch (op) {
+      case BinOp::Add:
+        binary_map(pa, sa, pb, sb, out_shape, po, [](float x, float y) { return x + y; });
+        break;
+      case BinOp::Sub:
+        binary_map(pa, sa, pb, sb, out_shape, po, [](float x, float y) { return x - y; });
+        break;
+      case BinOp::Mul:
+        binary_map(pa, sa, pb, sb, out_shape, po, [](float x, float y) { return x * y; });
+        break;
+    }
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   const Shape shape_a = a.shape(), shape_b = b.shape();
   if (op != BinOp::Mul) {
@@ -170,6 +177,9 @@ Tensor binary(BinOp op, const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) { return binary(BinOp::Add, a, b); }
+Tensor add(const Tensor& a, const Tensor& b, OutputUse use) {
+  return binary(BinOp::Add, a, b, use);
+}
 Tensor sub(const Tensor& a, const Tensor& b) { return binary(BinOp::Sub, a, b); }
 Tensor mul(const Tensor& a, const Tensor& b) { return binary(BinOp::Mul, a, b); }
 
