@@ -10,7 +10,8 @@
 // figure that carries across machines. Results: bench/README.md.
 //
 //   bench_train [--model PATH] [--steps N] [--batch B] [--seq T] [--configs f32,bf16,nf4]
-//               [--no-torch] [--torch f32,bf16] [--no-checkpoint] [--rounds R]
+//               [--no-torch] [--torch f32,bf16] [--no-checkpoint] [--no-keep-attention]
+//               [--rounds R]
 //
 // tokens/s is B*T over the median timed step (a 2-vCPU machine shared with other work has steps
 // 20-40% slower than others now and then); the best step is printed beside it. --rounds R runs
@@ -57,6 +58,9 @@ struct Args {
   bool torch = true;
   std::vector<std::string> torch_precisions = {"f32", "bf16"};  // --torch: which references
   bool checkpoint = true;  // loom's activation checkpointing (--no-checkpoint: off, to measure)
+  // model.keep_attention (--no-keep-attention: off, the recompute runs attention and q/k/v again
+  // for less memory)
+  bool keep_attention = true;
   int rounds = 1;          // times the whole set of children runs, interleaved
   std::string child;  // run one loom configuration and print its JSON line
 };
@@ -70,20 +74,22 @@ double rss_mb() { return static_cast<double>(loom::rss_bytes()) / 1048576.0; }
 // The step's frozen-weight and attention GEMM work per token (the rank-r LoRA products are not
 // counted): the projections' forward and input gradient (and their recompute with
 // checkpointing, less the down projection's, whose output the recompute skips, and with bf16
-// attention products less q/k/v's, whose outputs attention keeps), the LM head's forward and
-// input gradient (computed in the chunked loss), and causal attention (forward: 2 products over
-// T/2 keys on average, backward: 5; the recompute takes the forward's output).
+// attention products and keep_attention less q/k/v's, whose outputs attention keeps), the LM
+// head's forward and input gradient (computed in the chunked loss), and causal attention
+// (forward: 2 products over T/2 keys on average, backward: 5; the recompute takes the forward's
+// output with keep_attention, else runs the forward again).
 double step_gemm_flops_per_token(const loom::ModelConfig& c, int64_t seq, bool checkpoint,
-                                 bool bf16_attention) {
+                                 bool bf16_attention, bool keep_attention) {
   const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
   const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
   const double qkv = D * q + 2 * D * kv;
   const double block = qkv + q * D + 3 * D * I, down = I * D;
-  const double recompute = 2 * block - 2 * down - (bf16_attention ? 2 * qkv : 0.0);
+  const double recompute =
+      2 * block - 2 * down - (bf16_attention && keep_attention ? 2 * qkv : 0.0);
   const double proj = 2 * block + 2 * block + (checkpoint ? recompute : 0.0);
   const double head = 4.0 * static_cast<double>(c.vocab_size) * D;
   const double attn_fwd = 2.0 * static_cast<double>(seq) * q;
-  const double attn = attn_fwd * (1.0 + 2.5);
+  const double attn = attn_fwd * (1.0 + 2.5 + (checkpoint && !keep_attention ? 1.0 : 0.0));
   return static_cast<double>(c.n_layers) * (proj + attn) + head;
 }
 
@@ -158,6 +164,7 @@ nlohmann::json run_child(const Args& a) {
   tb.seq_len = a.seq;
   loom::ForwardOptions fwd;  // checkpointing on, precision auto: the training defaults
   fwd.checkpoint_blocks = a.checkpoint;
+  fwd.keep_attention = a.keep_attention;
   fwd.attention_precision = fwd.precision;  // as the trainer's step (trainer/train_session.cpp)
   double fwd_s = 0, bwd_s = 0, opt_s = 0, rss_forward = 0;
   std::vector<double> steps;
@@ -184,7 +191,8 @@ nlohmann::json run_child(const Args& a) {
   double total = 0;
   for (double x : steps) total += x;
   const double tokens = static_cast<double>(a.batch * a.seq) * steps.size();
-  return {{"config", "loom-" + a.child + (a.checkpoint ? "" : " (no checkpointing)")},
+  return {{"config", "loom-" + a.child + (a.checkpoint ? "" : " (no checkpointing)") +
+                         (a.checkpoint && !a.keep_attention ? " (attention not kept)" : "")},
           {"tokens_per_second", tokens / total},
           {"peak_rss_mb", loom::peak_rss_bytes() / 1048576.0},
           {"step_seconds", steps},
@@ -200,7 +208,8 @@ nlohmann::json run_child(const Args& a) {
           {"gemm_mflop_per_token",
            step_gemm_flops_per_token(
                model.config(), a.seq, a.checkpoint,
-               loom::resolve_precision(fwd.attention_precision) == loom::Precision::BF16) /
+               loom::resolve_precision(fwd.attention_precision) == loom::Precision::BF16,
+               a.keep_attention) /
                1e6},
           {"gemm_probe_gflops", gemm.gflops},
           {"gemm_probe", gemm.what}};
@@ -262,6 +271,8 @@ int run(int argc, char** argv) {
       for (std::string c; std::getline(ss, c, ',');) a.torch_precisions.push_back(c);
     }
     else if (k == "--no-checkpoint") a.checkpoint = false;
+    else if (k == "--no-keep-attention")
+      a.keep_attention = false;
     else if (k == "--rounds") a.rounds = std::max(1, std::stoi(next()));
     else if (k == "--child") a.child = next();
     else if (k == "--configs") {
@@ -338,6 +349,7 @@ int run(int argc, char** argv) {
                                        std::to_string(a.steps), "--batch", std::to_string(a.batch),
                                        "--seq", std::to_string(a.seq)};
       if (!a.checkpoint) argv.push_back("--no-checkpoint");
+      if (!a.keep_attention) argv.push_back("--no-keep-attention");
       pool(run_json_child(argv));
     }
     if (!torch) continue;
