@@ -385,6 +385,78 @@ TEST(Gemm, LowRankTermMatchesReference) {
   EXPECT_EQ(checked, 4 * 2 * 2 * 3 * 2 * 2);
 }
 
+// The bf16 route with a low-rank term against the same double reference fed the operands the
+// route rounds (X or dY; W dequantized, then rounded; U or T; scale * B or scale * A): only the
+// f32 accumulation differs, so the bound is the f32 one, and the term's scale off by 0.2% fails
+// it (the bf16 bound of the test above lets that through; 1% it catches too).
+TEST(Gemm, Bf16LowRankTermMatchesRoundedReference) {
+  if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "SKIPPED: this CPU has no AVX512_BF16";
+  std::mt19937 rng(89);
+  const auto rounded = [](std::vector<float> v) {
+    for (float& x : v)
+      if (std::isfinite(x)) x = bf16_to_f32(f32_to_bf16(x));
+    return v;
+  };
+  const int64_t R = 5, ld_act = R + 2, M = 33;
+  const float scale = 1.75f;
+  int checked = 0;
+  for (DType dtype : {DType::F32, DType::BF16, DType::NF4, DType::Q4_K})
+    for (Product product : {Product::Forward, Product::BackwardInput})
+      for (bool accumulate : {false, true})
+        for (int64_t tile_rows : {0, 6}) {
+          const Case c{product, M, 3, accumulate, tile_rows};
+          SCOPED_TRACE(describe(c, dtype, Precision::BF16));
+          const TestWeight w = make_weight(rng, dtype, dtype == DType::Q4_K ? 20 : 130,
+                                           dtype == DType::Q4_K ? 320 : test_k(dtype));
+          Fixture f = make_fixture(rng, c, w);
+          const bool fwd = product == Product::Forward;
+          const int64_t N = w.rows, K = w.cols, out_width = f.s.out_width;
+          const std::vector<float> act =
+              random_matrix(rng, M, R, ld_act, 1.0f, std::numeric_limits<float>::quiet_NaN());
+          const std::vector<float> factor = fwd ? random_matrix(rng, N, R, R, 0.05f, 0.0f)
+                                                : random_matrix(rng, R, K, K, 0.05f, 0.0f);
+          std::vector<float> scaled = factor;
+          for (float& x : scaled) x *= scale;
+          const std::vector<float> in_r = rounded(f.in), act_r = rounded(act),
+                                   scaled_r = rounded(scaled);
+          const TestWeight w_r = from_values(rounded(w.values), N, K);
+          std::vector<float> want = f.out0;
+          run_ref(product, M, in_r.data(), f.s.ld_in, w_r, want.data(), f.s.ld_out, accumulate);
+          std::vector<float> l2sq = f.l2sq;
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t j = 0; j < out_width; ++j) {
+              double term = 0, sq = 0;
+              for (int64_t r = 0; r < R; ++r) {
+                const double p = double(act_r[m * ld_act + r]) *
+                                 double(fwd ? scaled_r[j * R + r] : scaled_r[r * K + j]);
+                term += p, sq += p * p;
+              }
+              const size_t i = static_cast<size_t>(m * f.s.ld_out + j);
+              want[i] = static_cast<float>(double(want[i]) + term);
+              l2sq[i] += static_cast<float>(sq);
+            }
+          auto run = [&](float s) {
+            std::vector<float> got = f.out0;
+            const detail::LowRank lr{act.data(), ld_act, factor.data(), R, s};
+            if (fwd)
+              detail::linear_forward_tiled(f.in.data(), M, f.s.ld_in, w.view(), got.data(),
+                                           f.s.ld_out, accumulate, Precision::BF16, tile_rows, &lr);
+            else
+              detail::linear_backward_input_tiled(f.in.data(), M, f.s.ld_in, w.view(), got.data(),
+                                                  f.s.ld_out, accumulate, Precision::BF16,
+                                                  tile_rows, &lr);
+            return compare(got, want, l2sq, M, out_width, f.s.ld_out,
+                           l2_coefficient(Precision::F32, f.s.reduction + R));
+          };
+          const Comparison r = run(scale);
+          EXPECT_EQ(r.bad, 0) << r.bad << " elements out of tolerance; first: " << r.first;
+          EXPECT_EQ(r.pad_touched, 0) << "output padding was written";
+          EXPECT_GT(run(scale * 1.002f).bad, 0) << "the checker misses a 0.2% error in the term";
+          ++checked;
+        }
+  EXPECT_EQ(checked, 4 * 2 * 2 * 2);
+}
+
 // linear_forward_group: weights of several dtypes reading one X, each output with its term in
 // its own columns of U (one without a term, a U column no output reads), on both routes, for
 // one row (the per-output fallback) and several; against the scalar reference per output.
