@@ -320,6 +320,57 @@ TEST(Gemm, DefaultTilesOnModelShape) {
   }
 }
 
+// A low-rank term's operands for one Case: act [M x R] (U or T; row stride R + 2, NaN in the
+// padding) and its factor (forward: B [N x R]; input gradient: A [R x K]).
+struct Term {
+  int64_t R = 0, ld_act = 0;
+  std::vector<float> act, factor;
+};
+
+Term make_term(std::mt19937& rng, const Case& c, const TestWeight& w, int64_t R) {
+  Term t{R, R + 2, {}, {}};
+  t.act = random_matrix(rng, c.M, R, t.ld_act, 1.0f, std::numeric_limits<float>::quiet_NaN());
+  t.factor = c.product == Product::Forward ? random_matrix(rng, w.rows, R, R, 0.05f, 0.0f)
+                                           : random_matrix(rng, R, w.cols, w.cols, 0.05f, 0.0f);
+  return t;
+}
+
+// want += scale * act . factor (B^T forward, A input gradient) in double, l2sq += its products'
+// squares; act and factor laid out as t's.
+void add_term(const Case& c, const Term& t, const std::vector<float>& act,
+              const std::vector<float>& factor, float scale, const Shapes& s,
+              std::vector<float>& want, std::vector<float>& l2sq) {
+  const bool fwd = c.product == Product::Forward;
+  for (int64_t m = 0; m < c.M; ++m)
+    for (int64_t j = 0; j < s.out_width; ++j) {
+      double term = 0, sq = 0;
+      for (int64_t r = 0; r < t.R; ++r) {
+        const double prod = double(act[m * t.ld_act + r]) *
+                            double(fwd ? factor[j * t.R + r] : factor[r * s.out_width + j]);
+        term += prod;
+        sq += prod * prod;
+      }
+      const size_t i = static_cast<size_t>(m * s.ld_out + j);
+      want[i] = static_cast<float>(double(want[i]) + scale * term);
+      l2sq[i] += static_cast<float>(double(scale) * scale * sq);
+    }
+}
+
+// The kernel's product with t's term at scale s, compared with want (bound coef).
+Comparison run_term(const Case& c, const TestWeight& w, const Fixture& f, const Term& t, float s,
+                    Precision p, const std::vector<float>& want, const std::vector<float>& l2sq,
+                    double coef) {
+  std::vector<float> got = f.out0;
+  const detail::LowRank lr{t.act.data(), t.ld_act, t.factor.data(), t.R, s};
+  if (c.product == Product::Forward)
+    detail::linear_forward_tiled(f.in.data(), c.M, f.s.ld_in, w.view(), got.data(), f.s.ld_out,
+                                 c.accumulate, p, c.tile_rows, &lr);
+  else
+    detail::linear_backward_input_tiled(f.in.data(), c.M, f.s.ld_in, w.view(), got.data(),
+                                        f.s.ld_out, c.accumulate, p, c.tile_rows, &lr);
+  return compare(got, want, l2sq, c.M, f.s.out_width, f.s.ld_out, coef);
+}
+
 // linear_*_low_rank (a LoRA projection): the base product plus scale * act . factor, against the
 // scalar reference plus the term in double, for both products and precisions, tiles that do not
 // divide N (the input gradient's term rides on the last tile only), accumulate, padded rows, odd
@@ -328,7 +379,6 @@ TEST(Gemm, DefaultTilesOnModelShape) {
 // term's products join L2 in the tolerance. Dropping the term (scale 0) must be caught.
 TEST(Gemm, LowRankTermMatchesReference) {
   std::mt19937 rng(88);
-  const int64_t R = 5, ld_act = R + 2;
   const float scale = 1.75f;
   int checked = 0;
   for (DType dtype : {DType::F32, DType::BF16, DType::NF4, DType::Q4_K})
@@ -342,43 +392,14 @@ TEST(Gemm, LowRankTermMatchesReference) {
               const Case c{product, M, 3, accumulate, tile_rows};
               SCOPED_TRACE(describe(c, dtype, p));
               Fixture f = make_fixture(rng, c, w);
-              const bool fwd = product == Product::Forward;
-              const int64_t N = w.rows, K = w.cols, out_width = f.s.out_width;
-              const std::vector<float> act =
-                  random_matrix(rng, M, R, ld_act, 1.0f, std::numeric_limits<float>::quiet_NaN());
-              // forward: B [N x R]; input gradient: A [R x K]
-              const std::vector<float> factor = fwd ? random_matrix(rng, N, R, R, 0.05f, 0.0f)
-                                                    : random_matrix(rng, R, K, K, 0.05f, 0.0f);
-              for (int64_t m = 0; m < M; ++m)
-                for (int64_t j = 0; j < out_width; ++j) {
-                  double term = 0, sq = 0;
-                  for (int64_t r = 0; r < R; ++r) {
-                    const double prod = double(act[m * ld_act + r]) *
-                                        double(fwd ? factor[j * R + r] : factor[r * K + j]);
-                    term += prod;
-                    sq += prod * prod;
-                  }
-                  const size_t i = static_cast<size_t>(m * f.s.ld_out + j);
-                  f.want[i] = static_cast<float>(double(f.want[i]) + scale * term);
-                  f.l2sq[i] += static_cast<float>(double(scale) * scale * sq);
-                }
-              auto run = [&](float s) {
-                std::vector<float> got = f.out0;
-                const detail::LowRank lr{act.data(), ld_act, factor.data(), R, s};
-                if (fwd)
-                  detail::linear_forward_tiled(f.in.data(), M, f.s.ld_in, w.view(), got.data(),
-                                               f.s.ld_out, accumulate, p, tile_rows, &lr);
-                else
-                  detail::linear_backward_input_tiled(f.in.data(), M, f.s.ld_in, w.view(),
-                                                      got.data(), f.s.ld_out, accumulate, p,
-                                                      tile_rows, &lr);
-                return compare(got, f.want, f.l2sq, M, out_width, f.s.ld_out,
-                               l2_coefficient(resolve_precision(p), f.s.reduction + R));
-              };
-              const Comparison r = run(scale);
+              const Term t = make_term(rng, c, w, 5);
+              add_term(c, t, t.act, t.factor, scale, f.s, f.want, f.l2sq);
+              const double coef = l2_coefficient(resolve_precision(p), f.s.reduction + t.R);
+              const Comparison r = run_term(c, w, f, t, scale, p, f.want, f.l2sq, coef);
               EXPECT_EQ(r.bad, 0) << r.bad << " elements out of tolerance; first: " << r.first;
               EXPECT_EQ(r.pad_touched, 0) << "output padding was written";
-              EXPECT_GT(run(0.0f).bad, 0) << "the checker misses a dropped low-rank term";
+              EXPECT_GT(run_term(c, w, f, t, 0.0f, p, f.want, f.l2sq, coef).bad, 0)
+                  << "the checker misses a dropped low-rank term";
               ++checked;
             }
     }
@@ -397,61 +418,32 @@ TEST(Gemm, Bf16LowRankTermMatchesRoundedReference) {
       if (std::isfinite(x)) x = bf16_to_f32(f32_to_bf16(x));
     return v;
   };
-  const int64_t R = 5, ld_act = R + 2, M = 33;
   const float scale = 1.75f;
   int checked = 0;
   for (DType dtype : {DType::F32, DType::BF16, DType::NF4, DType::Q4_K})
     for (Product product : {Product::Forward, Product::BackwardInput})
       for (bool accumulate : {false, true})
         for (int64_t tile_rows : {0, 6}) {
-          const Case c{product, M, 3, accumulate, tile_rows};
+          const Case c{product, 33, 3, accumulate, tile_rows};
           SCOPED_TRACE(describe(c, dtype, Precision::BF16));
           const TestWeight w = make_weight(rng, dtype, dtype == DType::Q4_K ? 20 : 130,
                                            dtype == DType::Q4_K ? 320 : test_k(dtype));
-          Fixture f = make_fixture(rng, c, w);
-          const bool fwd = product == Product::Forward;
-          const int64_t N = w.rows, K = w.cols, out_width = f.s.out_width;
-          const std::vector<float> act =
-              random_matrix(rng, M, R, ld_act, 1.0f, std::numeric_limits<float>::quiet_NaN());
-          const std::vector<float> factor = fwd ? random_matrix(rng, N, R, R, 0.05f, 0.0f)
-                                                : random_matrix(rng, R, K, K, 0.05f, 0.0f);
-          std::vector<float> scaled = factor;
+          const Fixture f = make_fixture(rng, c, w);
+          const Term t = make_term(rng, c, w, 5);
+          std::vector<float> scaled = t.factor;
           for (float& x : scaled) x *= scale;
-          const std::vector<float> in_r = rounded(f.in), act_r = rounded(act),
-                                   scaled_r = rounded(scaled);
-          const TestWeight w_r = from_values(rounded(w.values), N, K);
-          std::vector<float> want = f.out0;
-          run_ref(product, M, in_r.data(), f.s.ld_in, w_r, want.data(), f.s.ld_out, accumulate);
-          std::vector<float> l2sq = f.l2sq;
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t j = 0; j < out_width; ++j) {
-              double term = 0, sq = 0;
-              for (int64_t r = 0; r < R; ++r) {
-                const double p = double(act_r[m * ld_act + r]) *
-                                 double(fwd ? scaled_r[j * R + r] : scaled_r[r * K + j]);
-                term += p, sq += p * p;
-              }
-              const size_t i = static_cast<size_t>(m * f.s.ld_out + j);
-              want[i] = static_cast<float>(double(want[i]) + term);
-              l2sq[i] += static_cast<float>(sq);
-            }
-          auto run = [&](float s) {
-            std::vector<float> got = f.out0;
-            const detail::LowRank lr{act.data(), ld_act, factor.data(), R, s};
-            if (fwd)
-              detail::linear_forward_tiled(f.in.data(), M, f.s.ld_in, w.view(), got.data(),
-                                           f.s.ld_out, accumulate, Precision::BF16, tile_rows, &lr);
-            else
-              detail::linear_backward_input_tiled(f.in.data(), M, f.s.ld_in, w.view(), got.data(),
-                                                  f.s.ld_out, accumulate, Precision::BF16,
-                                                  tile_rows, &lr);
-            return compare(got, want, l2sq, M, out_width, f.s.ld_out,
-                           l2_coefficient(Precision::F32, f.s.reduction + R));
-          };
-          const Comparison r = run(scale);
+          std::vector<float> want = f.out0, l2sq = f.l2sq;
+          const std::vector<float> in_r = rounded(f.in);
+          run_ref(product, c.M, in_r.data(), f.s.ld_in,
+                  from_values(rounded(w.values), w.rows, w.cols), want.data(), f.s.ld_out,
+                  accumulate);
+          add_term(c, t, rounded(t.act), rounded(scaled), 1.0f, f.s, want, l2sq);
+          const double coef = l2_coefficient(Precision::F32, f.s.reduction + t.R);
+          const Comparison r = run_term(c, w, f, t, scale, Precision::BF16, want, l2sq, coef);
           EXPECT_EQ(r.bad, 0) << r.bad << " elements out of tolerance; first: " << r.first;
           EXPECT_EQ(r.pad_touched, 0) << "output padding was written";
-          EXPECT_GT(run(scale * 1.002f).bad, 0) << "the checker misses a 0.2% error in the term";
+          EXPECT_GT(run_term(c, w, f, t, scale * 1.002f, Precision::BF16, want, l2sq, coef).bad, 0)
+              << "the checker misses a 0.2% error in the term";
           ++checked;
         }
   EXPECT_EQ(checked, 4 * 2 * 2 * 2);
