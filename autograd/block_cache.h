@@ -7,10 +7,10 @@
 // 0.56 GB live, measured on the NF4 training step). Here a block of kBlockCacheMinBytes or more
 // is its own anonymous mapping, and a freed one is kept, up to kBlockCacheBytes in all, for the
 // next request of the same page-rounded size. Smaller blocks go to malloc. The limit is above
-// what a step frees and maps again: at 256 MB the SmolLM2 NF4 step (B = 4, T = 512) still
-// mapped ~140 MB of 4.5 MB blocks afresh each step (~35k page faults; with the loss's logits
-// buffer cached too, ~440k), at 768 MB or more none; peak RSS 863 -> 926 MB, the cache holding
-// the backward's own sizes while the loss runs.
+// what a step frees and maps again: at 256 MB the SmolLM2 NF4 step (B = 4, T = 512) mapped ~65
+// blocks of 4.5 MB afresh each step (~78k page faults; with the loss's 96 MB logits buffer
+// cached too, ~440k), at 512 MB ~30 (~36k), at 768 MB or more none; peak RSS 863 -> 926 MB, the
+// cache holding the backward's own sizes while the loss runs.
 #pragma once
 
 #include <cstddef>
