@@ -219,16 +219,90 @@ void expect_vec_kernels_match_portable(const ops_detail::VecKernels* fast) {
   }
 }
 
+// The e^x-based kernels of a wide build against the portable one at e^x's edges: 0 below -87
+// (and for -inf), +inf above 88, NaN for NaN, the sigmoid's saturation, and a score gradient small
+// enough to be subnormal before its bf16 rounding.
+void expect_vec_kernels_edges_match_portable(const ops_detail::VecKernels* fast) {
+  const ops_detail::VecKernels& ref = ops_detail::vec_kernels_portable();
+  const float inf = std::numeric_limits<float>::infinity(),
+              nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> x = {-inf,    -1000.0f, -88.0f, -87.01f, -87.0f, -86.99f, -50.0f,
+                                -1e-30f, 0.0f,     1e-30f, 50.0f,   87.99f, 88.0f,   88.01f,
+                                88.5f,   1000.0f,  inf,    nan,     -3.0f};
+  const int64_t n = static_cast<int64_t>(x.size());  // 19: one whole vector and a tail
+  const std::vector<float> y = random_values(n, 2), z = random_values(n, 3);
+  auto same = [](float a, float b) {  // zeros, infinities and NaNs exactly, the rest to rounding
+    if (std::isnan(b) || b == 0.0f || std::isinf(b)) return std::isnan(b) ? std::isnan(a) : a == b;
+    return std::abs(a - b) <= 2e-6f * (1.0f + std::abs(b));
+  };
+  std::vector<float> a(n), b(n), c(n), d(n);
+  auto expect_same = [&](const char* what) {
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_TRUE(same(a[i], b[i])) << what << " at x = " << x[i] << ": " << a[i] << " vs " << b[i];
+  };
+  fast->exp_scale(x.data(), a.data(), n, 0.0f, 1.0f);
+  ref.exp_scale(x.data(), b.data(), n, 0.0f, 1.0f);
+  expect_same("exp_scale");
+  for (int64_t i = 0; i < n; ++i)
+    EXPECT_TRUE(same(a[i], ops_detail::vec_exp_reference(x[i]))) << x[i];
+  fast->exp_sum(x.data(), a.data(), n, 0.0f);
+  ref.exp_sum(x.data(), b.data(), n, 0.0f);
+  expect_same("exp_sum");
+  fast->log_softmax_grad(x.data(), y.data(), a.data(), n, 0.7f);
+  ref.log_softmax_grad(x.data(), y.data(), b.data(), n, 0.7f);
+  expect_same("log_softmax_grad");
+  fast->silu_fwd(x.data(), a.data(), n);
+  ref.silu_fwd(x.data(), b.data(), n);
+  expect_same("silu_fwd");
+  fast->silu_bwd(x.data(), y.data(), a.data(), n);
+  ref.silu_bwd(x.data(), y.data(), b.data(), n);
+  expect_same("silu_bwd");
+  fast->swiglu_fwd(x.data(), y.data(), a.data(), n);
+  ref.swiglu_fwd(x.data(), y.data(), b.data(), n);
+  expect_same("swiglu_fwd");
+  fast->swiglu_bwd(x.data(), y.data(), z.data(), a.data(), c.data(), n);
+  ref.swiglu_bwd(x.data(), y.data(), z.data(), b.data(), d.data(), n);
+  expect_same("swiglu_bwd dgate");
+  a = c;
+  b = d;
+  expect_same("swiglu_bwd dup");
+  // Sums over the finite-or-zero part (an inf or NaN lane would make both sums inf / NaN).
+  EXPECT_TRUE(same(fast->sum_exp(x.data(), 11, 0.0f), ref.sum_exp(x.data(), 11, 0.0f)));
+  // bf16 outputs: each build's f32 values rounded by f32_to_bf16, subnormal ones included.
+  std::vector<float> s(n), dp(n, 1e-5f);
+  for (int64_t i = 0; i < n; ++i) s[i] = std::isfinite(x[i]) ? x[i] : -80.0f;
+  s[0] = -80.0f;  // p ~ 1.8e-35 and p (dp - delta) ~ 1.8e-40: subnormal
+  std::vector<uint16_t> pb(n), sb(n);
+  fast->softmax_grad_bf16(s.data(), dp.data(), n, 0.0f, 0.0f, pb.data(), sb.data());
+  fast->exp_scale(s.data(), a.data(), n, 0.0f, 1.0f);
+  c = dp;
+  fast->softmax_grad(a.data(), c.data(), n, 0.0f);
+  ASSERT_NE(c[0], 0.0f);
+  ASSERT_LT(std::abs(c[0]), std::numeric_limits<float>::min());
+  for (int64_t i = 0; i < n; ++i) {
+    EXPECT_EQ(pb[i], f32_to_bf16(a[i])) << "p at s = " << s[i];
+    EXPECT_EQ(sb[i], f32_to_bf16(c[i])) << "dS at s = " << s[i];
+  }
+  fast->exp_sum_bf16(x.data(), pb.data(), n, 0.0f);
+  fast->exp_scale(x.data(), a.data(), n, 0.0f, 1.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float got = bf16_to_f32(pb[i]);
+    EXPECT_TRUE(std::isnan(a[i]) ? std::isnan(got) : pb[i] == f32_to_bf16(a[i])) << x[i];
+  }
+}
+
 TEST(Ops, VecKernelsAvx512MatchPortable) {
   const ops_detail::VecKernels* fast = ops_detail::vec_kernels_avx512();
   if (!fast) GTEST_SKIP() << "SKIPPED: no AVX-512 (+BF16) on this CPU";
   expect_vec_kernels_match_portable(fast);
+  expect_vec_kernels_edges_match_portable(fast);
 }
 
 TEST(Ops, VecKernelsAvx2MatchPortable) {
   const ops_detail::VecKernels* fast = ops_detail::vec_kernels_avx2();
   if (!fast) GTEST_SKIP() << "SKIPPED: no AVX2 + FMA + F16C on this CPU";
   expect_vec_kernels_match_portable(fast);
+  expect_vec_kernels_edges_match_portable(fast);
 }
 
 // The table vec_kernels() hands the ops is the widest build this CPU runs.
