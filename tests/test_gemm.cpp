@@ -574,24 +574,48 @@ TEST(Skinny, ProductAndReduceMatchReference) {
         }
         EXPECT_EQ(bad, 0) << "skinny_product";
         // reduce: out [K x R] = alpha X^T G
+        auto reduce_errors = [&](const std::vector<float>& red, float a) {
+          int64_t errors = 0;
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t r = 0; r < R; ++r) {
+              double want = 0, l2 = 0;
+              for (int64_t m = 0; m < M; ++m) {
+                const double p = double(X[m * (K + 3) + k]) * G[m * (R + 2) + r];
+                want += p;
+                l2 += p * p;
+              }
+              want *= a;
+              const double tol =
+                  8 * std::ldexp(1.0, -24) * std::sqrt(double(M)) * std::fabs(a) * std::sqrt(l2) +
+                  std::ldexp(std::fabs(want), -22);
+              if (!(std::fabs(red[k * R + r] - want) <= tol)) ++errors;
+            }
+          return errors;
+        };
         std::vector<float> red(static_cast<size_t>(K * R), kOutputPad);
         skinny_reduce(M, K, R, alpha, X.data(), K + 3, G.data(), R + 2, red.data());
-        bad = 0;
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t r = 0; r < R; ++r) {
-            double want = 0, l2 = 0;
-            for (int64_t m = 0; m < M; ++m) {
-              const double p = double(X[m * (K + 3) + k]) * G[m * (R + 2) + r];
-              want += p;
-              l2 += p * p;
+        EXPECT_EQ(reduce_errors(red, alpha), 0) << "skinny_reduce";
+        // Both in one pass (t with its own alpha): t the product's bits, the reduction to the
+        // reference's tolerance, whatever the thread count (threads without rows included).
+        {
+          std::vector<float> t(out.size(), kOutputPad), both(red.size(), kOutputPad);
+          std::vector<float> unit(out.size(), kOutputPad);
+          skinny_product(M, K, R, 1.0f, X.data(), K + 3, F.data(), unit.data(), R + 1);
+          skinny_product_reduce(M, K, R, X.data(), K + 3, 1.0f, F.data(), t.data(), R + 1, alpha,
+                                G.data(), R + 2, both.data());
+          EXPECT_EQ(t, unit) << "skinny_product_reduce's product";
+          EXPECT_EQ(reduce_errors(both, alpha), 0) << "skinny_product_reduce's reduction";
+          if (cpu_features().avx512f)
+            for (int threads : {1, 3}) {
+              std::fill(t.begin(), t.end(), kOutputPad);
+              std::fill(both.begin(), both.end(), kOutputPad);
+              detail::skinny_product_reduce_avx512(M, K, R, X.data(), K + 3, 1.0f, F.data(),
+                                                   t.data(), R + 1, alpha, G.data(), R + 2,
+                                                   both.data(), threads);
+              EXPECT_EQ(t, unit) << threads << " threads";
+              EXPECT_EQ(reduce_errors(both, alpha), 0) << threads << " threads";
             }
-            want *= alpha;
-            const double tol =
-                8 * std::ldexp(1.0, -24) * std::sqrt(double(M)) * std::fabs(alpha) * std::sqrt(l2) +
-                std::ldexp(std::fabs(want), -22);
-            if (!(std::fabs(red[k * R + r] - want) <= tol)) ++bad;
-          }
-        EXPECT_EQ(bad, 0) << "skinny_reduce";
+        }
         if (cpu_features().avx512f) {  // one thread gives the same bits as two
           std::vector<float> one(out.size(), kOutputPad), one_red(red.size(), kOutputPad);
           detail::skinny_product_avx512(M, K, R, alpha, X.data(), K + 3, F.data(), one.data(),
@@ -609,6 +633,16 @@ TEST(Skinny, ProductAndReduceMatchReference) {
         ++checked;
       }
   EXPECT_EQ(checked, 7 * 4 * 3);
+}
+
+// No rows: the one-pass product and reduction leaves t alone and the reduction all zeros.
+TEST(Skinny, ProductReduceOverNoRowsGivesZeros) {
+  const int64_t K = 20, R = 16;
+  std::vector<float> F(K * R, 1.0f), t(R, kOutputPad), out(K * R, kOutputPad);
+  const float x = 0.0f, g = 0.0f;
+  skinny_product_reduce(0, K, R, &x, K, 1.0f, F.data(), t.data(), R, 2.0f, &g, R, out.data());
+  EXPECT_EQ(t, std::vector<float>(R, kOutputPad));
+  EXPECT_EQ(out, std::vector<float>(K * R, 0.0f));
 }
 
 TEST(Gemm, AutoIsTheResolvedPrecision) {

@@ -4,6 +4,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
 #include "autograd/kernels/gemm.h"
@@ -46,6 +48,18 @@ void skinny_reduce(int64_t M, int64_t K, int64_t R, float alpha, const float* X,
   if (use_avx512())
     return detail::skinny_reduce_avx512(M, K, R, alpha, X, ldx, G, ldg, out, threads_for(M, K, R));
   sgemm(true, false, K, R, M, alpha, X, ldx, G, ldg, 0.0f, out, R);
+}
+
+void skinny_product_reduce(int64_t M, int64_t K, int64_t R, const float* X, int64_t ldx,
+                           float alpha_t, const float* F, float* t, int64_t ldt, float alpha_r,
+                           const float* G, int64_t ldg, float* out) {
+  check_shape("skinny_product_reduce", M, K, R, ldx, std::min(ldt, ldg));
+  if (R == 0) return;
+  if (use_avx512() && K > 0)
+    return detail::skinny_product_reduce_avx512(M, K, R, X, ldx, alpha_t, F, t, ldt, alpha_r, G,
+                                                ldg, out, threads_for(M, K, R));
+  skinny_product(M, K, R, alpha_t, X, ldx, F, t, ldt);
+  skinny_reduce(M, K, R, alpha_r, X, ldx, G, ldg, out);
 }
 
 }  // namespace loom

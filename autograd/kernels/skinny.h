@@ -19,6 +19,14 @@ void skinny_product(int64_t M, int64_t K, int64_t R, float alpha, const float* X
 void skinny_reduce(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
                    const float* G, int64_t ldg, float* out);
 
+// Both over one X in a single pass: t[M x R] (row stride ldt) = alpha_t * X . F and
+// out[K x R] = alpha_r * X^T . G (G [M x R], row stride ldg). (LoRA's backward: t = dY B and
+// dB = s dY^T u read dY once.) The reduction is summed per thread over whole chunks of rows,
+// then across threads in order: deterministic for a thread count.
+void skinny_product_reduce(int64_t M, int64_t K, int64_t R, const float* X, int64_t ldx,
+                           float alpha_t, const float* F, float* t, int64_t ldt, float alpha_r,
+                           const float* G, int64_t ldg, float* out);
+
 namespace detail {
 // The AVX-512 kernels behind them (skinny_avx512.cpp; need AVX512F), on `threads` OpenMP
 // threads; skinny_product / skinny_reduce choose them or sgemm.
@@ -26,6 +34,10 @@ void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const f
                            int64_t ldx, const float* F, float* out, int64_t ldo, int threads);
 void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
                           const float* G, int64_t ldg, float* out, int threads);
+void skinny_product_reduce_avx512(int64_t M, int64_t K, int64_t R, const float* X, int64_t ldx,
+                                  float alpha_t, const float* F, float* t, int64_t ldt,
+                                  float alpha_r, const float* G, int64_t ldg, float* out,
+                                  int threads);
 }  // namespace detail
 
 }  // namespace loom

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "autograd/kernels/skinny.h"
 
@@ -65,19 +66,19 @@ void product_rows(int64_t m_begin, int64_t m_end, int64_t K, int64_t R, int64_t 
 }
 
 // out rows [k0, k0 + KB), columns [r0, r0 + 16 NC) of X^T . G over rows [m0, m1) of X and G,
-// added to what out holds unless m0 == 0; scaled by alpha when m1 == M (the last rows).
+// added to what out holds unless `fresh`, then scaled by out_scale.
 template <int KB, int NC>
-void reduce_block(int64_t m0, int64_t m1, int64_t M, int64_t k0, int64_t R, int64_t r0,
-                  __mmask16 last, float alpha, const float* X, int64_t ldx, const float* G,
+void reduce_block(int64_t m0, int64_t m1, bool fresh, float out_scale, int64_t k0, int64_t R,
+                  int64_t r0, __mmask16 last, const float* X, int64_t ldx, const float* G,
                   int64_t ldg, float* out) {
   __m512 acc[KB][NC];
 #pragma GCC unroll 16
   for (int i = 0; i < KB; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NC; ++j)
-      acc[i][j] = m0 == 0 ? _mm512_setzero_ps()
-                          : _mm512_maskz_loadu_ps(chunk_mask<NC>(j, last),
-                                                  out + (k0 + i) * R + r0 + 16 * j);
+      acc[i][j] =
+          fresh ? _mm512_setzero_ps()
+                : _mm512_maskz_loadu_ps(chunk_mask<NC>(j, last), out + (k0 + i) * R + r0 + 16 * j);
   for (int64_t m = m0; m < m1; ++m) {
     __m512 g[NC];
 #pragma GCC unroll 4
@@ -91,7 +92,7 @@ void reduce_block(int64_t m0, int64_t m1, int64_t M, int64_t k0, int64_t R, int6
       for (int j = 0; j < NC; ++j) acc[i][j] = _mm512_fmadd_ps(xv, g[j], acc[i][j]);
     }
   }
-  const __m512 a = _mm512_set1_ps(m1 == M ? alpha : 1.0f);
+  const __m512 a = _mm512_set1_ps(out_scale);
 #pragma GCC unroll 16
   for (int i = 0; i < KB; ++i)
 #pragma GCC unroll 4
@@ -108,15 +109,45 @@ void reduce_block(int64_t m0, int64_t m1, int64_t M, int64_t k0, int64_t R, int6
 // 1536: 1.7-2.1 -> 0.9-1.0 ms; K = 576 within noise of 64).
 constexpr int64_t kRowChunk = 32;
 
-// Result rows [k_begin, k_end), columns [r0, r0 + 16 NC), over X's rows [m0, m1).
+// Result rows [k_begin, k_end), columns [r0, r0 + 16 NC), over X's rows [m0, m1) (reduce_block).
 template <int KB, int NC>
-void reduce_cols(int64_t k_begin, int64_t k_end, int64_t m0, int64_t m1, int64_t M, int64_t R,
-                 int64_t r0, __mmask16 last, float alpha, const float* X, int64_t ldx,
-                 const float* G, int64_t ldg, float* out) {
+void reduce_cols(int64_t k_begin, int64_t k_end, int64_t m0, int64_t m1, bool fresh,
+                 float out_scale, int64_t R, int64_t r0, __mmask16 last, const float* X,
+                 int64_t ldx, const float* G, int64_t ldg, float* out) {
   int64_t k = k_begin;
   for (; k + KB <= k_end; k += KB)
-    reduce_block<KB, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
-  for (; k < k_end; ++k) reduce_block<1, NC>(m0, m1, M, k, R, r0, last, alpha, X, ldx, G, ldg, out);
+    reduce_block<KB, NC>(m0, m1, fresh, out_scale, k, R, r0, last, X, ldx, G, ldg, out);
+  for (; k < k_end; ++k)
+    reduce_block<1, NC>(m0, m1, fresh, out_scale, k, R, r0, last, X, ldx, G, ldg, out);
+}
+
+// All R columns of result rows [k_begin, k_end) over X's rows [m0, m1): 8 reduced rows of two
+// vectors or 16 of one (16 accumulators, 64-byte runs of each X row).
+void reduce_all_columns(int64_t k_begin, int64_t k_end, int64_t m0, int64_t m1, bool fresh,
+                        float out_scale, int64_t R, const float* X, int64_t ldx, const float* G,
+                        int64_t ldg, float* out) {
+  for (int64_t r0 = 0; r0 < R; r0 += 32) {
+    const int64_t rem = R - r0;
+    if (rem > 16)
+      reduce_cols<8, 2>(k_begin, k_end, m0, m1, fresh, out_scale, R, r0, lane_mask(rem - 16), X,
+                        ldx, G, ldg, out);
+    else
+      reduce_cols<16, 1>(k_begin, k_end, m0, m1, fresh, out_scale, R, r0, lane_mask(rem), X, ldx, G,
+                         ldg, out);
+  }
+}
+
+// All R columns of output rows [m0, m1): chunks of 32 columns (two vectors: 12 accumulators for
+// 6 rows) or a last one of <= 16 (8 rows of one vector).
+void product_all_columns(int64_t m0, int64_t m1, int64_t K, int64_t R, float alpha, const float* X,
+                         int64_t ldx, const float* F, float* out, int64_t ldo) {
+  for (int64_t r0 = 0; r0 < R; r0 += 32) {
+    const int64_t rem = R - r0;
+    if (rem > 16)
+      product_rows<6, 2>(m0, m1, K, R, r0, lane_mask(rem - 16), alpha, X, ldx, F, out, ldo);
+    else
+      product_rows<8, 1>(m0, m1, K, R, r0, lane_mask(rem), alpha, X, ldx, F, out, ldo);
+  }
 }
 
 // Runs fn(begin, end) over thread shares of [0, n), each share a multiple of `unit` but the
@@ -138,39 +169,54 @@ void split(int64_t n, int64_t unit, int threads, Fn&& fn) {
 void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X,
                            int64_t ldx, const float* F, float* out, int64_t ldo, int threads) {
   split(M, 8, threads, [&](int64_t m_begin, int64_t m_end) {
-    // Columns in chunks of 32 (two vectors: 12 accumulators for 6 rows) or a last one of <= 16
-    // (8 rows of one vector); every chunk of a 24-row band before the next band, so a rank
-    // above 32 reads X once from memory.
-    for (int64_t m0 = m_begin; m0 < m_end; m0 += 24) {
-      const int64_t m1 = std::min(m_end, m0 + 24);
-      for (int64_t r0 = 0; r0 < R; r0 += 32) {
-        const int64_t rem = R - r0;
-        if (rem > 16)
-          product_rows<6, 2>(m0, m1, K, R, r0, lane_mask(rem - 16), alpha, X, ldx, F, out, ldo);
-        else
-          product_rows<8, 1>(m0, m1, K, R, r0, lane_mask(rem), alpha, X, ldx, F, out, ldo);
-      }
-    }
+    // Every column chunk of a 24-row band before the next band, so a rank above 32 reads X
+    // once from memory.
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += 24)
+      product_all_columns(m0, std::min(m_end, m0 + 24), K, R, alpha, X, ldx, F, out, ldo);
   });
 }
 
 void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
                           const float* G, int64_t ldg, float* out, int threads) {
   split(K, 16, threads, [&](int64_t k0, int64_t k1) {
-    // 8 reduced rows of two vectors or 16 of one: 16 accumulators, 64-byte runs of each X row.
     // M = 0 takes one empty chunk (the result is zeros).
     for (int64_t m0 = 0; m0 < std::max<int64_t>(M, 1); m0 += kRowChunk) {
       const int64_t m1 = std::min(M, m0 + kRowChunk);
-      for (int64_t r0 = 0; r0 < R; r0 += 32) {
-        const int64_t rem = R - r0;
-        if (rem > 16)
-          reduce_cols<8, 2>(k0, k1, m0, m1, M, R, r0, lane_mask(rem - 16), alpha, X, ldx, G, ldg,
-                            out);
-        else
-          reduce_cols<16, 1>(k0, k1, m0, m1, M, R, r0, lane_mask(rem), alpha, X, ldx, G, ldg, out);
-      }
+      reduce_all_columns(k0, k1, m0, m1, m0 == 0, m1 == M ? alpha : 1.0f, R, X, ldx, G, ldg, out);
     }
   });
+}
+
+void skinny_product_reduce_avx512(int64_t M, int64_t K, int64_t R, const float* X, int64_t ldx,
+                                  float alpha_t, const float* F, float* t, int64_t ldt,
+                                  float alpha_r, const float* G, int64_t ldg, float* out,
+                                  int threads) {
+  // Thread i takes rows in whole chunks; its part of the reduction goes to out (thread 0) or to
+  // its own partial, added to out in thread order at the end.
+  std::vector<float> partials(static_cast<size_t>(std::max(threads - 1, 0) * K * R));
+#pragma omp parallel num_threads(threads)
+  {
+    const int i = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t chunks = (M + kRowChunk - 1) / kRowChunk;
+    const int64_t m_begin = std::min(M, chunks * i / nt * kRowChunk);
+    const int64_t m_end = std::min(M, chunks * (i + 1) / nt * kRowChunk);
+    float* part = i == 0 ? out : partials.data() + (i - 1) * K * R;
+    if (m_end == m_begin) std::fill_n(part, K * R, 0.0f);
+    // Each chunk of rows: its rows of t, then its share of the reduction while it sits in L2.
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += kRowChunk) {
+      const int64_t m1 = std::min(m_end, m0 + kRowChunk);
+      product_all_columns(m0, m1, K, R, alpha_t, X, ldx, F, t, ldt);
+      reduce_all_columns(0, K, m0, m1, m0 == m_begin, 1.0f, R, X, ldx, G, ldg, part);
+    }
+#pragma omp barrier
+    // The partials added into out and scaled, a share of its elements per thread.
+    const int64_t n = K * R, e0 = n * i / nt, e1 = n * (i + 1) / nt;
+    for (int64_t e = e0; e < e1; ++e) {
+      float sum = out[e];
+      for (int j = 1; j < nt; ++j) sum += partials[static_cast<size_t>((j - 1) * n + e)];
+      out[e] = alpha_r * sum;
+    }
+  }
 }
 
 }  // namespace loom::detail

@@ -170,12 +170,20 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
                std::vector<Tensor> grads(1 + 4 * parts.size());
                const bool work = M > 0 && K > 0;
                // T = [dY_i B_i ...] [M x u_cols], zero in the columns of outputs no gradient
-               // reached.
+               // reached; with each dB [N x r] = scale dY^T u in the same pass over dY.
                Tensor t = work && u_cols > 0 ? new_f32({M, u_cols}) : Tensor();
                for (size_t i = 0; i < parts.size(); ++i) {
                  const Part& p = parts[i];
                  const Tensor& dy = (*dys)[i];
-                 if (t.defined() && dy.defined() && p.R > 0 && p.N > 0)
+                 if (!dy.defined() || p.R == 0) continue;
+                 Tensor* g = &grads[1 + 4 * i];
+                 if (p.b.requires_grad()) g[2] = new_f32({p.N, p.R});
+                 if (!t.defined() || p.N == 0) continue;
+                 if (p.b.requires_grad())
+                   skinny_product_reduce(M, p.N, p.R, dy.data_f32(), p.N, 1.0f, p.b.data_f32(),
+                                         t.data_f32() + p.col, u_cols, p.scale,
+                                         saved_u.data_f32() + p.col, u_cols, g[2].data_f32());
+                 else
                    skinny_product(M, p.N, p.R, 1.0f, dy.data_f32(), p.N, p.b.data_f32(),
                                   t.data_f32() + p.col, u_cols);
                }
@@ -232,12 +240,6 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
                      const std::vector<float> d = transposed(da_t.data(), K, p.R);
                      std::copy(d.begin(), d.end(), da);
                    }
-                 }
-                 if (p.R > 0 && p.b.requires_grad()) {  // dB [N x r] = scale dY^T u
-                   g[2] = new_f32({p.N, p.R});
-                   if (work)
-                     skinny_reduce(M, p.N, p.R, p.scale, dy.data_f32(), p.N,
-                                   saved_u.data_f32() + p.col, u_cols, g[2].data_f32());
                  }
                  if (p.bias.defined() && p.bias.requires_grad()) {
                    g[3] = new_f32({p.N});

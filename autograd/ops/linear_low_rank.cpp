@@ -95,9 +95,15 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     // From the captured weight (not wv's raw pointer), so the node keeps the weight alive.
     const WeightView w_view{weight.dtype(), weight.data_bytes(), N, K};
     Tensor dx, dx_lr, da, db, dbias;
-    // t = dY B [M x r]: the gradient reaching u, unscaled.
+    // t = dY B [M x r]: the gradient reaching u, unscaled; with dB [N x r] = scale dY^T u in the
+    // same pass over dY.
     Tensor t = work ? empty_f32({M, R}) : Tensor();
-    if (work) skinny_product(M, N, R, 1.0f, pg, N, b.data_f32(), t.data_f32(), R);
+    if (need_b) db = work ? empty_f32({N, R}) : new_f32({N, R});
+    if (work && need_b)
+      skinny_product_reduce(M, N, R, pg, N, 1.0f, b.data_f32(), t.data_f32(), R, scale,
+                            saved_u.data_f32(), R, db.data_f32());
+    else if (work)
+      skinny_product(M, N, R, 1.0f, pg, N, b.data_f32(), t.data_f32(), R);
     if (need_x) {
       dx = work ? empty_f32(x.shape()) : new_f32(x.shape());
       if (work) {
@@ -122,10 +128,6 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
         const std::vector<float> d = transposed(da_t.data(), K, R);
         std::copy(d.begin(), d.end(), da.data_f32());
       }
-    }
-    if (need_b) {  // dB [N x r] = scale dY^T u
-      db = work ? empty_f32({N, R}) : new_f32({N, R});
-      if (work) skinny_reduce(M, N, R, scale, pg, N, saved_u.data_f32(), R, db.data_f32());
     }
     if (need_bias) {
       dbias = new_f32({N});
