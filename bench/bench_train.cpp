@@ -167,7 +167,7 @@ nlohmann::json run_child(const Args& a) {
   fwd.keep_attention = a.keep_attention;
   fwd.attention_precision = fwd.precision;  // as the trainer's step (trainer/train_session.cpp)
   double fwd_s = 0, bwd_s = 0, opt_s = 0, rss_forward = 0;
-  std::vector<double> steps;
+  std::vector<double> steps, losses;  // losses: every step's, warm-up included (a same-bits check)
   for (int s = 0; s <= a.steps; ++s) {  // step 0 warms up
     const double t0 = now();
     lora.zero_grad();
@@ -177,6 +177,7 @@ nlohmann::json run_child(const Args& a) {
     if (s == 0) rss_forward = rss_mb();
     ce.loss.backward();
     const double t2 = now();
+    losses.push_back(ce.loss.item());
     loom::clip_grad_norm(params, 1.0);
     opt.step(1e-4);
     const double t3 = now();
@@ -196,6 +197,7 @@ nlohmann::json run_child(const Args& a) {
           {"tokens_per_second", tokens / total},
           {"peak_rss_mb", loom::peak_rss_bytes() / 1048576.0},
           {"step_seconds", steps},
+          {"losses", losses},
           {"forward_loss_s", fwd_s / steps.size()},
           {"backward_s", bwd_s / steps.size()},
           {"optimizer_s", opt_s / steps.size()},

@@ -645,6 +645,50 @@ TEST(Skinny, ProductReduceOverNoRowsGivesZeros) {
   EXPECT_EQ(out, std::vector<float>(K * R, 0.0f));
 }
 
+// linear_backward_low_rank (t, dB and dX with dY read once on the bf16 route) gives the bits of
+// its two steps run apart (skinny_product_reduce, then linear_backward_input_low_rank), for
+// weights in one tile and in several (where it runs them apart itself), odd shapes, strided dY
+// / U / T / dX, overwrite and accumulate; NaN past each input row catches a read beyond it.
+TEST(Gemm, LowRankBackwardInOnePassMatchesItsStepsApart) {
+  std::mt19937 rng(17);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  int checked = 0;
+  for (DType dtype : {DType::F32, DType::BF16, DType::NF4, DType::Q4_K})
+    for (int64_t N : {int64_t{64}, int64_t{200}, int64_t{1} << 15})
+      for (int64_t M : {1, 37, 300})
+        for (int64_t R : {5, 16})
+          for (bool accumulate : {false, true}) {
+            const int64_t K = test_k(dtype);
+            // One large weight (several tiles), for two dtypes.
+            if (N > 1000 && (M != 37 || R != 16 || dtype == DType::BF16 || dtype == DType::Q4_K))
+              continue;
+            SCOPED_TRACE(std::string(dtype_name(dtype)) + " N=" + std::to_string(N) +
+                         " M=" + std::to_string(M) + " R=" + std::to_string(R) +
+                         (accumulate ? " accumulate" : ""));
+            const TestWeight w = make_weight(rng, dtype, N, K);
+            const std::vector<float> dY = random_matrix(rng, M, N, N + 3, 1.0f, nan);
+            const std::vector<float> U = random_matrix(rng, M, R, R + 2, 1.0f, nan);
+            const std::vector<float> A = random_matrix(rng, R, K, K, 0.1f, nan);
+            const std::vector<float> B = random_matrix(rng, N, R, R, 0.1f, nan);
+            const std::vector<float> dx0 = random_matrix(rng, M, K, K + 1, 1.0f, kOutputPad);
+            std::vector<float> t1(static_cast<size_t>(M * (R + 1)), kOutputPad), t2 = t1;
+            std::vector<float> db1(static_cast<size_t>(N * R), kOutputPad), db2 = db1;
+            std::vector<float> dx1 = dx0, dx2 = dx0;
+            linear_backward_low_rank(dY.data(), M, N + 3, w.view(), A.data(), B.data(), R, 0.75f,
+                                     U.data(), R + 2, t1.data(), R + 1, db1.data(), dx1.data(),
+                                     K + 1, accumulate);
+            skinny_product_reduce(M, N, R, dY.data(), N + 3, 1.0f, B.data(), t2.data(), R + 1,
+                                  0.75f, U.data(), R + 2, db2.data());
+            linear_backward_input_low_rank(dY.data(), M, N + 3, w.view(), t2.data(), R + 1,
+                                           A.data(), R, 0.75f, dx2.data(), K + 1, accumulate);
+            EXPECT_EQ(t1, t2);
+            EXPECT_EQ(db1, db2);
+            EXPECT_EQ(dx1, dx2);
+            ++checked;
+          }
+  EXPECT_EQ(checked, 4 * 2 * 3 * 2 * 2 + 2 * 2);
+}
+
 TEST(Gemm, AutoIsTheResolvedPrecision) {
   EXPECT_EQ(resolve_precision(Precision::F32), Precision::F32);
   EXPECT_EQ(resolve_precision(Precision::Auto),

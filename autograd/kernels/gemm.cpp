@@ -11,6 +11,7 @@
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
 #include "autograd/kernels/gemm_internal.h"
+#include "autograd/kernels/skinny.h"
 
 namespace loom {
 
@@ -158,6 +159,29 @@ void linear_backward_input_low_rank(const float* dY, int64_t M, int64_t lddy, co
                                     Precision precision) {
   const detail::LowRank lr{T, ldt, A, R, scale};
   detail::linear_backward_input_tiled(dY, M, lddy, W, dX, lddx, accumulate, precision, 0, &lr);
+}
+
+void linear_backward_low_rank(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                              const float* A, const float* B, int64_t R, float scale,
+                              const float* U, int64_t ldu, float* T, int64_t ldt, float* dB,
+                              float* dX, int64_t lddx, bool accumulate, Precision precision) {
+  const char* op = "linear_backward_low_rank";
+  check_weight(op, W);
+  check_activation(op, "dY", dY, M, W.rows, lddy, W);
+  check_activation(op, "dX", dX, M, W.cols, lddx, W);
+  LOOM_CHECK(R > 0 && A != nullptr && B != nullptr && dB != nullptr && ldu >= R && ldt >= R &&
+                 ((U != nullptr && T != nullptr) || M == 0),
+             "{}: a rank-{} term needs A, B, dB and U, T with row strides >= {} (got {} / {})", op,
+             R, R, ldu, ldt);
+  const int64_t N = W.rows, K = W.cols;
+  const int threads = omp_in_parallel() || M * N * R < (int64_t{1} << 16) ? 1 : num_threads();
+  if (resolve_precision(precision) == Precision::BF16 && M > 0 && N > 0 && K > 0 &&
+      cpu_features().avx512f && detail::effective_tile_rows(W, 0) >= N)
+    return detail::backward_input_bf16_lora(dY, M, lddy, W, A, B, R, scale, U, ldu, T, ldt, dB, dX,
+                                            lddx, accumulate, threads);
+  skinny_product_reduce(M, N, R, dY, lddy, 1.0f, B, T, ldt, scale, U, ldu, dB);
+  linear_backward_input_low_rank(dY, M, lddy, W, T, ldt, A, R, scale, dX, lddx, accumulate,
+                                 precision);
 }
 
 void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,

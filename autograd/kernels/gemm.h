@@ -60,6 +60,17 @@ void linear_backward_input_low_rank(const float* dY, int64_t M, int64_t lddy, co
                                     float scale, float* dX, int64_t lddx, bool accumulate,
                                     Precision precision = Precision::Auto);
 
+// A LoRA projection's backward through its input and B: t = dY B [M x R] into T (row stride
+// ldt), dB [N x R] = scale dY^T U (U [M x R], row stride ldu) and dX (+)= dY . W + scale t A. On
+// the bf16 route with W in one tile, dY is read once for all three (its rows rounded for the
+// product while they are in cache); elsewhere it is skinny_product_reduce, then
+// linear_backward_input_low_rank. The same bits either way.
+void linear_backward_low_rank(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                              const float* A, const float* B, int64_t R, float scale,
+                              const float* U, int64_t ldu, float* T, int64_t ldt, float* dB,
+                              float* dX, int64_t lddx, bool accumulate,
+                              Precision precision = Precision::Auto);
+
 // One output of linear_forward_group: Y[M x N] = X . W^T + scale * U[:, u_col : u_col + rank] .
 // B^T, with B [N x rank] contiguous f32 (null with rank 0).
 struct GroupProduct {

@@ -9,8 +9,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "autograd/kernels/gemm_internal.h"
+#include "autograd/kernels/skinny.h"
 
 namespace loom::detail {
 namespace {
@@ -232,6 +234,61 @@ void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightV
     // accumulating. The tile is a plain row-major [width x K] matrix: strides (K, 1).
     dnnl_matmul_bf16(M, K, width, dyb, width, wt, K, 1, dX, lddx, n0 > 0 || accumulate);
   }
+}
+
+namespace {
+
+// What each chunk of rows rounds while it sits in L2 (backward_input_bf16_lora): [dY | T | 0].
+struct LoraRounding {
+  const float* dY;
+  int64_t lddy, N;
+  const float* T;
+  int64_t ldt, R, width;
+  bf16_t* dyb;
+};
+
+void round_lora_rows(void* ctx, int64_t m0, int64_t m1) {
+  const LoraRounding& c = *static_cast<const LoraRounding*>(ctx);
+  for (int64_t m = m0; m < m1; ++m) {
+    bf16_t* row = c.dyb + m * c.width;
+    convert_f32_to_bf16(c.dY + m * c.lddy, row, c.N);
+    convert_f32_to_bf16(c.T + m * c.ldt, row + c.N, c.R);
+    std::fill(row + c.N + c.R, row + c.width, bf16_t{0});
+  }
+}
+
+}  // namespace
+
+void backward_input_bf16_lora(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                              const float* A, const float* B, int64_t R, float scale,
+                              const float* U, int64_t ldu, float* T, int64_t ldt, float* dB,
+                              float* dX, int64_t lddx, bool accumulate, int threads) {
+  const int64_t N = W.rows, K = W.cols, width = padded_reduction(N + R);
+  bf16_t* dyb = scratch_bf16(0, M * width);
+  bf16_t* tile = scratch_bf16(1, width * K);
+  // One pass over dY's rows, each thread's share in whole chunks: t's rows, their part of dB,
+  // then [dY | T] rounded (what backward_input_bf16's first step would read dY again for).
+  std::vector<float> partials(static_cast<size_t>(threads * N * R));
+  LoraRounding rounding{dY, lddy, N, T, ldt, R, width, dyb};
+  parallel_run(threads, [&](int t, int nt) {
+    const int64_t chunks = (M + kSkinnyRowChunk - 1) / kSkinnyRowChunk;
+    const int64_t m_begin = std::min(M, chunks * t / nt * kSkinnyRowChunk);
+    const int64_t m_end = std::min(M, chunks * (t + 1) / nt * kSkinnyRowChunk);
+    skinny_product_reduce_rows_avx512(m_begin, m_end, N, R, dY, lddy, 1.0f, B, T, ldt, U, ldu,
+                                      partials.data() + t * N * R, round_lora_rows, &rounding);
+  });
+  // dB = scale * the partials summed in thread order (as skinny_product_reduce).
+  for (int64_t e = 0; e < N * R; ++e) {
+    float sum = partials[static_cast<size_t>(e)];
+    for (int j = 1; j < threads; ++j) sum += partials[static_cast<size_t>(j * N * R + e)];
+    dB[e] = scale * sum;
+  }
+  // The weight's tile with scale * A's rows after it (backward_input_bf16's one-tile case).
+  Prep p;
+  p.W = &W, p.n0 = 0, p.rows = N, p.tile = tile, p.ld_tile = K;
+  p.w_rows = A, p.R = R, p.R_pad = width - N - R, p.scale = scale;
+  prepare(p);
+  dnnl_matmul_bf16(M, K, width, dyb, width, tile, K, 1, dX, lddx, accumulate);
 }
 
 }  // namespace loom::detail

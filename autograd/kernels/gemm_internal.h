@@ -73,6 +73,13 @@ void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, f
 void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightView& W, float* dX,
                          int64_t lddx, bool accumulate, int64_t tile_rows,
                          const LowRank* lr = nullptr);
+// linear_backward_low_rank's bf16 route, W in one tile: t = dY B into T, dB = scale dY^T U, and
+// dX (+)= [dY | T] . [W ; scale A], dY read once for all three (the row chunks and per-thread
+// sums of skinny_product_reduce on `threads` threads, so its t and dB bits).
+void backward_input_bf16_lora(const float* dY, int64_t M, int64_t lddy, const WeightView& W,
+                              const float* A, const float* B, int64_t R, float scale,
+                              const float* U, int64_t ldu, float* T, int64_t ldt, float* dB,
+                              float* dX, int64_t lddx, bool accumulate, int threads);
 // linear_forward_group's bf16 route: [X | U | zeros] rounded once (U may be null with u_cols 0),
 // then each output's tiles, the output's term in its U columns.
 void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,

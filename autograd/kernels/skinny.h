@@ -34,6 +34,15 @@ void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const f
                            int64_t ldx, const float* F, float* out, int64_t ldo, int threads);
 void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
                           const float* G, int64_t ldg, float* out, int threads);
+// skinny_product_reduce's work for rows [m_begin, m_end) on the calling thread, in the same
+// 32-row chunks (kSkinnyRowChunk): t's rows, and X^T G over those rows into part [K x R]
+// (overwritten, unscaled). Each chunk calls after_chunk(m0, m1) while its rows sit in L2.
+constexpr int64_t kSkinnyRowChunk = 32;
+void skinny_product_reduce_rows_avx512(int64_t m_begin, int64_t m_end, int64_t K, int64_t R,
+                                       const float* X, int64_t ldx, float alpha_t, const float* F,
+                                       float* t, int64_t ldt, const float* G, int64_t ldg,
+                                       float* part, void (*after_chunk)(void*, int64_t, int64_t),
+                                       void* ctx);
 void skinny_product_reduce_avx512(int64_t M, int64_t K, int64_t R, const float* X, int64_t ldx,
                                   float alpha_t, const float* F, float* t, int64_t ldt,
                                   float alpha_r, const float* G, int64_t ldg, float* out,

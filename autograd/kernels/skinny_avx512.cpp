@@ -107,7 +107,7 @@ void reduce_block(int64_t m0, int64_t m1, bool fresh, float out_scale, int64_t k
 // one line of every row, a stream per row for the hardware prefetcher; at 64 rows a wide X
 // (K = 3072: dB of gate/up) ran at 3.4-4.1 ms for M = 2048, R = 16, at 32 rows 1.6-1.8 ms (K =
 // 1536: 1.7-2.1 -> 0.9-1.0 ms; K = 576 within noise of 64).
-constexpr int64_t kRowChunk = 32;
+constexpr int64_t kRowChunk = kSkinnyRowChunk;
 
 // Result rows [k_begin, k_end), columns [r0, r0 + 16 NC), over X's rows [m0, m1) (reduce_block).
 template <int KB, int NC>
@@ -187,6 +187,21 @@ void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const fl
   });
 }
 
+void skinny_product_reduce_rows_avx512(int64_t m_begin, int64_t m_end, int64_t K, int64_t R,
+                                       const float* X, int64_t ldx, float alpha_t, const float* F,
+                                       float* t, int64_t ldt, const float* G, int64_t ldg,
+                                       float* part, void (*after_chunk)(void*, int64_t, int64_t),
+                                       void* ctx) {
+  if (m_end == m_begin) std::fill_n(part, K * R, 0.0f);
+  // Each chunk of rows: its rows of t, then its share of the reduction while it sits in L2.
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += kRowChunk) {
+    const int64_t m1 = std::min(m_end, m0 + kRowChunk);
+    product_all_columns(m0, m1, K, R, alpha_t, X, ldx, F, t, ldt);
+    reduce_all_columns(0, K, m0, m1, m0 == m_begin, 1.0f, R, X, ldx, G, ldg, part);
+    if (after_chunk) after_chunk(ctx, m0, m1);
+  }
+}
+
 void skinny_product_reduce_avx512(int64_t M, int64_t K, int64_t R, const float* X, int64_t ldx,
                                   float alpha_t, const float* F, float* t, int64_t ldt,
                                   float alpha_r, const float* G, int64_t ldg, float* out,
@@ -201,13 +216,8 @@ void skinny_product_reduce_avx512(int64_t M, int64_t K, int64_t R, const float* 
     const int64_t m_begin = std::min(M, chunks * i / nt * kRowChunk);
     const int64_t m_end = std::min(M, chunks * (i + 1) / nt * kRowChunk);
     float* part = i == 0 ? out : partials.data() + (i - 1) * K * R;
-    if (m_end == m_begin) std::fill_n(part, K * R, 0.0f);
-    // Each chunk of rows: its rows of t, then its share of the reduction while it sits in L2.
-    for (int64_t m0 = m_begin; m0 < m_end; m0 += kRowChunk) {
-      const int64_t m1 = std::min(m_end, m0 + kRowChunk);
-      product_all_columns(m0, m1, K, R, alpha_t, X, ldx, F, t, ldt);
-      reduce_all_columns(0, K, m0, m1, m0 == m_begin, 1.0f, R, X, ldx, G, ldg, part);
-    }
+    skinny_product_reduce_rows_avx512(m_begin, m_end, K, R, X, ldx, alpha_t, F, t, ldt, G, ldg,
+                                      part, nullptr, nullptr);
 #pragma omp barrier
     // The partials added into out and scaled, a share of its elements per thread.
     const int64_t n = K * R, e0 = n * i / nt, e1 = n * (i + 1) / nt;

@@ -170,8 +170,11 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
                std::vector<Tensor> grads(1 + 4 * parts.size());
                const bool work = M > 0 && K > 0;
                // T = [dY_i B_i ...] [M x u_cols], zero in the columns of outputs no gradient
-               // reached; with each dB [N x r] = scale dY^T u in the same pass over dY.
+               // reached; with each dB [N x r] = scale dY^T u in the same pass over dY. A term on
+               // x whose dB and dX are both wanted makes its T columns, dB and dX together below
+               // (linear_backward_low_rank: dY read once for all three).
                Tensor t = work && u_cols > 0 ? new_f32({M, u_cols}) : Tensor();
+               std::vector<bool> together(parts.size(), false);
                for (size_t i = 0; i < parts.size(); ++i) {
                  const Part& p = parts[i];
                  const Tensor& dy = (*dys)[i];
@@ -179,6 +182,8 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
                  Tensor* g = &grads[1 + 4 * i];
                  if (p.b.requires_grad()) g[2] = new_f32({p.N, p.R});
                  if (!t.defined() || p.N == 0) continue;
+                 together[i] = need_x && p.on_x && p.b.requires_grad();
+                 if (together[i]) continue;
                  if (p.b.requires_grad())
                    skinny_product_reduce(M, p.N, p.R, dy.data_f32(), p.N, 1.0f, p.b.data_f32(),
                                          t.data_f32() + p.col, u_cols, p.scale,
@@ -198,7 +203,12 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
                    if (first) dx = work ? empty_f32(x.shape()) : new_f32(x.shape());
                    if (!work) continue;
                    const WeightView w{p.weight.dtype(), p.weight.data_bytes(), p.N, K};
-                   if (p.on_x)
+                   if (together[i])
+                     linear_backward_low_rank(
+                         dy.data_f32(), M, p.N, w, p.a.data_f32(), p.b.data_f32(), p.R, p.scale,
+                         saved_u.data_f32() + p.col, u_cols, t.data_f32() + p.col, u_cols,
+                         grads[1 + 4 * i + 2].data_f32(), dx.data_f32(), K, !first, precision);
+                   else if (p.on_x)
                      linear_backward_input_low_rank(
                          dy.data_f32(), M, std::max<int64_t>(p.N, 1), w, t.data_f32() + p.col,
                          u_cols, p.a.data_f32(), p.R, p.scale, dx.data_f32(), K, !first, precision);

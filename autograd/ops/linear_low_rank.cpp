@@ -97,14 +97,23 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     Tensor dx, dx_lr, da, db, dbias;
     // t = dY B [M x r]: the gradient reaching u, unscaled; with dB [N x r] = scale dY^T u in the
     // same pass over dY.
+    // With dB and a dX the term folds into: t, dB and dX together (linear_backward_low_rank:
+    // dY read once for all three).
     Tensor t = work ? empty_f32({M, R}) : Tensor();
     if (need_b) db = work ? empty_f32({N, R}) : new_f32({N, R});
-    if (work && need_b)
+    const bool together = work && need_b && lr_into_dx;
+    if (together) {
+      dx = empty_f32(x.shape());
+      linear_backward_low_rank(pg, M, N, w_view, a.data_f32(), b.data_f32(), R, scale,
+                               saved_u.data_f32(), R, t.data_f32(), R, db.data_f32(), dx.data_f32(),
+                               K, false, precision);
+    } else if (work && need_b) {
       skinny_product_reduce(M, N, R, pg, N, 1.0f, b.data_f32(), t.data_f32(), R, scale,
                             saved_u.data_f32(), R, db.data_f32());
-    else if (work)
+    } else if (work) {
       skinny_product(M, N, R, 1.0f, pg, N, b.data_f32(), t.data_f32(), R);
-    if (need_x) {
+    }
+    if (need_x && !together) {
       dx = work ? empty_f32(x.shape()) : new_f32(x.shape());
       if (work) {
         if (lr_into_dx)
