@@ -96,8 +96,7 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
     const WeightView w_view{weight.dtype(), weight.data_bytes(), N, K};
     Tensor dx, dx_lr, da, db, dbias;
     // t = dY B [M x r]: the gradient reaching u, unscaled; with dB [N x r] = scale dY^T u in the
-    // same pass over dY.
-    // With dB and a dX the term folds into: t, dB and dX together (linear_backward_low_rank:
+    // same pass over dY, and with dX too when the term folds into it (linear_backward_low_rank:
     // dY read once for all three).
     Tensor t = work ? empty_f32({M, R}) : Tensor();
     if (need_b) db = work ? empty_f32({N, R}) : new_f32({N, R});
