@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "autograd/ops/vec_kernels.h"
-#include "autograd/quant/avx512_util.h"  // first: it includes <immintrin.h>
+#include "autograd/quant/avx512_util.h"  // <immintrin.h> and the exact bf16 rounding
 
 namespace {
 #include "autograd/ops/vec_kernels_impl.h"
@@ -60,15 +60,14 @@ inline __m512 sigmoid16(__m512 x) {
   return _mm512_mask_mul_ps(r, negative, r, e);
 }
 
-inline void store_bf16(uint16_t* p, __m512 v) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f32x16_to_bf16(v));
-}
+// The lanes of m, rounded as f32_to_bf16 (subnormals included).
 inline void store_bf16(uint16_t* p, __m512 v, __mmask16 m) {
   _mm256_mask_storeu_epi16(p, m, f32x16_to_bf16(v));
 }
 
 // The sum of 16 lanes. GCC 12's unmasked shuffles (and _mm512_reduce_add_ps) trip
-// -Wuninitialized on their placeholder operand; the zero-masked forms with a full mask do not.
+// -Wuninitialized on the undefined source they pass internally; the zero-masked forms with a
+// full mask do not.
 inline float hsum(__m512 v) {
   constexpr __mmask16 all = 0xFFFF;
   v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));  // + the other 256 bits
