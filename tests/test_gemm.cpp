@@ -29,6 +29,7 @@
 #include "autograd/kernels/gemm.h"
 #include "autograd/kernels/gemm_internal.h"
 #include "autograd/kernels/skinny.h"
+#include "autograd/kernels/tile_gemm.h"
 #include "autograd/quant/quant.h"
 
 namespace loom {
@@ -887,6 +888,74 @@ TEST(Gemm, Bf16GemmMatchesScalarReference) {
                     << "M=" << M << " N=" << N << " K=" << K << " ta=" << ta << " tb=" << tb
                     << " accumulate=" << acc << " gap=" << gap;
               }
+}
+
+// The pair layouts (tile_gemm.h) against their definition, element (k, n) of B at
+// pairs[(k / 2) * 2 * ldp + 2 * n + k % 2], with padding between pair-rows left untouched.
+TEST(TileGemm, PairLayoutsPlaceEveryElement) {
+  const int64_t rows = 6, cols = 10, lds = 13, ldp = 12;  // S [6 x 10] in a wider buffer
+  std::vector<uint16_t> s(static_cast<size_t>(rows * lds));
+  for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<uint16_t>(i + 1);
+  // B = S [6 x 10]: 3 pair-rows of 10 pairs; B = S^T [10 x 6]: 5 pair-rows of 6 pairs.
+  std::vector<uint16_t> p(static_cast<size_t>(rows / 2 * 2 * ldp), 0xdead);
+  to_pairs(s.data(), rows, cols, lds, p.data(), ldp);
+  for (int64_t k = 0; k < rows; ++k)
+    for (int64_t n = 0; n < cols; ++n)
+      EXPECT_EQ(p[(k / 2) * 2 * ldp + 2 * n + k % 2], s[k * lds + n]) << k << "," << n;
+  for (int64_t r = 0; r < rows / 2; ++r)
+    for (int64_t j = 2 * cols; j < 2 * ldp; ++j) EXPECT_EQ(p[r * 2 * ldp + j], 0xdead);
+  std::vector<uint16_t> pt(static_cast<size_t>(cols / 2 * 2 * ldp), 0xdead);
+  to_pairs_transposed(s.data(), rows, cols, lds, pt.data(), ldp);
+  for (int64_t k = 0; k < cols; ++k)
+    for (int64_t n = 0; n < rows; ++n)
+      EXPECT_EQ(pt[(k / 2) * 2 * ldp + 2 * n + k % 2], s[n * lds + k]) << k << "," << n;
+  for (int64_t r = 0; r < cols / 2; ++r)
+    for (int64_t j = 2 * rows; j < 2 * ldp; ++j) EXPECT_EQ(pt[r * 2 * ldp + j], 0xdead);
+  EXPECT_THROW(to_pairs(s.data(), 5, cols, lds, p.data(), ldp), Error);  // odd row count
+  EXPECT_THROW(to_pairs_transposed(s.data(), rows, 9, lds, pt.data(), ldp), Error);
+}
+
+// The AMX tile product against ref::gemm_bf16 on the same bf16 bits (exact products, f32 sums
+// in another order): every 32 x 32 / 16-edge block shape, deep and shallow reductions, alpha,
+// accumulate, and operands and C with gaps between rows, whose padding must stay untouched.
+TEST(TileGemm, AmxProductMatchesScalarReference) {
+  if (!amx_tiles_available())
+    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t M : {16, 48, 192})
+    for (int64_t N : {16, 48, 512})
+      for (int64_t K : {32, 64, 480})
+        for (bool acc : {false, true})
+          for (float alpha : {1.0f, 0.125f}) {
+            const int64_t lda = K + 8, ldb = N + 4, ldp = N + 16, ldc = N + 3;
+            std::vector<uint16_t> a(static_cast<size_t>(M * lda)), b(static_cast<size_t>(K * ldb));
+            for (auto& x : a) x = f32_to_bf16(dist(rng));
+            for (auto& x : b) x = f32_to_bf16(dist(rng));
+            std::vector<uint16_t> pairs(static_cast<size_t>(K / 2 * 2 * ldp));
+            to_pairs(b.data(), K, N, ldb, pairs.data(), ldp);
+            std::vector<float> c(static_cast<size_t>(M * ldc));
+            for (auto& x : c) x = dist(rng);
+            std::vector<float> want = c;
+            amx_gemm_bf16_pairs(M, N, K, alpha, a.data(), lda, pairs.data(), ldp, c.data(), ldc,
+                                acc);
+            ref::gemm_bf16(M, N, K, alpha, a.data(), lda, 1, b.data(), ldb, 1, want.data(), ldc,
+                           acc);
+            double worst = 0;
+            for (size_t i = 0; i < c.size(); ++i)  // padding columns included
+              worst = std::max(worst, std::fabs(double(c[i]) - want[i]));
+            EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
+                << "M=" << M << " N=" << N << " K=" << K << " alpha=" << alpha
+                << " accumulate=" << acc;
+          }
+  std::vector<uint16_t> a(64 * 64), p(64 * 64);
+  std::vector<float> c(64 * 64);
+  EXPECT_THROW(
+      amx_gemm_bf16_pairs(24, 16, 32, 1.0f, a.data(), 32, p.data(), 16, c.data(), 16, false),
+      Error);  // M not a multiple of 16
+  EXPECT_THROW(
+      amx_gemm_bf16_pairs(16, 16, 48, 1.0f, a.data(), 48, p.data(), 16, c.data(), 16, false),
+      Error);  // K not a multiple of 32
 }
 
 // test_main calls ensure_blas_coretype: on an AVX-512 CPU OpenBLAS must now run AVX-512 kernels,

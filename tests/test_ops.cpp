@@ -12,6 +12,7 @@
 
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
+#include "autograd/kernels/tile_gemm.h"
 #include "autograd/ops.h"
 #include "autograd/ops/vec_kernels.h"
 #include "autograd/quant/quant.h"
@@ -643,7 +644,9 @@ TEST(Ops, AttentionBf16ProductsMatchF32) {
     bool docs;
   };
   for (const Case c : {Case{2, 9, 6, 2, 8, true, false}, Case{1, 150, 6, 2, 16, true, true},
-                       Case{2, 130, 4, 4, 32, false, false}, Case{1, 200, 9, 3, 64, true, false}}) {
+                       Case{2, 130, 4, 4, 32, false, false}, Case{1, 200, 9, 3, 64, true, false},
+                       // Shapes of the AMX tile route (T and D multiples of 32), where it exists.
+                       Case{1, 256, 9, 3, 64, true, true}, Case{2, 128, 4, 4, 32, false, false}}) {
     SCOPED_TRACE("T " + std::to_string(c.T) + " Hq " + std::to_string(c.Hq));
     std::vector<int32_t> docs;
     if (c.docs)
@@ -672,6 +675,57 @@ TEST(Ops, AttentionBf16ProductsMatchF32) {
       }
       EXPECT_GT(scale, 0.0) << names[i];
       EXPECT_LE(worst, 2e-2 * scale) << names[i];
+    }
+  }
+}
+
+// Where the CPU has AMX tiles, bf16 attention of fitting shapes (T and D multiples of 32) runs
+// its score, output and dQ products on them in strips, with key ranges widened to multiples of
+// 32 (attention.cpp); switched off, the same call runs oneDNN's products over whole blocks. Both
+// round the same operands and differ only in f32 summation order (and so in a few roundings of
+// probabilities to bf16): outputs and gradients agree far inside the bf16-vs-f32 tolerance
+// above. Documents start at odd positions, so the widened ranges hold masked keys.
+TEST(Ops, AttentionOnAmxTilesMatchesTheBlockProducts) {
+  if (!amx_tiles_available())
+    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
+  struct Case {
+    int64_t B, T, Hq, Hkv, D;
+    bool causal, docs;
+  };
+  for (const Case c : {Case{2, 256, 9, 3, 64, true, true}, Case{1, 160, 4, 4, 32, false, false},
+                       Case{1, 96, 6, 2, 64, true, false}}) {
+    SCOPED_TRACE("T " + std::to_string(c.T) + " Hq " + std::to_string(c.Hq));
+    std::vector<int32_t> docs;
+    if (c.docs)
+      for (int64_t t = 0; t < c.B * c.T; ++t)
+        docs.push_back(static_cast<int32_t>((t % c.T + 17) / 45));
+    const std::vector<float> r = random_values(c.B * c.T * c.Hq * c.D, 9);
+    std::vector<std::vector<float>> got[2];
+    for (int tiles = 0; tiles < 2; ++tiles) {
+      set_amx_tiles_allowed(tiles == 1);
+      Tensor q = random_tensor({c.B, c.T, c.Hq, c.D}, 1, -2, 2);
+      Tensor k = random_tensor({c.B, c.T, c.Hkv, c.D}, 2, -2, 2);
+      Tensor v = random_tensor({c.B, c.T, c.Hkv, c.D}, 3);
+      for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
+      AttentionOptions opt;
+      opt.causal = c.causal;
+      opt.document_ids = docs;
+      opt.precision = Precision::BF16;
+      Tensor out = attention(q, k, v, opt);
+      out.backward(Tensor::from_vector(out.shape(), r));
+      got[tiles] = {out.to_vector(), q.grad().to_vector(), k.grad().to_vector(),
+                    v.grad().to_vector()};
+    }
+    set_amx_tiles_allowed(true);
+    const char* names[] = {"out", "dq", "dk", "dv"};
+    for (size_t i = 0; i < 4; ++i) {
+      double worst = 0, scale = 0;
+      for (size_t j = 0; j < got[0][i].size(); ++j) {
+        worst = std::max(worst, std::fabs(double(got[1][i][j]) - got[0][i][j]));
+        scale = std::max(scale, std::fabs(double(got[0][i][j])));
+      }
+      EXPECT_GT(scale, 0.0) << names[i];
+      EXPECT_LE(worst, 2e-3 * scale) << names[i];
     }
   }
 }

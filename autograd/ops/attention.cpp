@@ -11,12 +11,18 @@
 // The products read copies of q, k, v and dO in a grouped layout made once per call (Operand),
 // bf16 with bf16 precision, as are each block's probabilities / score gradients; softmax,
 // logsumexp and the dO.O correction stay f32.
+// Where the CPU has AMX tiles (tile_gemm.h), a block runs in strips of 32 stacked query rows:
+// the strip's scores are made on the tiles, turned into probabilities at once and its output
+// rows (forward) or dQ rows (backward) made from them, while the strip (at most 32 x T f32) is
+// in the nearest caches. oneDNN's product of a whole block's scores (192 x 512 f32, 393 KB) was
+// bound by writing them out to L2 (~330 GFLOP/s on one core) and the softmax read them back.
 #include <algorithm>
 #include <cmath>
 #include <memory>
 #include <unordered_map>
 
 #include "autograd/kernels/gemm.h"
+#include "autograd/kernels/tile_gemm.h"
 #include "autograd/ops.h"
 #include "autograd/ops/common.h"
 #include "autograd/ops/vec_kernels.h"
@@ -29,13 +35,27 @@ using namespace ops_detail;
 namespace {
 
 constexpr int64_t kBlockRows = 64;  // query rows per task (times the group size when stacked)
+// Stacked rows per strip on AMX tiles: two tiles' rows (16-row strips read each K^T / V slice
+// twice as often and measured slower).
+constexpr int64_t kTileStrip = 32;
+// On AMX tiles a block's key range starts and ends on this many keys (the tile products' depth;
+// the keys added are masked like any other key out of range).
+constexpr int64_t kTileKeys = 32;
 
 struct Geometry {
   int64_t B = 0, T = 0, Hq = 0, Hkv = 0, D = 0, G = 0;
   float scale = 1.0f;
   bool causal = true;
   bool has_docs = false;
+  bool tiles = false;  // bf16 products on AMX tiles, in strips (tiles_fit)
 };
+
+// The AMX route's shapes: key ranges rounded to kTileKeys within T, whole strips per block and
+// a head dimension of whole tile depths.
+bool tiles_fit(const Geometry& g) {
+  return g.T % kTileKeys == 0 && g.D % 32 == 0 && (g.G * kBlockRows) % kTileStrip == 0 &&
+         (g.G * (g.T % kBlockRows)) % kTileStrip == 0;
+}
 
 // The keys query row i (of one batch row) may see lie in [lo[i], hi[i]); within that range a key
 // also needs the same document id when documents are given.
@@ -93,6 +113,10 @@ std::vector<Block> make_blocks(const Geometry& g, const MaskInfo& m) {
           ks = std::min(ks, m.lo[static_cast<size_t>(b * g.T + i)]);
           ke = std::max(ke, m.hi[static_cast<size_t>(b * g.T + i)]);
         }
+        if (g.tiles && ke > ks) {
+          ks = ks / kTileKeys * kTileKeys;
+          ke = std::min(g.T, (ke + kTileKeys - 1) / kTileKeys * kTileKeys);
+        }
         blocks.push_back({b, hk, i0, nq, ks, std::max<int64_t>(ke - ks, 0)});
       }
   return blocks;
@@ -140,6 +164,38 @@ struct Operand {
     const int64_t offset = ((b * g.Hkv + hk) * g.T + pos) * per_t;
     return rounded() ? static_cast<const void*>(static_cast<const bf16_t*>(t.data_bytes()) + offset)
                      : static_cast<const void*>(static_cast<const float*>(t.data_bytes()) + offset);
+  }
+};
+
+// On AMX tiles, the B operands of the strip products in pairs (tile_gemm.h), per (batch, kv
+// head) group, made once per call from the grouped bf16 copies: K^T and V^T for the scores (S =
+// Q K^T, dP = dO V^T; pair-rows of T keys) and K and V for the output and dQ (O = P V, dQ = dS
+// K; pair-rows of D).
+struct TilePair {
+  Tensor t;
+  bool transposed = false;
+  TilePair() = default;
+  TilePair(const Geometry& g, const Operand& x, bool transpose) : transposed(transpose) {
+    t = Tensor::empty({g.B * g.Hkv, g.T * g.D}, DType::BF16);
+    const auto* src = static_cast<const bf16_t*>(x.t.data_bytes());
+    auto* dst = static_cast<bf16_t*>(t.data_bytes());
+    const int64_t groups = g.B * g.Hkv, n = g.T * g.D;
+#pragma omp parallel for schedule(static) if (groups > 1 && groups * n >= kParallelMinElements)
+    for (int64_t i = 0; i < groups; ++i) {
+      if (transposed)
+        to_pairs_transposed(src + i * n, g.T, g.D, g.D, dst + i * n, g.T);
+      else
+        to_pairs(src + i * n, g.T, g.D, g.D, dst + i * n, g.D);
+    }
+  }
+  // The block's keys: B's first column (transposed) or first pair-row, and the pairs per row.
+  const bf16_t* at(const Geometry& g, const Block& blk) const {
+    const auto* base =
+        static_cast<const bf16_t*>(t.data_bytes()) + (blk.b * g.Hkv + blk.hk) * g.T * g.D;
+    return transposed ? base + 2 * blk.ks : base + blk.ks * g.D;
+  }
+  int64_t ldp(const Geometry& g) const {
+    return transposed ? g.T : g.D;
   }
 };
 
@@ -250,8 +306,10 @@ Scratch& scratch(const Geometry& g, bool bf16, bool backward) {
 }
 
 // One block of the forward: rows of out and lse that no other block touches.
+// With AMX tiles kt / vp are K^T and V in pairs (TilePair), else null.
 void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
-                   const Operand& k, const Operand& v, float* out, float* lse, Scratch& w) {
+                   const Operand& k, const Operand& v, const TilePair* kt, const TilePair* vp,
+                   float* out, float* lse, Scratch& w) {
   const VecKernels& vk = vec_kernels();
   const bool bf16 = q.rounded();
   const int64_t R = g.G * blk.nq;
@@ -264,13 +322,11 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
   }
   const void* keys = k.at(g, blk.b, blk.hk, blk.ks);
   const void* values = v.at(g, blk.b, blk.hk, blk.ks);
-  // S = scale Q K^T
-  block_gemm(bf16, R, blk.nk, g.D, g.scale, {q.at(g, blk.b, blk.hk, blk.i0), g.D, 1},
-             {keys, 1, g.D}, w.p, blk.nk, false);
+  const void* queries = q.at(g, blk.b, blk.hk, blk.i0);
   const int32_t* docs = block_docs(g, m, blk);
-  // Each row's softmax: f32 probabilities in place, or (bf16) the unnormalized e^(s - max)
+  // Row r's softmax: f32 probabilities in place, or (bf16) the unnormalized e^(s - max)
   // rounded into p_b with the row's 1 / sum applied to its output row instead.
-  for (int64_t r = 0; r < R; ++r) {
+  const auto softmax_row = [&](int64_t r) {
     float* sr = w.p + r * blk.nk;
     const RowRange rr = row_range(g, m, blk, r);
     const int64_t n = rr.hi - rr.lo;
@@ -289,28 +345,45 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
         std::fill(pr + rr.lo, pr + blk.nk, bf16_t{0});
         w.inv_sum[r] = 0.0f;
         row_lse = mx;
-        continue;
+        return;
       }
       std::fill(sv + n, sr + blk.nk, -std::numeric_limits<float>::infinity());
       const float l = vk.exp_sum_bf16(sv, pr + rr.lo, blk.nk - rr.lo, mx);
       w.inv_sum[r] = 1.0f / l;
       row_lse = mx + std::log(l);
-      continue;
+      return;
     }
     std::fill(sr, sv, 0.0f);
     std::fill(sv + n, sr + blk.nk, 0.0f);
     if (!visible) {  // no visible key: output 0
       std::fill(sv, sv + n, 0.0f);
       row_lse = mx;
-      continue;
+      return;
     }
     const float l = vk.exp_sum(sv, sv, n, mx);
     vk.scale(sv, n, 1.0f / l);
     row_lse = mx + std::log(l);
+  };
+  if (g.tiles) {
+    // Per strip: S = scale Q K^T, its softmax, O = P V, all while the strip is in L1.
+    const auto* qb = static_cast<const bf16_t*>(queries);
+    for (int64_t r0 = 0; r0 < R; r0 += kTileStrip) {
+      amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, g.scale, qb + r0 * g.D, g.D, kt->at(g, blk),
+                          kt->ldp(g), w.p + r0 * blk.nk, blk.nk, false);
+      for (int64_t r = r0; r < r0 + kTileStrip; ++r) softmax_row(r);
+      amx_gemm_bf16_pairs(kTileStrip, g.D, blk.nk, 1.0f, w.p_b + r0 * blk.nk, blk.nk,
+                          vp->at(g, blk), vp->ldp(g), w.out_rows + r0 * g.D, g.D, false);
+    }
+  } else {
+    // S = scale Q K^T
+    block_gemm(bf16, R, blk.nk, g.D, g.scale, {queries, g.D, 1}, {keys, 1, g.D}, w.p, blk.nk,
+               false);
+    for (int64_t r = 0; r < R; ++r) softmax_row(r);
+    // O = P V
+    block_gemm(bf16, R, g.D, blk.nk, 1.0f,
+               {bf16 ? static_cast<const void*>(w.p_b) : w.p, blk.nk, 1}, {values, g.D, 1},
+               w.out_rows, g.D, false);
   }
-  // O = P V
-  block_gemm(bf16, R, g.D, blk.nk, 1.0f, {bf16 ? static_cast<const void*>(w.p_b) : w.p, blk.nk, 1},
-             {values, g.D, 1}, w.out_rows, g.D, false);
   if (bf16)
     for (int64_t r = 0; r < R; ++r) vk.scale(w.out_rows + r * g.D, g.D, w.inv_sum[r]);
   scatter_rows(g, blk, w.out_rows, out);
@@ -321,6 +394,8 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
 void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<Block>& blocks,
                        const Operand& q, const Operand& k, const Operand& v, float* out,
                        float* lse) {
+  const TilePair kt = g.tiles ? TilePair(g, k, true) : TilePair();
+  const TilePair vp = g.tiles ? TilePair(g, v, false) : TilePair();
   std::vector<int64_t> order(blocks.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
@@ -332,8 +407,8 @@ void attention_forward(const Geometry& g, const MaskInfo& m, const std::vector<B
     Scratch& w = scratch(g, q.rounded(), false);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < n; ++i)
-      forward_block(g, m, blocks[static_cast<size_t>(order[static_cast<size_t>(i)])], q, k, v, out,
-                    lse, w);
+      forward_block(g, m, blocks[static_cast<size_t>(order[static_cast<size_t>(i)])], q, k, v, &kt,
+                    &vp, out, lse, w);
   }
 }
 
@@ -355,9 +430,11 @@ std::vector<float> row_deltas(const Geometry& g, const float* out, const float* 
   return delta;
 }
 
+// With AMX tiles kt / vt / kp are K^T, V^T and K in pairs (TilePair), else null.
 void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
-                    const Operand& k, const Operand& v, const float* delta, const Operand& dout,
-                    const float* lse, Grads grads, Scratch& w) {
+                    const Operand& k, const Operand& v, const TilePair* kt, const TilePair* vt,
+                    const TilePair* kp, const float* delta, const Operand& dout, const float* lse,
+                    Grads grads, Scratch& w) {
   if (blk.nk == 0) {  // no visible keys: zero gradients (dK, dV start at zero; dQ's rows
                       // are written by their block alone)
     if (grads.dq)
@@ -373,11 +450,10 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
   const void* dos = dout.at(g, blk.b, blk.hk, blk.i0);
   const void* keys = k.at(g, blk.b, blk.hk, blk.ks);
   const void* values = v.at(g, blk.b, blk.hk, blk.ks);
-  // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
-  block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {keys, 1, g.D}, w.p, blk.nk, false);
-  block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {values, 1, g.D}, w.dp, blk.nk, false);
   const int32_t* docs = block_docs(g, m, blk);
-  for (int64_t r = 0; r < R; ++r) {
+  // Row r's P = exp(scale Q K^T - lse) under the mask and dS = P * (dP - delta), from its S and
+  // dP in w.p and w.dp.
+  const auto gradient_row = [&](int64_t r) {
     float* pr = w.p + r * blk.nk;
     float* dpr = w.dp + r * blk.nk;
     const float row_lse = lse[lse_index(g, blk, r)];
@@ -397,29 +473,51 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
       if (n == 0) {
         std::fill(pb + rr.lo, pb + blk.nk, bf16_t{0});
         std::fill(dsb + rr.lo, dsb + blk.nk, bf16_t{0});
-        continue;
+        return;
       }
       std::fill(pv + n, pr + blk.nk, -std::numeric_limits<float>::infinity());
       vk.softmax_grad_bf16(pv, dpr + rr.lo, blk.nk - rr.lo, row_lse, delta_r, pb + rr.lo,
                            dsb + rr.lo);
-      continue;
+      return;
     }
     std::fill(pr, pr + rr.lo, 0.0f);
     std::fill(pr + rr.lo + n, pr + blk.nk, 0.0f);
     std::fill(dpr, dpr + rr.lo, 0.0f);
     std::fill(dpr + rr.lo + n, dpr + blk.nk, 0.0f);
-    if (n == 0) continue;
+    if (n == 0) return;
     vk.exp_scale(pv, pv, n, row_lse, 1.0f);  // P = exp(S - lse)
     vk.softmax_grad(pv, dpr + rr.lo, n, delta_r);  // dS = P * (dP - delta)
-  }
+  };
   const void* ds = bf16 ? static_cast<const void*>(w.dp_b) : w.dp;
   const void* p = bf16 ? static_cast<const void*>(w.p_b) : w.p;
-  const int64_t kv = ((blk.b * g.Hkv + blk.hk) * g.T + blk.ks) * g.D;
-  if (grads.dq) {  // dQ = scale dS K
-    block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {keys, g.D, 1}, w.out_rows, g.D,
-               false);
-    scatter_rows(g, blk, w.out_rows, grads.dq);
+  if (g.tiles) {
+    // Per strip: S = scale Q K^T and dP = dO V^T, the strip's P and dS, dQ = scale dS K, all
+    // while the strip is in L1.
+    const auto* qb = static_cast<const bf16_t*>(qs);
+    const auto* dob = static_cast<const bf16_t*>(dos);
+    for (int64_t r0 = 0; r0 < R; r0 += kTileStrip) {
+      amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, g.scale, qb + r0 * g.D, g.D, kt->at(g, blk),
+                          kt->ldp(g), w.p + r0 * blk.nk, blk.nk, false);
+      amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, 1.0f, dob + r0 * g.D, g.D, vt->at(g, blk),
+                          vt->ldp(g), w.dp + r0 * blk.nk, blk.nk, false);
+      for (int64_t r = r0; r < r0 + kTileStrip; ++r) gradient_row(r);
+      if (grads.dq)
+        amx_gemm_bf16_pairs(kTileStrip, g.D, blk.nk, g.scale, w.dp_b + r0 * blk.nk, blk.nk,
+                            kp->at(g, blk), kp->ldp(g), w.out_rows + r0 * g.D, g.D, false);
+    }
+    if (grads.dq) scatter_rows(g, blk, w.out_rows, grads.dq);
+  } else {
+    // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
+    block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {keys, 1, g.D}, w.p, blk.nk, false);
+    block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {values, 1, g.D}, w.dp, blk.nk, false);
+    for (int64_t r = 0; r < R; ++r) gradient_row(r);
+    if (grads.dq) {  // dQ = scale dS K
+      block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {keys, g.D, 1}, w.out_rows, g.D,
+                 false);
+      scatter_rows(g, blk, w.out_rows, grads.dq);
+    }
   }
+  const int64_t kv = ((blk.b * g.Hkv + blk.hk) * g.T + blk.ks) * g.D;
   if (grads.dk)  // dK += scale dS^T Q
     block_gemm(bf16, blk.nk, g.D, R, g.scale, {ds, 1, blk.nk}, {qs, g.D, 1}, grads.dk + kv, g.D,
                true);
@@ -434,6 +532,9 @@ void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<
                         const Operand& q, const Operand& k, const Operand& v, const float* out,
                         const float* dout_f32, const Operand& dout, const float* lse, Grads grads) {
   const std::vector<float> delta = row_deltas(g, out, dout_f32);
+  const TilePair kt = g.tiles ? TilePair(g, k, true) : TilePair();
+  const TilePair vt = g.tiles ? TilePair(g, v, true) : TilePair();
+  const TilePair kp = g.tiles && grads.dq ? TilePair(g, k, false) : TilePair();
   const int64_t groups = g.B * g.Hkv;
   const int64_t per_group = static_cast<int64_t>(blocks.size()) / std::max<int64_t>(groups, 1);
 #pragma omp parallel if (groups > 1)
@@ -442,8 +543,8 @@ void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<
 #pragma omp for schedule(dynamic, 1)
     for (int64_t gr = 0; gr < groups; ++gr)
       for (int64_t i = gr * per_group; i < (gr + 1) * per_group; ++i)
-        backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, delta.data(), dout, lse,
-                       grads, w);
+        backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, &kt, &vt, &kp, delta.data(),
+                       dout, lse, grads, w);
   }
 }
 
@@ -495,9 +596,10 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   g.scale = options.scale != 0.0f ? options.scale : 1.0f / std::sqrt(static_cast<float>(g.D));
 
   const Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
+  const bool bf16 = resolve_precision(options.precision) == Precision::BF16;
+  g.tiles = bf16 && tiles_fit(g) && amx_tiles_available();
   auto mask = std::make_shared<MaskInfo>(build_mask(g, options.document_ids));
   auto blocks = std::make_shared<std::vector<Block>>(make_blocks(g, *mask));
-  const bool bf16 = resolve_precision(options.precision) == Precision::BF16;
   // The products' rounded q, k, v: kept for a checkpoint's recompute (which then reads nothing
   // of q, k, v and only records the graph) and for the backward, with bf16 products and
   // options.keep_for_recompute; otherwise made here and again in the backward.

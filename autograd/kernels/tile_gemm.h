@@ -1,0 +1,46 @@
+// Small bf16 products on AMX tiles (Intel's Advanced Matrix Extensions), for attention's block
+// products. A call costs well under a microsecond to start (oneDNN 2.6's matmul ~3-4 us), so
+// attention can make a block's scores 32 query rows at a time and use each strip at once while it
+// is in cache; oneDNN's product of a whole block's scores ([192 x 64] . [64 x 512]) ran at ~330
+// GFLOP/s on one Sapphire Rapids core, bound by writing the 393 KB of f32 scores out to L2. Only
+// where the CPU has AMX-BF16 and the kernel grants the tile state; callers check
+// amx_tiles_available() and keep another route for every other CPU.
+#pragma once
+
+#include <cstdint>
+
+#include "autograd/quant/quant.h"  // bf16_t
+
+namespace loom {
+
+// AMX-TILE and AMX-BF16 in cpuid, the tile state enabled by the OS and granted to this process
+// (arch_prctl), and not switched off by LOOM_NO_AMX=1 or set_amx_tiles_allowed(false).
+bool amx_tiles_available();
+// Tests compare the AMX route against the other one in one process.
+void set_amx_tiles_allowed(bool allowed);
+
+// B operands are given "in pairs" (AMX's VNNI layout): element (k, n) of B [K x N] at
+// pairs[(k / 2) * 2 * ldp + 2 * n + k % 2], i.e. row k/2 of the pairs holds the two rows k, k+1
+// of B interleaved, ldp pairs (columns) per pair-row.
+//
+// C [M x N] f32 (row stride ldc) = alpha * A . B (+ C when accumulate); A [M x K] bf16 row-major
+// (row stride lda). M and N multiples of 16, K of 32. One thread: the calling one.
+void amx_gemm_bf16_pairs(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A, int64_t lda,
+                         const bf16_t* B_pairs, int64_t ldp, float* C, int64_t ldc,
+                         bool accumulate);
+
+// The pair layouts, from a row-major [rows x cols] bf16 matrix S (row stride lds):
+// B = S: pairs row r/2 of S's rows r, r+1 (rows even); ldp >= cols.
+void to_pairs(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs, int64_t ldp);
+// B = S^T [cols x rows]: pairs row c/2 holds S's columns c, c+1 (cols even); ldp >= rows.
+void to_pairs_transposed(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs,
+                         int64_t ldp);
+
+namespace detail {
+// The kernel (tile_gemm_amx.cpp), after amx_tiles_available().
+void amx_gemm_bf16_pairs_kernel(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+                                int64_t lda, const bf16_t* B_pairs, int64_t ldp, float* C,
+                                int64_t ldc, bool accumulate);
+}  // namespace detail
+
+}  // namespace loom
