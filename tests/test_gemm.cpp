@@ -891,12 +891,13 @@ TEST(Gemm, Bf16GemmMatchesScalarReference) {
 }
 
 // The pair layouts (tile_gemm.h) against their definition, element (k, n) of B at
-// pairs[(k / 2) * 2 * ldp + 2 * n + k % 2], with padding between pair-rows left untouched.
+// pairs[(k / 2) * 2 * ldp + 2 * n + k % 2], with padding between pair-rows left untouched
+// (70 columns: where AMX exists, to_pairs runs 32 columns at a time with AVX-512, then a tail).
 TEST(TileGemm, PairLayoutsPlaceEveryElement) {
-  const int64_t rows = 6, cols = 10, lds = 13, ldp = 12;  // S [6 x 10] in a wider buffer
+  const int64_t rows = 6, cols = 70, lds = 75, ldp = 72;  // S [6 x 70] in a wider buffer
   std::vector<uint16_t> s(static_cast<size_t>(rows * lds));
   for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<uint16_t>(i + 1);
-  // B = S [6 x 10]: 3 pair-rows of 10 pairs; B = S^T [10 x 6]: 5 pair-rows of 6 pairs.
+  // B = S [6 x 70]: 3 pair-rows of 70 pairs; B = S^T [70 x 6]: 35 pair-rows of 6 (of 72) pairs.
   std::vector<uint16_t> p(static_cast<size_t>(rows / 2 * 2 * ldp), 0xdead);
   to_pairs(s.data(), rows, cols, lds, p.data(), ldp);
   for (int64_t k = 0; k < rows; ++k)
@@ -913,6 +914,32 @@ TEST(TileGemm, PairLayoutsPlaceEveryElement) {
     for (int64_t j = 2 * rows; j < 2 * ldp; ++j) EXPECT_EQ(pt[r * 2 * ldp + j], 0xdead);
   EXPECT_THROW(to_pairs(s.data(), 5, cols, lds, p.data(), ldp), Error);  // odd row count
   EXPECT_THROW(to_pairs_transposed(s.data(), rows, 9, lds, pt.data(), ldp), Error);
+  if (amx_tiles_available()) {  // the portable loops agree with the AVX-512 one
+    set_amx_tiles_allowed(false);
+    std::vector<uint16_t> portable(p.size(), 0xdead);
+    to_pairs(s.data(), rows, cols, lds, portable.data(), ldp);
+    set_amx_tiles_allowed(true);
+    EXPECT_EQ(portable, p);
+  }
+}
+
+// transpose_bf16_rows32 against the definition, over several 32-column blocks, with strides
+// wider than the matrices and the output's padding left untouched.
+TEST(TileGemm, TransposeOf32RowsPlacesEveryElement) {
+  if (!amx_tiles_available())
+    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
+  for (int64_t cols : {32, 96}) {
+    const int64_t ldi = cols + 5, ldo = 40;
+    std::vector<uint16_t> in(static_cast<size_t>(32 * ldi));
+    for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint16_t>(i * 7 + 3);
+    std::vector<uint16_t> out(static_cast<size_t>(cols * ldo), 0xdead);
+    transpose_bf16_rows32(in.data(), ldi, cols, out.data(), ldo);
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t i = 0; i < ldo; ++i)
+        EXPECT_EQ(out[j * ldo + i], i < 32 ? in[i * ldi + j] : 0xdead) << j << "," << i;
+  }
+  std::vector<uint16_t> buf(64 * 64);
+  EXPECT_THROW(transpose_bf16_rows32(buf.data(), 64, 48, buf.data(), 32), Error);
 }
 
 // The AMX tile product against ref::gemm_bf16 on the same bf16 bits (exact products, f32 sums

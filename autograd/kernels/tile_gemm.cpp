@@ -72,10 +72,18 @@ void amx_gemm_bf16_pairs(int64_t M, int64_t N, int64_t K, float alpha, const bf1
   detail::amx_gemm_bf16_pairs_kernel(M, N, K, alpha, A, lda, B_pairs, ldp, C, ldc, accumulate);
 }
 
+void transpose_bf16_rows32(const bf16_t* in, int64_t ldi, int64_t cols, bf16_t* out, int64_t ldo) {
+  LOOM_CHECK(amx_tiles_available(), "transpose_bf16_rows32: runs only where AMX tiles do");
+  LOOM_CHECK(cols >= 0 && cols % 32 == 0 && ldi >= cols && ldo >= 32,
+             "transpose_bf16_rows32: cols={} (a multiple of 32), ldi={}, ldo={}", cols, ldi, ldo);
+  detail::transpose_bf16_rows32_kernel(in, ldi, cols, out, ldo);
+}
+
 void to_pairs(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs,
               int64_t ldp) {
   LOOM_CHECK(rows % 2 == 0 && ldp >= cols, "to_pairs: {} rows (must be even), ldp {} < {} cols",
              rows, ldp, cols);
+  if (amx_tiles_available()) return detail::to_pairs_kernel(S, rows, cols, lds, pairs, ldp);
   for (int64_t r = 0; r < rows; r += 2) {
     const bf16_t* s0 = S + r * lds;
     const bf16_t* s1 = s0 + lds;

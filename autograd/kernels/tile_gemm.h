@@ -36,7 +36,15 @@ void to_pairs(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* 
 void to_pairs_transposed(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs,
                          int64_t ldp);
 
+// out [cols x 32] (row stride ldo) = the transpose of in [32 x cols] (row stride ldi), bf16;
+// cols a multiple of 32. Needs AVX-512 (every CPU with AMX has it): after amx_tiles_available().
+void transpose_bf16_rows32(const bf16_t* in, int64_t ldi, int64_t cols, bf16_t* out, int64_t ldo);
+
 namespace detail {
+void to_pairs_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs,
+                     int64_t ldp);
+void transpose_bf16_rows32_kernel(const bf16_t* in, int64_t ldi, int64_t cols, bf16_t* out,
+                                  int64_t ldo);
 // The kernel (tile_gemm_amx.cpp), after amx_tiles_available().
 void amx_gemm_bf16_pairs_kernel(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
                                 int64_t lda, const bf16_t* B_pairs, int64_t ldp, float* C,

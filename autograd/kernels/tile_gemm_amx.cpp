@@ -82,7 +82,89 @@ void block(int64_t K, float alpha, const bf16_t* A, int64_t lda, const bf16_t* B
   if constexpr (MT == 2 && NT == 2) finish(out[3], alpha, C + 16 * ldc + 16, ldc, accumulate);
 }
 
+// Shuffles through their zero-masked forms with every lane kept: GCC 12's unmasked ones pass an
+// undefined vector that -Wmaybe-uninitialized reports.
+constexpr __mmask8 kAll8 = 0xFF;
+constexpr __mmask16 kAll16 = 0xFFFF;
+constexpr __mmask32 kAll32 = 0xFFFFFFFF;
+
+// The 16 x 16 32-bit matrix in r[0..15] (rows) transposed in place: r[j] = old column j.
+inline void transpose_16x16_epi32(__m512i* r) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: pairs of rows interleaved
+    a[i] = _mm512_maskz_unpacklo_epi32(kAll16, r[i], r[i + 1]);
+    a[i + 1] = _mm512_maskz_unpackhi_epi32(kAll16, r[i], r[i + 1]);
+  }
+  // b[4q + c], lane L: column 4L + c of rows 4q .. 4q + 3.
+  for (int q = 0; q < 4; ++q) {
+    b[4 * q + 0] = _mm512_maskz_unpacklo_epi64(kAll8, a[4 * q], a[4 * q + 2]);
+    b[4 * q + 1] = _mm512_maskz_unpackhi_epi64(kAll8, a[4 * q], a[4 * q + 2]);
+    b[4 * q + 2] = _mm512_maskz_unpacklo_epi64(kAll8, a[4 * q + 1], a[4 * q + 3]);
+    b[4 * q + 3] = _mm512_maskz_unpackhi_epi64(kAll8, a[4 * q + 1], a[4 * q + 3]);
+  }
+  // Column 4L + c gathers lane L of b[c], b[4 + c], b[8 + c], b[12 + c].
+  for (int c = 0; c < 4; ++c) {
+    const __m512i c0 =
+        _mm512_maskz_shuffle_i32x4(kAll16, b[c], b[4 + c], 0x88);  // lanes 0, 2 of each
+    const __m512i c1 = _mm512_maskz_shuffle_i32x4(kAll16, b[c], b[4 + c], 0xDD);  // lanes 1, 3
+    const __m512i c2 = _mm512_maskz_shuffle_i32x4(kAll16, b[8 + c], b[12 + c], 0x88);
+    const __m512i c3 = _mm512_maskz_shuffle_i32x4(kAll16, b[8 + c], b[12 + c], 0xDD);
+    r[c] = _mm512_maskz_shuffle_i32x4(kAll16, c0, c2, 0x88);
+    r[8 + c] = _mm512_maskz_shuffle_i32x4(kAll16, c0, c2, 0xDD);
+    r[4 + c] = _mm512_maskz_shuffle_i32x4(kAll16, c1, c3, 0x88);
+    r[12 + c] = _mm512_maskz_shuffle_i32x4(kAll16, c1, c3, 0xDD);
+  }
+}
+
 }  // namespace
+
+void transpose_bf16_rows32_kernel(const bf16_t* in, int64_t ldi, int64_t cols, bf16_t* out,
+                                  int64_t ldo) {
+  for (int64_t j0 = 0; j0 < cols; j0 += 32) {
+    // Rows 2i and 2i + 1 interleaved: 32-bit element 4L + c of lo[i] holds both rows' column
+    // j0 + 8L + c, of hi[i] column j0 + 8L + 4 + c (unpack works within 128-bit lanes). A
+    // transposed 32-bit column then holds one bf16 column, all 32 rows in order.
+    __m512i lo[16], hi[16];
+    for (int i = 0; i < 16; ++i) {
+      const __m512i a = _mm512_loadu_si512(in + (2 * i) * ldi + j0);
+      const __m512i b = _mm512_loadu_si512(in + (2 * i + 1) * ldi + j0);
+      lo[i] = _mm512_maskz_unpacklo_epi16(kAll32, a, b);
+      hi[i] = _mm512_maskz_unpackhi_epi16(kAll32, a, b);
+    }
+    transpose_16x16_epi32(lo);
+    transpose_16x16_epi32(hi);
+    for (int p = 0; p < 16; ++p) {
+      const int64_t j = j0 + (p / 4) * 8 + p % 4;
+      _mm512_storeu_si512(out + j * ldo, lo[p]);
+      _mm512_storeu_si512(out + (j + 4) * ldo, hi[p]);
+    }
+  }
+}
+
+void to_pairs_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs,
+                     int64_t ldp) {
+  // unpack interleaves within 128-bit lanes: lo holds columns {0-3, 8-11, 16-19, 24-27} of the
+  // 32, hi {4-7, ...}; two permutes put the 32 pairs back in column order.
+  const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+  const __m512i second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+  for (int64_t r = 0; r < rows; r += 2) {
+    const bf16_t* s0 = S + r * lds;
+    const bf16_t* s1 = s0 + lds;
+    bf16_t* d = pairs + r * ldp;  // pair-row r / 2
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+      const __m512i a = _mm512_loadu_si512(s0 + c), b = _mm512_loadu_si512(s1 + c);
+      const __m512i lo = _mm512_maskz_unpacklo_epi16(kAll32, a, b);
+      const __m512i hi = _mm512_maskz_unpackhi_epi16(kAll32, a, b);
+      _mm512_storeu_si512(d + 2 * c, _mm512_permutex2var_epi64(lo, first, hi));
+      _mm512_storeu_si512(d + 2 * c + 32, _mm512_permutex2var_epi64(lo, second, hi));
+    }
+    for (; c < cols; ++c) {
+      d[2 * c] = s0[c];
+      d[2 * c + 1] = s1[c];
+    }
+  }
+}
 
 void amx_gemm_bf16_pairs_kernel(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
                                 int64_t lda, const bf16_t* B_pairs, int64_t ldp, float* C,

@@ -167,36 +167,43 @@ struct Operand {
   }
 };
 
-// On AMX tiles, the B operands of the strip products in pairs (tile_gemm.h), per (batch, kv
+// On AMX tiles, the B operands of the tile products in pairs (tile_gemm.h), per (batch, kv
 // head) group, made once per call from the grouped bf16 copies: K^T and V^T for the scores (S =
-// Q K^T, dP = dO V^T; pair-rows of T keys) and K and V for the output and dQ (O = P V, dQ = dS
-// K; pair-rows of D).
+// Q K^T, dP = dO V^T; pair-rows of T keys), K and V for the output and dQ (O = P V, dQ = dS K;
+// pair-rows of D), and the stacked rows of Q and dO for dK and dV (dK = dS^T Q, dV = P^T dO).
 struct TilePair {
   Tensor t;
   bool transposed = false;
+  int64_t rows = 0;  // per group: T, or T * G for q and dO
   TilePair() = default;
-  TilePair(const Geometry& g, const Operand& x, bool transpose) : transposed(transpose) {
-    t = Tensor::empty({g.B * g.Hkv, g.T * g.D}, DType::BF16);
+  TilePair(const Geometry& g, const Operand& x, bool transpose)
+      : transposed(transpose), rows(g.T * x.per_t / g.D) {
+    t = Tensor::empty({g.B * g.Hkv, rows * g.D}, DType::BF16);
     const auto* src = static_cast<const bf16_t*>(x.t.data_bytes());
     auto* dst = static_cast<bf16_t*>(t.data_bytes());
-    const int64_t groups = g.B * g.Hkv, n = g.T * g.D;
+    const int64_t groups = g.B * g.Hkv, n = rows * g.D;
 #pragma omp parallel for schedule(static) if (groups > 1 && groups * n >= kParallelMinElements)
     for (int64_t i = 0; i < groups; ++i) {
       if (transposed)
-        to_pairs_transposed(src + i * n, g.T, g.D, g.D, dst + i * n, g.T);
+        to_pairs_transposed(src + i * n, rows, g.D, g.D, dst + i * n, rows);
       else
-        to_pairs(src + i * n, g.T, g.D, g.D, dst + i * n, g.D);
+        to_pairs(src + i * n, rows, g.D, g.D, dst + i * n, g.D);
     }
   }
-  // The block's keys: B's first column (transposed) or first pair-row, and the pairs per row.
-  const bf16_t* at(const Geometry& g, const Block& blk) const {
+  // B from row `row0` (even) of the block's group on: its first column (transposed) or first
+  // pair-row.
+  const bf16_t* at(const Geometry& g, const Block& blk, int64_t row0) const {
     const auto* base =
-        static_cast<const bf16_t*>(t.data_bytes()) + (blk.b * g.Hkv + blk.hk) * g.T * g.D;
-    return transposed ? base + 2 * blk.ks : base + blk.ks * g.D;
+        static_cast<const bf16_t*>(t.data_bytes()) + (blk.b * g.Hkv + blk.hk) * rows * g.D;
+    return transposed ? base + 2 * row0 : base + row0 * g.D;
+  }
+  // From the block's first key (K and V).
+  const bf16_t* at(const Geometry& g, const Block& blk) const {
+    return at(g, blk, blk.ks);
   }
   int64_t ldp(const Geometry& g) const {
-    return transposed ? g.T : g.D;
-  }
+    return transposed ? rows : g.D;
+  }  // pairs per pair-row
 };
 
 // Copies the block's stacked [nq * G x D] rows into a [B, T, Hq, D] tensor: G heads of one
@@ -281,6 +288,7 @@ struct Buffer {
 struct Scratch {
   float *out_rows = nullptr, *p = nullptr, *dp = nullptr, *inv_sum = nullptr;
   bf16_t *p_b = nullptr, *dp_b = nullptr;
+  bf16_t *p_t = nullptr, *ds_t = nullptr;  // on AMX tiles: P^T and dS^T [nk x rows]
   void prepare(const Geometry& g, bool bf16, bool backward) {
     const size_t rows = static_cast<size_t>(g.G * kBlockRows * g.D);
     const size_t probs = static_cast<size_t>(g.G * kBlockRows * g.T);
@@ -292,11 +300,15 @@ struct Scratch {
       p_b = b_[0].get(probs);
       if (backward) dp_b = b_[1].get(probs);
     }
+    if (backward && g.tiles) {
+      p_t = b_[2].get(probs);
+      ds_t = b_[3].get(probs);
+    }
   }
 
  private:
   Buffer<float> f_[4];
-  Buffer<bf16_t> b_[2];
+  Buffer<bf16_t> b_[4];
 };
 
 Scratch& scratch(const Geometry& g, bool bf16, bool backward) {
@@ -430,11 +442,14 @@ std::vector<float> row_deltas(const Geometry& g, const float* out, const float* 
   return delta;
 }
 
-// With AMX tiles kt / vt / kp are K^T, V^T and K in pairs (TilePair), else null.
+// The B operands on AMX tiles (TilePair; null elsewhere).
+struct BackwardPairs {
+  const TilePair *kt, *vt, *k, *q, *dout;
+};
+
 void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
-                    const Operand& k, const Operand& v, const TilePair* kt, const TilePair* vt,
-                    const TilePair* kp, const float* delta, const Operand& dout, const float* lse,
-                    Grads grads, Scratch& w) {
+                    const Operand& k, const Operand& v, const BackwardPairs& tp, const float* delta,
+                    const Operand& dout, const float* lse, Grads grads, Scratch& w) {
   if (blk.nk == 0) {  // no visible keys: zero gradients (dK, dV start at zero; dQ's rows
                       // are written by their block alone)
     if (grads.dq)
@@ -491,31 +506,41 @@ void backward_block(const Geometry& g, const MaskInfo& m, const Block& blk, cons
   const void* ds = bf16 ? static_cast<const void*>(w.dp_b) : w.dp;
   const void* p = bf16 ? static_cast<const void*>(w.p_b) : w.p;
   if (g.tiles) {
-    // Per strip: S = scale Q K^T and dP = dO V^T, the strip's P and dS, dQ = scale dS K, all
-    // while the strip is in L1.
+    // Per strip: S = scale Q K^T and dP = dO V^T, the strip's P and dS, dQ = scale dS K, and P
+    // and dS transposed for dK and dV, all while the strip is in cache.
     const auto* qb = static_cast<const bf16_t*>(qs);
     const auto* dob = static_cast<const bf16_t*>(dos);
     for (int64_t r0 = 0; r0 < R; r0 += kTileStrip) {
-      amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, g.scale, qb + r0 * g.D, g.D, kt->at(g, blk),
-                          kt->ldp(g), w.p + r0 * blk.nk, blk.nk, false);
-      amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, 1.0f, dob + r0 * g.D, g.D, vt->at(g, blk),
-                          vt->ldp(g), w.dp + r0 * blk.nk, blk.nk, false);
+      amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, g.scale, qb + r0 * g.D, g.D, tp.kt->at(g, blk),
+                          tp.kt->ldp(g), w.p + r0 * blk.nk, blk.nk, false);
+      amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, 1.0f, dob + r0 * g.D, g.D, tp.vt->at(g, blk),
+                          tp.vt->ldp(g), w.dp + r0 * blk.nk, blk.nk, false);
       for (int64_t r = r0; r < r0 + kTileStrip; ++r) gradient_row(r);
       if (grads.dq)
         amx_gemm_bf16_pairs(kTileStrip, g.D, blk.nk, g.scale, w.dp_b + r0 * blk.nk, blk.nk,
-                            kp->at(g, blk), kp->ldp(g), w.out_rows + r0 * g.D, g.D, false);
+                            tp.k->at(g, blk), tp.k->ldp(g), w.out_rows + r0 * g.D, g.D, false);
+      if (grads.dk) transpose_bf16_rows32(w.dp_b + r0 * blk.nk, blk.nk, blk.nk, w.ds_t + r0, R);
+      if (grads.dv) transpose_bf16_rows32(w.p_b + r0 * blk.nk, blk.nk, blk.nk, w.p_t + r0, R);
     }
     if (grads.dq) scatter_rows(g, blk, w.out_rows, grads.dq);
-  } else {
-    // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
-    block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {keys, 1, g.D}, w.p, blk.nk, false);
-    block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {values, 1, g.D}, w.dp, blk.nk, false);
-    for (int64_t r = 0; r < R; ++r) gradient_row(r);
-    if (grads.dq) {  // dQ = scale dS K
-      block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {keys, g.D, 1}, w.out_rows, g.D,
-                 false);
-      scatter_rows(g, blk, w.out_rows, grads.dq);
-    }
+    const int64_t row0 = blk.i0 * g.G;  // the block's first stacked row
+    const int64_t kv = ((blk.b * g.Hkv + blk.hk) * g.T + blk.ks) * g.D;
+    if (grads.dk)  // dK += scale dS^T Q
+      amx_gemm_bf16_pairs(blk.nk, g.D, R, g.scale, w.ds_t, R, tp.q->at(g, blk, row0), tp.q->ldp(g),
+                          grads.dk + kv, g.D, true);
+    if (grads.dv)  // dV += P^T dO
+      amx_gemm_bf16_pairs(blk.nk, g.D, R, 1.0f, w.p_t, R, tp.dout->at(g, blk, row0),
+                          tp.dout->ldp(g), grads.dv + kv, g.D, true);
+    return;
+  }
+  // P = exp(scale Q K^T - lse) under the mask; dP = dO V^T.
+  block_gemm(bf16, R, blk.nk, g.D, g.scale, {qs, g.D, 1}, {keys, 1, g.D}, w.p, blk.nk, false);
+  block_gemm(bf16, R, blk.nk, g.D, 1.0f, {dos, g.D, 1}, {values, 1, g.D}, w.dp, blk.nk, false);
+  for (int64_t r = 0; r < R; ++r) gradient_row(r);
+  if (grads.dq) {  // dQ = scale dS K
+    block_gemm(bf16, R, g.D, blk.nk, g.scale, {ds, blk.nk, 1}, {keys, g.D, 1}, w.out_rows, g.D,
+               false);
+    scatter_rows(g, blk, w.out_rows, grads.dq);
   }
   const int64_t kv = ((blk.b * g.Hkv + blk.hk) * g.T + blk.ks) * g.D;
   if (grads.dk)  // dK += scale dS^T Q
@@ -535,6 +560,9 @@ void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<
   const TilePair kt = g.tiles ? TilePair(g, k, true) : TilePair();
   const TilePair vt = g.tiles ? TilePair(g, v, true) : TilePair();
   const TilePair kp = g.tiles && grads.dq ? TilePair(g, k, false) : TilePair();
+  const TilePair qp = g.tiles && grads.dk ? TilePair(g, q, false) : TilePair();
+  const TilePair dop = g.tiles && grads.dv ? TilePair(g, dout, false) : TilePair();
+  const BackwardPairs tp{&kt, &vt, &kp, &qp, &dop};
   const int64_t groups = g.B * g.Hkv;
   const int64_t per_group = static_cast<int64_t>(blocks.size()) / std::max<int64_t>(groups, 1);
 #pragma omp parallel if (groups > 1)
@@ -543,8 +571,8 @@ void attention_backward(const Geometry& g, const MaskInfo& m, const std::vector<
 #pragma omp for schedule(dynamic, 1)
     for (int64_t gr = 0; gr < groups; ++gr)
       for (int64_t i = gr * per_group; i < (gr + 1) * per_group; ++i)
-        backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, &kt, &vt, &kp, delta.data(),
-                       dout, lse, grads, w);
+        backward_block(g, m, blocks[static_cast<size_t>(i)], q, k, v, tp, delta.data(), dout, lse,
+                       grads, w);
   }
 }
 
