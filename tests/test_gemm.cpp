@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -534,6 +535,61 @@ TEST(Gemm, GroupMatchesReference) {
   const GroupProduct b{narrow.view(), Y.data(), 4, nullptr, 0, 0, 1.0f};
   const GroupProduct ab[] = {{members[0].w.view(), Y.data(), 130, nullptr, 0, 0, 1.0f}, b};
   EXPECT_THROW(linear_forward_group(X.data(), 2, K, U.data(), ldu, u_cols, ab), Error);
+}
+
+// linear_forward_group making U's first columns itself (MadeColumns: u = x A^T for the terms on
+// X, on the bf16 route while X's rows are rounded) gives the bits of making them first with
+// skinny_product and then running the group: the same U (padding columns included, other terms'
+// columns untouched) and the same outputs, on both routes, for one row and for rows in several
+// chunks per thread.
+TEST(Gemm, GroupMakesItsUColumnsAsSkinnyProductWould) {
+  std::mt19937 rng(94);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int64_t K = 192, u_cols = 13, ldu = 16, made_cols = 8;
+  const TestWeight w0 = make_weight(rng, DType::NF4, 130, K),
+                   w1 = make_weight(rng, DType::F32, 20, K),
+                   w2 = make_weight(rng, DType::Q8_0, 24, K);
+  const std::vector<float> B0 = random_matrix(rng, 130, 5, 5, 0.05f, 0.0f),
+                           B1 = random_matrix(rng, 20, 3, 3, 0.05f, 0.0f),
+                           B2 = random_matrix(rng, 24, 4, 4, 0.05f, 0.0f);
+  const std::vector<float> F = random_matrix(rng, K, made_cols, made_cols, 0.1f, 0.0f);
+  for (Precision p : {Precision::F32, Precision::BF16})
+    for (int64_t M : {1, 7, 70}) {
+      SCOPED_TRACE("M=" + std::to_string(M) + (p == Precision::F32 ? " F32" : " BF16"));
+      const int64_t ldx = K + 3;
+      const std::vector<float> X = random_matrix(rng, M, K, ldx, 1.0f, nan);
+      const std::vector<float> U0 = random_matrix(rng, M, u_cols, ldu, 1.0f, nan);
+      auto run = [&](bool make, std::vector<float>& U) {
+        std::vector<float> Y(static_cast<size_t>(M * (130 + 20 + 24)), kOutputPad);
+        const GroupProduct outs[] = {{w0.view(), Y.data(), 130, B0.data(), 5, 3, 1.75f},
+                                     {w1.view(), Y.data() + M * 130, 20, B1.data(), 3, 0, -0.5f},
+                                     {w2.view(), Y.data() + M * 150, 24, B2.data(), 4, 9, 2.0f}};
+        if (make) {
+          for (int64_t r = 0; r < M; ++r) std::fill_n(U.begin() + r * ldu, made_cols, nan);
+          linear_forward_group(X.data(), M, ldx, U.data(), ldu, u_cols, outs, p,
+                               MadeColumns{U.data(), F.data(), made_cols});
+        } else {
+          skinny_product(M, K, made_cols, 1.0f, X.data(), ldx, F.data(), U.data(), ldu);
+          linear_forward_group(X.data(), M, ldx, U.data(), ldu, u_cols, outs, p);
+        }
+        return Y;
+      };
+      std::vector<float> u_first = U0, u_made = U0;
+      const std::vector<float> y_first = run(false, u_first), y_made = run(true, u_made);
+      EXPECT_EQ(0, std::memcmp(u_first.data(), u_made.data(), u_first.size() * sizeof(float)));
+      EXPECT_EQ(0, std::memcmp(y_first.data(), y_made.data(), y_first.size() * sizeof(float)));
+      for (int64_t r = 0; r < M; ++r)  // the made columns are finite: X . F was written
+        for (int64_t c = 0; c < made_cols; ++c) EXPECT_TRUE(std::isfinite(u_made[r * ldu + c]));
+    }
+  // The made columns must be the call's U and lie in its u_cols.
+  std::vector<float> X(2 * K), U(2 * ldu), U2(2 * ldu), Y(2 * 130);
+  const GroupProduct a{w0.view(), Y.data(), 130, B0.data(), 5, 3, 1.0f};
+  EXPECT_THROW(linear_forward_group(X.data(), 2, K, U.data(), ldu, u_cols, {&a, 1}, Precision::F32,
+                                    MadeColumns{U2.data(), F.data(), made_cols}),
+               Error);
+  EXPECT_THROW(linear_forward_group(X.data(), 2, K, U.data(), ldu, u_cols, {&a, 1}, Precision::F32,
+                                    MadeColumns{U.data(), F.data(), u_cols + 1}),
+               Error);
 }
 
 // The skinny LoRA products (skinny.h) against a double reference at the f32 tolerance, for ranks

@@ -186,13 +186,17 @@ void linear_backward_low_rank(const float* dY, int64_t M, int64_t lddy, const We
 
 void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
                           int64_t u_cols, std::span<const GroupProduct> outputs,
-                          Precision precision) {
+                          Precision precision, const MadeColumns& made) {
   const char* op = "linear_forward_group";
   if (outputs.empty()) return;
   const int64_t K = outputs.front().W.cols;
   LOOM_CHECK(u_cols >= 0 && (u_cols == 0 || M == 0 || (U != nullptr && ldu >= u_cols)),
              "{}: low-rank activations of {} columns have row stride {}{}", op, u_cols, ldu,
              U == nullptr ? " and are null" : "");
+  LOOM_CHECK(
+      made.cols == 0 || (made.cols > 0 && made.cols <= u_cols && made.U == U && made.F != nullptr),
+      "{}: {} columns to make must lie in U's {} (same buffer, with a factor)", op, made.cols,
+      u_cols);
   for (size_t i = 0; i < outputs.size(); ++i) {
     const GroupProduct& o = outputs[i];
     check_weight(op, o.W);
@@ -209,7 +213,8 @@ void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U
   if (M == 0) return;
   bool bf16 = resolve_precision(precision) == Precision::BF16 && M > 1 && K > 0;
   for (const GroupProduct& o : outputs) bf16 = bf16 && o.W.rows > 0;
-  if (bf16) return detail::forward_bf16_group(X, M, ldx, U, ldu, u_cols, outputs);
+  if (bf16) return detail::forward_bf16_group(X, M, ldx, U, ldu, u_cols, outputs, made);
+  if (made.cols > 0) skinny_product(M, K, made.cols, 1.0f, X, ldx, made.F, made.U, ldu);
   for (const GroupProduct& o : outputs) {
     const detail::LowRank lr{U + o.u_col, ldu, o.B, o.rank, o.scale};
     detail::linear_forward_tiled(X, M, ldx, o.W, o.Y, o.ldy, false, precision, 0,

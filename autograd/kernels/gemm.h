@@ -83,14 +83,25 @@ struct GroupProduct {
   float scale = 1.0f;
 };
 
+// Columns of linear_forward_group's U that the call makes itself: U[:, 0 : cols] = X . F, F
+// [K x cols] contiguous f32 (the terms reading X itself: u = x A^T), with skinny_product's bits.
+// U is the call's U, writable.
+struct MadeColumns {
+  float* U = nullptr;
+  const float* F = nullptr;
+  int64_t cols = 0;
+};
+
 // Several weights reading the same X (a block's q/k/v, gate/up), each output overwritten with
 // its product and low-rank term, the terms' activations being columns of U [M x u_cols] (row
 // stride ldu). On the bf16 route [X | U] is rounded once for all of them and every term rides
 // along its weight's reduction (the weight's tile gets scale * B in its own U columns, zeros in
-// the others'); elsewhere (f32, one row) each output is linear_forward_low_rank.
+// the others'); elsewhere (f32, one row) each output is linear_forward_low_rank. With `made`,
+// U's first columns are made first: on the bf16 route while X's rows are rounded (X is read
+// from memory once for both), elsewhere by skinny_product.
 void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
                           int64_t u_cols, std::span<const GroupProduct> outputs,
-                          Precision precision = Precision::Auto);
+                          Precision precision = Precision::Auto, const MadeColumns& made = {});
 
 // Plain f32 GEMM for trainable weights and activations (row-major, cblas conventions):
 // C = alpha * op(A) . op(B) + beta * C.

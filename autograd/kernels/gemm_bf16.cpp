@@ -33,6 +33,12 @@ struct Prep {
   int64_t M = 0, width = 0, ld_src = 0;
   const float* tail = nullptr;
   int64_t tail_width = 0, tail_pad = 0, ld_tail = 0;
+  // With make_F: the tail's first make_cols columns (at make_tail, the tail's writable alias)
+  // are made first, src's rows . make_F [width x make_cols], a chunk of rows at a time while
+  // they are in cache.
+  float* make_tail = nullptr;
+  const float* make_F = nullptr;
+  int64_t make_cols = 0;
   bf16_t* dst = nullptr;
   int64_t ld_dst = 0;
   // Weight (when tile is non-null): rows [n0, n0 + rows) of W dequantized into tile (row stride
@@ -69,12 +75,19 @@ void prepare(const Prep& p) {
   const int threads = work < kParallelMin ? 1 : omp_get_max_threads();
   parallel_run(threads, [&](int t, int nt) {
     const int64_t m0 = share_begin(p.M, t, nt), m1 = share_begin(p.M, t + 1, nt);
-    for (int64_t m = m0; m < m1; ++m) {
-      convert_f32_to_bf16(p.src + m * p.ld_src, p.dst + m * p.ld_dst, p.width);
-      if (p.tail) {
-        bf16_t* out = p.dst + m * p.ld_dst + p.width;
-        convert_f32_to_bf16(p.tail + m * p.ld_tail, out, p.tail_width);
-        std::fill_n(out + p.tail_width, p.tail_pad, zero);
+    const int64_t chunk = p.make_F ? kSkinnyRowChunk : std::max<int64_t>(m1 - m0, 1);
+    for (int64_t c0 = m0; c0 < m1; c0 += chunk) {
+      const int64_t c1 = std::min(m1, c0 + chunk);
+      if (p.make_F)
+        skinny_product_rows_avx512(c0, c1, p.width, p.make_cols, 1.0f, p.src, p.ld_src, p.make_F,
+                                   p.make_tail, p.ld_tail);
+      for (int64_t m = c0; m < c1; ++m) {
+        convert_f32_to_bf16(p.src + m * p.ld_src, p.dst + m * p.ld_dst, p.width);
+        if (p.tail) {
+          bf16_t* out = p.dst + m * p.ld_dst + p.width;
+          convert_f32_to_bf16(p.tail + m * p.ld_tail, out, p.tail_width);
+          std::fill_n(out + p.tail_width, p.tail_pad, zero);
+        }
       }
     }
     if (!p.tile) return;
@@ -189,12 +202,14 @@ void forward_bf16(const float* X, int64_t M, int64_t ldx, const WeightView& W, f
 }
 
 void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
-                        int64_t u_cols, std::span<const GroupProduct> outputs) {
+                        int64_t u_cols, std::span<const GroupProduct> outputs,
+                        const MadeColumns& made) {
   if (outputs.empty()) return;
   const int64_t K = outputs.front().W.cols;
   const int64_t Kx = u_cols > 0 ? padded_reduction(K + u_cols) : K;
   bf16_t* xb = scratch_bf16(0, M * Kx);
-  const Prep round = round_activations(X, M, K, ldx, U, ldu, u_cols, xb, Kx);
+  Prep round = round_activations(X, M, K, ldx, U, ldu, u_cols, xb, Kx);
+  if (made.cols > 0) round.make_tail = made.U, round.make_F = made.F, round.make_cols = made.cols;
   for (size_t i = 0; i < outputs.size(); ++i) {
     const GroupProduct& o = outputs[i];
     tiles_forward(xb, M, Kx, o.W, o.B, o.rank, o.u_col, o.scale, o.Y, o.ldy, false,

@@ -81,9 +81,11 @@ void backward_input_bf16_lora(const float* dY, int64_t M, int64_t lddy, const We
                               const float* U, int64_t ldu, float* T, int64_t ldt, float* dB,
                               float* dX, int64_t lddx, bool accumulate, int threads);
 // linear_forward_group's bf16 route: [X | U | zeros] rounded once (U may be null with u_cols 0),
-// then each output's tiles, the output's term in its U columns.
+// U's `made` columns made from X's rows just before they are rounded, then each output's
+// tiles, the output's term in its U columns.
 void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
-                        int64_t u_cols, std::span<const GroupProduct> outputs);
+                        int64_t u_cols, std::span<const GroupProduct> outputs,
+                        const MadeColumns& made);
 
 // oneDNN matmul (gemm_dnnl.cpp): C[M x N] (f32, row stride ldc) = A . B  (+ C if accumulate),
 // A [M x K] bf16 with row stride lda, B [K x N] bf16 with element (k, n) at

@@ -34,6 +34,11 @@ void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const f
                            int64_t ldx, const float* F, float* out, int64_t ldo, int threads);
 void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
                           const float* G, int64_t ldg, float* out, int threads);
+// skinny_product_avx512's rows [m_begin, m_end) on the calling thread (the same bits: each
+// output row is its own sequential sum).
+void skinny_product_rows_avx512(int64_t m_begin, int64_t m_end, int64_t K, int64_t R, float alpha,
+                                const float* X, int64_t ldx, const float* F, float* out,
+                                int64_t ldo);
 // skinny_product_reduce's work for rows [m_begin, m_end) on the calling thread, in the same
 // 32-row chunks (kSkinnyRowChunk): t's rows, and X^T G over those rows into part [K x R]
 // (overwritten, unscaled). Each chunk calls after_chunk(m0, m1) while its rows sit in L2.

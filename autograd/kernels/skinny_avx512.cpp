@@ -176,6 +176,12 @@ void skinny_product_avx512(int64_t M, int64_t K, int64_t R, float alpha, const f
   });
 }
 
+void skinny_product_rows_avx512(int64_t m_begin, int64_t m_end, int64_t K, int64_t R, float alpha,
+                                const float* X, int64_t ldx, const float* F, float* out,
+                                int64_t ldo) {
+  product_all_columns(m_begin, m_end, K, R, alpha, X, ldx, F, out, ldo);
+}
+
 void skinny_reduce_avx512(int64_t M, int64_t K, int64_t R, float alpha, const float* X, int64_t ldx,
                           const float* G, int64_t ldg, float* out, int threads) {
   split(K, 16, threads, [&](int64_t k0, int64_t k1) {

@@ -1,7 +1,8 @@
 // linear_group: projections sharing one input as one op (ops.h). Forward: the terms' u columns
 // side by side in one U [M x u_cols] (those reading x itself from one skinny product over x,
-// the others -- dropout inputs -- from their own), then linear_forward_group, which rounds [x | U]
-// once and folds each term into its weight's reduction. Backward: t = dY B per projection into
+// made by linear_forward_group while it rounds x, the others -- dropout inputs -- from their
+// own), then linear_forward_group, which rounds [x | U] once and folds each term into its
+// weight's reduction. Backward: t = dY B per projection into
 // one T [M x u_cols]; dX from every projection's input-gradient product accumulated into one
 // tensor (terms on x folded in); dA for the terms on x from one reduction over x.
 //
@@ -101,19 +102,27 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
     }
 
   // U = [x_lr_i A_i^T ...] [M x u_cols]; a checkpoint's recompute takes it from the first run.
+  // The columns of terms on x are made by linear_forward_group when it runs (reading x once for
+  // them and its rounding of x), else here.
+  const bool products_run = M > 0 && K > 0 && use == OutputUse::Read;
+  std::vector<float> f_shared;  // [K x shared_cols]: the terms on x's A^T side by side
+  MadeColumns made;
   const Tensor u = u_cols == 0 ? Tensor() : keep_for_recompute([&] {
     Tensor v = empty_f32({M, u_cols});
     if (M == 0) return v;
     float* pu = v.data_f32();
     if (shared_cols > 0) {
-      std::vector<float> f(static_cast<size_t>(K * shared_cols));  // [K x shared_cols]
+      f_shared.resize(static_cast<size_t>(K * shared_cols));
       for (const Part& p : parts)
         if (p.on_x) {
           const float* a = p.a.data_f32();
           for (int64_t r = 0; r < p.R; ++r)
-            for (int64_t k = 0; k < K; ++k) f[k * shared_cols + p.col + r] = a[r * K + k];
+            for (int64_t k = 0; k < K; ++k) f_shared[k * shared_cols + p.col + r] = a[r * K + k];
         }
-      skinny_product(M, K, shared_cols, 1.0f, x.data_f32(), K, f.data(), pu, u_cols);
+      if (products_run)
+        made = MadeColumns{pu, f_shared.data(), shared_cols};
+      else
+        skinny_product(M, K, shared_cols, 1.0f, x.data_f32(), K, f_shared.data(), pu, u_cols);
     }
     for (const Part& p : parts)
       if (p.R > 0 && !p.on_x) {
@@ -138,9 +147,9 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
     if (p.R > 0) g.B = p.b.data_f32(), g.rank = p.R, g.u_col = p.col, g.scale = p.scale;
     products.push_back(g);
   }
-  if (M > 0 && K > 0 && use == OutputUse::Read)
+  if (products_run)
     linear_forward_group(x.data_f32(), M, K, u_cols > 0 ? u.data_f32() : nullptr,
-                         std::max<int64_t>(u_cols, 1), u_cols, products, precision);
+                         std::max<int64_t>(u_cols, 1), u_cols, products, precision, made);
   for (size_t i = 0; i < parts.size(); ++i)
     if (parts[i].bias.defined() && M > 0 && use == OutputUse::Read)
       add_to_rows(outputs[i].data_f32(), M, parts[i].N, parts[i].bias.data_f32());

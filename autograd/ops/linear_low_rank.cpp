@@ -4,8 +4,9 @@
 //
 // so a LoRA projection makes one output tensor instead of four (base, x A^T B^T, its scaled copy,
 // the sum) and one backward instead of four. u = x_lr A^T [M x r], kept for dB, is an f32
-// skinny product (skinny.h: the activations read once, unpacked); a checkpointed block keeps it
-// from its first run for the recompute (keep_for_recompute). u B^T joins the base product
+// skinny product (skinny.h: the activations read once, unpacked; when x_lr is x, made by the
+// product while it rounds x, so x is read once for both); a checkpointed block keeps it from its
+// first run for the recompute (keep_for_recompute). u B^T joins the base product
 // (linear_forward_low_rank: on the bf16 route as r more columns of the reduction, so y is
 // written once; on the f32 route an sgemm into y), and when x_lr is x itself the low-rank input
 // gradient t A joins the base's dX product the same way (no second [M x K] tensor, no tape add).
@@ -65,19 +66,31 @@ Tensor linear_low_rank(const Tensor& x_in, const Tensor& weight, const Tensor& b
   const WeightView wv{weight.dtype(), weight.data_bytes(), N, K};
   // u = x_lr A^T, saved for dB; a checkpoint's recompute takes it from the first run.
   // GraphOnly (nothing reads y): u is still needed for dB, the two products into y are not.
+  // When x_lr is x and y is computed, the product makes u itself (linear_forward_group: x read
+  // once for u and its rounding).
+  const bool products_run = compute && M > 0 && N > 0 && K > 0;
+  std::vector<float> a_t;
+  MadeColumns made;
   const Tensor u = keep_for_recompute([&] {
     Tensor v = empty_f32({M, R});
     if (M > 0 && N > 0 && K > 0) {
-      const std::vector<float> a_t = transposed(a.data_f32(), R, K);
-      skinny_product(M, K, R, 1.0f, x_lr.data_f32(), K, a_t.data(), v.data_f32(), R);
+      a_t = transposed(a.data_f32(), R, K);
+      if (products_run && same_input)
+        made = MadeColumns{v.data_f32(), a_t.data(), R};
+      else
+        skinny_product(M, K, R, 1.0f, x_lr.data_f32(), K, a_t.data(), v.data_f32(), R);
     } else if (M > 0) {
       std::fill_n(v.data_f32(), M * R, 0.0f);
     }
     return v;
   });
-  if (compute && M > 0 && N > 0 && K > 0)
+  if (products_run && made.cols > 0) {
+    const GroupProduct product{wv, y.data_f32(), N, b.data_f32(), R, 0, scale};
+    linear_forward_group(x.data_f32(), M, K, u.data_f32(), R, R, {&product, 1}, precision, made);
+  } else if (products_run) {
     linear_forward_low_rank(x.data_f32(), M, K, wv, u.data_f32(), R, b.data_f32(), R, scale,
                             y.data_f32(), N, false, precision);
+  }
   if (compute && bias.defined() && M > 0) add_to_rows(y.data_f32(), M, N, bias.data_f32());
 
   const bool need_x = x.requires_grad(), need_x_lr = !same_input && x_lr.requires_grad();
