@@ -201,9 +201,10 @@ struct TilePair {
   const bf16_t* at(const Geometry& g, const Block& blk) const {
     return at(g, blk, blk.ks);
   }
+  // Pairs per pair-row.
   int64_t ldp(const Geometry& g) const {
     return transposed ? rows : g.D;
-  }  // pairs per pair-row
+  }
 };
 
 // Copies the block's stacked [nq * G x D] rows into a [B, T, Hq, D] tensor: G heads of one
@@ -318,7 +319,7 @@ Scratch& scratch(const Geometry& g, bool bf16, bool backward) {
 }
 
 // One block of the forward: rows of out and lse that no other block touches.
-// With AMX tiles kt / vp are K^T and V in pairs (TilePair), else null.
+// kt / vp: K^T and V in pairs (TilePair), read on AMX tiles only (empty elsewhere).
 void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const Operand& q,
                    const Operand& k, const Operand& v, const TilePair* kt, const TilePair* vp,
                    float* out, float* lse, Scratch& w) {
@@ -377,7 +378,7 @@ void forward_block(const Geometry& g, const MaskInfo& m, const Block& blk, const
     row_lse = mx + std::log(l);
   };
   if (g.tiles) {
-    // Per strip: S = scale Q K^T, its softmax, O = P V, all while the strip is in L1.
+    // Per strip: S = scale Q K^T, its softmax, O = P V, all while the strip is in cache.
     const auto* qb = static_cast<const bf16_t*>(queries);
     for (int64_t r0 = 0; r0 < R; r0 += kTileStrip) {
       amx_gemm_bf16_pairs(kTileStrip, blk.nk, g.D, g.scale, qb + r0 * g.D, g.D, kt->at(g, blk),
@@ -442,7 +443,7 @@ std::vector<float> row_deltas(const Geometry& g, const float* out, const float* 
   return delta;
 }
 
-// The B operands on AMX tiles (TilePair; null elsewhere).
+// The B operands on AMX tiles (TilePair; empty elsewhere).
 struct BackwardPairs {
   const TilePair *kt, *vt, *k, *q, *dout;
 };

@@ -2,9 +2,9 @@
 // side by side in one U [M x u_cols] (those reading x itself from one skinny product over x,
 // made by linear_forward_group while it rounds x, the others -- dropout inputs -- from their
 // own), then linear_forward_group, which rounds [x | U] once and folds each term into its
-// weight's reduction. Backward: t = dY B per projection into
-// one T [M x u_cols]; dX from every projection's input-gradient product accumulated into one
-// tensor (terms on x folded in); dA for the terms on x from one reduction over x.
+// weight's reduction. Backward: t = dY B per projection into one T [M x u_cols]; dX from every
+// projection's input-gradient product accumulated into one tensor (terms on x folded in); dA for
+// the terms on x from one reduction over x.
 //
 // The tape records one node per output and one "hub" node holding the op's real inputs: each
 // output's node stores its gradient and hands the hub a one-element zero, so the hub's vjp runs

@@ -6,11 +6,10 @@
 // the sum) and one backward instead of four. u = x_lr A^T [M x r], kept for dB, is an f32
 // skinny product (skinny.h: the activations read once, unpacked; when x_lr is x, made by the
 // product while it rounds x, so x is read once for both); a checkpointed block keeps it from its
-// first run for the recompute (keep_for_recompute). u B^T joins the base product
-// (linear_forward_low_rank: on the bf16 route as r more columns of the reduction, so y is
-// written once; on the f32 route an sgemm into y), and when x_lr is x itself the low-rank input
-// gradient t A joins the base's dX product the same way (no second [M x K] tensor, no tape add).
-// t = dY B, dA and dB are skinny products too.
+// first run for the recompute (keep_for_recompute). u B^T joins the base product (on the bf16
+// route as r more columns of the reduction, so y is written once; on the f32 route an sgemm into
+// y), and when x_lr is x itself the low-rank input gradient t A joins the base's dX product the
+// same way (no second [M x K] tensor, no tape add). t = dY B, dA and dB are skinny products too.
 #include <vector>
 
 #include "autograd/kernels/gemm.h"
