@@ -955,19 +955,19 @@ TEST(TileGemm, PairLayoutsPlaceEveryElement) {
   for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<uint16_t>(i + 1);
   // B = S [6 x 70]: 3 pair-rows of 70 pairs; B = S^T [70 x 6]: 35 pair-rows of 6 (of 72) pairs.
   std::vector<uint16_t> p(static_cast<size_t>(rows / 2 * 2 * ldp), 0xdead);
+  // `pairs` holds B [K x N] (element b(k, n)) in pairs, the padding past N pairs untouched.
+  const auto expect_pairs = [&](const std::vector<uint16_t>& pairs, int64_t K, int64_t N, auto b) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n)
+        EXPECT_EQ(pairs[(k / 2) * 2 * ldp + 2 * n + k % 2], b(k, n)) << k << "," << n;
+    for (int64_t r = 0; r < K / 2; ++r)
+      for (int64_t j = 2 * N; j < 2 * ldp; ++j) EXPECT_EQ(pairs[r * 2 * ldp + j], 0xdead);
+  };
   to_pairs(s.data(), rows, cols, lds, p.data(), ldp);
-  for (int64_t k = 0; k < rows; ++k)
-    for (int64_t n = 0; n < cols; ++n)
-      EXPECT_EQ(p[(k / 2) * 2 * ldp + 2 * n + k % 2], s[k * lds + n]) << k << "," << n;
-  for (int64_t r = 0; r < rows / 2; ++r)
-    for (int64_t j = 2 * cols; j < 2 * ldp; ++j) EXPECT_EQ(p[r * 2 * ldp + j], 0xdead);
+  expect_pairs(p, rows, cols, [&](int64_t k, int64_t n) { return s[k * lds + n]; });
   std::vector<uint16_t> pt(static_cast<size_t>(cols / 2 * 2 * ldp), 0xdead);
   to_pairs_transposed(s.data(), rows, cols, lds, pt.data(), ldp);
-  for (int64_t k = 0; k < cols; ++k)
-    for (int64_t n = 0; n < rows; ++n)
-      EXPECT_EQ(pt[(k / 2) * 2 * ldp + 2 * n + k % 2], s[n * lds + k]) << k << "," << n;
-  for (int64_t r = 0; r < cols / 2; ++r)
-    for (int64_t j = 2 * rows; j < 2 * ldp; ++j) EXPECT_EQ(pt[r * 2 * ldp + j], 0xdead);
+  expect_pairs(pt, cols, rows, [&](int64_t k, int64_t n) { return s[n * lds + k]; });
   EXPECT_THROW(to_pairs(s.data(), 5, cols, lds, p.data(), ldp), Error);  // odd row count
   EXPECT_THROW(to_pairs_transposed(s.data(), rows, 9, lds, pt.data(), ldp), Error);
   if (amx_tiles_available()) {  // the portable loops agree with the AVX-512 one

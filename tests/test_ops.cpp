@@ -632,50 +632,64 @@ TEST(Ops, AttentionOnNonContiguousInputs) {
   expect_close(attention(q, k, v).to_vector(), naive_attention(contiguous(q), k, v, true, {}, 0.5), 2e-6, 1e-4);
 }
 
+// Attention's output and q / k / v gradients for seeded q, k, v (the same on every call) and
+// output gradient r.
+struct AttentionCase {
+  int64_t B, T, Hq, Hkv, D;
+  bool causal;
+  bool docs;
+};
+
+std::vector<std::vector<float>> attention_and_grads(const AttentionCase& c,
+                                                    const std::vector<int32_t>& docs,
+                                                    const std::vector<float>& r, Precision p) {
+  Tensor q = random_tensor({c.B, c.T, c.Hq, c.D}, 1, -2, 2);
+  Tensor k = random_tensor({c.B, c.T, c.Hkv, c.D}, 2, -2, 2);
+  Tensor v = random_tensor({c.B, c.T, c.Hkv, c.D}, 3);
+  for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
+  AttentionOptions opt;
+  opt.causal = c.causal;
+  opt.document_ids = docs;
+  opt.precision = p;
+  Tensor out = attention(q, k, v, opt);
+  out.backward(Tensor::from_vector(out.shape(), r));
+  return {out.to_vector(), q.grad().to_vector(), k.grad().to_vector(), v.grad().to_vector()};
+}
+
+// Each of out / dq / dk / dv in `got` within tol times the largest magnitude of `want`'s.
+void expect_attention_close(const std::vector<std::vector<float>>& want,
+                            const std::vector<std::vector<float>>& got, double tol) {
+  const char* names[] = {"out", "dq", "dk", "dv"};
+  for (size_t i = 0; i < 4; ++i) {
+    double worst = 0, scale = 0;
+    for (size_t j = 0; j < want[i].size(); ++j) {
+      worst = std::max(worst, std::fabs(double(got[i][j]) - want[i][j]));
+      scale = std::max(scale, std::fabs(double(want[i][j])));
+    }
+    EXPECT_GT(scale, 0.0) << names[i];
+    EXPECT_LE(worst, tol * scale) << names[i];
+  }
+}
+
 // bf16 products (q, k, v, dO and the probabilities rounded to bf16) against the f32 op, which
 // the gradchecks and the naive loops above hold: outputs and all three gradients within bf16
 // rounding (relative to each tensor's largest value), over GQA, causal, documents and several
 // query blocks. A swapped or transposed operand errs by O(1).
 TEST(Ops, AttentionBf16ProductsMatchF32) {
   if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "SKIPPED: this CPU has no AVX512_BF16";
-  struct Case {
-    int64_t B, T, Hq, Hkv, D;
-    bool causal;
-    bool docs;
-  };
-  for (const Case c : {Case{2, 9, 6, 2, 8, true, false}, Case{1, 150, 6, 2, 16, true, true},
-                       Case{2, 130, 4, 4, 32, false, false}, Case{1, 200, 9, 3, 64, true, false},
-                       // Shapes of the AMX tile route (T and D multiples of 32), where it exists.
-                       Case{1, 256, 9, 3, 64, true, true}, Case{2, 128, 4, 4, 32, false, false}}) {
+  for (const AttentionCase c :
+       {AttentionCase{2, 9, 6, 2, 8, true, false}, AttentionCase{1, 150, 6, 2, 16, true, true},
+        AttentionCase{2, 130, 4, 4, 32, false, false}, AttentionCase{1, 200, 9, 3, 64, true, false},
+        // Shapes of the AMX tile route (T and D multiples of 32), where it exists.
+        AttentionCase{1, 256, 9, 3, 64, true, true},
+        AttentionCase{2, 128, 4, 4, 32, false, false}}) {
     SCOPED_TRACE("T " + std::to_string(c.T) + " Hq " + std::to_string(c.Hq));
     std::vector<int32_t> docs;
     if (c.docs)
       for (int64_t t = 0; t < c.B * c.T; ++t) docs.push_back(static_cast<int32_t>((t % c.T) / 50));
     const std::vector<float> r = random_values(c.B * c.T * c.Hq * c.D, 9);
-    std::vector<std::vector<float>> got[2];
-    for (int p = 0; p < 2; ++p) {
-      Tensor q = random_tensor({c.B, c.T, c.Hq, c.D}, 1, -2, 2);
-      Tensor k = random_tensor({c.B, c.T, c.Hkv, c.D}, 2, -2, 2);
-      Tensor v = random_tensor({c.B, c.T, c.Hkv, c.D}, 3);
-      for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
-      AttentionOptions opt;
-      opt.causal = c.causal;
-      opt.document_ids = docs;
-      opt.precision = p == 0 ? Precision::F32 : Precision::BF16;
-      Tensor out = attention(q, k, v, opt);
-      out.backward(Tensor::from_vector(out.shape(), r));
-      got[p] = {out.to_vector(), q.grad().to_vector(), k.grad().to_vector(), v.grad().to_vector()};
-    }
-    const char* names[] = {"out", "dq", "dk", "dv"};
-    for (size_t i = 0; i < 4; ++i) {
-      double worst = 0, scale = 0;
-      for (size_t j = 0; j < got[0][i].size(); ++j) {
-        worst = std::max(worst, std::fabs(double(got[1][i][j]) - got[0][i][j]));
-        scale = std::max(scale, std::fabs(double(got[0][i][j])));
-      }
-      EXPECT_GT(scale, 0.0) << names[i];
-      EXPECT_LE(worst, 2e-2 * scale) << names[i];
-    }
+    expect_attention_close(attention_and_grads(c, docs, r, Precision::F32),
+                           attention_and_grads(c, docs, r, Precision::BF16), 2e-2);
   }
 }
 
@@ -688,45 +702,19 @@ TEST(Ops, AttentionBf16ProductsMatchF32) {
 TEST(Ops, AttentionOnAmxTilesMatchesTheBlockProducts) {
   if (!amx_tiles_available())
     GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
-  struct Case {
-    int64_t B, T, Hq, Hkv, D;
-    bool causal, docs;
-  };
-  for (const Case c : {Case{2, 256, 9, 3, 64, true, true}, Case{1, 160, 4, 4, 32, false, false},
-                       Case{1, 96, 6, 2, 64, true, false}}) {
+  for (const AttentionCase c :
+       {AttentionCase{2, 256, 9, 3, 64, true, true}, AttentionCase{1, 160, 4, 4, 32, false, false},
+        AttentionCase{1, 96, 6, 2, 64, true, false}}) {
     SCOPED_TRACE("T " + std::to_string(c.T) + " Hq " + std::to_string(c.Hq));
     std::vector<int32_t> docs;
     if (c.docs)
       for (int64_t t = 0; t < c.B * c.T; ++t)
         docs.push_back(static_cast<int32_t>((t % c.T + 17) / 45));
     const std::vector<float> r = random_values(c.B * c.T * c.Hq * c.D, 9);
-    std::vector<std::vector<float>> got[2];
-    for (int tiles = 0; tiles < 2; ++tiles) {
-      set_amx_tiles_allowed(tiles == 1);
-      Tensor q = random_tensor({c.B, c.T, c.Hq, c.D}, 1, -2, 2);
-      Tensor k = random_tensor({c.B, c.T, c.Hkv, c.D}, 2, -2, 2);
-      Tensor v = random_tensor({c.B, c.T, c.Hkv, c.D}, 3);
-      for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
-      AttentionOptions opt;
-      opt.causal = c.causal;
-      opt.document_ids = docs;
-      opt.precision = Precision::BF16;
-      Tensor out = attention(q, k, v, opt);
-      out.backward(Tensor::from_vector(out.shape(), r));
-      got[tiles] = {out.to_vector(), q.grad().to_vector(), k.grad().to_vector(),
-                    v.grad().to_vector()};
-    }
+    set_amx_tiles_allowed(false);
+    const auto blocks = attention_and_grads(c, docs, r, Precision::BF16);
     set_amx_tiles_allowed(true);
-    const char* names[] = {"out", "dq", "dk", "dv"};
-    for (size_t i = 0; i < 4; ++i) {
-      double worst = 0, scale = 0;
-      for (size_t j = 0; j < got[0][i].size(); ++j) {
-        worst = std::max(worst, std::fabs(double(got[1][i][j]) - got[0][i][j]));
-        scale = std::max(scale, std::fabs(double(got[0][i][j])));
-      }
-      EXPECT_GT(scale, 0.0) << names[i];
-      EXPECT_LE(worst, 2e-3 * scale) << names[i];
-    }
+    expect_attention_close(blocks, attention_and_grads(c, docs, r, Precision::BF16), 2e-3);
   }
 }
 
