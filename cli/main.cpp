@@ -1,8 +1,8 @@
 // The `loom` command-line entry point. Each subcommand is a small function; the work lives in
 // the library. Subcommands land with the issues that build them (train, generate, eval, export).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -10,6 +10,8 @@
 #include "autograd/check.h"
 #include "autograd/kernels/cpu.h"
 #include "autograd/kernels/gemm.h"
+#include "autograd/kernels/gemm_internal.h"
+#include "autograd/kernels/tile_gemm.h"
 #include "autograd/ops/vec_kernels.h"
 #include "autograd/quant/quant_kernels.h"
 #include "cli/commands.h"
@@ -39,6 +41,11 @@ int run_info() {
   fmt::print("kernels:    {} build of the vector kernels (softmax, activations, norms); {} "
              "dequantization\n",
              loom::ops_detail::vec_kernels().name, loom::quant::dequant_path());
+  if (bf16)
+    fmt::print(
+        "amx:        oneDNN's AMX kernels {}; loom's AMX tiles for attention's products {}\n",
+        loom::detail::onednn_uses_amx() ? "yes" : "no",
+        loom::amx_tiles_available() ? "yes (LOOM_NO_AMX=1 switches them off)" : "no");
   return 0;
 }
 

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "autograd/kernels/tile_gemm.h"
+
 namespace loom {
 namespace {
 
@@ -90,6 +92,7 @@ std::string cpu_summary() {
   const CpuFeatures& f = cpu_features();
   std::string isa = f.avx512f ? "avx512" : f.avx2 ? "avx2" : "sse";
   if (cpu_has_avx512_bf16()) isa += " bf16";
+  if (amx_tiles_available()) isa += " amx";
   return fmt::format("{}, {} threads, OpenBLAS {}", isa, num_threads(), blas_core_name());
 }
 
