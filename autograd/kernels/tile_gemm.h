@@ -1,5 +1,6 @@
 // Small bf16 products on AMX tiles (Intel's Advanced Matrix Extensions), for attention's block
-// products. A call costs well under a microsecond to start (oneDNN 2.6's matmul ~3-4 us), so
+// products. A call starts with one tile-configuration load (the smallest block product, [192 x
+// 64] . [64 x 64], took 3.1 us against oneDNN 2.6's 4.3), so
 // attention can make a block's scores 32 query rows at a time and use each strip at once while it
 // is in cache; oneDNN's product of a whole block's scores ([192 x 64] . [64 x 512]) ran at ~330
 // GFLOP/s on one Sapphire Rapids core, bound by writing the 393 KB of f32 scores out to L2. Only
