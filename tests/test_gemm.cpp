@@ -712,7 +712,7 @@ TEST(Gemm, LowRankBackwardInOnePassMatchesItsStepsApart) {
   int checked = 0;
   for (DType dtype : {DType::F32, DType::BF16, DType::NF4, DType::Q4_K})
     for (int64_t N : {int64_t{64}, int64_t{200}, int64_t{1} << 15})
-      for (int64_t M : {1, 37, 300})
+      for (int64_t M : {1, 37, 300, 1024})  // 1024: the AMX tile kernel's products
         for (int64_t R : {5, 16})
           for (bool accumulate : {false, true}) {
             const int64_t K = test_k(dtype);
@@ -743,7 +743,7 @@ TEST(Gemm, LowRankBackwardInOnePassMatchesItsStepsApart) {
             EXPECT_EQ(dx1, dx2);
             ++checked;
           }
-  EXPECT_EQ(checked, 4 * 2 * 3 * 2 * 2 + 2 * 2);
+  EXPECT_EQ(checked, 4 * 2 * 4 * 2 * 2 + 2 * 2);
 }
 
 TEST(Gemm, AutoIsTheResolvedPrecision) {
@@ -950,10 +950,11 @@ TEST(Gemm, Bf16GemmMatchesScalarReference) {
 // pairs[(k / 2) * 2 * ldp + 2 * n + k % 2], with padding between pair-rows left untouched
 // (70 columns: where AMX exists, to_pairs runs 32 columns at a time with AVX-512, then a tail).
 TEST(TileGemm, PairLayoutsPlaceEveryElement) {
-  const int64_t rows = 6, cols = 70, lds = 75, ldp = 72;  // S [6 x 70] in a wider buffer
+  // S [38 x 70] in a wider buffer: 16 x 16 blocks of 32-bit elements and ragged edges.
+  const int64_t rows = 38, cols = 70, lds = 75, ldp = 72;
   std::vector<uint16_t> s(static_cast<size_t>(rows * lds));
   for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<uint16_t>(i + 1);
-  // B = S [6 x 70]: 3 pair-rows of 70 pairs; B = S^T [70 x 6]: 35 pair-rows of 6 (of 72) pairs.
+  // B = S [38 x 70]: 19 pair-rows of 70 pairs; B = S^T [70 x 38]: 35 pair-rows of 38 (of 72).
   std::vector<uint16_t> p(static_cast<size_t>(rows / 2 * 2 * ldp), 0xdead);
   // `pairs` holds B [K x N] (element b(k, n)) in pairs, the padding past N pairs untouched.
   const auto expect_pairs = [&](const std::vector<uint16_t>& pairs, int64_t K, int64_t N, auto b) {
@@ -970,13 +971,55 @@ TEST(TileGemm, PairLayoutsPlaceEveryElement) {
   expect_pairs(pt, cols, rows, [&](int64_t k, int64_t n) { return s[n * lds + k]; });
   EXPECT_THROW(to_pairs(s.data(), 5, cols, lds, p.data(), ldp), Error);  // odd row count
   EXPECT_THROW(to_pairs_transposed(s.data(), rows, 9, lds, pt.data(), ldp), Error);
-  if (amx_tiles_available()) {  // the portable loops agree with the AVX-512 one
+  if (amx_tiles_available()) {  // the portable loops agree with the AVX-512 ones
     set_amx_tiles_allowed(false);
-    std::vector<uint16_t> portable(p.size(), 0xdead);
+    std::vector<uint16_t> portable(p.size(), 0xdead), portable_t(pt.size(), 0xdead);
     to_pairs(s.data(), rows, cols, lds, portable.data(), ldp);
+    to_pairs_transposed(s.data(), rows, cols, lds, portable_t.data(), ldp);
     set_amx_tiles_allowed(true);
     EXPECT_EQ(portable, p);
+    EXPECT_EQ(portable_t, pt);
   }
+}
+
+// The tile layout (tile_gemm.h) against its definition, from S and from S^T, with a 16-column
+// edge (the last 32-column load masked) and rows wider than S; a share of 16-column blocks
+// made on its own lands where the whole B puts it.
+TEST(TileGemm, TileLayoutPlacesEveryElement) {
+  if (!amx_tiles_available())
+    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
+  // `tiles` holds B [K x N] (element b(k, n)) in tiles.
+  const auto expect_tiles = [](const std::vector<uint16_t>& tiles, int64_t K, int64_t N, auto b) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n)
+        ASSERT_EQ(
+            tiles[(n / 16 * (K / 32) + k / 32) * 512 + (k % 32) / 2 * 32 + 2 * (n % 16) + k % 2],
+            b(k, n))
+            << k << "," << n;
+  };
+  const int64_t rows = 64, cols = 48, lds = 70;  // B = S [64 x 48]; B = S^T [48 x 64]
+  std::vector<uint16_t> s(static_cast<size_t>(rows * lds));
+  for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<uint16_t>(i * 5 + 1);
+  const auto tile_buffer = [](int64_t n) {  // 64-byte aligned, as the kernels store
+    return std::vector<uint16_t>(static_cast<size_t>(n + 32), 0xdead);
+  };
+  const auto aligned = [](std::vector<uint16_t>& v) {
+    return reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
+  };
+  std::vector<uint16_t> tb = tile_buffer(rows * cols);
+  to_tiles(s.data(), rows, cols, lds, aligned(tb));
+  std::vector<uint16_t> t(aligned(tb), aligned(tb) + rows * cols);
+  expect_tiles(t, rows, cols, [&](int64_t k, int64_t n) { return s[k * lds + n]; });
+  std::vector<uint16_t> share_b = tile_buffer(rows * 32);  // columns 16 .. 47 alone
+  to_tiles(s.data() + 16, rows, 32, lds, aligned(share_b));
+  EXPECT_TRUE(std::equal(aligned(share_b), aligned(share_b) + rows * 32, t.begin() + rows * 16));
+
+  std::vector<uint16_t> tt = tile_buffer(rows * cols);
+  to_tiles_transposed(s.data(), cols, rows, lds, aligned(tt));  // S's first 48 rows, 64 columns
+  std::vector<uint16_t> u(aligned(tt), aligned(tt) + rows * cols);
+  expect_tiles(u, rows, cols, [&](int64_t k, int64_t n) { return s[n * lds + k]; });
+  EXPECT_THROW(to_tiles(s.data(), 48, 32, lds, aligned(tb)), Error);  // rows not whole tiles
+  EXPECT_THROW(to_tiles_transposed(s.data(), 16, 48, lds, aligned(tb)), Error);
 }
 
 // transpose_bf16_rows32 against the definition, over several 32-column blocks, with strides
@@ -1039,6 +1082,98 @@ TEST(TileGemm, AmxProductMatchesScalarReference) {
   EXPECT_THROW(
       amx_gemm_bf16_pairs(16, 16, 48, 1.0f, a.data(), 48, p.data(), 16, c.data(), 16, false),
       Error);  // K not a multiple of 32
+}
+
+// The product over B in tiles against ref::gemm_bf16 on the same bits: 16-edge blocks, a
+// reduction long enough that B goes in several column panels (K = 4096: panels of 64 columns,
+// the last one 16 wide), accumulate (C loaded into the tiles), C with gaps between rows whose
+// padding must stay untouched.
+TEST(TileGemm, TiledBProductMatchesScalarReference) {
+  if (!amx_tiles_available())
+    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t M : {16, 48})
+    for (int64_t N : {16, 80})
+      for (int64_t K : {32, 96, 4096})
+        for (bool acc : {false, true}) {
+          const int64_t lda = K + 32, ldc = N + 3;
+          std::vector<uint16_t> a(static_cast<size_t>(M * lda)), b(static_cast<size_t>(K * N));
+          for (auto& x : a) x = f32_to_bf16(dist(rng));
+          for (auto& x : b) x = f32_to_bf16(dist(rng));
+          std::vector<uint16_t> buf(static_cast<size_t>(K * N + 32));
+          uint16_t* tiles =
+              reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) / 64 * 64);
+          to_tiles(b.data(), K, N, N, tiles);
+          std::vector<float> c(static_cast<size_t>(M * ldc));
+          for (auto& x : c) x = dist(rng);
+          std::vector<float> want = c;
+          amx_gemm_bf16_tiles(M, N, K, a.data(), lda, tiles, c.data(), ldc, acc);
+          ref::gemm_bf16(M, N, K, 1.0f, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, acc);
+          double worst = 0;
+          for (size_t i = 0; i < c.size(); ++i)  // padding columns included
+            worst = std::max(worst, std::fabs(double(c[i]) - want[i]));
+          EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
+              << "M=" << M << " N=" << N << " K=" << K << " accumulate=" << acc;
+        }
+  std::vector<uint16_t> a(64 * 64), p(64 * 64);
+  std::vector<float> c(64 * 64);
+  EXPECT_THROW(amx_gemm_bf16_tiles(16, 24, 32, a.data(), 32, p.data(), c.data(), 24, false),
+               Error);  // N not a multiple of 16
+}
+
+// The linear products on the AMX tile kernel (M >= 1024 rows, whole tiles) against the double
+// reference fed the bits the route rounds (as Bf16LowRankTermMatchesRoundedReference, with the
+// f32 bound): bf16 weights read in place, NF4 and Q4_K dequantized into tiles, one weight tile
+// and several (forward: the outputs' columns in tiles of 64; input gradient: accumulated over
+// them), with a low-rank term and without, overwrite and accumulate. Every case must run on the
+// tile kernel.
+TEST(Gemm, TileKernelProductsMatchRoundedReference) {
+  if (!cpu_has_avx512_bf16() || !amx_tiles_available())
+    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
+  std::mt19937 rng(90);
+  const auto rounded = [](std::vector<float> v) {
+    for (float& x : v)
+      if (std::isfinite(x)) x = bf16_to_f32(f32_to_bf16(x));
+    return v;
+  };
+  const float scale = 1.75f;
+  int checked = 0;
+  for (DType dtype : {DType::BF16, DType::NF4, DType::Q4_K}) {
+    const int64_t K = dtype == DType::BF16 ? 96 : dtype == DType::NF4 ? 192 : 256;
+    const TestWeight w = make_weight(rng, dtype, 96, K);
+    for (Product product : {Product::Forward, Product::BackwardInput})
+      for (bool accumulate : {false, true})
+        for (int64_t tile_rows : {0, 64})
+          for (int64_t R : {0, 5}) {
+            const Case c{product, 1024, 3, accumulate, tile_rows};
+            SCOPED_TRACE(describe(c, dtype, Precision::BF16) + " R=" + std::to_string(R));
+            const Fixture f = make_fixture(rng, c, w);
+            const Term t = make_term(rng, c, w, std::max<int64_t>(R, 1));
+            std::vector<float> want = f.out0, l2sq = f.l2sq;
+            run_ref(product, c.M, rounded(f.in).data(), f.s.ld_in,
+                    from_values(rounded(w.values), w.rows, w.cols), want.data(), f.s.ld_out,
+                    accumulate);
+            if (R > 0) {
+              std::vector<float> scaled = t.factor;
+              for (float& x : scaled) x *= scale;
+              add_term(c, t, rounded(t.act), rounded(scaled), 1.0f, f.s, want, l2sq);
+            }
+            const int64_t before = detail::tile_kernel_products();
+            const double coef = l2_coefficient(Precision::F32, f.s.reduction + R);
+            const Comparison r =
+                R > 0 ? run_term(c, w, f, t, scale, Precision::BF16, want, l2sq, coef) : [&] {
+                  std::vector<float> got = f.out0;
+                  run_kernel(c, f.in.data(), f.s.ld_in, w, got.data(), f.s.ld_out, Precision::BF16);
+                  return compare(got, want, l2sq, c.M, f.s.out_width, f.s.ld_out, coef);
+                }();
+            EXPECT_EQ(r.bad, 0) << r.bad << " elements out of tolerance; first: " << r.first;
+            EXPECT_EQ(r.pad_touched, 0) << "output padding was written";
+            EXPECT_GT(detail::tile_kernel_products(), before) << "not on the tile kernel";
+            ++checked;
+          }
+  }
+  EXPECT_EQ(checked, 3 * 2 * 2 * 2 * 2);
 }
 
 // test_main calls ensure_blas_coretype: on an AVX-512 CPU OpenBLAS must now run AVX-512 kernels,

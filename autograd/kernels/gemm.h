@@ -6,7 +6,8 @@
 //   input gradient  dX[M x K] = dY[M x N] . W       (linear_backward_input)
 // The base never needs dW. Dispatch:
 //   f32 W           -> OpenBLAS sgemm (or the bf16 path if the precision says so)
-//   bf16 W          -> oneDNN bf16 matmul with f32 accumulation (AVX512_BF16), else f32 via BLAS
+//   bf16 W          -> oneDNN bf16 matmul with f32 accumulation (AVX512_BF16; on CPUs with AMX,
+//                      products of >= 1024 rows on loom's tile kernel), else f32 via BLAS
 //   f16 / quantized -> tiles of W rows dequantized on the fly into bf16 (or f32) scratch, then the
 //                      same GEMM per tile; never a whole dequantized copy of W.
 // Activations X, dY, Y, dX are f32. With Precision::BF16 they are rounded to bf16 for the GEMM.

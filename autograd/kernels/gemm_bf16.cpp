@@ -1,18 +1,21 @@
 // The bf16 route of the linear-layer GEMM (CPUs with AVX512_BF16): activations are rounded to
 // bf16 once per call (forward) or per tile (input gradient), weights that are not bf16 are
-// dequantized a tile of rows at a time into bf16 scratch, and oneDNN's bf16 matmul accumulates
-// in f32 straight into the strided f32 output. A LoRA term is folded into the reduction (its
+// dequantized a tile of rows at a time into bf16 scratch, and oneDNN's bf16 matmul (on CPUs with
+// AMX, for products of 1024 rows or more, loom's tile kernel) accumulates in f32 straight into
+// the strided f32 output. A LoRA term is folded into the reduction (its
 // activations as more columns, its factor as more weight columns or rows), so a LoRA
 // projection writes its output once. Weights reading the same activations (a block's q/k/v,
 // gate/up: forward_bf16_group) share one rounding of them and of their terms' activations.
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
 #include "autograd/kernels/gemm_internal.h"
 #include "autograd/kernels/skinny.h"
+#include "autograd/kernels/tile_gemm.h"
 
 namespace loom::detail {
 namespace {
@@ -134,6 +137,58 @@ void copy_columns(const float* src, int64_t M, int64_t cols, float* Y, int64_t l
   });
 }
 
+std::atomic<int64_t> g_tile_products{0};
+
+// Products with fewer rows than this stay on oneDNN: the weight is put in tiles on every call,
+// and over the loss's 512-row chunks (LM head tiles of 896 x 576) that cost what the kernel
+// saved (per 4-step run: 302 vs 315 ms forward, 346 vs 336 input gradient, oneDNN second).
+constexpr int64_t kTileKernelMinRows = 1024;
+
+// Whether C[M x N] = A[M x K] . B runs on loom's AMX tile kernel (tile_gemm.h): the CPU and
+// process have the tiles and the shape is whole tiles. In the SmolLM2-135M step (M = 2048, per
+// 4-step run) the kernel with its weight conversion against oneDNN 2.6's AMX matmul (which
+// repacks the weight on every call too): gate / up forward 1,392 vs 1,115 GFLOP/s, their input
+// gradients 1,523 vs 1,238, down's forward 1,474 vs 1,239 and input gradient 1,225 vs 968, k / v
+// input gradients 1,398 vs 1,003 (q / o 1,030-1,100 vs 980-1,050). Both sit far below the
+// tiles' peak (~2,900 GFLOP/s a core): a 2048 x 1536 f32 C goes out to memory.
+bool tile_kernel_fits(int64_t M, int64_t N, int64_t K) {
+  return M % 16 == 0 && N % 16 == 0 && K % 32 == 0 && M >= kTileKernelMinRows && N > 0 &&
+         amx_tiles_available();
+}
+
+// C[M x N] (+)= A[M x K] . B for a bf16 weight tile W (row stride ldw): B = W^T with W [N x K]
+// (`transposed`, the forward) or B = W with W [K x N] (the input gradient). On the tile kernel
+// where it fits (and A's rows are whole 64-byte lines apart): each thread puts its share of
+// B's 16-column blocks in tiles (into the calling thread's scratch slot 3), then, after all
+// have, multiplies its share of A's rows by all of B. Elsewhere oneDNN.
+void tile_product(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda, const bf16_t* W,
+                  int64_t ldw, bool transposed, float* C, int64_t ldc, bool accumulate) {
+  if (!tile_kernel_fits(M, N, K) || lda % 32 != 0) {
+    if (transposed) return dnnl_matmul_bf16(M, N, K, A, lda, W, 1, ldw, C, ldc, accumulate);
+    return dnnl_matmul_bf16(M, N, K, A, lda, W, ldw, 1, C, ldc, accumulate);
+  }
+  g_tile_products.fetch_add(1, std::memory_order_relaxed);
+  bf16_t* tiles = scratch_bf16(3, K * N);
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  parallel_run(threads, [&](int t, int nt) {
+    // The kernels themselves, no checks (the shape is checked above): nothing may throw before
+    // the barrier, which every thread must reach.
+    const int64_t n0 = share_begin(N / 16, t, nt) * 16, n1 = share_begin(N / 16, t + 1, nt) * 16;
+    bf16_t* share = tiles + n0 / 16 * (K / 32 * 512);
+    if (n1 > n0) {
+      if (transposed)
+        to_tiles_transposed_kernel(W + n0 * ldw, n1 - n0, K, ldw, share);
+      else
+        to_tiles_kernel(W + n0, K, n1 - n0, ldw, share);
+    }
+#pragma omp barrier
+    const int64_t m0 = share_begin(M / 16, t, nt) * 16, m1 = share_begin(M / 16, t + 1, nt) * 16;
+    if (m1 > m0)
+      amx_gemm_bf16_tiles_kernel(m1 - m0, N, K, A + m0 * lda, lda, tiles, C + m0 * ldc, ldc,
+                                 accumulate);
+  });
+}
+
 }  // namespace
 
 namespace {
@@ -165,12 +220,13 @@ void tiles_forward(const bf16_t* xb, int64_t M, int64_t Kx, const WeightView& W,
     // Y[:, n0 : n0+rows] (+)= X . W[n0 : n0+rows, :]^T; the tile [rows x Kx] row-major is read
     // as its transpose [Kx x rows]: strides (1, Kx).
     if (dense_out) {
-      // On AMX a tile narrower than Y runs into dense scratch (oneDNN's AMX kernels want
-      // ldc == N) and is copied into Y by all threads.
-      dnnl_matmul_bf16(M, rows, Kx, xb, Kx, wt, 1, Kx, out, rows, false);
+      // On AMX a tile narrower than Y runs into dense scratch and is copied into Y by all
+      // threads: oneDNN's AMX kernels want ldc == N, and the tile kernel's stores into the LM
+      // head's rows, 196 KB apart, ran at 753 GFLOP/s against 1,153 into scratch.
+      tile_product(M, rows, Kx, xb, Kx, wt, Kx, true, out, rows, false);
       copy_columns(out, M, rows, Y + n0, ldy, accumulate);
     } else {
-      dnnl_matmul_bf16(M, rows, Kx, xb, Kx, wt, 1, Kx, Y + n0, ldy, accumulate);
+      tile_product(M, rows, Kx, xb, Kx, wt, Kx, true, Y + n0, ldy, accumulate);
     }
   }
 }
@@ -247,7 +303,7 @@ void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightV
     const bf16_t* wt = direct ? static_cast<const bf16_t*>(W.data) + n0 * K : tile;
     // dX (+)= dY[:, n0 : n0+rows] . W[n0 : n0+rows, :]; the first tile overwrites unless
     // accumulating. The tile is a plain row-major [width x K] matrix: strides (K, 1).
-    dnnl_matmul_bf16(M, K, width, dyb, width, wt, K, 1, dX, lddx, n0 > 0 || accumulate);
+    tile_product(M, K, width, dyb, width, wt, K, false, dX, lddx, n0 > 0 || accumulate);
   }
 }
 
@@ -303,7 +359,11 @@ void backward_input_bf16_lora(const float* dY, int64_t M, int64_t lddy, const We
   p.W = &W, p.n0 = 0, p.rows = N, p.tile = tile, p.ld_tile = K;
   p.w_rows = A, p.R = R, p.R_pad = width - N - R, p.scale = scale;
   prepare(p);
-  dnnl_matmul_bf16(M, K, width, dyb, width, tile, K, 1, dX, lddx, accumulate);
+  tile_product(M, K, width, dyb, width, tile, K, false, dX, lddx, accumulate);
+}
+
+int64_t tile_kernel_products() {
+  return g_tile_products.load(std::memory_order_relaxed);
 }
 
 }  // namespace loom::detail

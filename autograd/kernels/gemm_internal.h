@@ -87,6 +87,10 @@ void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, 
                         int64_t u_cols, std::span<const GroupProduct> outputs,
                         const MadeColumns& made);
 
+// How many products have run on loom's AMX tile kernel (gemm_bf16.cpp) in this process: tests
+// check that their shapes take that route.
+int64_t tile_kernel_products();
+
 // oneDNN matmul (gemm_dnnl.cpp): C[M x N] (f32, row stride ldc) = A . B  (+ C if accumulate),
 // A [M x K] bf16 with row stride lda, B [K x N] bf16 with element (k, n) at
 // B[k * b_stride_k + n * b_stride_n] (b_stride_k = 1, b_stride_n = K reads a row-major [N x K]

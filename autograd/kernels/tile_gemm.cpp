@@ -72,6 +72,39 @@ void amx_gemm_bf16_pairs(int64_t M, int64_t N, int64_t K, float alpha, const bf1
   detail::amx_gemm_bf16_pairs_kernel(M, N, K, alpha, A, lda, B_pairs, ldp, C, ldc, accumulate);
 }
 
+void amx_gemm_bf16_tiles(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+                         const bf16_t* B_tiles, float* C, int64_t ldc, bool accumulate) {
+  LOOM_CHECK(amx_tiles_available(), "amx_gemm_bf16_tiles: this CPU or process has no AMX tiles");
+  LOOM_CHECK(M >= 0 && N >= 0 && K >= 0 && M % 16 == 0 && N % 16 == 0 && K % 32 == 0,
+             "amx_gemm_bf16_tiles: M={} N={} K={} must be multiples of 16, 16 and 32", M, N, K);
+  LOOM_CHECK(lda >= K && ldc >= N,
+             "amx_gemm_bf16_tiles: strides lda={} ldc={} shorter than K={} / N={}", lda, ldc, K, N);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc, 0, sizeof(float) * N);
+    return;
+  }
+  detail::amx_gemm_bf16_tiles_kernel(M, N, K, A, lda, B_tiles, C, ldc, accumulate);
+}
+
+void to_tiles(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles) {
+  LOOM_CHECK(amx_tiles_available(), "to_tiles: runs only where AMX tiles do");
+  LOOM_CHECK(rows % 32 == 0 && cols % 16 == 0 && lds >= cols,
+             "to_tiles: [{} x {}] (lds {}) is not whole tiles (rows a multiple of 32, cols of 16)",
+             rows, cols, lds);
+  detail::to_tiles_kernel(S, rows, cols, lds, tiles);
+}
+
+void to_tiles_transposed(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles) {
+  LOOM_CHECK(amx_tiles_available(), "to_tiles_transposed: runs only where AMX tiles do");
+  LOOM_CHECK(rows % 16 == 0 && cols % 32 == 0 && lds >= cols,
+             "to_tiles_transposed: [{} x {}] (lds {}) is not whole tiles of its transpose (rows a "
+             "multiple of 16, cols of 32)",
+             rows, cols, lds);
+  detail::to_tiles_transposed_kernel(S, rows, cols, lds, tiles);
+}
+
 void transpose_bf16_rows32(const bf16_t* in, int64_t ldi, int64_t cols, bf16_t* out, int64_t ldo) {
   LOOM_CHECK(amx_tiles_available(), "transpose_bf16_rows32: runs only where AMX tiles do");
   LOOM_CHECK(cols >= 0 && cols % 32 == 0 && ldi >= cols && ldo >= 32,
@@ -101,6 +134,8 @@ void to_pairs_transposed(const bf16_t* S, int64_t rows, int64_t cols, int64_t ld
              "to_pairs_transposed: {} cols (must be even), ldp {} < {} rows", cols, ldp, rows);
   // Pair (c/2, r) is S[r][c], S[r][c+1]: one 32-bit element of S's row r, so this is a
   // transpose of 32-bit elements, done 16 rows at a time (the rows stay in L1).
+  if (amx_tiles_available())
+    return detail::to_pairs_transposed_kernel(S, rows, cols, lds, pairs, ldp);
   for (int64_t r0 = 0; r0 < rows; r0 += 16) {
     const int64_t r1 = std::min<int64_t>(rows, r0 + 16);
     for (int64_t j = 0; j < cols / 2; ++j) {

@@ -1,5 +1,6 @@
-// Small bf16 products on AMX tiles (Intel's Advanced Matrix Extensions), for attention's block
-// products. A call starts with one tile-configuration load (the smallest block product, [192 x
+// bf16 products on AMX tiles (Intel's Advanced Matrix Extensions): attention's block products
+// (B in pairs) and the linear layers' products of 1024 rows or more (B in tiles, gemm_bf16.cpp).
+// A call starts with one tile-configuration load (the smallest block product, [192 x
 // 64] . [64 x 64], took 3.1 us against oneDNN 2.6's 4.3), so
 // attention can make a block's scores 32 query rows at a time and use each strip at once while it
 // is in cache; oneDNN's product of a whole block's scores ([192 x 64] . [64 x 512]) ran at ~330
@@ -30,6 +31,22 @@ void amx_gemm_bf16_pairs(int64_t M, int64_t N, int64_t K, float alpha, const bf1
                          const bf16_t* B_pairs, int64_t ldp, float* C, int64_t ldc,
                          bool accumulate);
 
+// B operands "in tiles": B [K x N] (K a multiple of 32, N of 16) as the 1 KB tiles AMX loads,
+// each 16 pair-rows x 16 pairs with no gaps: the tile of B's rows 32 kb .. + 31 and columns
+// 16 nb .. + 15 at tiles + (nb * (K / 32) + kb) * 512, pair-row j of it at + 32 j, pair n of that
+// at + 2 n. Each tile is read as one run of 16 cache lines (a B in pairs spread over rows ldp
+// pairs apart is 16 lines 4 * ldp bytes apart) and a weight is put in tiles with whole-line
+// stores. The columns of nb .. are the same layout for a B of those columns: a thread may make
+// or use a share of 16-column blocks on its own. `tiles` 64-byte aligned.
+//
+// C [M x N] f32 (row stride ldc) = A . B (+ C when accumulate); A as for the pairs.
+void amx_gemm_bf16_tiles(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+                         const bf16_t* B_tiles, float* C, int64_t ldc, bool accumulate);
+// B = S, S [rows x cols] row-major (row stride lds): rows a multiple of 32, cols of 16.
+void to_tiles(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles);
+// B = S^T [cols x rows]: rows a multiple of 16, cols of 32.
+void to_tiles_transposed(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles);
+
 // The pair layouts, from a row-major [rows x cols] bf16 matrix S (row stride lds):
 // B = S: pairs row r/2 of S's rows r, r+1 (rows even); ldp >= cols.
 void to_pairs(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs, int64_t ldp);
@@ -44,8 +61,15 @@ void transpose_bf16_rows32(const bf16_t* in, int64_t ldi, int64_t cols, bf16_t* 
 namespace detail {
 void to_pairs_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs,
                      int64_t ldp);
+void to_pairs_transposed_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds,
+                                bf16_t* pairs, int64_t ldp);
 void transpose_bf16_rows32_kernel(const bf16_t* in, int64_t ldi, int64_t cols, bf16_t* out,
                                   int64_t ldo);
+void to_tiles_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles);
+void to_tiles_transposed_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds,
+                                bf16_t* tiles);
+void amx_gemm_bf16_tiles_kernel(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+                                const bf16_t* B_tiles, float* C, int64_t ldc, bool accumulate);
 // The kernel (tile_gemm_amx.cpp), after amx_tiles_available().
 void amx_gemm_bf16_pairs_kernel(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
                                 int64_t lda, const bf16_t* B_pairs, int64_t ldp, float* C,

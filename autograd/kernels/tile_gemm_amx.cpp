@@ -2,6 +2,9 @@
 // generation; called only after amx_tiles_available().
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "autograd/kernels/tile_gemm.h"
 
 namespace loom::detail {
@@ -41,19 +44,46 @@ inline void finish(const float* tile, float alpha, float* C, int64_t ldc, bool a
   }
 }
 
-// One block of C: MT x NT tiles (each 1 or 2) at A's rows / B's columns given.
+// Where B's tiles lie: the tile for the next 32 rows of B is k_step elements on, a tile's 16
+// pair-rows are stride_bytes apart, and the tile of the next 16 columns is `next` elements on.
+struct BLayout {
+  int64_t k_step, stride_bytes, next;
+};
+
+// B in pairs with ldp pairs per pair-row.
+BLayout pairs_layout(int64_t ldp) {
+  return {32 * ldp, 4 * ldp, 32};
+}
+
+// B in tiles (tile_gemm.h) of a K-row B: 1 KB tiles, K / 32 of them per 16 columns.
+BLayout tiles_layout(int64_t K) {
+  return {512, 64, K / 32 * 512};
+}
+
+// One block of C: MT x NT tiles (each 1 or 2) at A's rows / B's first tile given.
 template <int MT, int NT>
-void block(int64_t K, float alpha, const bf16_t* A, int64_t lda, const bf16_t* B, int64_t ldp,
+void block(int64_t K, float alpha, const bf16_t* A, int64_t lda, const bf16_t* B, BLayout bl,
            float* C, int64_t ldc, bool accumulate) {
-  _tile_zero(0);
-  if constexpr (NT == 2) _tile_zero(1);
-  if constexpr (MT == 2) _tile_zero(2);
-  if constexpr (MT == 2 && NT == 2) _tile_zero(3);
-  const int64_t a_bytes = lda * 2, b_bytes = ldp * 4;
-  for (int64_t k = 0; k < K; k += 32) {
-    const bf16_t* b = B + k * ldp;  // pair-row k / 2
+  // Adding to C with alpha 1 starts the tiles from C itself; otherwise from zero, C's blocks
+  // then finished through a staging buffer below.
+  const bool from_c = accumulate && alpha == 1.0f;
+  const int64_t c_bytes = ldc * 4;
+  if (from_c) {
+    _tile_loadd(0, C, c_bytes);
+    if constexpr (NT == 2) _tile_loadd(1, C + 16, c_bytes);
+    if constexpr (MT == 2) _tile_loadd(2, C + 16 * ldc, c_bytes);
+    if constexpr (MT == 2 && NT == 2) _tile_loadd(3, C + 16 * ldc + 16, c_bytes);
+  } else {
+    _tile_zero(0);
+    if constexpr (NT == 2) _tile_zero(1);
+    if constexpr (MT == 2) _tile_zero(2);
+    if constexpr (MT == 2 && NT == 2) _tile_zero(3);
+  }
+  const int64_t a_bytes = lda * 2, b_bytes = bl.stride_bytes;
+  const bf16_t* b = B;
+  for (int64_t k = 0; k < K; k += 32, b += bl.k_step) {
     _tile_loadd(6, b, b_bytes);
-    if constexpr (NT == 2) _tile_loadd(7, b + 32, b_bytes);
+    if constexpr (NT == 2) _tile_loadd(7, b + bl.next, b_bytes);
     _tile_loadd(4, A + k, a_bytes);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (NT == 2) _tile_dpbf16ps(1, 4, 7);
@@ -63,8 +93,7 @@ void block(int64_t K, float alpha, const bf16_t* A, int64_t lda, const bf16_t* B
       if constexpr (NT == 2) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  if (alpha == 1.0f && !accumulate) {
-    const int64_t c_bytes = ldc * 4;
+  if (alpha == 1.0f) {
     _tile_stored(0, C, c_bytes);
     if constexpr (NT == 2) _tile_stored(1, C + 16, c_bytes);
     if constexpr (MT == 2) _tile_stored(2, C + 16 * ldc, c_bytes);
@@ -141,6 +170,28 @@ void transpose_bf16_rows32_kernel(const bf16_t* in, int64_t ldi, int64_t cols, b
   }
 }
 
+void to_pairs_transposed_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds,
+                                bf16_t* pairs, int64_t ldp) {
+  // Pair (c/2, r) is the 32-bit element c/2 of S's row r: 16 x 16 blocks of 32-bit elements
+  // transposed in registers; ragged edges element by element.
+  const int64_t words = cols / 2, full_rows = rows / 16 * 16, full_words = words / 16 * 16;
+  auto word = [&](int64_t r, int64_t j) -> void {
+    std::memcpy(pairs + j * 2 * ldp + 2 * r, S + r * lds + 2 * j, 4);
+  };
+  for (int64_t r0 = 0; r0 < full_rows; r0 += 16) {
+    for (int64_t j0 = 0; j0 < full_words; j0 += 16) {
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_si512(S + (r0 + i) * lds + 2 * j0);
+      transpose_16x16_epi32(v);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(pairs + (j0 + i) * 2 * ldp + 2 * r0, v[i]);
+    }
+    for (int64_t j = full_words; j < words; ++j)
+      for (int64_t r = r0; r < r0 + 16; ++r) word(r, j);
+  }
+  for (int64_t r = full_rows; r < rows; ++r)
+    for (int64_t j = 0; j < words; ++j) word(r, j);
+}
+
 void to_pairs_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* pairs,
                      int64_t ldp) {
   // unpack interleaves within 128-bit lanes: lo holds columns {0-3, 8-11, 16-19, 24-27} of the
@@ -166,31 +217,99 @@ void to_pairs_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, b
   }
 }
 
-void amx_gemm_bf16_pairs_kernel(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
-                                int64_t lda, const bf16_t* B_pairs, int64_t ldp, float* C,
-                                int64_t ldc, bool accumulate) {
+namespace {
+
+// The kernel over a B whose 16-column tiles start at B + (n / 16) * first_of_16 (n a multiple
+// of 16) and lie as `bl` says.
+void gemm(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A, int64_t lda,
+          const bf16_t* B, int64_t first_of_16, BLayout bl, float* C, int64_t ldc,
+          bool accumulate) {
   // The configuration is per thread and oneDNN's kernels load their own: load ours every call,
   // and release the tiles after (a thread holding tile state makes every context switch save
   // 8 KB of it).
   _tile_loadconfig(&tile_config());
-  for (int64_t m = 0; m < M; m += 32) {
-    const bool m2 = m + 32 <= M;
-    const bf16_t* a = A + m * lda;
-    for (int64_t n = 0; n < N; n += 32) {
-      const bool n2 = n + 32 <= N;
-      const bf16_t* b = B_pairs + 2 * n;
-      float* c = C + m * ldc + n;
-      if (m2 && n2)
-        block<2, 2>(K, alpha, a, lda, b, ldp, c, ldc, accumulate);
-      else if (m2)
-        block<2, 1>(K, alpha, a, lda, b, ldp, c, ldc, accumulate);
-      else if (n2)
-        block<1, 2>(K, alpha, a, lda, b, ldp, c, ldc, accumulate);
-      else
-        block<1, 1>(K, alpha, a, lda, b, ldp, c, ldc, accumulate);
+  // B a panel of columns at a time, kept in L2 while every 32-row strip of A passes over it:
+  // ~512 KB of B per panel. (A whole projection's B, 608 x 1536 as bf16, does not stay in a
+  // 2 MB L2 next to A's and C's traffic: alone on two Sapphire Rapids cores, its product over
+  // 2048 rows ran at ~1,650 GFLOP/s against ~2,100-2,300 in panels of 256-512 columns, C kept in
+  // cache; into fresh C memory, as in a training step, ~1,250-1,500.)
+  constexpr int64_t kPanelBytes = int64_t{1} << 19;
+  const int64_t panel = std::max<int64_t>(32, kPanelBytes / (2 * K) / 32 * 32);
+  for (int64_t p0 = 0; p0 < N; p0 += panel) {
+    const int64_t p1 = std::min(N, p0 + panel);
+    for (int64_t m = 0; m < M; m += 32) {
+      const bool m2 = m + 32 <= M;
+      const bf16_t* a = A + m * lda;
+      for (int64_t n = p0; n < p1; n += 32) {
+        const bool n2 = n + 32 <= p1;
+        const bf16_t* b = B + n / 16 * first_of_16;
+        float* c = C + m * ldc + n;
+        if (m2 && n2)
+          block<2, 2>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
+        else if (m2)
+          block<2, 1>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
+        else if (n2)
+          block<1, 2>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
+        else
+          block<1, 1>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
+      }
     }
   }
   _tile_release();
+}
+
+}  // namespace
+
+void amx_gemm_bf16_pairs_kernel(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+                                int64_t lda, const bf16_t* B_pairs, int64_t ldp, float* C,
+                                int64_t ldc, bool accumulate) {
+  gemm(M, N, K, alpha, A, lda, B_pairs, 32, pairs_layout(ldp), C, ldc, accumulate);
+}
+
+void amx_gemm_bf16_tiles_kernel(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+                                const bf16_t* B_tiles, float* C, int64_t ldc, bool accumulate) {
+  const BLayout bl = tiles_layout(K);
+  gemm(M, N, K, 1.0f, A, lda, B_tiles, bl.next, bl, C, ldc, accumulate);
+}
+
+void to_tiles_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles) {
+  // Pair-row j of tile (kb, nb) interleaves S's rows 32 kb + 2j and + 1 over columns 16 nb ..
+  // + 15. Per row pair and 32 columns: one unpack and two permutes (as to_pairs_kernel), the two
+  // 64-byte halves into the tiles of columns c and c + 16.
+  const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+  const __m512i second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+  const int64_t per_16 = rows / 32 * 512;
+  for (int64_t r = 0; r < rows; r += 2) {
+    const bf16_t* s0 = S + r * lds;
+    const bf16_t* s1 = s0 + lds;
+    bf16_t* d = tiles + r / 32 * 512 + (r % 32) / 2 * 32;  // column block 0's pair-row
+    for (int64_t c = 0; c < cols; c += 32) {
+      const bool two = c + 32 <= cols;  // else the last 16 columns
+      const __mmask32 m = two ? kAll32 : 0xFFFF;
+      const __m512i a = _mm512_maskz_loadu_epi16(m, s0 + c),
+                    b = _mm512_maskz_loadu_epi16(m, s1 + c);
+      const __m512i lo = _mm512_maskz_unpacklo_epi16(kAll32, a, b);
+      const __m512i hi = _mm512_maskz_unpackhi_epi16(kAll32, a, b);
+      _mm512_store_si512(d + c / 16 * per_16, _mm512_permutex2var_epi64(lo, first, hi));
+      if (two)
+        _mm512_store_si512(d + (c / 16 + 1) * per_16, _mm512_permutex2var_epi64(lo, second, hi));
+    }
+  }
+}
+
+void to_tiles_transposed_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds,
+                                bf16_t* tiles) {
+  // B = S^T: tile (kb, nb)'s pair-row j holds the 32-bit elements 16 kb + j of S's rows 16 nb ..
+  // + 15, so each tile is one 16 x 16 transpose of 32-bit elements, stored whole.
+  for (int64_t n0 = 0; n0 < rows; n0 += 16) {
+    bf16_t* d = tiles + n0 / 16 * (cols / 32 * 512);
+    for (int64_t k0 = 0; k0 < cols; k0 += 32, d += 512) {
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_si512(S + (n0 + i) * lds + k0);
+      transpose_16x16_epi32(v);
+      for (int i = 0; i < 16; ++i) _mm512_store_si512(d + 32 * i, v[i]);
+    }
+  }
 }
 
 }  // namespace loom::detail
