@@ -95,6 +95,13 @@ struct GroupLinear {
 std::vector<Tensor> linear_group(const Tensor& x, const std::vector<GroupLinear>& linears,
                                  Precision precision = Precision::Auto,
                                  OutputUse use = OutputUse::Read);
+// swiglu(gate, up) of a group's two projections [gate, up] (a Llama MLP's first half):
+// swiglu(linear_group(x, gate_up)[0], [1]). Where nothing needs a gradient (a checkpointed
+// block's first run), neither has a bias and the AMX tile route runs (gemm.h
+// linear_forward_group_combined), the two products' blocks are combined while in cache and
+// never written out, with the same bits.
+Tensor linear_group_swiglu(const Tensor& x, const std::vector<GroupLinear>& gate_up,
+                           Precision precision = Precision::Auto);
 // f32 matrix product over the last two dims: a [..., M, K] . b [..., K, N] -> [..., M, N].
 // Batch dims must match, or one operand is 2-D (shared by every batch element).
 Tensor matmul(const Tensor& a, const Tensor& b);

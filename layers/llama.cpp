@@ -81,19 +81,38 @@ Tensor Linear::forward(const Tensor& x, Precision precision, OutputUse use) cons
                  : linear(x, weight, bias, precision, use);
 }
 
-std::vector<Tensor> forward_shared_input(std::span<const Linear* const> linears, const Tensor& x,
-                                         Precision precision, OutputUse use) {
+namespace {
+
+// The projections as one linear_group, or nothing where an adapter is not a plain low-rank term
+// (DoRA): those run one by one.
+std::optional<std::vector<GroupLinear>> shared_input_group(std::span<const Linear* const> linears,
+                                                           const Tensor& x) {
   std::vector<GroupLinear> group;
   for (const Linear* l : linears) {
-    if (l->adapter && !l->adapter->is_low_rank_term()) {
-      std::vector<Tensor> out;
-      for (const Linear* each : linears) out.push_back(each->forward(x, precision, use));
-      return out;
-    }
+    if (l->adapter && !l->adapter->is_low_rank_term()) return std::nullopt;
     group.push_back(
         {l->weight, l->bias, l->adapter ? l->adapter->low_rank_term(*l, x) : std::nullopt});
   }
-  return linear_group(x, group, precision, use);
+  return group;
+}
+
+}  // namespace
+
+std::vector<Tensor> forward_shared_input(std::span<const Linear* const> linears, const Tensor& x,
+                                         Precision precision, OutputUse use) {
+  if (const auto group = shared_input_group(linears, x))
+    return linear_group(x, *group, precision, use);
+  std::vector<Tensor> out;
+  for (const Linear* each : linears) out.push_back(each->forward(x, precision, use));
+  return out;
+}
+
+Tensor swiglu_of_shared_input(const Linear& gate, const Linear& up, const Tensor& x,
+                              Precision precision) {
+  const Linear* const gate_up[] = {&gate, &up};
+  if (const auto group = shared_input_group(gate_up, x))
+    return linear_group_swiglu(x, *group, precision);
+  return swiglu(gate.forward(x, precision), up.forward(x, precision));
 }
 
 // ---- weight checks ----------------------------------------------------------------------------
@@ -382,9 +401,7 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& x,
   Tensor a = reshape(attention(q, k, v, attn), {B, T, c.q_dim()});
   Tensor x1 = add(x, b.wo.forward(a, precision));
   h = rms_norm(x1, b.ffn_norm, c.rms_norm_eps);
-  const Linear* const gate_up_proj[] = {&b.w_gate, &b.w_up};
-  const std::vector<Tensor> gate_up = forward_shared_input(gate_up_proj, h, precision);
-  Tensor m = swiglu(gate_up[0], gate_up[1]);
+  Tensor m = swiglu_of_shared_input(b.w_gate, b.w_up, h, precision);
   return add(x1, b.w_down.forward(m, precision, use), use);
 }
 

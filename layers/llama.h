@@ -99,6 +99,11 @@ struct Linear {
 // each Linear::forward. `use` as in linear().
 std::vector<Tensor> forward_shared_input(std::span<const Linear* const> linears, const Tensor& x,
                                          Precision precision, OutputUse use = OutputUse::Read);
+// swiglu(gate(x), up(x)), the MLP's first half: linear_group_swiglu when both are plain or
+// plain low-rank (in a forward that keeps no gradients, the two products then never written
+// out), else the two Linear::forward.
+Tensor swiglu_of_shared_input(const Linear& gate, const Linear& up, const Tensor& x,
+                              Precision precision);
 
 struct LlamaBlock {
   Tensor attn_norm;  // [D]

@@ -31,6 +31,7 @@
 #include "autograd/kernels/gemm_internal.h"
 #include "autograd/kernels/skinny.h"
 #include "autograd/kernels/tile_gemm.h"
+#include "autograd/ops/vec_kernels.h"
 #include "autograd/quant/quant.h"
 
 namespace loom {
@@ -1120,6 +1121,95 @@ TEST(TileGemm, TiledBProductMatchesScalarReference) {
   std::vector<float> c(64 * 64);
   EXPECT_THROW(amx_gemm_bf16_tiles(16, 24, 32, a.data(), 32, p.data(), c.data(), 24, false),
                Error);  // N not a multiple of 16
+}
+
+// The combined product gives combine(C1, C2) with C1, C2 the bits of the two products run
+// apart: 16-row edge strips, a 16-column edge, a reduction long enough for several panels
+// (K = 4096: panels of 32 columns), rows of Y wider than N whose padding stays untouched.
+TEST(TileGemm, CombinedProductsEqualTheProductsCombined) {
+  if (!amx_tiles_available())
+    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const CombineRows combine = [](const float* c1, const float* c2, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = c1[i] * 0.5f - c2[i];
+  };
+  const auto aligned_tiles = [](std::vector<uint16_t>& v) {
+    return reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
+  };
+  for (int64_t M : {16, 48})
+    for (int64_t N : {16, 80})
+      for (int64_t K : {32, 4096}) {
+        const int64_t lda = K + 32, ldy = N + 5;
+        std::vector<uint16_t> a(static_cast<size_t>(M * lda));
+        for (auto& x : a) x = f32_to_bf16(dist(rng));
+        std::vector<uint16_t> buf1(static_cast<size_t>(K * N + 32)), buf2 = buf1;
+        for (std::vector<uint16_t>* buf : {&buf1, &buf2}) {
+          std::vector<uint16_t> b(static_cast<size_t>(K * N));
+          for (auto& x : b) x = f32_to_bf16(dist(rng));
+          to_tiles(b.data(), K, N, N, aligned_tiles(*buf));
+        }
+        std::vector<float> c1(static_cast<size_t>(M * N)), c2 = c1;
+        amx_gemm_bf16_tiles(M, N, K, a.data(), lda, aligned_tiles(buf1), c1.data(), N, false);
+        amx_gemm_bf16_tiles(M, N, K, a.data(), lda, aligned_tiles(buf2), c2.data(), N, false);
+        std::vector<float> want(static_cast<size_t>(M * ldy), kOutputPad), got = want;
+        for (int64_t m = 0; m < M; ++m)
+          combine(c1.data() + m * N, c2.data() + m * N, want.data() + m * ldy, N);
+        std::vector<float> stage(static_cast<size_t>(amx_combined_stage_floats(K) + 16));
+        float* st =
+            reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(stage.data()) + 63) / 64 * 64);
+        amx_gemm_bf16_tiles_combined(M, N, K, a.data(), lda, aligned_tiles(buf1),
+                                     aligned_tiles(buf2), combine, st, got.data(), ldy);
+        EXPECT_EQ(got, want) << "M=" << M << " N=" << N << " K=" << K;
+      }
+}
+
+// linear_forward_group_combined gives the bits of linear_forward_group followed by the combine
+// (swiglu's kernel), for bf16 and NF4 weights, with low-rank terms in their own U columns (one
+// output without) and U columns made from X; it runs exactly where the AMX tile route does
+// (M >= 1024 rows, two weights of one shape) and leaves everything alone elsewhere.
+TEST(Gemm, GroupCombinedEqualsTheGroupThenCombined) {
+  std::mt19937 rng(94);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const CombineRows combine = ops_detail::vec_kernels().swiglu_fwd;
+  const int64_t K = 192, N = 96, u_cols = 13, ldu = 16;
+  for (DType dtype : {DType::BF16, DType::NF4})
+    for (int64_t M : {1024, 512}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " M=" + std::to_string(M));
+      const TestWeight w0 = make_weight(rng, dtype, N, K), w1 = make_weight(rng, dtype, N, K);
+      const std::vector<float> X = random_matrix(rng, M, K, K + 3, 1.0f, nan);
+      const std::vector<float> F = random_matrix(rng, K, 5, 5, 0.1f, 0.0f);  // makes U[:, 0:5]
+      std::vector<float> U = random_matrix(rng, M, u_cols, ldu, 1.0f, nan), U2 = U;
+      const std::vector<float> B0 = random_matrix(rng, N, 5, 5, 0.1f, 0.0f);
+      std::vector<GroupProduct> outs(2);
+      outs[0].W = w0.view(), outs[0].B = B0.data(), outs[0].rank = 5, outs[0].u_col = 0;
+      outs[0].scale = 1.5f;
+      outs[1].W = w1.view();  // no term
+      std::vector<float> y0(static_cast<size_t>(M * N)), y1 = y0;
+      outs[0].Y = y0.data(), outs[0].ldy = N, outs[1].Y = y1.data(), outs[1].ldy = N;
+      std::vector<float> want(static_cast<size_t>(M * (N + 2)), kOutputPad), got = want;
+      const bool ran = linear_forward_group_combined(
+          X.data(), M, K + 3, U.data(), ldu, u_cols, outs, Precision::BF16,
+          MadeColumns{U.data(), F.data(), 5}, combine, got.data(), N + 2);
+      EXPECT_EQ(ran, M >= 1024 && amx_tiles_available() && cpu_has_avx512_bf16());
+      if (!ran) {
+        EXPECT_EQ(got, want) << "touched its output without running";
+        continue;
+      }
+      linear_forward_group(X.data(), M, K + 3, U2.data(), ldu, u_cols, outs, Precision::BF16,
+                           MadeColumns{U2.data(), F.data(), 5});
+      for (int64_t m = 0; m < M; ++m)
+        combine(y0.data() + m * N, y1.data() + m * N, want.data() + m * (N + 2), N);
+      EXPECT_EQ(got, want);
+      for (size_t i = 0; i < U.size(); ++i)  // the made columns too (NaN padding compares equal)
+        ASSERT_TRUE(U[i] == U2[i] || (std::isnan(U[i]) && std::isnan(U2[i]))) << i;
+      // Weights of different shapes: not combined.
+      const TestWeight narrow = make_weight(rng, dtype, N - 32, K);
+      std::vector<GroupProduct> mixed = outs;
+      mixed[1].W = narrow.view();
+      EXPECT_FALSE(linear_forward_group_combined(X.data(), M, K + 3, U.data(), ldu, u_cols, mixed,
+                                                 Precision::BF16, {}, combine, got.data(), N + 2));
+    }
 }
 
 // The linear products on the AMX tile kernel (M >= 1024 rows, whole tiles) against the double

@@ -184,11 +184,12 @@ void linear_backward_low_rank(const float* dY, int64_t M, int64_t lddy, const We
                                  precision);
 }
 
-void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
-                          int64_t u_cols, std::span<const GroupProduct> outputs,
-                          Precision precision, const MadeColumns& made) {
-  const char* op = "linear_forward_group";
-  if (outputs.empty()) return;
+namespace {
+
+// linear_forward_group's arguments (outputs not empty), each output's Y too with check_y.
+void check_group(const char* op, const float* X, int64_t M, int64_t ldx, const float* U,
+                 int64_t ldu, int64_t u_cols, std::span<const GroupProduct> outputs,
+                 const MadeColumns& made, bool check_y) {
   const int64_t K = outputs.front().W.cols;
   LOOM_CHECK(u_cols >= 0 && (u_cols == 0 || M == 0 || (U != nullptr && ldu >= u_cols)),
              "{}: low-rank activations of {} columns have row stride {}{}", op, u_cols, ldu,
@@ -203,13 +204,23 @@ void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U
     LOOM_CHECK(o.W.cols == K,
                "{}: output {}'s weight [{} x {}] does not read the group's {} input columns", op, i,
                o.W.rows, o.W.cols, K);
-    check_activation(op, "Y", o.Y, M, o.W.rows, o.ldy, o.W);
+    if (check_y) check_activation(op, "Y", o.Y, M, o.W.rows, o.ldy, o.W);
     LOOM_CHECK(o.rank >= 0 && o.u_col >= 0 && o.u_col + o.rank <= u_cols &&
                    (o.rank == 0 || o.B != nullptr),
                "{}: output {}'s term (rank {} at column {}{}) does not fit {} low-rank columns", op,
                i, o.rank, o.u_col, o.rank > 0 && o.B == nullptr ? ", null B" : "", u_cols);
   }
   check_activation(op, "X", X, M, K, ldx, outputs.front().W);
+}
+
+}  // namespace
+
+void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
+                          int64_t u_cols, std::span<const GroupProduct> outputs,
+                          Precision precision, const MadeColumns& made) {
+  if (outputs.empty()) return;
+  check_group("linear_forward_group", X, M, ldx, U, ldu, u_cols, outputs, made, true);
+  const int64_t K = outputs.front().W.cols;
   if (M == 0) return;
   bool bf16 = resolve_precision(precision) == Precision::BF16 && M > 1 && K > 0;
   for (const GroupProduct& o : outputs) bf16 = bf16 && o.W.rows > 0;
@@ -220,6 +231,25 @@ void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U
     detail::linear_forward_tiled(X, M, ldx, o.W, o.Y, o.ldy, false, precision, 0,
                                  o.rank > 0 ? &lr : nullptr);
   }
+}
+
+bool linear_forward_group_combined(const float* X, int64_t M, int64_t ldx, const float* U,
+                                   int64_t ldu, int64_t u_cols,
+                                   std::span<const GroupProduct> outputs, Precision precision,
+                                   const MadeColumns& made, CombineRows combine, float* Y,
+                                   int64_t ldy) {
+  const char* op = "linear_forward_group_combined";
+  if (resolve_precision(precision) != Precision::BF16 || outputs.size() != 2 ||
+      !detail::group_combined_fits(M, u_cols, outputs))
+    return false;
+  const int64_t N = outputs[0].W.rows;
+  LOOM_CHECK(combine != nullptr && Y != nullptr && ldy >= N,
+             "{}: the combined output needs a combine function and Y with row stride >= {} (got "
+             "{})",
+             op, N, ldy);
+  check_group(op, X, M, ldx, U, ldu, u_cols, outputs, made, false);
+  detail::forward_bf16_group_combined(X, M, ldx, U, ldu, u_cols, outputs, made, combine, Y, ldy);
+  return true;
 }
 
 void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,

@@ -17,6 +17,7 @@
 #include <span>
 
 #include "autograd/dtype.h"
+#include "autograd/kernels/tile_gemm.h"  // CombineRows
 
 namespace loom {
 
@@ -103,6 +104,18 @@ struct MadeColumns {
 void linear_forward_group(const float* X, int64_t M, int64_t ldx, const float* U, int64_t ldu,
                           int64_t u_cols, std::span<const GroupProduct> outputs,
                           Precision precision = Precision::Auto, const MadeColumns& made = {});
+
+// Two outputs of a group combined row by row: Y [M x N] (row stride ldy) = combine(Y0, Y1),
+// Y0 and Y1 what linear_forward_group would write for outputs[0] and [1] (their Y and ldy
+// unused), which are never written out (a Llama MLP's silu(gate) * up in a forward that keeps
+// neither). Only on the AMX tile route (two weights of one [N x K] shape, each in one tile,
+// M >= 1024 rows), where it returns true; elsewhere it returns false having done nothing, and the
+// caller runs linear_forward_group and combines.
+bool linear_forward_group_combined(const float* X, int64_t M, int64_t ldx, const float* U,
+                                   int64_t ldu, int64_t u_cols,
+                                   std::span<const GroupProduct> outputs, Precision precision,
+                                   const MadeColumns& made, CombineRows combine, float* Y,
+                                   int64_t ldy);
 
 // Plain f32 GEMM for trainable weights and activations (row-major, cblas conventions):
 // C = alpha * op(A) . op(B) + beta * C.

@@ -156,6 +156,20 @@ bool tile_kernel_fits(int64_t M, int64_t N, int64_t K) {
          amx_tiles_available();
 }
 
+// Thread t's share (of nt) of B's 16-column blocks put in tiles, B from the weight tile W (row
+// stride ldw) as tile_product says. The kernels themselves, no checks (callers check the
+// shape): nothing may throw before a barrier that every thread must reach.
+void share_to_tiles(const bf16_t* W, int64_t ldw, int64_t N, int64_t K, bool transposed,
+                    bf16_t* tiles, int t, int nt) {
+  const int64_t n0 = share_begin(N / 16, t, nt) * 16, n1 = share_begin(N / 16, t + 1, nt) * 16;
+  bf16_t* share = tiles + n0 / 16 * (K / 32 * 512);
+  if (n1 <= n0) return;
+  if (transposed)
+    to_tiles_transposed_kernel(W + n0 * ldw, n1 - n0, K, ldw, share);
+  else
+    to_tiles_kernel(W + n0, K, n1 - n0, ldw, share);
+}
+
 // C[M x N] (+)= A[M x K] . B for a bf16 weight tile W (row stride ldw): B = W^T with W [N x K]
 // (`transposed`, the forward) or B = W with W [K x N] (the input gradient). On the tile kernel
 // where it fits (and A's rows are whole 64-byte lines apart): each thread puts its share of
@@ -171,16 +185,7 @@ void tile_product(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
   bf16_t* tiles = scratch_bf16(3, K * N);
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   parallel_run(threads, [&](int t, int nt) {
-    // The kernels themselves, no checks (the shape is checked above): nothing may throw before
-    // the barrier, which every thread must reach.
-    const int64_t n0 = share_begin(N / 16, t, nt) * 16, n1 = share_begin(N / 16, t + 1, nt) * 16;
-    bf16_t* share = tiles + n0 / 16 * (K / 32 * 512);
-    if (n1 > n0) {
-      if (transposed)
-        to_tiles_transposed_kernel(W + n0 * ldw, n1 - n0, K, ldw, share);
-      else
-        to_tiles_kernel(W + n0, K, n1 - n0, ldw, share);
-    }
+    share_to_tiles(W, ldw, N, K, transposed, tiles, t, nt);
 #pragma omp barrier
     const int64_t m0 = share_begin(M / 16, t, nt) * 16, m1 = share_begin(M / 16, t + 1, nt) * 16;
     if (m1 > m0)
@@ -271,6 +276,51 @@ void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, 
     tiles_forward(xb, M, Kx, o.W, o.B, o.rank, o.u_col, o.scale, o.Y, o.ldy, false,
                   effective_tile_rows(o.W, 0), i == 0 ? &round : nullptr);
   }
+}
+
+bool group_combined_fits(int64_t M, int64_t u_cols, std::span<const GroupProduct> outputs) {
+  if (outputs.size() != 2 || M <= 0) return false;
+  const int64_t N = outputs[0].W.rows, K = outputs[0].W.cols;
+  const int64_t Kx = u_cols > 0 ? padded_reduction(K + u_cols) : K;
+  for (const GroupProduct& o : outputs)
+    if (o.W.rows != N || o.W.cols != K || effective_tile_rows(o.W, 0) < N) return false;
+  return tile_kernel_fits(M, N, Kx);
+}
+
+void forward_bf16_group_combined(const float* X, int64_t M, int64_t ldx, const float* U,
+                                 int64_t ldu, int64_t u_cols, std::span<const GroupProduct> outputs,
+                                 const MadeColumns& made, CombineRows combine, float* Y,
+                                 int64_t ldy) {
+  const int64_t N = outputs[0].W.rows, K = outputs[0].W.cols;
+  const int64_t Kx = u_cols > 0 ? padded_reduction(K + u_cols) : K;
+  bf16_t* xb = scratch_bf16(0, M * Kx);
+  Prep round = round_activations(X, M, K, ldx, U, ldu, u_cols, xb, Kx);
+  if (made.cols > 0) round.make_tail = made.U, round.make_F = made.F, round.make_cols = made.cols;
+  // Each weight as tiles_forward's one tile (the first with X's rounding), then in tiles.
+  bf16_t* tiles[2] = {scratch_bf16(3, N * Kx), scratch_bf16(4, N * Kx)};
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  for (int i = 0; i < 2; ++i) {
+    const GroupProduct& o = outputs[static_cast<size_t>(i)];
+    const bool direct = o.W.dtype == DType::BF16 && Kx == K;
+    bf16_t* tile = direct ? nullptr : scratch_bf16(1, N * Kx);
+    Prep p = i == 0 ? round : Prep{};
+    if (tile) {
+      p.W = &o.W, p.n0 = 0, p.rows = N, p.tile = tile, p.ld_tile = Kx;
+      if (o.rank > 0) p.w_cols = o.B, p.R = o.rank, p.R_lead = o.u_col, p.scale = o.scale;
+    }
+    prepare(p);
+    const bf16_t* wt = direct ? static_cast<const bf16_t*>(o.W.data) : tile;
+    parallel_run(threads,
+                 [&](int t, int nt) { share_to_tiles(wt, Kx, N, Kx, true, tiles[i], t, nt); });
+  }
+  g_tile_products.fetch_add(2, std::memory_order_relaxed);
+  parallel_run(threads, [&](int t, int nt) {
+    const int64_t m0 = share_begin(M / 16, t, nt) * 16, m1 = share_begin(M / 16, t + 1, nt) * 16;
+    if (m1 > m0)
+      amx_gemm_bf16_tiles_combined_kernel(m1 - m0, N, Kx, xb + m0 * Kx, Kx, tiles[0], tiles[1],
+                                          combine, scratch_f32(2, amx_combined_stage_floats(Kx)),
+                                          Y + m0 * ldy, ldy);
+  });
 }
 
 void backward_input_bf16(const float* dY, int64_t M, int64_t lddy, const WeightView& W, float* dX,

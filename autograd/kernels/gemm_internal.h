@@ -91,6 +91,14 @@ void forward_bf16_group(const float* X, int64_t M, int64_t ldx, const float* U, 
 // check that their shapes take that route.
 int64_t tile_kernel_products();
 
+// linear_forward_group_combined's route (gemm_bf16.cpp): whether it runs for these shapes (two
+// weights of one shape, each one tile, on the AMX tile kernel), and the route itself.
+bool group_combined_fits(int64_t M, int64_t u_cols, std::span<const GroupProduct> outputs);
+void forward_bf16_group_combined(const float* X, int64_t M, int64_t ldx, const float* U,
+                                 int64_t ldu, int64_t u_cols, std::span<const GroupProduct> outputs,
+                                 const MadeColumns& made, CombineRows combine, float* Y,
+                                 int64_t ldy);
+
 // oneDNN matmul (gemm_dnnl.cpp): C[M x N] (f32, row stride ldc) = A . B  (+ C if accumulate),
 // A [M x K] bf16 with row stride lda, B [K x N] bf16 with element (k, n) at
 // B[k * b_stride_k + n * b_stride_n] (b_stride_k = 1, b_stride_n = K reads a row-major [N x K]

@@ -110,7 +110,7 @@ struct AlignedBuffer {
   }
 };
 
-constexpr int kScratchSlots = 4;
+constexpr int kScratchSlots = 5;
 thread_local AlignedBuffer t_scratch[kScratchSlots];
 
 void* scratch_bytes(int slot, size_t bytes) {

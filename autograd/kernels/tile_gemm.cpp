@@ -88,6 +88,23 @@ void amx_gemm_bf16_tiles(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64
   detail::amx_gemm_bf16_tiles_kernel(M, N, K, A, lda, B_tiles, C, ldc, accumulate);
 }
 
+void amx_gemm_bf16_tiles_combined(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+                                  const bf16_t* B1, const bf16_t* B2, CombineRows combine,
+                                  float* stage, float* Y, int64_t ldy) {
+  LOOM_CHECK(amx_tiles_available(),
+             "amx_gemm_bf16_tiles_combined: this CPU or process has no AMX tiles");
+  LOOM_CHECK(M >= 0 && N >= 0 && K > 0 && M % 16 == 0 && N % 16 == 0 && K % 32 == 0,
+             "amx_gemm_bf16_tiles_combined: M={} N={} K={} must be multiples of 16, 16 and 32 "
+             "(K > 0)",
+             M, N, K);
+  LOOM_CHECK(lda >= K && ldy >= N && combine != nullptr && stage != nullptr,
+             "amx_gemm_bf16_tiles_combined: lda={} ldy={} shorter than K={} / N={}, or no "
+             "combine / stage",
+             lda, ldy, K, N);
+  if (M == 0 || N == 0) return;
+  detail::amx_gemm_bf16_tiles_combined_kernel(M, N, K, A, lda, B1, B2, combine, stage, Y, ldy);
+}
+
 void to_tiles(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles) {
   LOOM_CHECK(amx_tiles_available(), "to_tiles: runs only where AMX tiles do");
   LOOM_CHECK(rows % 32 == 0 && cols % 16 == 0 && lds >= cols,

@@ -42,6 +42,25 @@ void amx_gemm_bf16_pairs(int64_t M, int64_t N, int64_t K, float alpha, const bf1
 // C [M x N] f32 (row stride ldc) = A . B (+ C when accumulate); A as for the pairs.
 void amx_gemm_bf16_tiles(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
                          const bf16_t* B_tiles, float* C, int64_t ldc, bool accumulate);
+// Two products over one A combined row by row while in cache: Y [M x N] (row stride ldy) with
+// Y[m, n0 : n1] = combine(C1[m, n0 : n1], C2[m, n0 : n1]) for C1 = A . B1 and C2 = A . B2, both
+// B in tiles (e.g. a Llama MLP's silu(gate) * up, the two products never written out). C1 and
+// C2 bits are those amx_gemm_bf16_tiles writes; combine sees each row in runs of whole 16s
+// (panels of columns). `stage` is the calling thread's scratch: amx_combined_stage_floats(K)
+// floats, 64-byte aligned.
+using CombineRows = void (*)(const float* c1, const float* c2, float* y, int64_t n);
+void amx_gemm_bf16_tiles_combined(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+                                  const bf16_t* B1, const bf16_t* B2, CombineRows combine,
+                                  float* stage, float* Y, int64_t ldy);
+// Columns of B per panel of the combined product (two B panels share L2) and its stage's size.
+inline int64_t combined_panel_columns(int64_t K) {
+  const int64_t columns = (int64_t{1} << 18) / (2 * (K > 0 ? K : 1)) / 32 * 32;
+  return columns > 32 ? columns : 32;
+}
+inline int64_t amx_combined_stage_floats(int64_t K) {
+  return 2 * 32 * combined_panel_columns(K);
+}
+
 // B = S, S [rows x cols] row-major (row stride lds): rows a multiple of 32, cols of 16.
 void to_tiles(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles);
 // B = S^T [cols x rows]: rows a multiple of 16, cols of 32.
@@ -68,6 +87,9 @@ void transpose_bf16_rows32_kernel(const bf16_t* in, int64_t ldi, int64_t cols, b
 void to_tiles_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles);
 void to_tiles_transposed_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds,
                                 bf16_t* tiles);
+void amx_gemm_bf16_tiles_combined_kernel(int64_t M, int64_t N, int64_t K, const bf16_t* A,
+                                         int64_t lda, const bf16_t* B1, const bf16_t* B2,
+                                         CombineRows combine, float* stage, float* Y, int64_t ldy);
 void amx_gemm_bf16_tiles_kernel(int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
                                 const bf16_t* B_tiles, float* C, int64_t ldc, bool accumulate);
 // The kernel (tile_gemm_amx.cpp), after amx_tiles_available().

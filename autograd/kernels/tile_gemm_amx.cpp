@@ -60,6 +60,12 @@ BLayout tiles_layout(int64_t K) {
   return {512, 64, K / 32 * 512};
 }
 
+// Columns of B per panel: ~512 KB of it (gemm() below says why).
+int64_t panel_columns(int64_t K) {
+  constexpr int64_t kPanelBytes = int64_t{1} << 19;
+  return std::max<int64_t>(32, kPanelBytes / (2 * K) / 32 * 32);
+}
+
 // One block of C: MT x NT tiles (each 1 or 2) at A's rows / B's first tile given.
 template <int MT, int NT>
 void block(int64_t K, float alpha, const bf16_t* A, int64_t lda, const bf16_t* B, BLayout bl,
@@ -109,6 +115,19 @@ void block(int64_t K, float alpha, const bf16_t* A, int64_t lda, const bf16_t* B
   if constexpr (NT == 2) finish(out[1], alpha, C + 16, ldc, accumulate);
   if constexpr (MT == 2) finish(out[2], alpha, C + 16 * ldc, ldc, accumulate);
   if constexpr (MT == 2 && NT == 2) finish(out[3], alpha, C + 16 * ldc + 16, ldc, accumulate);
+}
+
+// block<> for a block of 32 rows (m2) or 16, 32 columns (n2) or 16.
+void any_block(bool m2, bool n2, int64_t K, float alpha, const bf16_t* A, int64_t lda,
+               const bf16_t* B, BLayout bl, float* C, int64_t ldc, bool accumulate) {
+  if (m2 && n2)
+    block<2, 2>(K, alpha, A, lda, B, bl, C, ldc, accumulate);
+  else if (m2)
+    block<2, 1>(K, alpha, A, lda, B, bl, C, ldc, accumulate);
+  else if (n2)
+    block<1, 2>(K, alpha, A, lda, B, bl, C, ldc, accumulate);
+  else
+    block<1, 1>(K, alpha, A, lda, B, bl, C, ldc, accumulate);
 }
 
 // Shuffles through their zero-masked forms with every lane kept: GCC 12's unmasked ones pass an
@@ -233,8 +252,7 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A, int64_t
   // 2 MB L2 next to A's and C's traffic: alone on two Sapphire Rapids cores, its product over
   // 2048 rows ran at ~1,650 GFLOP/s against ~2,100-2,300 in panels of 256-512 columns, C kept in
   // cache; into fresh C memory, as in a training step, ~1,250-1,500.)
-  constexpr int64_t kPanelBytes = int64_t{1} << 19;
-  const int64_t panel = std::max<int64_t>(32, kPanelBytes / (2 * K) / 32 * 32);
+  const int64_t panel = panel_columns(K);
   for (int64_t p0 = 0; p0 < N; p0 += panel) {
     const int64_t p1 = std::min(N, p0 + panel);
     for (int64_t m = 0; m < M; m += 32) {
@@ -244,14 +262,7 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A, int64_t
         const bool n2 = n + 32 <= p1;
         const bf16_t* b = B + n / 16 * first_of_16;
         float* c = C + m * ldc + n;
-        if (m2 && n2)
-          block<2, 2>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
-        else if (m2)
-          block<2, 1>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
-        else if (n2)
-          block<1, 2>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
-        else
-          block<1, 1>(K, alpha, a, lda, b, bl, c, ldc, accumulate);
+        any_block(m2, n2, K, alpha, a, lda, b, bl, c, ldc, accumulate);
       }
     }
   }
@@ -270,6 +281,36 @@ void amx_gemm_bf16_tiles_kernel(int64_t M, int64_t N, int64_t K, const bf16_t* A
                                 const bf16_t* B_tiles, float* C, int64_t ldc, bool accumulate) {
   const BLayout bl = tiles_layout(K);
   gemm(M, N, K, 1.0f, A, lda, B_tiles, bl.next, bl, C, ldc, accumulate);
+}
+
+void amx_gemm_bf16_tiles_combined_kernel(int64_t M, int64_t N, int64_t K, const bf16_t* A,
+                                         int64_t lda, const bf16_t* B1, const bf16_t* B2,
+                                         CombineRows combine, float* stage, float* Y, int64_t ldy) {
+  // As gemm() with a panel of columns at a time, both products' blocks of a 32-row strip into
+  // `stage`, then the strip's rows combined from there (in L2) into Y.
+  const BLayout bl = tiles_layout(K);
+  const int64_t panel = combined_panel_columns(K);
+  float* s1 = stage;
+  float* s2 = stage + 32 * panel;
+  _tile_loadconfig(&tile_config());
+  for (int64_t p0 = 0; p0 < N; p0 += panel) {
+    const int64_t p1 = std::min(N, p0 + panel), width = p1 - p0;
+    for (int64_t m = 0; m < M; m += 32) {
+      const bool m2 = m + 32 <= M;
+      const bf16_t* a = A + m * lda;
+      for (int64_t n = p0; n < p1; n += 32) {
+        const bool n2 = n + 32 <= p1;
+        for (int which = 0; which < 2; ++which) {
+          const bf16_t* b = (which == 0 ? B1 : B2) + n / 16 * bl.next;
+          float* c = (which == 0 ? s1 : s2) + (n - p0);
+          any_block(m2, n2, K, 1.0f, a, lda, b, bl, c, width, false);
+        }
+      }
+      for (int64_t r = 0; r < (m2 ? 32 : 16); ++r)
+        combine(s1 + r * width, s2 + r * width, Y + (m + r) * ldy + p0, width);
+    }
+  }
+  _tile_release();
 }
 
 void to_tiles_kernel(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* tiles) {

@@ -17,6 +17,7 @@
 #include "autograd/kernels/skinny.h"
 #include "autograd/ops.h"
 #include "autograd/ops/common.h"
+#include "autograd/ops/vec_kernels.h"
 
 namespace loom {
 
@@ -61,10 +62,10 @@ void check_part(const char* op, size_t i, const GroupLinear& l, const Tensor& x,
              shape_str(t.b.shape()), N, t.a.size(0));
 }
 
-}  // namespace
-
-std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLinear>& linears,
-                                 Precision precision, OutputUse use) {
+// linear_group; with `combine`, where nothing needs a gradient and the combined route runs
+// (linear_forward_group_combined), the one combined output instead.
+std::vector<Tensor> group_forward(const Tensor& x_in, const std::vector<GroupLinear>& linears,
+                                  Precision precision, OutputUse use, CombineRows combine) {
   const char* op = "linear_group";
   check_f32(op, "x", x_in);
   LOOM_CHECK(!linears.empty(), "{}: no projections", op);
@@ -132,37 +133,52 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
     return v;
   });
 
-  std::vector<Tensor> outputs;
-  std::vector<GroupProduct> products;
-  for (const Part& p : parts) {
-    Shape shape = x.shape();
-    shape.back() = p.N;
-    outputs.push_back(use == OutputUse::GraphOnly ? graph_only_f32(shape)
-                      : K > 0                     ? empty_f32(shape)
-                                                  : new_f32(shape));
-    GroupProduct g;
-    g.W = WeightView{p.weight.dtype(), p.weight.data_bytes(), p.N, K};
-    g.Y = outputs.back().data_f32();
-    g.ldy = std::max<int64_t>(p.N, 1);
-    if (p.R > 0) g.B = p.b.data_f32(), g.rank = p.R, g.u_col = p.col, g.scale = p.scale;
-    products.push_back(g);
-  }
-  if (products_run)
-    linear_forward_group(x.data_f32(), M, K, u_cols > 0 ? u.data_f32() : nullptr,
-                         std::max<int64_t>(u_cols, 1), u_cols, products, precision, made);
-  for (size_t i = 0; i < parts.size(); ++i)
-    if (parts[i].bias.defined() && M > 0 && use == OutputUse::Read)
-      add_to_rows(outputs[i].data_f32(), M, parts[i].N, parts[i].bias.data_f32());
-
   // The hub's inputs: x, then per projection its own x_lr (terms not on x), a, b, bias.
   std::vector<Tensor> inputs{x};
+  bool biases = false;
   for (const Part& p : parts) {
     inputs.push_back(p.R > 0 && !p.on_x ? p.x_lr : Tensor());
     inputs.push_back(p.a);
     inputs.push_back(p.b);
     inputs.push_back(p.bias);
+    biases = biases || p.bias.defined();
   }
-  if (!needs_grad(inputs)) return outputs;
+  const bool grad = needs_grad(inputs);
+
+  std::vector<GroupProduct> products;
+  for (const Part& p : parts) {
+    GroupProduct g;
+    g.W = WeightView{p.weight.dtype(), p.weight.data_bytes(), p.N, K};
+    g.ldy = std::max<int64_t>(p.N, 1);
+    if (p.R > 0) g.B = p.b.data_f32(), g.rank = p.R, g.u_col = p.col, g.scale = p.scale;
+    products.push_back(g);
+  }
+  const float* pu = u_cols > 0 ? u.data_f32() : nullptr;
+  if (combine != nullptr && products_run && !grad && !biases && parts.size() == 2) {
+    Shape shape = x.shape();
+    shape.back() = parts[0].N;
+    Tensor y = empty_f32(shape);
+    if (linear_forward_group_combined(x.data_f32(), M, K, pu, std::max<int64_t>(u_cols, 1), u_cols,
+                                      products, precision, made, combine, y.data_f32(),
+                                      std::max<int64_t>(parts[0].N, 1)))
+      return {y};
+  }
+  std::vector<Tensor> outputs;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    Shape shape = x.shape();
+    shape.back() = parts[i].N;
+    outputs.push_back(use == OutputUse::GraphOnly ? graph_only_f32(shape)
+                      : K > 0                     ? empty_f32(shape)
+                                                  : new_f32(shape));
+    products[i].Y = outputs.back().data_f32();
+  }
+  if (products_run)
+    linear_forward_group(x.data_f32(), M, K, pu, std::max<int64_t>(u_cols, 1), u_cols, products,
+                         precision, made);
+  for (size_t i = 0; i < parts.size(); ++i)
+    if (parts[i].bias.defined() && M > 0 && use == OutputUse::Read)
+      add_to_rows(outputs[i].data_f32(), M, parts[i].N, parts[i].bias.data_f32());
+  if (!grad) return outputs;
 
   bool keep_x = false, keep_u = false;
   for (const Part& p : parts) {
@@ -275,6 +291,23 @@ std::vector<Tensor> linear_group(const Tensor& x_in, const std::vector<GroupLine
           return std::vector<Tensor>{Tensor::zeros({1})};
         });
   return outputs;
+}
+
+}  // namespace
+
+std::vector<Tensor> linear_group(const Tensor& x, const std::vector<GroupLinear>& linears,
+                                 Precision precision, OutputUse use) {
+  return group_forward(x, linears, precision, use, nullptr);
+}
+
+Tensor linear_group_swiglu(const Tensor& x, const std::vector<GroupLinear>& gate_up,
+                           Precision precision) {
+  LOOM_CHECK(gate_up.size() == 2, "linear_group_swiglu: {} projections; expected [gate, up]",
+             gate_up.size());
+  // The elementwise kernel swiglu() runs, so the combined route gives its bits.
+  const std::vector<Tensor> out =
+      group_forward(x, gate_up, precision, OutputUse::Read, vec_kernels().swiglu_fwd);
+  return out.size() == 1 ? out[0] : swiglu(out[0], out[1]);
 }
 
 }  // namespace loom
