@@ -43,7 +43,8 @@ int run_info() {
              loom::ops_detail::vec_kernels().name, loom::quant::dequant_path());
   if (bf16)
     fmt::print(
-        "amx:        oneDNN's AMX kernels {}; loom's AMX tiles for attention's products {}\n",
+        "amx:        oneDNN's AMX kernels {}; loom's AMX tiles for attention's and the "
+        "projections' products {}\n",
         loom::detail::onednn_uses_amx() ? "yes" : "no",
         loom::amx_tiles_available() ? "yes (LOOM_NO_AMX=1 switches them off)" : "no");
   return 0;
