@@ -409,6 +409,13 @@ TEST(Gemm, LowRankTermMatchesReference) {
   EXPECT_EQ(checked, 4 * 2 * 2 * 3 * 2 * 2);
 }
 
+// v with its finite elements rounded to bf16 (what the bf16 route feeds its products).
+std::vector<float> bf16_rounded(std::vector<float> v) {
+  for (float& x : v)
+    if (std::isfinite(x)) x = bf16_to_f32(f32_to_bf16(x));
+  return v;
+}
+
 // The bf16 route with a low-rank term against the same double reference fed the operands the
 // route rounds (X or dY; W dequantized, then rounded; U or T; scale * B or scale * A): only the
 // f32 accumulation differs, so the bound is the f32 one, and the term's scale off by 0.2% fails
@@ -416,11 +423,6 @@ TEST(Gemm, LowRankTermMatchesReference) {
 TEST(Gemm, Bf16LowRankTermMatchesRoundedReference) {
   if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "SKIPPED: this CPU has no AVX512_BF16";
   std::mt19937 rng(89);
-  const auto rounded = [](std::vector<float> v) {
-    for (float& x : v)
-      if (std::isfinite(x)) x = bf16_to_f32(f32_to_bf16(x));
-    return v;
-  };
   const float scale = 1.75f;
   int checked = 0;
   for (DType dtype : {DType::F32, DType::BF16, DType::NF4, DType::Q4_K})
@@ -436,11 +438,11 @@ TEST(Gemm, Bf16LowRankTermMatchesRoundedReference) {
           std::vector<float> scaled = t.factor;
           for (float& x : scaled) x *= scale;
           std::vector<float> want = f.out0, l2sq = f.l2sq;
-          const std::vector<float> in_r = rounded(f.in);
+          const std::vector<float> in_r = bf16_rounded(f.in);
           run_ref(product, c.M, in_r.data(), f.s.ld_in,
-                  from_values(rounded(w.values), w.rows, w.cols), want.data(), f.s.ld_out,
+                  from_values(bf16_rounded(w.values), w.rows, w.cols), want.data(), f.s.ld_out,
                   accumulate);
-          add_term(c, t, rounded(t.act), rounded(scaled), 1.0f, f.s, want, l2sq);
+          add_term(c, t, bf16_rounded(t.act), bf16_rounded(scaled), 1.0f, f.s, want, l2sq);
           const double coef = l2_coefficient(Precision::F32, f.s.reduction + t.R);
           const Comparison r = run_term(c, w, f, t, scale, Precision::BF16, want, l2sq, coef);
           EXPECT_EQ(r.bad, 0) << r.bad << " elements out of tolerance; first: " << r.first;
@@ -906,6 +908,21 @@ TEST(Gemm, SgemmMatchesNaiveProduct) {
       }
 }
 
+// The first 64-byte aligned element of v (allocated 64 bytes longer than it needs): tiles and
+// the combined product's stage are stored with aligned stores.
+template <typename T>
+T* aligned64(std::vector<T>& v) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
+}
+
+// The largest |c - want| over every element (padding columns too): bf16 products summed in f32
+// in two orders differ by at most 2e-5 sqrt(K) for operands in [-1, 1].
+double worst_difference(const std::vector<float>& c, const std::vector<float>& want) {
+  double worst = 0;
+  for (size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::fabs(double(c[i]) - want[i]));
+  return worst;
+}
+
 // gemm_bf16 (oneDNN, strided operands, alpha, accumulate) against ref::gemm_bf16 on the same
 // bf16 bits: the products are exact in f32, so only the accumulation order differs. Operands are
 // dense (row-major or transposed) or have gaps between rows (attention reads K and V in place);
@@ -938,10 +955,7 @@ TEST(Gemm, Bf16GemmMatchesScalarReference) {
                           acc);
                 ref::gemm_bf16(M, N, K, 0.75f, a.data(), as0, as1, b.data(), bs0, bs1, want.data(),
                                ldc, acc);
-                double worst = 0;
-                for (size_t i = 0; i < c.size(); ++i)  // padding columns included
-                  worst = std::max(worst, std::fabs(double(c[i]) - want[i]));
-                EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
+                EXPECT_LE(worst_difference(c, want), 2e-5 * std::sqrt(double(K)))
                     << "M=" << M << " N=" << N << " K=" << K << " ta=" << ta << " tb=" << tb
                     << " accumulate=" << acc << " gap=" << gap;
               }
@@ -1004,23 +1018,21 @@ TEST(TileGemm, TileLayoutPlacesEveryElement) {
   const auto tile_buffer = [](int64_t n) {  // 64-byte aligned, as the kernels store
     return std::vector<uint16_t>(static_cast<size_t>(n + 32), 0xdead);
   };
-  const auto aligned = [](std::vector<uint16_t>& v) {
-    return reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
-  };
   std::vector<uint16_t> tb = tile_buffer(rows * cols);
-  to_tiles(s.data(), rows, cols, lds, aligned(tb));
-  std::vector<uint16_t> t(aligned(tb), aligned(tb) + rows * cols);
+  to_tiles(s.data(), rows, cols, lds, aligned64(tb));
+  std::vector<uint16_t> t(aligned64(tb), aligned64(tb) + rows * cols);
   expect_tiles(t, rows, cols, [&](int64_t k, int64_t n) { return s[k * lds + n]; });
   std::vector<uint16_t> share_b = tile_buffer(rows * 32);  // columns 16 .. 47 alone
-  to_tiles(s.data() + 16, rows, 32, lds, aligned(share_b));
-  EXPECT_TRUE(std::equal(aligned(share_b), aligned(share_b) + rows * 32, t.begin() + rows * 16));
+  to_tiles(s.data() + 16, rows, 32, lds, aligned64(share_b));
+  EXPECT_TRUE(
+      std::equal(aligned64(share_b), aligned64(share_b) + rows * 32, t.begin() + rows * 16));
 
   std::vector<uint16_t> tt = tile_buffer(rows * cols);
-  to_tiles_transposed(s.data(), cols, rows, lds, aligned(tt));  // S's first 48 rows, 64 columns
-  std::vector<uint16_t> u(aligned(tt), aligned(tt) + rows * cols);
+  to_tiles_transposed(s.data(), cols, rows, lds, aligned64(tt));  // S's first 48 rows, 64 columns
+  std::vector<uint16_t> u(aligned64(tt), aligned64(tt) + rows * cols);
   expect_tiles(u, rows, cols, [&](int64_t k, int64_t n) { return s[n * lds + k]; });
-  EXPECT_THROW(to_tiles(s.data(), 48, 32, lds, aligned(tb)), Error);  // rows not whole tiles
-  EXPECT_THROW(to_tiles_transposed(s.data(), 16, 48, lds, aligned(tb)), Error);
+  EXPECT_THROW(to_tiles(s.data(), 48, 32, lds, aligned64(tb)), Error);  // rows not whole tiles
+  EXPECT_THROW(to_tiles_transposed(s.data(), 16, 48, lds, aligned64(tb)), Error);
 }
 
 // transpose_bf16_rows32 against the definition, over several 32-column blocks, with strides
@@ -1042,9 +1054,11 @@ TEST(TileGemm, TransposeOf32RowsPlacesEveryElement) {
   EXPECT_THROW(transpose_bf16_rows32(buf.data(), 64, 48, buf.data(), 32), Error);
 }
 
-// The AMX tile product against ref::gemm_bf16 on the same bf16 bits (exact products, f32 sums
-// in another order): every 32 x 32 / 16-edge block shape, deep and shallow reductions, alpha,
-// accumulate, and operands and C with gaps between rows, whose padding must stay untouched.
+// The AMX tile products, B in pairs and B in tiles (alpha 1 only), against ref::gemm_bf16 on
+// the same bf16 bits (exact products, f32 sums in another order): every 32 x 32 / 16-edge block
+// shape, deep and shallow reductions, a reduction long enough that B goes in several column
+// panels (K = 4096: panels of 64 columns), alpha, accumulate (with alpha 1, C loaded into the
+// tiles), and operands and C with gaps between rows, whose padding must stay untouched.
 TEST(TileGemm, AmxProductMatchesScalarReference) {
   if (!amx_tiles_available())
     GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
@@ -1052,9 +1066,10 @@ TEST(TileGemm, AmxProductMatchesScalarReference) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (int64_t M : {16, 48, 192})
     for (int64_t N : {16, 48, 512})
-      for (int64_t K : {32, 64, 480})
+      for (int64_t K : {32, 64, 480, 4096})
         for (bool acc : {false, true})
           for (float alpha : {1.0f, 0.125f}) {
+            if (K == 4096 && (M != 16 || N != 512)) continue;  // one long reduction
             const int64_t lda = K + 8, ldb = N + 4, ldp = N + 16, ldc = N + 3;
             std::vector<uint16_t> a(static_cast<size_t>(M * lda)), b(static_cast<size_t>(K * ldb));
             for (auto& x : a) x = f32_to_bf16(dist(rng));
@@ -1063,17 +1078,20 @@ TEST(TileGemm, AmxProductMatchesScalarReference) {
             to_pairs(b.data(), K, N, ldb, pairs.data(), ldp);
             std::vector<float> c(static_cast<size_t>(M * ldc));
             for (auto& x : c) x = dist(rng);
-            std::vector<float> want = c;
+            std::vector<float> want = c, c_tiles = c;
             amx_gemm_bf16_pairs(M, N, K, alpha, a.data(), lda, pairs.data(), ldp, c.data(), ldc,
                                 acc);
             ref::gemm_bf16(M, N, K, alpha, a.data(), lda, 1, b.data(), ldb, 1, want.data(), ldc,
                            acc);
-            double worst = 0;
-            for (size_t i = 0; i < c.size(); ++i)  // padding columns included
-              worst = std::max(worst, std::fabs(double(c[i]) - want[i]));
-            EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
+            EXPECT_LE(worst_difference(c, want), 2e-5 * std::sqrt(double(K)))
                 << "M=" << M << " N=" << N << " K=" << K << " alpha=" << alpha
                 << " accumulate=" << acc;
+            if (alpha != 1.0f) continue;
+            std::vector<uint16_t> tiles(static_cast<size_t>(K * N + 32));
+            to_tiles(b.data(), K, N, ldb, aligned64(tiles));
+            amx_gemm_bf16_tiles(M, N, K, a.data(), lda, aligned64(tiles), c_tiles.data(), ldc, acc);
+            EXPECT_LE(worst_difference(c_tiles, want), 2e-5 * std::sqrt(double(K)))
+                << "B in tiles: M=" << M << " N=" << N << " K=" << K << " accumulate=" << acc;
           }
   std::vector<uint16_t> a(64 * 64), p(64 * 64);
   std::vector<float> c(64 * 64);
@@ -1083,42 +1101,6 @@ TEST(TileGemm, AmxProductMatchesScalarReference) {
   EXPECT_THROW(
       amx_gemm_bf16_pairs(16, 16, 48, 1.0f, a.data(), 48, p.data(), 16, c.data(), 16, false),
       Error);  // K not a multiple of 32
-}
-
-// The product over B in tiles against ref::gemm_bf16 on the same bits: 16-edge blocks, a
-// reduction long enough that B goes in several column panels (K = 4096: panels of 64 columns,
-// the last one 16 wide), accumulate (C loaded into the tiles), C with gaps between rows whose
-// padding must stay untouched.
-TEST(TileGemm, TiledBProductMatchesScalarReference) {
-  if (!amx_tiles_available())
-    GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
-  std::mt19937 rng(12);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  for (int64_t M : {16, 48})
-    for (int64_t N : {16, 80})
-      for (int64_t K : {32, 96, 4096})
-        for (bool acc : {false, true}) {
-          const int64_t lda = K + 32, ldc = N + 3;
-          std::vector<uint16_t> a(static_cast<size_t>(M * lda)), b(static_cast<size_t>(K * N));
-          for (auto& x : a) x = f32_to_bf16(dist(rng));
-          for (auto& x : b) x = f32_to_bf16(dist(rng));
-          std::vector<uint16_t> buf(static_cast<size_t>(K * N + 32));
-          uint16_t* tiles =
-              reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) / 64 * 64);
-          to_tiles(b.data(), K, N, N, tiles);
-          std::vector<float> c(static_cast<size_t>(M * ldc));
-          for (auto& x : c) x = dist(rng);
-          std::vector<float> want = c;
-          amx_gemm_bf16_tiles(M, N, K, a.data(), lda, tiles, c.data(), ldc, acc);
-          ref::gemm_bf16(M, N, K, 1.0f, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, acc);
-          double worst = 0;
-          for (size_t i = 0; i < c.size(); ++i)  // padding columns included
-            worst = std::max(worst, std::fabs(double(c[i]) - want[i]));
-          EXPECT_LE(worst, 2e-5 * std::sqrt(double(K)))
-              << "M=" << M << " N=" << N << " K=" << K << " accumulate=" << acc;
-        }
-  std::vector<uint16_t> a(64 * 64), p(64 * 64);
-  std::vector<float> c(64 * 64);
   EXPECT_THROW(amx_gemm_bf16_tiles(16, 24, 32, a.data(), 32, p.data(), c.data(), 24, false),
                Error);  // N not a multiple of 16
 }
@@ -1134,9 +1116,6 @@ TEST(TileGemm, CombinedProductsEqualTheProductsCombined) {
   const CombineRows combine = [](const float* c1, const float* c2, float* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = c1[i] * 0.5f - c2[i];
   };
-  const auto aligned_tiles = [](std::vector<uint16_t>& v) {
-    return reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
-  };
   for (int64_t M : {16, 48})
     for (int64_t N : {16, 80})
       for (int64_t K : {32, 4096}) {
@@ -1147,19 +1126,18 @@ TEST(TileGemm, CombinedProductsEqualTheProductsCombined) {
         for (std::vector<uint16_t>* buf : {&buf1, &buf2}) {
           std::vector<uint16_t> b(static_cast<size_t>(K * N));
           for (auto& x : b) x = f32_to_bf16(dist(rng));
-          to_tiles(b.data(), K, N, N, aligned_tiles(*buf));
+          to_tiles(b.data(), K, N, N, aligned64(*buf));
         }
         std::vector<float> c1(static_cast<size_t>(M * N)), c2 = c1;
-        amx_gemm_bf16_tiles(M, N, K, a.data(), lda, aligned_tiles(buf1), c1.data(), N, false);
-        amx_gemm_bf16_tiles(M, N, K, a.data(), lda, aligned_tiles(buf2), c2.data(), N, false);
+        amx_gemm_bf16_tiles(M, N, K, a.data(), lda, aligned64(buf1), c1.data(), N, false);
+        amx_gemm_bf16_tiles(M, N, K, a.data(), lda, aligned64(buf2), c2.data(), N, false);
         std::vector<float> want(static_cast<size_t>(M * ldy), kOutputPad), got = want;
         for (int64_t m = 0; m < M; ++m)
           combine(c1.data() + m * N, c2.data() + m * N, want.data() + m * ldy, N);
         std::vector<float> stage(static_cast<size_t>(amx_combined_stage_floats(K) + 16));
-        float* st =
-            reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(stage.data()) + 63) / 64 * 64);
-        amx_gemm_bf16_tiles_combined(M, N, K, a.data(), lda, aligned_tiles(buf1),
-                                     aligned_tiles(buf2), combine, st, got.data(), ldy);
+        float* st = aligned64(stage);
+        amx_gemm_bf16_tiles_combined(M, N, K, a.data(), lda, aligned64(buf1), aligned64(buf2),
+                                     combine, st, got.data(), ldy);
         EXPECT_EQ(got, want) << "M=" << M << " N=" << N << " K=" << K;
       }
 }
@@ -1222,11 +1200,6 @@ TEST(Gemm, TileKernelProductsMatchRoundedReference) {
   if (!cpu_has_avx512_bf16() || !amx_tiles_available())
     GTEST_SKIP() << "SKIPPED: no AMX tiles on this CPU (or LOOM_NO_AMX is set)";
   std::mt19937 rng(90);
-  const auto rounded = [](std::vector<float> v) {
-    for (float& x : v)
-      if (std::isfinite(x)) x = bf16_to_f32(f32_to_bf16(x));
-    return v;
-  };
   const float scale = 1.75f;
   int checked = 0;
   for (DType dtype : {DType::BF16, DType::NF4, DType::Q4_K}) {
@@ -1241,13 +1214,13 @@ TEST(Gemm, TileKernelProductsMatchRoundedReference) {
             const Fixture f = make_fixture(rng, c, w);
             const Term t = make_term(rng, c, w, std::max<int64_t>(R, 1));
             std::vector<float> want = f.out0, l2sq = f.l2sq;
-            run_ref(product, c.M, rounded(f.in).data(), f.s.ld_in,
-                    from_values(rounded(w.values), w.rows, w.cols), want.data(), f.s.ld_out,
+            run_ref(product, c.M, bf16_rounded(f.in).data(), f.s.ld_in,
+                    from_values(bf16_rounded(w.values), w.rows, w.cols), want.data(), f.s.ld_out,
                     accumulate);
             if (R > 0) {
               std::vector<float> scaled = t.factor;
               for (float& x : scaled) x *= scale;
-              add_term(c, t, rounded(t.act), rounded(scaled), 1.0f, f.s, want, l2sq);
+              add_term(c, t, bf16_rounded(t.act), bf16_rounded(scaled), 1.0f, f.s, want, l2sq);
             }
             const int64_t before = detail::tile_kernel_products();
             const double coef = l2_coefficient(Precision::F32, f.s.reduction + R);
