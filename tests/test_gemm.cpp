@@ -1033,6 +1033,8 @@ TEST(TileGemm, TileLayoutPlacesEveryElement) {
   expect_tiles(u, rows, cols, [&](int64_t k, int64_t n) { return s[n * lds + k]; });
   EXPECT_THROW(to_tiles(s.data(), 48, 32, lds, aligned64(tb)), Error);  // rows not whole tiles
   EXPECT_THROW(to_tiles_transposed(s.data(), 16, 48, lds, aligned64(tb)), Error);
+  EXPECT_THROW(to_tiles(s.data(), rows, cols, lds, aligned64(tb) + 8), Error);  // not aligned
+  EXPECT_THROW(to_tiles_transposed(s.data(), cols, rows, lds, aligned64(tb) + 8), Error);
 }
 
 // transpose_bf16_rows32 against the definition, over several 32-column blocks, with strides

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -110,6 +111,9 @@ void to_tiles(const bf16_t* S, int64_t rows, int64_t cols, int64_t lds, bf16_t* 
   LOOM_CHECK(rows % 32 == 0 && cols % 16 == 0 && lds >= cols,
              "to_tiles: [{} x {}] (lds {}) is not whole tiles (rows a multiple of 32, cols of 16)",
              rows, cols, lds);
+  LOOM_CHECK(reinterpret_cast<uintptr_t>(tiles) % 64 == 0,
+             "to_tiles: the tiles' buffer {} is not 64-byte aligned (tiles are stored whole)",
+             static_cast<const void*>(tiles));
   detail::to_tiles_kernel(S, rows, cols, lds, tiles);
 }
 
@@ -119,6 +123,10 @@ void to_tiles_transposed(const bf16_t* S, int64_t rows, int64_t cols, int64_t ld
              "to_tiles_transposed: [{} x {}] (lds {}) is not whole tiles of its transpose (rows a "
              "multiple of 16, cols of 32)",
              rows, cols, lds);
+  LOOM_CHECK(reinterpret_cast<uintptr_t>(tiles) % 64 == 0,
+             "to_tiles_transposed: the tiles' buffer {} is not 64-byte aligned (tiles are stored "
+             "whole)",
+             static_cast<const void*>(tiles));
   detail::to_tiles_transposed_kernel(S, rows, cols, lds, tiles);
 }
 
